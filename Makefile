@@ -1,0 +1,55 @@
+# Every target installs what it needs on first use: apt packages, a venv, the package (which compiles
+# the native core through cffi).  `make test` and `make demo` are the two commands a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_PACKAGES := libpmem2-dev gcc make pkg-config python3-venv
+NATIVE_SRC := $(wildcard native/*.c native/*.h)
+ASAN_TEST := build/native-asan/store_test
+DATA_DIR ?= data
+
+.PHONY: install system-deps test test-native test-python demo bench bench-quick clean
+
+install: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing apt packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $@
+
+# The same C sources under AddressSanitizer and UBSan, driven by a C test program.
+$(ASAN_TEST): $(NATIVE_SRC) native/tests/store_test.c | system-deps
+	mkdir -p $(@D)
+	gcc -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+		-fno-sanitize-recover=all -Inative native/*.c native/tests/store_test.c -lpmem2 -lm -lpthread -o $@
+
+test-native: $(ASAN_TEST)
+	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)
+
+test-python: $(STAMP)
+	$(PY) -m pytest tests
+
+test: test-native test-python
+
+demo: $(STAMP)
+	$(VENV)/bin/embps store-demo --data-dir $(DATA_DIR)/store-demo
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(PY) bench/run_all.py --quick
+
+clean:
+	rm -rf build $(VENV) services/store/_native*.so *.egg-info

@@ -1,0 +1,17 @@
+/* Fused optimizer kernels and deterministic row initialisation. */
+#ifndef EMBPS_OPTIMIZER_H
+#define EMBPS_OPTIMIZER_H
+
+#include "embps_store.h"
+
+#include <stdint.h>
+
+int spec_is_valid(const embps_table_spec *spec);   /* returns a status, with message */
+uint64_t mix64(uint64_t x);
+void init_row(const embps_table_spec *spec, uint64_t key, float *row);
+/* new_row/new_state may alias row/state: the kernels are elementwise. */
+void optimizer_step(const embps_table_spec *spec, const float *row, const float *state,
+                    const float *grad, float *new_row, float *new_state);
+int all_finite(const float *v, size_t n);
+
+#endif

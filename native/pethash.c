@@ -1,0 +1,143 @@
+#include "pethash.h"
+
+#include "status.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets)
+{
+    ph->buckets = pm_buckets;
+    ph->mask = n_buckets - 1;
+    ph->meta = aligned_alloc(64, n_buckets * sizeof(ph_meta));
+    if (!ph->meta)
+        return fail(EMBPS_E_NOMEM, "out of memory for %llu bucket tags", (unsigned long long)n_buckets);
+    memset(ph->meta, 0, n_buckets * sizeof(ph_meta));
+    return EMBPS_OK;
+}
+
+void pethash_free(pethash *ph)
+{
+    free(ph->meta);
+    ph->meta = NULL;
+}
+
+uint64_t pethash_get(const pethash *ph, uint64_t key, uint64_t h)
+{
+    const uint8_t tag = ph_tag(h);
+    const uint64_t step = ph_step(h);
+    uint64_t b = ph_home(ph, h);
+    for (uint64_t probes = 0; probes <= ph->mask; probes++, b = (b + step) & ph->mask) {
+        const ph_meta *m = &ph->meta[b];
+        uint64_t ref;
+        uint8_t overflow;
+        uint32_t v;
+        do {
+            while ((v = atomic_load_explicit(&m->version, memory_order_acquire)) & 1)
+                ;
+            ref = 0;
+            for (unsigned bits = ph_tag_matches(m, tag); bits; bits &= bits - 1) {
+                const ph_slot *s = &ph->buckets[b].slot[__builtin_ctz(bits)];
+                if (s->key == key) {
+                    ref = atomic_load_explicit(&s->ref, memory_order_acquire);
+                    break;
+                }
+            }
+            overflow = m->overflow;
+            atomic_thread_fence(memory_order_acquire);
+        } while (atomic_load_explicit(&m->version, memory_order_relaxed) != v);
+        if (ref)
+            return ref;
+        if (!overflow)
+            return 0;
+    }
+    return 0;
+}
+
+ph_pos pethash_find(const pethash *ph, uint64_t key, uint64_t h)
+{
+    const uint8_t tag = ph_tag(h);
+    const uint64_t step = ph_step(h);
+    uint64_t b = ph_home(ph, h);
+    for (uint64_t probes = 0; probes <= ph->mask; probes++, b = (b + step) & ph->mask) {
+        const ph_meta *m = &ph->meta[b];
+        for (unsigned bits = ph_tag_matches(m, tag); bits; bits &= bits - 1) {
+            ph_slot *s = &ph->buckets[b].slot[__builtin_ctz(bits)];
+            if (s->key == key)
+                return (ph_pos){b, s};
+        }
+        if (!m->overflow)
+            break;
+    }
+    return (ph_pos){0, NULL};
+}
+
+static void begin_write(ph_meta *m)
+{
+    atomic_store_explicit(&m->version, m->version + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+}
+
+static void end_write(ph_meta *m)
+{
+    atomic_store_explicit(&m->version, m->version + 1, memory_order_release);
+}
+
+ph_pos pethash_insert(pethash *ph, pm_region *pm, uint64_t key, uint64_t h, uint64_t ref)
+{
+    const uint64_t step = ph_step(h);
+    const uint64_t home = ph_home(ph, h);
+    uint64_t b = home;
+    for (uint64_t probes = 0; probes <= ph->mask; probes++, b = (b + step) & ph->mask) {
+        ph_meta *m = &ph->meta[b];
+        if (m->count < PH_SLOTS)
+            break;
+    }
+    ph_meta *m = &ph->meta[b];
+    if (m->count >= PH_SLOTS)
+        return (ph_pos){0, NULL};
+    /* Readers probing past the full buckets must know to go on before the key appears. */
+    for (uint64_t p = home; p != b; p = (p + step) & ph->mask)
+        if (ph->meta[p].overflow < 255)
+            ph->meta[p].overflow++;
+    unsigned i = 0;
+    while (m->tags[i])
+        i++;
+    ph_slot *s = &ph->buckets[b].slot[i];
+    begin_write(m);
+    /* Key before ref: a slot is live once its ref is non-zero, in DRAM and after a crash alike. */
+    s->key = key;
+    atomic_store_explicit(&s->ref, ref, memory_order_release);
+    m->tags[i] = ph_tag(h);
+    m->count++;
+    end_write(m);
+    pm_flush(pm, s, sizeof(*s));
+    return (ph_pos){b, s};
+}
+
+void pethash_remove(pethash *ph, pm_region *pm, ph_pos pos, uint64_t h)
+{
+    ph_meta *m = &ph->meta[pos.bucket];
+    unsigned i = (unsigned)(pos.slot - ph->buckets[pos.bucket].slot);
+    begin_write(m);
+    m->tags[i] = 0;
+    atomic_store_explicit(&pos.slot->ref, 0, memory_order_release);
+    m->count--;
+    end_write(m);
+    pm_flush(pm, &pos.slot->ref, sizeof(pos.slot->ref));
+    const uint64_t step = ph_step(h);
+    for (uint64_t p = ph_home(ph, h); p != pos.bucket; p = (p + step) & ph->mask)
+        if (ph->meta[p].overflow < 255)
+            ph->meta[p].overflow--;
+}
+
+void pethash_recover_slot(pethash *ph, uint64_t bucket, unsigned i, uint64_t h)
+{
+    ph_meta *m = &ph->meta[bucket];
+    m->tags[i] = ph_tag(h);
+    m->count++;
+    const uint64_t step = ph_step(h);
+    for (uint64_t p = ph_home(ph, h); p != bucket; p = (p + step) & ph->mask)
+        if (ph->meta[p].overflow < 255)
+            ph->meta[p].overflow++;
+}

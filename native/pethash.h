@@ -1,0 +1,103 @@
+/*
+ * PetHash: the persistent index of one table.
+ *
+ * PM holds buckets of 16 slots, each an 8-byte key and an 8-byte value word
+ * (ref: slab index + 1, 0 = empty); a bucket is 256 bytes, one Optane XPLine.
+ * DRAM holds what can be rebuilt at recovery: per bucket a 1-byte tag per slot,
+ * a count, an overflow counter (keys that probed past this bucket, so a miss
+ * stops early) and a seqlock version that lets reads go without locks.
+ * Probing uses an odd, tag-derived step, so it visits every bucket.
+ *
+ * Writers must hold the table's write lock; readers need nothing.
+ */
+#ifndef EMBPS_PETHASH_H
+#define EMBPS_PETHASH_H
+
+#include "pm_region.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#define PH_SLOTS 16
+
+typedef struct {
+    uint64_t key;
+    _Atomic uint64_t ref;
+} ph_slot;
+
+typedef struct {
+    ph_slot slot[PH_SLOTS];
+} ph_bucket;
+
+typedef struct {
+    _Atomic uint32_t version;  /* odd while a writer changes the bucket */
+    uint8_t overflow;          /* saturating at 255: then it never decrements */
+    uint8_t count;
+    uint8_t pad[10];
+    uint8_t tags[PH_SLOTS];    /* 0 = empty, else 0x80 | 7 hash bits */
+} __attribute__((aligned(32))) ph_meta;
+
+typedef struct {
+    ph_bucket *buckets;        /* in PM */
+    ph_meta *meta;             /* in DRAM */
+    uint64_t mask;             /* n_buckets - 1 */
+} pethash;
+
+/* Where a key lives: bucket and slot, or slot == NULL. */
+typedef struct {
+    uint64_t bucket;
+    ph_slot *slot;
+} ph_pos;
+
+static inline uint64_t ph_home(const pethash *ph, uint64_t h) { return (h >> 8) & ph->mask; }
+static inline uint8_t ph_tag(uint64_t h) { return (uint8_t)(0x80 | (h & 0x7F)); }
+static inline uint64_t ph_step(uint64_t h) { return 2 * (uint64_t)ph_tag(h) + 1; }
+
+/* Bit i set when slot i's tag equals tag. */
+static inline unsigned ph_tag_matches(const ph_meta *m, uint8_t tag)
+{
+#ifdef __SSE2__
+    __m128i tags = _mm_load_si128((const __m128i *)m->tags);
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(tags, _mm_set1_epi8((char)tag)));
+#else
+    unsigned bits = 0;
+    for (unsigned i = 0; i < PH_SLOTS; i++)
+        bits |= (unsigned)(m->tags[i] == tag) << i;
+    return bits;
+#endif
+}
+
+/* Batched lookups pipeline these two stages ahead of pethash_get. */
+static inline void ph_prefetch_meta(const pethash *ph, uint64_t h)
+{
+    __builtin_prefetch(&ph->meta[ph_home(ph, h)]);
+}
+
+static inline void ph_prefetch_slot(const pethash *ph, uint64_t h)
+{
+    uint64_t b = ph_home(ph, h);
+    unsigned bits = ph_tag_matches(&ph->meta[b], ph_tag(h));
+    if (bits)
+        __builtin_prefetch(&ph->buckets[b].slot[__builtin_ctz(bits)]);
+}
+
+int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets);
+void pethash_free(pethash *ph);
+
+/* Lock-free lookup: the key's ref, or 0.  h = mix64(key). */
+uint64_t pethash_get(const pethash *ph, uint64_t key, uint64_t h);
+/* Writer-side lookup. */
+ph_pos pethash_find(const pethash *ph, uint64_t key, uint64_t h);
+/* Writer: puts key -> ref in a free slot and flushes it (the caller drains).
+ * The caller has checked capacity; returns slot NULL only if every bucket is full. */
+ph_pos pethash_insert(pethash *ph, pm_region *pm, uint64_t key, uint64_t h, uint64_t ref);
+/* Writer: empties the slot at pos and flushes it (the caller drains). */
+void pethash_remove(pethash *ph, pm_region *pm, ph_pos pos, uint64_t h);
+
+/* Recovery: rebuilds the DRAM side for a slot found live in PM. */
+void pethash_recover_slot(pethash *ph, uint64_t bucket, unsigned i, uint64_t h);
+
+#endif

@@ -1,0 +1,654 @@
+#include "table.h"
+
+#include "optimizer.h"
+#include "pethash.h"
+#include "slab_pool.h"
+#include "status.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TABLE_MAGIC 0x3142415453504245ull  /* "EBPSTAB1" */
+#define LAYOUT_VERSION 1u
+#define HEADER_BYTES 4096u
+#define PAGE 4096u
+#define MAX_LOAD 0.85
+#define CHUNK_ROWS 1024   /* rows persisted per round of a write; bounds the slabs in flight */
+
+/* Written once at creation, never modified: everything needed to read the file. */
+typedef struct {
+    uint64_t magic;
+    uint32_t layout_version, header_bytes;
+    char name[EMBPS_NAME_MAX + 1];
+    embps_table_spec spec;
+    uint64_t n_buckets, n_slabs;
+    uint32_t slab_bytes, state_floats;
+    uint64_t index_offset, pool_offset, file_bytes;
+    uint64_t checksum;          /* of every byte above */
+} table_header;
+
+/* Per-write scratch, owned by the writer holding write_lock. */
+typedef struct {
+    uint64_t *map_keys;         /* key -> unique index, open addressing */
+    uint32_t *map_idx;
+    size_t map_cap;
+    uint64_t *ukeys, *uhash;
+    size_t *uindex;             /* last input position of each unique key */
+    ph_pos *upos;
+    uint64_t *old_ref, *new_ref;
+    float *ugrads;
+    float *init_slab;           /* initial row + zero state of a missing key */
+    size_t cap;
+} write_scratch;
+
+struct embps_table {
+    char name[EMBPS_NAME_MAX + 1];
+    embps_table_spec spec;
+    uint32_t dim, state_floats;
+    table_header *header;
+    pm_region *pm;
+    pethash index;
+    slab_pool pool;
+    pthread_mutex_t write_lock;
+    _Atomic uint64_t rows;
+    double recovery_seconds;
+    write_scratch ws;
+};
+
+static uint64_t header_checksum(const table_header *h)
+{
+    const unsigned char *p = (const unsigned char *)h;
+    uint64_t sum = 0xCBF29CE484222325ull;
+    for (size_t i = 0; i < offsetof(table_header, checksum); i++)
+        sum = (sum ^ p[i]) * 0x100000001B3ull;
+    return sum;
+}
+
+static uint64_t next_pow2(uint64_t x)
+{
+    uint64_t p = 1;
+    while (p < x)
+        p <<= 1;
+    return p;
+}
+
+static uint64_t round_up(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
+
+static void plan_layout(const char *name, const embps_table_spec *spec, table_header *h)
+{
+    memset(h, 0, sizeof(*h));
+    h->magic = TABLE_MAGIC;
+    h->layout_version = LAYOUT_VERSION;
+    h->header_bytes = HEADER_BYTES;
+    strncpy(h->name, name, EMBPS_NAME_MAX);
+    h->spec = *spec;
+    h->state_floats = embps_state_floats(spec->optimizer, spec->dim);
+    h->slab_bytes = (uint32_t)round_up(((uint64_t)spec->dim + h->state_floats) * sizeof(float), 16);
+    h->n_buckets = next_pow2((uint64_t)(spec->capacity / (PH_SLOTS * MAX_LOAD)) + 1);
+    /* Headroom for copy-on-write: new slabs exist before the old ones are reclaimed. */
+    uint64_t headroom = spec->capacity / 16 > 4 * CHUNK_ROWS ? spec->capacity / 16 : 4 * CHUNK_ROWS;
+    h->n_slabs = spec->capacity + headroom;
+    h->index_offset = HEADER_BYTES;
+    h->pool_offset = round_up(h->index_offset + h->n_buckets * sizeof(ph_bucket), PAGE);
+    h->file_bytes = round_up(h->pool_offset + h->n_slabs * h->slab_bytes, PAGE);
+    h->checksum = header_checksum(h);
+}
+
+int table_create_file(const char *path, const char *name, const embps_table_spec *spec)
+{
+    int rc = spec_is_valid(spec);
+    if (rc)
+        return rc;
+    table_header h;
+    plan_layout(name, spec, &h);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return fail(EMBPS_E_IO, "cannot create %s: %s", path, strerror(errno));
+    /* A sparse file reads as zeros: an empty index and an unused pool, no writes needed. */
+    if (ftruncate(fd, (off_t)h.file_bytes) || pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(fd))
+        rc = fail(EMBPS_E_IO, "cannot write %s: %s", path, strerror(errno));
+    close(fd);
+    return rc;
+}
+
+static int header_is_valid(const table_header *h, size_t file_bytes, const char *path)
+{
+    if (file_bytes < HEADER_BYTES || h->magic != TABLE_MAGIC)
+        return fail(EMBPS_E_CORRUPT, "%s is not an embps table", path);
+    if (h->layout_version != LAYOUT_VERSION)
+        return fail(EMBPS_E_CORRUPT, "%s has layout version %u, this build reads %u", path, h->layout_version,
+                    LAYOUT_VERSION);
+    if (h->checksum != header_checksum(h))
+        return fail(EMBPS_E_CORRUPT, "%s: header checksum mismatch", path);
+    table_header expect;
+    plan_layout(h->name, &h->spec, &expect);
+    if (memcmp(&expect, h, sizeof(expect)) != 0 || h->file_bytes != file_bytes)
+        return fail(EMBPS_E_CORRUPT, "%s: layout does not match its header (truncated file?)", path);
+    return EMBPS_OK;
+}
+
+/* Rebuilds tags, counts, overflow counters and the allocator from the slots in PM. */
+static int recover(embps_table *t)
+{
+    const uint64_t n_buckets = t->index.mask + 1, n_slabs = t->pool.n_slabs;
+    uint64_t rows = 0;
+    for (uint64_t b = 0; b < n_buckets; b++) {
+        ph_bucket *bucket = &t->index.buckets[b];
+        for (unsigned i = 0; i < PH_SLOTS; i++) {
+            uint64_t ref = atomic_load_explicit(&bucket->slot[i].ref, memory_order_relaxed);
+            if (!ref)
+                continue;
+            uint64_t key = bucket->slot[i].key;
+            if (ref > n_slabs || key == EMBPS_RESERVED_KEY)
+                return fail(EMBPS_E_CORRUPT, "table %s: bucket %llu slot %u holds an impossible entry", t->name,
+                            (unsigned long long)b, i);
+            if (!slab_pool_claim(&t->pool, ref))
+                return fail(EMBPS_E_CORRUPT, "table %s: slab %llu is referenced twice", t->name,
+                            (unsigned long long)ref);
+            pethash_recover_slot(&t->index, b, i, mix64(key));
+            rows++;
+        }
+    }
+    atomic_store(&t->rows, rows);
+    return slab_pool_finish_recovery(&t->pool);
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int table_open(const char *path, pm_sim *sim, embps_table **out)
+{
+    double start = now_seconds();
+    embps_table *t = calloc(1, sizeof(*t));
+    if (!t)
+        return fail(EMBPS_E_NOMEM, "out of memory opening %s", path);
+    pthread_mutex_init(&t->write_lock, NULL);
+    int rc = pm_region_map(path, sim, &t->pm);
+    if (rc) {
+        free(t);
+        return rc;
+    }
+    char *base = pm_region_base(t->pm);
+    t->header = (table_header *)base;
+    rc = header_is_valid(t->header, pm_region_size(t->pm), path);
+    if (!rc) {
+        const table_header *h = t->header;
+        memcpy(t->name, h->name, sizeof(t->name));
+        t->spec = h->spec;
+        t->dim = h->spec.dim;
+        t->state_floats = h->state_floats;
+        rc = pethash_init(&t->index, base + h->index_offset, h->n_buckets);
+    }
+    if (!rc)
+        rc = slab_pool_init(&t->pool, base + t->header->pool_offset, t->header->n_slabs, t->header->slab_bytes);
+    if (!rc)
+        rc = recover(t);
+    if (rc) {
+        table_close(t);
+        return rc;
+    }
+    t->recovery_seconds = now_seconds() - start;
+    *out = t;
+    return EMBPS_OK;
+}
+
+void table_close(embps_table *t)
+{
+    if (!t)
+        return;
+    write_scratch *ws = &t->ws;
+    free(ws->map_keys);
+    free(ws->map_idx);
+    free(ws->ukeys);
+    free(ws->uhash);
+    free(ws->uindex);
+    free(ws->upos);
+    free(ws->old_ref);
+    free(ws->new_ref);
+    free(ws->ugrads);
+    free(ws->init_slab);
+    pethash_free(&t->index);
+    slab_pool_free(&t->pool);
+    pm_region_unmap(t->pm);
+    pthread_mutex_destroy(&t->write_lock);
+    free(t);
+}
+
+const char *table_name(const embps_table *t)
+{
+    return t->name;
+}
+
+void embps_table_describe(embps_table *t, embps_table_spec *spec, embps_table_stats *stats)
+{
+    if (spec)
+        *spec = t->spec;
+    if (!stats)
+        return;
+    pthread_mutex_lock(&t->write_lock);
+    *stats = (embps_table_stats){
+        .rows = atomic_load(&t->rows),
+        .buckets = t->index.mask + 1,
+        .slabs_total = t->pool.n_slabs,
+        .slabs_used = t->pool.n_used,
+        .slabs_retired = t->pool.n_retired,
+        .state_floats = t->state_floats,
+        .slab_bytes = t->pool.slab_bytes,
+        .file_bytes = t->header->file_bytes,
+        .recovery_seconds = t->recovery_seconds,
+    };
+    pthread_mutex_unlock(&t->write_lock);
+}
+
+void embps_pool_region(embps_table *t, void **base, size_t *len)
+{
+    *base = t->pool.base;
+    *len = t->pool.n_slabs * t->pool.slab_bytes;
+}
+
+/* ---- reads (lock-free) ------------------------------------------------ */
+
+static int check_len(const char *what, size_t got, size_t n, size_t width)
+{
+    if (got != n * width)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "%s buffer holds %zu floats; %zu keys x %zu need %zu", what, got,
+                    n, width, n * width);
+    return EMBPS_OK;
+}
+
+enum { PF_DIST = 6, PF_RING = 32 };  /* stage distance of the lookup pipeline; PF_RING > 3 * PF_DIST */
+
+static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
+{
+    const char *slab = slab_at(p, ref);
+    for (size_t off = 0; off < bytes; off += 64)
+        __builtin_prefetch(slab + off);
+}
+
+int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
+                 float *state_out, size_t state_len, uint8_t *found_out)
+{
+    const size_t dim = t->dim, sf = t->state_floats;
+    int rc = check_len("rows", rows_len, n, dim);
+    if (!rc && state_out)
+        rc = check_len("state", state_len, n, sf);
+    if (rc)
+        return rc;
+    const size_t row_bytes = dim * sizeof(float);
+    const size_t fetch_bytes = row_bytes + (state_out ? sf * sizeof(float) : 0);
+    uint64_t hash[PF_RING], ref[PF_RING];
+    uint64_t epoch = epoch_enter(&t->pool);
+    /* Four stages per key, PF_DIST keys apart: hash and prefetch the bucket tags,
+     * prefetch the matching slot, find the ref and prefetch the slab, copy. */
+    for (size_t i = 0; i < n + 3 * PF_DIST; i++) {
+        if (i < n) {
+            hash[i % PF_RING] = mix64(keys[i]);
+            ph_prefetch_meta(&t->index, hash[i % PF_RING]);
+        }
+        if (i >= PF_DIST && i - PF_DIST < n)
+            ph_prefetch_slot(&t->index, hash[(i - PF_DIST) % PF_RING]);
+        if (i >= 2 * PF_DIST && i - 2 * PF_DIST < n) {
+            size_t k = i - 2 * PF_DIST;
+            uint64_t r = pethash_get(&t->index, keys[k], hash[k % PF_RING]);
+            ref[k % PF_RING] = r;
+            if (r)
+                prefetch_slab(&t->pool, r, fetch_bytes);
+        }
+        if (i >= 3 * PF_DIST) {
+            size_t k = i - 3 * PF_DIST;
+            uint64_t r = ref[k % PF_RING];
+            if (r) {
+                const char *slab = slab_at(&t->pool, r);
+                memcpy(rows_out + k * dim, slab, row_bytes);
+                if (state_out)
+                    memcpy(state_out + k * sf, slab + row_bytes, sf * sizeof(float));
+            } else {
+                init_row(&t->spec, keys[k], rows_out + k * dim);
+                if (state_out)
+                    memset(state_out + k * sf, 0, sf * sizeof(float));
+            }
+            if (found_out)
+                found_out[k] = r != 0;
+        }
+    }
+    epoch_exit(&t->pool, epoch);
+    return EMBPS_OK;
+}
+
+int embps_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int with_state, embps_sge *sge_out,
+                       uint64_t *guard_out)
+{
+    const uint32_t len = (uint32_t)((t->dim + (with_state ? t->state_floats : 0)) * sizeof(float));
+    uint64_t epoch = epoch_enter(&t->pool);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = pethash_get(&t->index, keys[i], mix64(keys[i]));
+        sge_out[i] = r ? (embps_sge){(uint64_t)(uintptr_t)slab_at(&t->pool, r), len, 1} : (embps_sge){0, 0, 0};
+    }
+    *guard_out = epoch;
+    return EMBPS_OK;
+}
+
+void embps_gather_end(embps_table *t, uint64_t guard)
+{
+    epoch_exit(&t->pool, guard);
+}
+
+int embps_export(embps_table *t, uint64_t *cursor, size_t max, uint64_t *keys_out, float *rows_out,
+                 float *state_out, size_t *n_out)
+{
+    if (max < PH_SLOTS)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "export needs room for at least %d rows per call", PH_SLOTS);
+    const size_t dim = t->dim, sf = t->state_floats, row_bytes = dim * sizeof(float);
+    const uint64_t n_buckets = t->index.mask + 1;
+    size_t n = 0;
+    uint64_t b = *cursor;
+    uint64_t epoch = epoch_enter(&t->pool);
+    for (; b < n_buckets && n + PH_SLOTS <= max; b++) {
+        const ph_meta *m = &t->index.meta[b];
+        uint64_t keys[PH_SLOTS], refs[PH_SLOTS];
+        unsigned live;
+        uint32_t v;
+        do {  /* a consistent copy of the bucket's entries, as in pethash_get */
+            while ((v = atomic_load_explicit(&m->version, memory_order_acquire)) & 1)
+                ;
+            live = 0;
+            for (unsigned i = 0; i < PH_SLOTS; i++) {
+                if (!m->tags[i])
+                    continue;
+                keys[live] = t->index.buckets[b].slot[i].key;
+                refs[live] = atomic_load_explicit(&t->index.buckets[b].slot[i].ref, memory_order_acquire);
+                live += refs[live] != 0;
+            }
+            atomic_thread_fence(memory_order_acquire);
+        } while (atomic_load_explicit(&m->version, memory_order_relaxed) != v);
+        for (unsigned i = 0; i < live; i++, n++) {
+            const char *slab = slab_at(&t->pool, refs[i]);
+            keys_out[n] = keys[i];
+            memcpy(rows_out + n * dim, slab, row_bytes);
+            if (state_out)
+                memcpy(state_out + n * sf, slab + row_bytes, sf * sizeof(float));
+        }
+    }
+    epoch_exit(&t->pool, epoch);
+    *cursor = b < n_buckets ? b : UINT64_MAX;
+    *n_out = n;
+    return EMBPS_OK;
+}
+
+/* ---- writes (one writer per table) -------------------------------------- */
+
+static int grow_scratch(embps_table *t, size_t n)
+{
+    write_scratch *ws = &t->ws;
+    size_t map_cap = 16;
+    while (map_cap < 2 * n)
+        map_cap <<= 1;
+    if (map_cap > ws->map_cap) {
+        free(ws->map_keys);
+        free(ws->map_idx);
+        ws->map_keys = malloc(map_cap * sizeof(uint64_t));
+        ws->map_idx = malloc(map_cap * sizeof(uint32_t));
+        ws->map_cap = ws->map_keys && ws->map_idx ? map_cap : 0;
+        if (!ws->map_cap)
+            return fail(EMBPS_E_NOMEM, "out of memory for a batch of %zu keys", n);
+    }
+    if (n <= ws->cap && ws->init_slab)
+        return EMBPS_OK;
+#define GROW(field, count) (free(ws->field), (ws->field = malloc((count) * sizeof(*ws->field))) != NULL)
+    int ok = GROW(ukeys, n) & GROW(uhash, n) & GROW(uindex, n) & GROW(upos, n) & GROW(old_ref, n) &
+             GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats);
+#undef GROW
+    ws->cap = ok ? n : 0;
+    return ok ? EMBPS_OK : fail(EMBPS_E_NOMEM, "out of memory for a batch of %zu keys", n);
+}
+
+/* Collapses repeated keys.  sum_into: gradients of a key are added up there;
+ * otherwise uindex remembers each key's last position.  Returns the unique count. */
+static size_t dedupe(embps_table *t, const uint64_t *keys, size_t n, const float *grads)
+{
+    write_scratch *ws = &t->ws;
+    const size_t dim = t->dim, mask = ws->map_cap - 1;
+    memset(ws->map_idx, 0xFF, ws->map_cap * sizeof(uint32_t));
+    size_t nu = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h = mix64(keys[i]);
+        size_t pos = h & mask;
+        while (ws->map_idx[pos] != UINT32_MAX && ws->map_keys[pos] != keys[i])
+            pos = (pos + 1) & mask;
+        size_t u = ws->map_idx[pos];
+        if (u == UINT32_MAX) {
+            u = nu++;
+            ws->map_idx[pos] = (uint32_t)u;
+            ws->map_keys[pos] = keys[i];
+            ws->ukeys[u] = keys[i];
+            ws->uhash[u] = h;
+            if (grads)
+                memset(ws->ugrads + u * dim, 0, dim * sizeof(float));
+        }
+        ws->uindex[u] = i;
+        if (grads)
+            for (size_t j = 0; j < dim; j++)
+                ws->ugrads[u * dim + j] += grads[i * dim + j];
+    }
+    return nu;
+}
+
+typedef struct {
+    const float *rows, *state;  /* assign: source rows and optional state */
+} assign_src;
+
+/* Writes the new slab of unique key u from its current row and state. */
+static void fill_slab(embps_table *t, size_t u, const float *old, const assign_src *src, float *slab)
+{
+    const size_t dim = t->dim, sf = t->state_floats;
+    if (!src) {
+        optimizer_step(&t->spec, old, old + dim, t->ws.ugrads + u * dim, slab, slab + dim);
+        return;
+    }
+    size_t i = t->ws.uindex[u];
+    memcpy(slab, src->rows + i * dim, dim * sizeof(float));
+    if (src->state)
+        memcpy(slab + dim, src->state + i * sf, sf * sizeof(float));
+    else
+        memset(slab + dim, 0, sf * sizeof(float));
+}
+
+/* Copy-on-write of rows [lo, hi): new slabs persisted, then published, then the old retired. */
+static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *src)
+{
+    write_scratch *ws = &t->ws;
+    slab_pool *pool = &t->pool;
+    for (size_t u = lo; u < hi; u++) {
+        int rc = slab_alloc(pool, &ws->new_ref[u]);
+        if (rc) {
+            while (u-- > lo)
+                slab_unalloc(pool, ws->new_ref[u]);
+            return rc;
+        }
+        ph_slot *slot = ws->upos[u].slot;
+        ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
+        const float *old = ws->init_slab;
+        if (ws->old_ref[u])
+            old = (const float *)slab_at(pool, ws->old_ref[u]);
+        else if (!src)
+            init_row(&t->spec, ws->ukeys[u], ws->init_slab);
+        float *slab = (float *)slab_at(pool, ws->new_ref[u]);
+        fill_slab(t, u, old, src, slab);
+        pm_flush(t->pm, slab, pool->slab_bytes);
+    }
+    int rc = pm_drain(t->pm);
+    if (rc)
+        return rc;
+    uint64_t added = 0;
+    for (size_t u = lo; u < hi; u++) {
+        ph_slot *slot = ws->upos[u].slot;
+        if (slot) {
+            atomic_store_explicit(&slot->ref, ws->new_ref[u], memory_order_release);
+            pm_flush(t->pm, &slot->ref, sizeof(slot->ref));
+        } else {
+            ws->upos[u] = pethash_insert(&t->index, t->pm, ws->ukeys[u], ws->uhash[u], ws->new_ref[u]);
+            added++;
+        }
+    }
+    rc = pm_drain(t->pm);
+    if (rc)
+        return rc;
+    atomic_fetch_add(&t->rows, added);
+    for (size_t u = lo; u < hi; u++)
+        if (ws->old_ref[u])
+            slab_retire(pool, ws->old_ref[u]);
+    slab_reclaim(pool);
+    return EMBPS_OK;
+}
+
+static int check_keys(const uint64_t *keys, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (keys[i] == EMBPS_RESERVED_KEY)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "key %llu (2^64-1) is reserved", (unsigned long long)keys[i]);
+    return EMBPS_OK;
+}
+
+/* Shared by update (src NULL: apply grads) and assign (src: overwrite). */
+static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const float *grads, const assign_src *src)
+{
+    int rc = check_keys(keys, n);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&t->write_lock);
+    rc = grow_scratch(t, n);
+    if (rc)
+        goto out;
+    write_scratch *ws = &t->ws;
+    size_t nu = dedupe(t, keys, n, grads);
+    uint64_t added = 0;
+    for (size_t u = 0; u < nu; u++) {
+        ws->upos[u] = pethash_find(&t->index, ws->ukeys[u], ws->uhash[u]);
+        added += ws->upos[u].slot == NULL;
+    }
+    uint64_t rows = atomic_load(&t->rows);
+    if (rows + added > t->spec.capacity) {
+        rc = fail(EMBPS_E_CAPACITY, "table %s is full: %llu rows + %llu new > capacity %llu", t->name,
+                  (unsigned long long)rows, (unsigned long long)added, (unsigned long long)t->spec.capacity);
+        goto out;
+    }
+    if (src)  /* missing keys being assigned need no initial row */
+        memset(ws->init_slab, 0, (t->dim + t->state_floats) * sizeof(float));
+    else
+        memset(ws->init_slab + t->dim, 0, t->state_floats * sizeof(float));
+    for (size_t lo = 0; lo < nu && !rc; lo += CHUNK_ROWS)
+        rc = write_chunk(t, lo, lo + CHUNK_ROWS < nu ? lo + CHUNK_ROWS : nu, src);
+out:
+    pthread_mutex_unlock(&t->write_lock);
+    return rc;
+}
+
+int embps_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads, size_t grads_len)
+{
+    int rc = check_len("gradient", grads_len, n, t->dim);
+    if (rc)
+        return rc;
+    if (!all_finite(grads, grads_len))
+        return fail(EMBPS_E_NONFINITE, "gradients for table %s contain NaN or Inf; nothing was applied", t->name);
+    return write_rows(t, keys, n, grads, NULL);
+}
+
+int embps_assign(embps_table *t, const uint64_t *keys, size_t n, const float *rows, size_t rows_len,
+                 const float *state, size_t state_len)
+{
+    int rc = check_len("rows", rows_len, n, t->dim);
+    if (!rc && state)
+        rc = check_len("state", state_len, n, t->state_floats);
+    if (rc)
+        return rc;
+    if (!all_finite(rows, rows_len) || (state && !all_finite(state, state_len)))
+        return fail(EMBPS_E_NONFINITE, "rows for table %s contain NaN or Inf; nothing was written", t->name);
+    assign_src src = {rows, state};
+    return write_rows(t, keys, n, NULL, &src);
+}
+
+int embps_delete(embps_table *t, const uint64_t *keys, size_t n, uint64_t *deleted_out)
+{
+    pthread_mutex_lock(&t->write_lock);
+    int rc = grow_scratch(t, n);
+    uint64_t deleted = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        uint64_t h = mix64(keys[i]);
+        ph_pos pos = pethash_find(&t->index, keys[i], h);
+        if (!pos.slot)
+            continue;
+        t->ws.old_ref[deleted++] = atomic_load(&pos.slot->ref);
+        pethash_remove(&t->index, t->pm, pos, h);
+    }
+    if (!rc && deleted)
+        rc = pm_drain(t->pm);
+    if (!rc) {
+        atomic_fetch_sub(&t->rows, deleted);
+        for (uint64_t i = 0; i < deleted; i++)
+            slab_retire(&t->pool, t->ws.old_ref[i]);
+        slab_reclaim(&t->pool);
+        if (deleted_out)
+            *deleted_out = deleted;
+    }
+    pthread_mutex_unlock(&t->write_lock);
+    return rc;
+}
+
+/* ---- verification -------------------------------------------------------- */
+
+int embps_table_check(embps_table *t)
+{
+    pthread_mutex_lock(&t->write_lock);
+    const uint64_t n_buckets = t->index.mask + 1, n_slabs = t->pool.n_slabs;
+    uint64_t *seen = calloc((n_slabs + 63) / 64, sizeof(uint64_t));
+    uint64_t rows = 0;
+    int rc = seen ? EMBPS_OK : fail(EMBPS_E_NOMEM, "out of memory checking table %s", t->name);
+    for (uint64_t b = 0; b < n_buckets && !rc; b++) {
+        const ph_meta *m = &t->index.meta[b];
+        unsigned count = 0;
+        for (unsigned i = 0; i < PH_SLOTS && !rc; i++) {
+            ph_slot *s = &t->index.buckets[b].slot[i];
+            uint64_t ref = atomic_load(&s->ref), h = mix64(s->key);
+            if (!ref) {
+                if (m->tags[i])
+                    rc = fail(EMBPS_E_CORRUPT, "bucket %llu slot %u: tag set on an empty slot", (unsigned long long)b, i);
+                continue;
+            }
+            count++;
+            rows++;
+            uint64_t slab = ref - 1;
+            if (ref > n_slabs || m->tags[i] != ph_tag(h))
+                rc = fail(EMBPS_E_CORRUPT, "bucket %llu slot %u: bad ref or tag", (unsigned long long)b, i);
+            else if ((seen[slab / 64] >> (slab % 64)) & 1)
+                rc = fail(EMBPS_E_CORRUPT, "slab %llu referenced twice", (unsigned long long)ref);
+            else if (!slab_pool_is_used(&t->pool, ref))
+                rc = fail(EMBPS_E_CORRUPT, "slab %llu is live but free in the allocator", (unsigned long long)ref);
+            else if (pethash_find(&t->index, s->key, h).slot != s || pethash_get(&t->index, s->key, h) != ref)
+                rc = fail(EMBPS_E_CORRUPT, "key %llu is not reachable from its home bucket",
+                          (unsigned long long)s->key);
+            if (!rc)
+                seen[slab / 64] |= 1ull << (slab % 64);
+        }
+        if (!rc && count != m->count)
+            rc = fail(EMBPS_E_CORRUPT, "bucket %llu: count %u, %u live slots", (unsigned long long)b, m->count, count);
+    }
+    if (!rc && rows != atomic_load(&t->rows))
+        rc = fail(EMBPS_E_CORRUPT, "table %s counts %llu rows, the index holds %llu", t->name,
+                  (unsigned long long)atomic_load(&t->rows), (unsigned long long)rows);
+    if (!rc && t->pool.n_used != rows + t->pool.n_retired)
+        rc = fail(EMBPS_E_CORRUPT, "table %s leaks slabs: %llu used, %llu rows, %llu retired", t->name,
+                  (unsigned long long)t->pool.n_used, (unsigned long long)rows,
+                  (unsigned long long)t->pool.n_retired);
+    free(seen);
+    pthread_mutex_unlock(&t->write_lock);
+    return rc;
+}

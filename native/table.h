@@ -1,0 +1,15 @@
+/* One table: a file holding a header, the PetHash buckets and the slab pool. */
+#ifndef EMBPS_TABLE_H
+#define EMBPS_TABLE_H
+
+#include "embps_store.h"
+#include "pm_region.h"
+
+/* Creates a table file with an empty index (zeroed pages) and its header. */
+int table_create_file(const char *path, const char *name, const embps_table_spec *spec);
+/* Maps a table file and rebuilds its DRAM state from PM (recovery). */
+int table_open(const char *path, pm_sim *sim, embps_table **out);
+void table_close(embps_table *t);
+const char *table_name(const embps_table *t);
+
+#endif

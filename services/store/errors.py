@@ -1,0 +1,56 @@
+"""Exceptions for native store status codes; each service maps them onto its own protocol errors."""
+
+
+class StoreError(Exception):
+    """A failed store call; `status` is the native status name (e.g. "CAPACITY")."""
+
+    status = "UNKNOWN"
+
+
+class InvalidArgument(StoreError, ValueError):
+    status = "INVALID_ARGUMENT"
+
+
+class TableNotFound(StoreError, KeyError):
+    status = "NOT_FOUND"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TableExists(StoreError):
+    status = "EXISTS"
+
+
+class CapacityExhausted(StoreError):
+    status = "CAPACITY"
+
+
+class NonFiniteValues(InvalidArgument):
+    status = "NONFINITE"
+
+
+class StoreIOError(StoreError, OSError):
+    status = "IO"
+
+
+class StoreCorrupted(StoreError):
+    status = "CORRUPT"
+
+
+class SimulatedCrash(StoreError):
+    """The crash simulator's power failure happened; the store must be reopened."""
+
+    status = "CRASHED"
+
+
+_BY_STATUS = {
+    cls.status: cls
+    for cls in (InvalidArgument, TableNotFound, TableExists, CapacityExhausted, NonFiniteValues,
+                StoreIOError, StoreCorrupted, SimulatedCrash)
+}
+_BY_STATUS["NOMEM"] = MemoryError
+
+
+def error_for(status_name: str, message: str) -> Exception:
+    return _BY_STATUS.get(status_name, StoreError)(message)

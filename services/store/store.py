@@ -1,0 +1,311 @@
+"""Store and Table: numpy in, numpy out, over the native core (which runs without the GIL)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._native import ffi, lib
+from .errors import InvalidArgument, StoreError, error_for
+from .spec import INITIALIZER_CODES, OPTIMIZER_CODES, InitializerSpec, OptimizerSpec, TableSpec
+
+_OPTIMIZER_NAMES = {code: name for name, code in OPTIMIZER_CODES.items()}
+_INITIALIZER_NAMES = {code: name for name, code in INITIALIZER_CODES.items()}
+SGE_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("found", "<u4")])
+
+
+def _check(status: int) -> None:
+    if status != lib.EMBPS_OK:
+        name = ffi.string(lib.embps_status_name(status)).decode()
+        raise error_for(name, ffi.string(lib.embps_errormsg()).decode(errors="replace"))
+
+
+def as_keys(keys) -> np.ndarray:
+    """Keys as a contiguous uint64 vector; signed 64-bit ids keep their bits."""
+    arr = np.asarray(keys)
+    if arr.ndim != 1:
+        raise InvalidArgument(f"keys must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype == np.int64:
+        arr = arr.view(np.uint64)
+    elif arr.dtype != np.uint64:
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidArgument(f"keys must be integers, got {arr.dtype}")
+        if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
+            arr = arr.astype(np.int64).view(np.uint64)
+        arr = arr.astype(np.uint64)
+    return np.ascontiguousarray(arr)
+
+
+def _as_matrix(values, n: int, width: int, what: str) -> np.ndarray:
+    arr = np.ascontiguousarray(values, dtype=np.float32)
+    if arr.shape != (n, width):
+        raise InvalidArgument(f"{what} must have shape ({n}, {width}), got {arr.shape}")
+    return arr
+
+
+def spec_to_c(spec: TableSpec):
+    c = ffi.new("embps_table_spec *")
+    if spec.optimizer.kind not in OPTIMIZER_CODES:
+        raise InvalidArgument(f"unknown optimizer {spec.optimizer.kind!r}; one of {sorted(OPTIMIZER_CODES)}")
+    if spec.initializer.kind not in INITIALIZER_CODES:
+        raise InvalidArgument(f"unknown initializer {spec.initializer.kind!r}; one of {sorted(INITIALIZER_CODES)}")
+    if not (0 < spec.dim < 2**32 and 0 < spec.capacity < 2**64 and 0 <= spec.initializer.seed < 2**64):
+        raise InvalidArgument("dim, capacity and seed must be positive integers in range")
+    c.dim, c.capacity = spec.dim, spec.capacity
+    c.optimizer = OPTIMIZER_CODES[spec.optimizer.kind]
+    c.lr, c.eps, c.beta1, c.beta2 = spec.optimizer.lr, spec.optimizer.eps, spec.optimizer.beta1, spec.optimizer.beta2
+    c.init = INITIALIZER_CODES[spec.initializer.kind]
+    c.init_scale, c.init_seed = spec.initializer.scale, spec.initializer.seed
+    return c
+
+
+def _spec_from_c(c) -> TableSpec:
+    return TableSpec(
+        dim=c.dim,
+        capacity=c.capacity,
+        optimizer=OptimizerSpec(_OPTIMIZER_NAMES[c.optimizer], c.lr, c.eps, c.beta1, c.beta2),
+        initializer=InitializerSpec(_INITIALIZER_NAMES[c.init], c.init_scale, c.init_seed),
+    )
+
+
+def state_floats(optimizer: str, dim: int) -> int:
+    """Optimizer state stored beside each row."""
+    return lib.embps_state_floats(OPTIMIZER_CODES[optimizer], dim)
+
+
+@dataclass(frozen=True)
+class TableStats:
+    rows: int
+    buckets: int
+    slabs_total: int
+    slabs_used: int
+    slabs_retired: int
+    state_floats: int
+    slab_bytes: int
+    file_bytes: int
+    recovery_seconds: float
+
+
+@dataclass(frozen=True)
+class CrashSimulation:
+    """Makes PM stores volatile until persisted; power fails at persist point `crash_at` (0 = never)."""
+
+    crash_at: int = 0
+    evict_prob: float = 0.0
+    seed: int = 0
+
+
+class Table:
+    def __init__(self, name: str, handle):
+        self.name = name
+        self._handle = handle
+        spec = ffi.new("embps_table_spec *")
+        lib.embps_table_describe(handle, spec, ffi.NULL)
+        self.spec = _spec_from_c(spec)
+        self.dim = self.spec.dim
+        self.state_floats = state_floats(self.spec.optimizer.kind, self.dim)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise StoreError("table was dropped or its store closed")
+        return self._handle
+
+    def lookup(self, keys, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows of keys, shape (n, dim); missing keys read as their initial rows."""
+        keys = as_keys(keys)
+        n = len(keys)
+        rows = np.empty((n, self.dim), np.float32) if out is None else out
+        if rows.shape != (n, self.dim) or rows.dtype != np.float32 or not rows.flags.c_contiguous:
+            raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {self.dim})")
+        _check(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+                                ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
+                                ffi.NULL, 0, ffi.NULL))
+        return rows
+
+    def lookup_with_state(self, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, optimizer state, found mask)."""
+        keys = as_keys(keys)
+        n = len(keys)
+        rows = np.empty((n, self.dim), np.float32)
+        state = np.empty((n, self.state_floats), np.float32)
+        found = np.empty(n, np.bool_)
+        _check(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+                                ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
+                                ffi.from_buffer("float[]", state, require_writable=True), state.size,
+                                ffi.from_buffer("uint8_t[]", found, require_writable=True)))
+        return rows, state, found
+
+    def update(self, keys, grads) -> None:
+        """Applies the table's optimizer; gradients of repeated keys are summed.  Persistent on return."""
+        keys = as_keys(keys)
+        grads = _as_matrix(grads, len(keys), self.dim, "gradients")
+        _check(lib.embps_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
+                                ffi.from_buffer("float[]", grads), grads.size))
+
+    def assign(self, keys, rows, state=None) -> None:
+        """Overwrites rows and optimizer state (zero if not given).  Persistent on return."""
+        keys = as_keys(keys)
+        n = len(keys)
+        rows = _as_matrix(rows, n, self.dim, "rows")
+        state_ptr, state_len = ffi.NULL, 0
+        if state is not None:
+            state = _as_matrix(state, n, self.state_floats, "state")
+            state_ptr, state_len = ffi.from_buffer("float[]", state), state.size
+        _check(lib.embps_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+                                ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
+
+    def delete(self, keys) -> int:
+        keys = as_keys(keys)
+        deleted = ffi.new("uint64_t *")
+        _check(lib.embps_delete(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), deleted))
+        return int(deleted[0])
+
+    def export(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yields (keys, rows, state) for every present row, in index order."""
+        batch = max(int(batch), 16)
+        keys = np.empty(batch, np.uint64)
+        rows = np.empty((batch, self.dim), np.float32)
+        state = np.empty((batch, self.state_floats), np.float32)
+        cursor = ffi.new("uint64_t *", 0)
+        count = ffi.new("size_t *")
+        bufs = (ffi.from_buffer("uint64_t[]", keys, require_writable=True),
+                ffi.from_buffer("float[]", rows, require_writable=True),
+                ffi.from_buffer("float[]", state, require_writable=True))
+        while cursor[0] != 2**64 - 1:
+            _check(lib.embps_export(self.handle, cursor, batch, *bufs, count))
+            n = count[0]
+            if n:
+                yield keys[:n].copy(), rows[:n].copy(), state[:n].copy()
+
+    def gather(self, keys, with_state: bool = False) -> GatherList:
+        """Scatter-gather entries pointing at the rows in the mapped pool (NIC / socket sends)."""
+        keys = as_keys(keys)
+        sges = np.empty(len(keys), SGE_DTYPE)
+        guard = ffi.new("uint64_t *")
+        _check(lib.embps_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), int(with_state),
+                                      ffi.cast("embps_sge *", ffi.from_buffer(sges, require_writable=True)), guard))
+        return GatherList(self, sges, guard[0])
+
+    def pool_region(self) -> tuple[int, int]:
+        """(address, length) of the slab pool: the memory region an RDMA NIC registers."""
+        base, length = ffi.new("void **"), ffi.new("size_t *")
+        lib.embps_pool_region(self.handle, base, length)
+        return int(ffi.cast("uintptr_t", base[0])), int(length[0])
+
+    def stats(self) -> TableStats:
+        s = ffi.new("embps_table_stats *")
+        lib.embps_table_describe(self.handle, ffi.NULL, s)
+        return TableStats(s.rows, s.buckets, s.slabs_total, s.slabs_used, s.slabs_retired, s.state_floats,
+                          s.slab_bytes, s.file_bytes, s.recovery_seconds)
+
+    def check(self) -> None:
+        """Verifies every index and allocator invariant; raises StoreCorrupted."""
+        _check(lib.embps_table_check(self.handle))
+
+
+class GatherList:
+    """Entries stay valid (their slabs are not reused) until release()."""
+
+    def __init__(self, table: Table, entries: np.ndarray, guard: int):
+        self.entries = entries
+        self._table, self._guard = table, guard
+
+    def release(self) -> None:
+        if self._guard is not None:
+            lib.embps_gather_end(self._table.handle, self._guard)
+            self._guard = None
+
+    def __enter__(self) -> GatherList:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class Store:
+    """A directory of persistent tables.  Opening it recovers every table."""
+
+    def __init__(self, path: str | os.PathLike, crash_simulation: CrashSimulation | None = None,
+                 persist: str = "cache_line"):
+        """persist: "cache_line" flushes lines and fences as on PM (the emulation when the file is
+        not on DAX; durable across process crashes); "native" lets libpmem2 choose, which means
+        msync on non-DAX files (durable across power loss, much slower)."""
+        if persist not in ("cache_line", "native"):
+            raise InvalidArgument(f"persist must be 'cache_line' or 'native', got {persist!r}")
+        if persist == "cache_line":
+            os.environ["PMEM2_FORCE_GRANULARITY"] = "CACHE_LINE"
+        else:
+            os.environ.pop("PMEM2_FORCE_GRANULARITY", None)
+        self.path = Path(path)
+        cfg = ffi.new("embps_store_config *")
+        dir_bytes = ffi.new("char[]", os.fsencode(self.path))
+        cfg.dir = dir_bytes
+        if crash_simulation is not None:
+            cfg.crash_sim = 1
+            cfg.crash_at = crash_simulation.crash_at
+            cfg.crash_evict_prob = crash_simulation.evict_prob
+            cfg.crash_seed = crash_simulation.seed
+        out = ffi.new("embps_store **")
+        _check(lib.embps_store_open(cfg, out))
+        self._handle = out[0]
+        self._tables: dict[str, Table] = {}
+        for i in range(lib.embps_store_table_count(self._handle)):
+            name = ffi.string(lib.embps_store_table_name(self._handle, i)).decode()
+            self._tables[name] = self._wrap(name)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            raise StoreError("store is closed")
+        return self._handle
+
+    def _wrap(self, name: str) -> Table:
+        out = ffi.new("embps_table **")
+        _check(lib.embps_table_get(self.handle, name.encode(), out))
+        return Table(name, out[0])
+
+    def create_table(self, name: str, spec: TableSpec) -> Table:
+        out = ffi.new("embps_table **")
+        _check(lib.embps_table_create(self.handle, name.encode(), spec_to_c(spec), out))
+        self._tables[name] = Table(name, out[0])
+        return self._tables[name]
+
+    def table(self, name: str) -> Table:
+        try:
+            return self._tables[name]
+        except KeyError:
+            _check(lib.embps_table_get(self.handle, name.encode(), ffi.new("embps_table **")))
+            raise
+
+    def tables(self) -> list[str]:
+        return sorted(self._tables)
+
+    def drop_table(self, name: str) -> None:
+        _check(lib.embps_table_drop(self.handle, name.encode()))
+        self._tables.pop(name)._handle = None
+
+    @property
+    def persist_points(self) -> int:
+        """Persist points reached so far (crash simulator only)."""
+        return lib.embps_store_persist_points(self.handle)
+
+    def recovery_seconds(self) -> float:
+        return sum(t.stats().recovery_seconds for t in self._tables.values())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            for table in self._tables.values():
+                table._handle = None
+            lib.embps_store_close(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
