@@ -9,10 +9,11 @@ int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets)
 {
     ph->buckets = pm_buckets;
     ph->mask = n_buckets - 1;
-    ph->meta = aligned_alloc(64, n_buckets * sizeof(ph_meta));
+    size_t bytes = (n_buckets * sizeof(ph_meta) + 63) & ~(size_t)63;  /* aligned_alloc wants a multiple */
+    ph->meta = aligned_alloc(64, bytes);
     if (!ph->meta)
         return fail(EMBPS_E_NOMEM, "out of memory for %llu bucket tags", (unsigned long long)n_buckets);
-    memset(ph->meta, 0, n_buckets * sizeof(ph_meta));
+    memset(ph->meta, 0, bytes);
     return EMBPS_OK;
 }
 

@@ -1,0 +1,306 @@
+/*
+ * Native store tests, built with AddressSanitizer and UBSan by `make test-native`.
+ * Python tests cover the numerics; these cover memory safety, invariants,
+ * crash recovery and lock-free reads racing a writer.
+ */
+#include "embps_store.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int failures;
+
+#define EXPECT(cond)                                                                     \
+    do {                                                                                 \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "%s:%d: expected %s (last error: %s)\n", __FILE__, __LINE__, \
+                    #cond, embps_errormsg());                                            \
+            failures++;                                                                  \
+        }                                                                                \
+    } while (0)
+
+#define EXPECT_OK(call) EXPECT((call) == EMBPS_OK)
+
+static char root[256];
+
+static embps_store *open_store(const char *name, int sim, uint64_t crash_at, double evict)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/%s", root, name);
+    embps_store_config cfg = {.dir = dir, .crash_sim = sim, .crash_at = crash_at, .crash_evict_prob = evict,
+                              .crash_seed = crash_at * 7919 + 1};
+    embps_store *s = NULL;
+    EXPECT_OK(embps_store_open(&cfg, &s));
+    return s;
+}
+
+static embps_table_spec spec_of(uint32_t optimizer, uint32_t dim, uint64_t capacity)
+{
+    return (embps_table_spec){.dim = dim, .capacity = capacity, .optimizer = optimizer, .lr = 0.1f,
+                              .eps = 1e-8f, .beta1 = 0.9f, .beta2 = 0.999f, .init = EMBPS_INIT_UNIFORM,
+                              .init_scale = 0.05f, .init_seed = 42};
+}
+
+static void fill(float *v, size_t n, float x)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = x;
+}
+
+static void test_round_trip_and_reopen(void)
+{
+    enum { N = 5000, DIM = 8 };
+    embps_store *s = open_store("round_trip", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_ADAGRAD, DIM, N);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "emb", &spec, &t));
+    EXPECT(embps_table_create(s, "emb", &spec, &t) == EMBPS_E_EXISTS);
+    static uint64_t keys[N];
+    static float rows[N * DIM], out[N * DIM], state[N * DIM];
+    static uint8_t found[N];
+    for (size_t i = 0; i < N; i++) {
+        keys[i] = i * 0x9E3779B97F4A7C15ull;
+        fill(rows + i * DIM, DIM, (float)i);
+    }
+    EXPECT_OK(embps_assign(t, keys, N, rows, N * DIM, NULL, 0));
+    EXPECT_OK(embps_lookup(t, keys, N, out, N * DIM, state, N * DIM, found));
+    EXPECT(memcmp(rows, out, sizeof(rows)) == 0);
+    EXPECT(found[0] && found[N - 1] && state[5] == 0.0f);
+    /* a repeated key: its gradients are summed, then Adagrad runs once */
+    uint64_t twice[2] = {keys[3], keys[3]};
+    float g[2 * DIM];
+    fill(g, 2 * DIM, 1.0f);
+    EXPECT_OK(embps_update(t, twice, 2, g, 2 * DIM));
+    EXPECT_OK(embps_lookup(t, twice, 1, out, DIM, state, DIM, found));
+    EXPECT(state[0] == 4.0f && fabsf(out[0] - (3.0f - 0.1f * 2.0f / (2.0f + 1e-8f))) < 1e-6f);
+    uint64_t deleted = 0;
+    EXPECT_OK(embps_delete(t, keys, N / 2, &deleted));
+    EXPECT(deleted == N / 2);
+    EXPECT_OK(embps_table_check(t));
+    embps_store_close(s);
+
+    s = open_store("round_trip", 0, 0, 0);
+    EXPECT_OK(embps_table_get(s, "emb", &t));
+    EXPECT_OK(embps_table_check(t));
+    embps_table_stats st;
+    embps_table_describe(t, NULL, &st);
+    EXPECT(st.rows == N - N / 2 && st.slabs_used == st.rows);
+    EXPECT_OK(embps_lookup(t, keys, N, out, N * DIM, NULL, 0, found));
+    EXPECT(!found[0] && found[N / 2] && out[(N - 1) * DIM] == (float)(N - 1));
+    uint64_t cursor = 0, seen = 0;
+    while (cursor != UINT64_MAX) {
+        size_t n;
+        EXPECT_OK(embps_export(t, &cursor, 64, keys, out, state, &n));
+        seen += n;
+    }
+    EXPECT(seen == st.rows);
+    EXPECT_OK(embps_table_drop(s, "emb"));
+    EXPECT(embps_table_get(s, "emb", &t) == EMBPS_E_NOT_FOUND);
+    embps_store_close(s);
+}
+
+static void test_bad_input_changes_nothing(void)
+{
+    embps_store *s = open_store("bad_input", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 10);
+    embps_table *t;
+    EXPECT(embps_table_create(s, "../escape", &spec, &t) == EMBPS_E_INVALID_ARGUMENT);
+    embps_table_spec bad = spec;
+    bad.dim = 0;
+    EXPECT(embps_table_create(s, "t", &bad, &t) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+    uint64_t keys[12];
+    float rows[12 * 4];
+    for (int i = 0; i < 12; i++)
+        keys[i] = (uint64_t)i;
+    fill(rows, 48, 1.0f);
+    EXPECT_OK(embps_assign(t, keys, 5, rows, 20, NULL, 0));
+    EXPECT(embps_assign(t, keys, 5, rows, 19, NULL, 0) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT(embps_assign(t, keys, 12, rows, 48, NULL, 0) == EMBPS_E_CAPACITY);
+    rows[7] = NAN;
+    EXPECT(embps_update(t, keys, 5, rows, 20) == EMBPS_E_NONFINITE);
+    rows[7] = INFINITY;
+    EXPECT(embps_assign(t, keys, 5, rows, 20, NULL, 0) == EMBPS_E_NONFINITE);
+    uint64_t reserved = EMBPS_RESERVED_KEY;
+    EXPECT(embps_assign(t, &reserved, 1, rows, 4, NULL, 0) == EMBPS_E_INVALID_ARGUMENT);
+    float out[20];
+    EXPECT(embps_lookup(t, keys, 5, out, 21, NULL, 0, NULL) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT_OK(embps_lookup(t, keys, 5, out, 20, NULL, 0, NULL));
+    for (int i = 0; i < 20; i++)
+        EXPECT(out[i] == 1.0f);
+    embps_table_stats st;
+    embps_table_describe(t, NULL, &st);
+    EXPECT(st.rows == 5);
+    EXPECT_OK(embps_table_check(t));
+    EXPECT(embps_table_get(s, "missing", &t) == EMBPS_E_NOT_FOUND);
+    embps_store_close(s);
+
+    /* a file that is not a table refuses to open instead of being misread */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/bad_input/junk.table", root);
+    FILE *f = fopen(path, "w");
+    fputs("not a table", f);
+    fclose(f);
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/bad_input", root);
+    embps_store_config cfg = {.dir = dir};
+    EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_CORRUPT);
+}
+
+/* Crash at every persist point of an assign/delete workload whose values encode (key, version). */
+static void test_crash_sweep(void)
+{
+    enum { DIM = 4, KEYS = 64, OPS = 60, BATCH = 6 };
+    uint64_t points = 0;
+    for (uint64_t crash_at = 1;; crash_at++) {
+        char name[64];
+        snprintf(name, sizeof(name), "crash_%llu", (unsigned long long)crash_at);
+        embps_store *s = open_store(name, 0, 0, 0);
+        embps_table_spec spec = spec_of(EMBPS_OPT_SGD, DIM, KEYS);
+        embps_table *t;
+        EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+        embps_store_close(s);
+        s = open_store(name, 1, crash_at, crash_at % 2 ? 0.5 : 0.0);
+        EXPECT_OK(embps_table_get(s, "t", &t));
+        float acked[KEYS], inflight[KEYS];
+        fill(acked, KEYS, -1.0f);   /* -1: absent */
+        uint64_t rng = crash_at;
+        int crashed = 0;
+        for (int op = 0; op < OPS && !crashed; op++) {
+            memcpy(inflight, acked, sizeof(acked));
+            uint64_t keys[BATCH];
+            float rows[BATCH * DIM];
+            for (int i = 0; i < BATCH; i++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                keys[i] = (rng >> 33) % KEYS;
+                fill(rows + i * DIM, DIM, (float)(op * 1000 + (int)keys[i]));
+            }
+            int deleting = op % 5 == 4;
+            int rc = deleting ? embps_delete(t, keys, BATCH, NULL) : embps_assign(t, keys, BATCH, rows, BATCH * DIM, NULL, 0);
+            for (int i = 0; i < BATCH; i++)
+                inflight[keys[i]] = deleting ? -1.0f : rows[i * DIM];
+            if (rc == EMBPS_E_CRASHED)
+                crashed = 1;
+            else
+                memcpy(acked, inflight, sizeof(acked));
+        }
+        if (!crashed)
+            points = embps_store_persist_points(s);
+        embps_store_close(s);
+        if (!crashed)
+            break;
+        s = open_store(name, 0, 0, 0);
+        EXPECT_OK(embps_table_get(s, "t", &t));
+        EXPECT_OK(embps_table_check(t));
+        for (uint64_t k = 0; k < KEYS; k++) {
+            float row[DIM];
+            uint8_t found;
+            EXPECT_OK(embps_lookup(t, &k, 1, row, DIM, NULL, 0, &found));
+            float got = found ? row[0] : -1.0f;
+            for (int j = 1; j < DIM && found; j++)
+                EXPECT(row[j] == row[0]);   /* not torn */
+            EXPECT(got == acked[k] || got == inflight[k]);
+        }
+        embps_store_close(s);
+    }
+    EXPECT(points > 50);
+    printf("crash sweep: %llu persist points, each crashed at and recovered\n", (unsigned long long)points);
+}
+
+/* Readers must never see a torn row while a writer replaces and deletes rows. */
+typedef struct {
+    embps_table *t;
+    volatile int stop;
+    int torn;
+} race;
+
+static void *reader(void *arg)
+{
+    race *r = arg;
+    uint64_t keys[64];
+    float out[64 * 16];
+    for (int i = 0; i < 64; i++)
+        keys[i] = (uint64_t)i;
+    while (!r->stop) {
+        uint8_t found[64];
+        embps_lookup(r->t, keys, 64, out, 64 * 16, NULL, 0, found);
+        for (int i = 0; i < 64; i++)
+            for (int j = 1; j < 16 && found[i]; j++)
+                r->torn |= out[i * 16 + j] != out[i * 16];
+    }
+    return NULL;
+}
+
+static void test_lock_free_reads_race_writer(void)
+{
+    embps_store *s = open_store("race", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 16, 64);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+    race r = {.t = t};
+    pthread_t threads[2];
+    for (int i = 0; i < 2; i++)
+        pthread_create(&threads[i], NULL, reader, &r);
+    for (int v = 0; v < 3000; v++) {
+        uint64_t keys[8];
+        float rows[8 * 16];
+        for (int i = 0; i < 8; i++)
+            keys[i] = (uint64_t)((v * 8 + i) % 64);
+        fill(rows, 8 * 16, (float)v);
+        if (v % 7 == 6)
+            EXPECT_OK(embps_delete(t, keys, 8, NULL));
+        else
+            EXPECT_OK(embps_assign(t, keys, 8, rows, 8 * 16, NULL, 0));
+    }
+    r.stop = 1;
+    for (int i = 0; i < 2; i++)
+        pthread_join(threads[i], NULL);
+    EXPECT(!r.torn);
+    EXPECT_OK(embps_table_check(t));
+    embps_store_close(s);
+}
+
+static void test_gather_points_at_rows(void)
+{
+    embps_store *s = open_store("gather", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_ROWWISE_ADAGRAD, 8, 100);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+    uint64_t keys[3] = {10, 20, 30};
+    float rows[3 * 8];
+    fill(rows, 24, 2.5f);
+    EXPECT_OK(embps_assign(t, keys, 2, rows, 16, NULL, 0));
+    embps_sge sge[3];
+    uint64_t guard;
+    EXPECT_OK(embps_gather_begin(t, keys, 3, 1, sge, &guard));
+    EXPECT(sge[0].found && sge[1].found && !sge[2].found && sge[0].len == 9 * sizeof(float));
+    EXPECT(((float *)(uintptr_t)sge[1].addr)[7] == 2.5f);
+    void *base;
+    size_t len;
+    embps_pool_region(t, &base, &len);
+    EXPECT(sge[0].addr >= (uint64_t)(uintptr_t)base && sge[0].addr + sge[0].len <= (uint64_t)(uintptr_t)base + len);
+    embps_gather_end(t, guard);
+    embps_store_close(s);
+}
+
+int main(void)
+{
+    snprintf(root, sizeof(root), "/tmp/embps-native-test-%d", (int)getpid());
+    mkdir(root, 0755);
+    test_round_trip_and_reopen();
+    test_bad_input_changes_nothing();
+    test_crash_sweep();
+    test_lock_free_reads_race_writer();
+    test_gather_points_at_rows();
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
+    if (system(cmd) != 0)
+        failures++;
+    printf("%s: %d failed\n", failures ? "FAILED" : "native store tests passed", failures);
+    return failures != 0;
+}
