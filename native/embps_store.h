@@ -55,9 +55,9 @@ typedef struct {
     uint32_t dim;
     uint64_t capacity;          /* maximum number of rows */
     uint32_t optimizer;         /* enum embps_optimizer */
-    float lr, eps, beta1, beta2;
+    double lr, eps, beta1, beta2;   /* doubles, as PyTorch keeps hyper-parameters */
     uint32_t init;              /* enum embps_init */
-    float init_scale;           /* uniform: [-scale, scale); normal: stddev */
+    double init_scale;          /* uniform: [-scale, scale); normal: stddev */
     uint64_t init_seed;
 } embps_table_spec;
 

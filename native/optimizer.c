@@ -35,8 +35,8 @@ int spec_is_valid(const embps_table_spec *s)
         return fail(EMBPS_E_INVALID_ARGUMENT, "unknown optimizer %u", s->optimizer);
     if (s->init > EMBPS_INIT_NORMAL)
         return fail(EMBPS_E_INVALID_ARGUMENT, "unknown initializer %u", s->init);
-    float hyper[] = {s->lr, s->eps, s->beta1, s->beta2, s->init_scale};
-    if (!all_finite(hyper, 5) || s->lr < 0 || s->eps < 0 || s->init_scale < 0)
+    if (!isfinite(s->lr) || !isfinite(s->eps) || !isfinite(s->init_scale) || s->lr < 0 || s->eps < 0 ||
+        s->init_scale < 0)
         return fail(EMBPS_E_INVALID_ARGUMENT, "lr, eps and init_scale must be finite and >= 0");
     if (s->optimizer == EMBPS_OPT_ADAM && !(s->beta1 >= 0 && s->beta1 < 1 && s->beta2 >= 0 && s->beta2 < 1))
         return fail(EMBPS_E_INVALID_ARGUMENT, "adam betas must be in [0, 1)");
@@ -55,11 +55,11 @@ void init_row(const embps_table_spec *spec, uint64_t key, float *row)
     for (uint32_t j = 0; j < spec->dim; j++) {
         uint64_t bits = mix64(base + (uint64_t)j * 0x9E3779B97F4A7C15ull);
         if (spec->init == EMBPS_INIT_UNIFORM) {
-            row[j] = (2.0f * unit_float(bits) - 1.0f) * spec->init_scale;
+            row[j] = (2.0f * unit_float(bits) - 1.0f) * (float)spec->init_scale;
         } else if (spec->init == EMBPS_INIT_NORMAL) {
             float u1 = unit_float(bits) + (1.0f / 33554432.0f);   /* never 0 */
             float u2 = unit_float(mix64(bits));
-            row[j] = sqrtf(-2.0f * logf(u1)) * cosf(6.28318530718f * u2) * spec->init_scale;
+            row[j] = sqrtf(-2.0f * logf(u1)) * cosf(6.28318530718f * u2) * (float)spec->init_scale;
         } else {
             row[j] = 0.0f;
         }
@@ -81,7 +81,7 @@ void optimizer_step(const embps_table_spec *spec, const float *row, const float 
                     const float *grad, float *new_row, float *new_state)
 {
     const uint32_t dim = spec->dim;
-    const float lr = spec->lr, eps = spec->eps;
+    const float lr = (float)spec->lr, eps = (float)spec->eps;
     switch (spec->optimizer) {
     case EMBPS_OPT_SGD:
         for (uint32_t j = 0; j < dim; j++)
@@ -106,14 +106,15 @@ void optimizer_step(const embps_table_spec *spec, const float *row, const float 
         break;
     }
     case EMBPS_OPT_ADAM: {
-        /* Per-row step count: a row's bias correction advances only when it is updated. */
+        /* Per-row step count: a row's bias correction advances only when it is updated.
+         * Scalars are computed in double and rounded once, as torch.optim.Adam does. */
         float t = state[2 * dim] + 1.0f;
         float step_size = (float)(spec->lr / (1.0 - pow(spec->beta1, t)));
         float bc2_sqrt = (float)sqrt(1.0 - pow(spec->beta2, t));
-        const float b1 = spec->beta1, b2 = spec->beta2;
+        const float w1 = (float)(1.0 - spec->beta1), b2 = (float)spec->beta2, w2 = (float)(1.0 - spec->beta2);
         for (uint32_t j = 0; j < dim; j++) {
-            float m = b1 * state[j] + (1.0f - b1) * grad[j];
-            float v = b2 * state[dim + j] + (1.0f - b2) * grad[j] * grad[j];
+            float m = state[j] + w1 * (grad[j] - state[j]);
+            float v = b2 * state[dim + j] + w2 * grad[j] * grad[j];
             new_state[j] = m;
             new_state[dim + j] = v;
             new_row[j] = row[j] - step_size * m / (sqrtf(v) / bc2_sqrt + eps);

@@ -1,0 +1,83 @@
+"""Bad input gets a precise exception and changes nothing; the store keeps serving."""
+
+import numpy as np
+import pytest
+
+from embps.store import (CapacityExhausted, InvalidArgument, NonFiniteValues, OptimizerSpec, Store,
+                         StoreCorrupted, StoreError, TableExists, TableNotFound, TableSpec)
+
+
+@pytest.fixture
+def table(tmp_path):
+    with Store(tmp_path / "s") as store:
+        t = store.create_table("emb", TableSpec(4, 10, OptimizerSpec("adagrad", lr=0.1)))
+        t.assign(np.arange(5), np.ones((5, 4)))
+        yield store, t
+
+
+def assert_intact(t):
+    rows, state, found = t.lookup_with_state(np.arange(5))
+    np.testing.assert_array_equal(rows, np.ones((5, 4)))
+    np.testing.assert_array_equal(state, np.zeros((5, 4)))
+    assert found.all() and t.stats().rows == 5
+    t.check()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda t: t.update(np.arange(5), np.ones((5, 3))), InvalidArgument, r"shape \(5, 4\)"),
+    (lambda t: t.update(np.arange(5), np.ones(20)), InvalidArgument, r"shape \(5, 4\)"),
+    (lambda t: t.assign(np.arange(5), np.ones((5, 4)), state=np.ones((5, 2))), InvalidArgument, "state"),
+    (lambda t: t.update(np.arange(5), np.full((5, 4), np.nan)), NonFiniteValues, "NaN or Inf"),
+    (lambda t: t.update([0, 1], [[1, 1, 1, 1], [1, np.inf, 1, 1]]), NonFiniteValues, "nothing was applied"),
+    (lambda t: t.assign([0], [[np.nan, 0, 0, 0]]), NonFiniteValues, "nothing was written"),
+    (lambda t: t.assign(np.arange(5, 20), np.ones((15, 4))), CapacityExhausted, "capacity 10"),
+    (lambda t: t.update([2**64 - 1], np.ones((1, 4))), InvalidArgument, "reserved"),
+    (lambda t: t.lookup([[1, 2]]), InvalidArgument, "one-dimensional"),
+    (lambda t: t.lookup([0.5, 1.5]), InvalidArgument, "integers"),
+    (lambda t: t.lookup([1, 2], out=np.empty((2, 5), np.float32)), InvalidArgument, "out must be"),
+])
+def test_bad_call_raises_and_leaves_table_intact(table, call, error, message):
+    _, t = table
+    with pytest.raises(error, match=message):
+        call(t)
+    assert_intact(t)
+
+
+def test_table_level_errors(table):
+    store, t = table
+    with pytest.raises(TableNotFound, match="no table named 'nope'"):
+        store.table("nope")
+    with pytest.raises(TableNotFound):
+        store.drop_table("nope")
+    with pytest.raises(TableExists, match="already exists"):
+        store.create_table("emb", TableSpec(4, 10))
+    for name in ["", "../x", ".hidden", "a/b", "x" * 64]:
+        with pytest.raises(InvalidArgument, match="table name"):
+            store.create_table(name, TableSpec(4, 10))
+    for spec in [TableSpec(0, 10), TableSpec(4, 0), TableSpec(4, 10, OptimizerSpec("lion")),
+                 TableSpec(4, 10, OptimizerSpec("adam", beta1=1.5)), TableSpec(4, 10, OptimizerSpec(lr=float("nan")))]:
+        with pytest.raises(InvalidArgument):
+            store.create_table("other", spec)
+    assert store.tables() == ["emb"]
+    assert_intact(t)
+
+
+def test_dropped_table_handle_refuses_calls(table):
+    store, t = table
+    store.drop_table("emb")
+    with pytest.raises(StoreError, match="dropped"):
+        t.lookup([1])
+
+
+def test_corrupt_table_file_refuses_to_open(tmp_path):
+    with Store(tmp_path / "s") as store:
+        store.create_table("emb", TableSpec(4, 10))
+    path = tmp_path / "s" / "emb.table"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF    # inside the header: the checksum catches it
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupted, match="checksum"):
+        Store(tmp_path / "s")
+    path.write_bytes(bytes(data[:5000]))
+    with pytest.raises(StoreCorrupted):
+        Store(tmp_path / "s")

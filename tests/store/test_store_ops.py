@@ -1,0 +1,140 @@
+"""Round trips through a real store on real files: values, optimizers, recovery, export, gather."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from embps.store import (InitializerSpec, OptimizerSpec, Store, TableSpec, apply_optimizer, initial_rows,
+                         state_floats)
+from reference_optimizers import step
+
+OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam"]
+
+
+def make_table(store, kind="adagrad", dim=8, capacity=10_000, name="emb", seed=7):
+    spec = TableSpec(dim, capacity, OptimizerSpec(kind, lr=0.1, eps=1e-8),
+                     InitializerSpec("uniform", scale=0.05, seed=seed))
+    return store.create_table(name, spec)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "store") as s:
+        yield s
+
+
+def test_assign_lookup_round_trip_survives_reopen(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2**63, 3000, dtype=np.int64)
+    rows = rng.standard_normal((3000, 16)).astype(np.float32)
+    with Store(tmp_path / "s") as s:
+        t = make_table(s, "adagrad", dim=16)
+        state = rng.random((3000, 16)).astype(np.float32)
+        t.assign(keys, rows, state)
+        np.testing.assert_array_equal(t.lookup(keys), rows)
+    with Store(tmp_path / "s") as s:
+        t = s.table("emb")
+        got_rows, got_state, found = t.lookup_with_state(keys)
+        np.testing.assert_array_equal(got_rows, rows)
+        np.testing.assert_array_equal(got_state, state)
+        assert found.all() and t.stats().rows == 3000
+        t.check()
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_fused_optimizer_matches_numpy_reference(store, kind):
+    dim = 8
+    t = make_table(store, kind, dim=dim)
+    rng = np.random.default_rng(1)
+    keys = np.arange(50, dtype=np.uint64)
+    rows = {int(k): r for k, r in zip(keys, initial_rows(t.spec, keys))}
+    states = {int(k): np.zeros(state_floats(kind, dim), np.float32) for k in keys}
+    for _ in range(20):
+        batch = rng.choice(keys, 64)    # repeats: gradients of a key are summed
+        grads = rng.standard_normal((64, dim)).astype(np.float32)
+        t.update(batch, grads)
+        for k in np.unique(batch):
+            g = grads[batch == k].sum(axis=0, dtype=np.float32)
+            rows[int(k)], states[int(k)] = step(kind, rows[int(k)], states[int(k)], g)
+    got_rows, got_state, _ = t.lookup_with_state(keys)
+    np.testing.assert_allclose(got_rows, np.stack([rows[int(k)] for k in keys]), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(got_state, np.stack([states[int(k)] for k in keys]), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_plain_memory_kernel_equals_table_update(store, kind):
+    t = make_table(store, kind, dim=4)
+    keys = np.array([5, 6, 7], np.uint64)
+    grads = np.full((3, 4), 0.5, np.float32)
+    rows, state = initial_rows(t.spec, keys), np.zeros((3, t.state_floats), np.float32)
+    apply_optimizer(t.spec, rows, state, grads)
+    t.update(keys, grads)
+    got_rows, got_state, _ = t.lookup_with_state(keys)
+    np.testing.assert_array_equal(got_rows, rows)
+    np.testing.assert_array_equal(got_state, state)
+
+
+def test_missing_keys_read_as_deterministic_initial_rows(tmp_path):
+    keys = np.array([1, 2, 2**64 - 2], np.uint64)
+    with Store(tmp_path / "a") as a, Store(tmp_path / "b") as b:
+        ta, tb = make_table(a, seed=3), make_table(b, seed=3)
+        rows, _, found = ta.lookup_with_state(keys)
+        assert not found.any() and ta.stats().rows == 0     # reads never insert
+        np.testing.assert_array_equal(rows, tb.lookup(keys))
+        assert np.abs(rows).max() <= 0.05 and len(np.unique(rows)) == rows.size
+        other = make_table(b, seed=4, name="other")
+        assert not np.array_equal(rows, other.lookup(keys))
+
+
+def test_delete_export_and_drop(store):
+    t = make_table(store)
+    keys = np.arange(1000, dtype=np.uint64) * 7919
+    rows = np.tile(np.arange(1000, dtype=np.float32)[:, None], (1, 8))
+    t.assign(keys, rows)
+    assert t.delete(keys[:400]) == 400
+    assert t.delete(keys[:400]) == 0
+    got = {int(k): r for ks, rs, _ in t.export(batch=100) for k, r in zip(ks, rs)}
+    assert set(got) == set(int(k) for k in keys[400:])
+    assert all(got[int(k)][0] == i + 400 for i, k in enumerate(keys[400:]))
+    t.check()
+    assert store.tables() == ["emb"]
+    store.drop_table("emb")
+    assert store.tables() == []
+    assert not list(store.path.glob("*.table"))
+
+
+def test_gather_list_points_at_pool_rows(store):
+    t = make_table(store, "rowwise_adagrad", dim=4)
+    t.assign([11, 12], np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32))
+    base, length = t.pool_region()
+    with t.gather([12, 99, 11], with_state=True) as g:
+        e = g.entries
+        assert list(e["found"]) == [1, 0, 1] and e["len"][0] == 5 * 4
+        assert all(base <= a < base + length for a in e["addr"][[0, 2]])
+        row = np.frombuffer((np.ctypeslib.as_ctypes_type(np.float32) * 5).from_address(int(e["addr"][0])),
+                            np.float32)
+        np.testing.assert_array_equal(row, [5, 6, 7, 8, 0])
+
+
+def test_concurrent_readers_and_writer_see_whole_rows(store):
+    t = make_table(store, "sgd", dim=32, capacity=4096)
+    keys = np.arange(4096, dtype=np.uint64)
+    t.assign(keys, np.zeros((4096, 32), np.float32))
+    stop, torn = threading.Event(), []
+
+    def read():
+        while not stop.is_set():
+            rows = t.lookup(keys)
+            torn.append(int((rows != rows[:, :1]).any(axis=1).sum()))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for r in readers:
+        r.start()
+    for v in range(200):
+        t.assign(keys[v % 8::8], np.full((512, 32), v, np.float32))
+    stop.set()
+    for r in readers:
+        r.join()
+    assert torn and sum(torn) == 0
+    t.check()
