@@ -1,0 +1,1 @@
+"""Runnable demonstrations of embps components (`embps store-demo`, ...)."""
