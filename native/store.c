@@ -12,15 +12,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #define TABLE_SUFFIX ".table"
 #define TMP_SUFFIX ".creating"
+#define LOCK_FILE "LOCK"
 
 struct embps_store {
     char dir[PATH_MAX];
     pm_sim *sim;
+    int lock_fd;                /* flock on LOCK: one process per store */
     pthread_mutex_t lock;       /* guards the table list */
     embps_table **tables;
     size_t n_tables, cap_tables;
@@ -76,6 +79,21 @@ static int has_suffix(const char *name, const char *suffix)
     return n > k && strcmp(name + n - k, suffix) == 0;
 }
 
+/* Two processes writing one table would corrupt it; the kernel drops the lock when a process dies. */
+static int lock_store(embps_store *s)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof(path), "%s/" LOCK_FILE, s->dir) >= sizeof(path))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->lock_fd < 0)
+        return fail(EMBPS_E_IO, "cannot open %s: %s", path, strerror(errno));
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB))
+        return fail(EMBPS_E_IO, "store %s is in use by another process (%s)", s->dir,
+                    errno == EWOULDBLOCK ? "locked" : strerror(errno));
+    return EMBPS_OK;
+}
+
 /* Opens every table file; removes files of table creations a crash interrupted. */
 static int open_tables(embps_store *s)
 {
@@ -111,11 +129,14 @@ int embps_store_open(const embps_store_config *cfg, embps_store **out)
     if (!s)
         return fail(EMBPS_E_NOMEM, "out of memory opening store");
     pthread_mutex_init(&s->lock, NULL);
+    s->lock_fd = -1;
     int rc = EMBPS_OK;
     if ((size_t)snprintf(s->dir, sizeof(s->dir), "%s", cfg->dir) >= sizeof(s->dir))
         rc = fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
     else if (mkdir(s->dir, 0755) && errno != EEXIST)
         rc = fail(EMBPS_E_IO, "cannot create %s: %s", s->dir, strerror(errno));
+    if (!rc)
+        rc = lock_store(s);
     if (!rc && cfg->crash_sim)
         rc = pm_sim_new(cfg->crash_at, cfg->crash_evict_prob, cfg->crash_seed, &s->sim);
     if (!rc)
@@ -136,6 +157,8 @@ void embps_store_close(embps_store *s)
         table_close(s->tables[i]);
     free(s->tables);
     pm_sim_free(s->sim);
+    if (s->lock_fd >= 0)
+        close(s->lock_fd);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }

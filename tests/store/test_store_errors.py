@@ -1,5 +1,8 @@
 """Bad input gets a precise exception and changes nothing; the store keeps serving."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -67,6 +70,13 @@ def test_dropped_table_handle_refuses_calls(table):
     store.drop_table("emb")
     with pytest.raises(StoreError, match="dropped"):
         t.lookup([1])
+
+
+def test_second_process_cannot_open_a_store_in_use(table, tmp_path):
+    code = "import sys; from embps.store import Store; Store(sys.argv[1])"
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True)
+    assert child.returncode != 0 and "in use by another process" in child.stderr
+    assert_intact(table[1])
 
 
 def test_corrupt_table_file_refuses_to_open(tmp_path):
