@@ -4,22 +4,27 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets)
 {
     ph->buckets = pm_buckets;
     ph->mask = n_buckets - 1;
-    size_t bytes = (n_buckets * sizeof(ph_meta) + 63) & ~(size_t)63;  /* aligned_alloc wants a multiple */
-    ph->meta = aligned_alloc(64, bytes);
-    if (!ph->meta)
+    /* Tags are probed at random: a mapping of its own can get huge pages and spare the TLB. */
+    ph->meta_bytes = n_buckets * sizeof(ph_meta);
+    ph->meta = mmap(NULL, ph->meta_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ph->meta == MAP_FAILED) {
+        ph->meta = NULL;
         return fail(EMBPS_E_NOMEM, "out of memory for %llu bucket tags", (unsigned long long)n_buckets);
-    memset(ph->meta, 0, bytes);
+    }
+    madvise(ph->meta, ph->meta_bytes, MADV_HUGEPAGE);
     return EMBPS_OK;
 }
 
 void pethash_free(pethash *ph)
 {
-    free(ph->meta);
+    if (ph->meta)
+        munmap(ph->meta, ph->meta_bytes);
     ph->meta = NULL;
 }
 

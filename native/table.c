@@ -265,13 +265,15 @@ static int check_len(const char *what, size_t got, size_t n, size_t width)
     return EMBPS_OK;
 }
 
-enum { PF_DIST = 6, PF_RING = 32 };  /* stage distance of the lookup pipeline; PF_RING > 3 * PF_DIST */
+enum { PF_DIST = 8, PF_RING = 32 };  /* stage distance of the lookup pipeline; PF_RING > 2 * PF_DIST */
 
 static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
 {
-    const char *slab = slab_at(p, ref);
-    for (size_t off = 0; off < bytes; off += 64)
-        __builtin_prefetch(slab + off);
+    /* Slabs are 16-byte aligned, so a row may start mid-line and end one line later. */
+    uintptr_t first = (uintptr_t)slab_at(p, ref) & ~(uintptr_t)63;
+    uintptr_t end = (uintptr_t)slab_at(p, ref) + bytes;
+    for (uintptr_t line = first; line < end; line += 64)
+        __builtin_prefetch((const void *)line);
 }
 
 int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
@@ -287,24 +289,22 @@ int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out
     const size_t fetch_bytes = row_bytes + (state_out ? sf * sizeof(float) : 0);
     uint64_t hash[PF_RING], ref[PF_RING];
     uint64_t epoch = epoch_enter(&t->pool);
-    /* Four stages per key, PF_DIST keys apart: hash and prefetch the bucket tags,
-     * prefetch the matching slot, find the ref and prefetch the slab, copy. */
-    for (size_t i = 0; i < n + 3 * PF_DIST; i++) {
+    /* Three stages per key, PF_DIST keys apart: hash and prefetch the tags and home bucket,
+     * find the ref and prefetch the slab, copy. */
+    for (size_t i = 0; i < n + 2 * PF_DIST; i++) {
         if (i < n) {
             hash[i % PF_RING] = mix64(keys[i]);
-            ph_prefetch_meta(&t->index, hash[i % PF_RING]);
+            ph_prefetch(&t->index, hash[i % PF_RING]);
         }
-        if (i >= PF_DIST && i - PF_DIST < n)
-            ph_prefetch_slot(&t->index, hash[(i - PF_DIST) % PF_RING]);
-        if (i >= 2 * PF_DIST && i - 2 * PF_DIST < n) {
-            size_t k = i - 2 * PF_DIST;
+        if (i >= PF_DIST && i - PF_DIST < n) {
+            size_t k = i - PF_DIST;
             uint64_t r = pethash_get(&t->index, keys[k], hash[k % PF_RING]);
             ref[k % PF_RING] = r;
             if (r)
                 prefetch_slab(&t->pool, r, fetch_bytes);
         }
-        if (i >= 3 * PF_DIST) {
-            size_t k = i - 3 * PF_DIST;
+        if (i >= 2 * PF_DIST) {
+            size_t k = i - 2 * PF_DIST;
             uint64_t r = ref[k % PF_RING];
             if (r) {
                 const char *slab = slab_at(&t->pool, r);

@@ -227,6 +227,23 @@ class GatherList:
         self.release()
 
 
+_persist_mode: str | None = None
+
+
+def _set_persist_mode(persist: str) -> None:
+    global _persist_mode
+    if persist not in ("cache_line", "native"):
+        raise InvalidArgument(f"persist must be 'cache_line' or 'native', got {persist!r}")
+    if _persist_mode is not None and persist != _persist_mode:
+        raise InvalidArgument(f"this process already maps stores with persist={_persist_mode!r}; "
+                              "the mode is one per process")
+    if persist == "cache_line":
+        os.environ["PMEM2_FORCE_GRANULARITY"] = "CACHE_LINE"
+    else:
+        os.environ.pop("PMEM2_FORCE_GRANULARITY", None)
+    _persist_mode = persist
+
+
 class Store:
     """A directory of persistent tables.  Opening it recovers every table."""
 
@@ -234,13 +251,9 @@ class Store:
                  persist: str = "cache_line"):
         """persist: "cache_line" flushes lines and fences as on PM (the emulation when the file is
         not on DAX; durable across process crashes); "native" lets libpmem2 choose, which means
-        msync on non-DAX files (durable across power loss, much slower)."""
-        if persist not in ("cache_line", "native"):
-            raise InvalidArgument(f"persist must be 'cache_line' or 'native', got {persist!r}")
-        if persist == "cache_line":
-            os.environ["PMEM2_FORCE_GRANULARITY"] = "CACHE_LINE"
-        else:
-            os.environ.pop("PMEM2_FORCE_GRANULARITY", None)
+        msync on non-DAX files (durable across power loss, much slower).  libpmem2 takes the mode
+        from the environment when it maps a file, so it is one per process."""
+        _set_persist_mode(persist)
         self.path = Path(path)
         cfg = ffi.new("embps_store_config *")
         dir_bytes = ffi.new("char[]", os.fsencode(self.path))

@@ -79,6 +79,13 @@ def test_second_process_cannot_open_a_store_in_use(table, tmp_path):
     assert_intact(table[1])
 
 
+def test_persist_mode_is_one_per_process(table, tmp_path):
+    with pytest.raises(InvalidArgument, match="one per process"):
+        Store(tmp_path / "other", persist="native")
+    with pytest.raises(InvalidArgument, match="persist must be"):
+        Store(tmp_path / "other", persist="fast")
+
+
 def test_corrupt_table_file_refuses_to_open(tmp_path):
     with Store(tmp_path / "s") as store:
         store.create_table("emb", TableSpec(4, 10))
