@@ -2,7 +2,10 @@
 
 Workload: one table of --rows random 64-bit keys x --dim float32 with row-wise Adagrad, read and updated
 in batches of 512 keys drawn Zipf(0.99) over the rows, one thread.  The store lives in a temporary
-directory under /dev/shm (or --tmp-dir; tmpfs stands in for persistent memory) that is removed at the end.
+directory on a tmpfs standing in for persistent memory, removed at the end.  Real PM is mapped with 2 MB
+pages (devdax), so by default (--tmp-dir auto, as root) the bench mounts a private tmpfs with huge=always
+and reports the figures there; the lookup comparison is repeated on /dev/shm's 4 KB pages as context
+(`*_4k_pages`).  Without root it falls back to /dev/shm alone.
 
 Prints `figure NAME VALUE UNIT` lines (ratios; goals in GOALS) and `context NAME VALUE UNIT` lines (the
 absolute numbers behind them), and writes bench/results/store.json and bench/results/store.png.
@@ -14,13 +17,16 @@ down, so the minimum is the most repeatable estimate.  Every pass is kept in the
 """
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import operator
 import os
 import platform
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -58,7 +64,7 @@ class Config:
     lr: float = 0.01
     eps: float = 1e-10          # OptimizerSpec's default
     seed: int = 0
-    tmp_dir: str = "/dev/shm"   # parent of the temporary store directory and checkpoint
+    tmp_dir: str = "auto"       # parent of the temporary store directory and checkpoint (see pm_directory)
     persist: str = "cache_line"  # Store's default: cache-line flushes and fences, as on real PM
 
 
@@ -67,9 +73,9 @@ def parse_args() -> Config:
     parser.add_argument("--quick", action="store_true", help="500K rows and fewer passes (well under a minute)")
     parser.add_argument("--rows", type=int, help="rows in the table (default 4M, quick 500K)")
     parser.add_argument("--dim", type=int, default=32, help="embedding dimension (default 32)")
-    parser.add_argument("--tmp-dir", default="/dev/shm",
-                        help="where the temporary store goes (default /dev/shm); a tmpfs mounted with huge=always "
-                             "gives the store the 2 MB pages a real PM (DAX) mapping gets")
+    parser.add_argument("--tmp-dir", default="auto",
+                        help="where the temporary store goes; 'auto' (default) mounts a tmpfs with huge=always, "
+                             "which gives the store the 2 MB pages a real PM (DAX) mapping gets")
     args = parser.parse_args()
     default_rows, reps = (500_000, 9) if args.quick else (4_000_000, 15)
     return Config(rows=args.rows or default_rows, dim=args.dim, reps=reps, tmp_dir=args.tmp_dir)
@@ -156,7 +162,8 @@ def time_passes(contenders: dict[str, Callable[[], None]], reps: int) -> dict[st
 # ---- lookups --------------------------------------------------------------------------------------
 
 def bench_lookup(report: Report, table, keys: np.ndarray, dense: np.ndarray, batch_rows: np.ndarray,
-                 cfg: Config) -> None:
+                 cfg: Config, context_suffix: str = "") -> None:
+    """Figures, or with context_suffix the same ratios as context lines (a second memory setup)."""
     batch_keys = keys[batch_rows]
     out = np.empty((cfg.batch, cfg.dim), np.float32)
     np.testing.assert_array_equal(table.lookup(batch_keys[0], out=out), dense[batch_rows[0]])
@@ -187,9 +194,10 @@ def bench_lookup(report: Report, table, keys: np.ndarray, dense: np.ndarray, bat
     }, cfg.reps))
     per_s = {name: batch_rows.size / s for name, s in seconds.items()}
     for name, value in per_s.items():
-        report.note(f"{name}_keys_per_s", value, "keys/s")
-    report.figure("store_lookup_vs_numpy_take", per_s["store_lookup"] / per_s["numpy_take"], "x")
-    report.figure("store_lookup_vs_dict", per_s["store_lookup"] / per_s["dict_lookup"], "x")
+        report.note(f"{name}_keys_per_s{context_suffix}", value, "keys/s")
+    record = report.note if context_suffix else report.figure
+    record(f"store_lookup_vs_numpy_take{context_suffix}", per_s["store_lookup"] / per_s["numpy_take"], "x")
+    record(f"store_lookup_vs_dict{context_suffix}", per_s["store_lookup"] / per_s["dict_lookup"], "x")
 
 
 # ---- updates --------------------------------------------------------------------------------------
@@ -375,9 +383,48 @@ def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
     print(f"wrote {RESULTS_DIR / 'store.json'} and {RESULTS_DIR / 'store.png'}")
 
 
+@contextlib.contextmanager
+def pm_directory(requested: str) -> Iterator[str]:
+    """The directory standing in for PM: as asked, or for 'auto' a private tmpfs with 2 MB pages (needs
+    root), else /dev/shm."""
+    if requested != "auto":
+        yield requested
+        return
+    mount_point = tempfile.mkdtemp(prefix="embps-pm-")
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "huge=always,size=16g", "embps-pm", mount_point],
+        capture_output=True).returncode == 0
+    if not mounted:
+        os.rmdir(mount_point)
+        print("note: cannot mount a huge-page tmpfs (needs root); the store gets /dev/shm's 4 KB pages")
+        yield "/dev/shm"
+        return
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", mount_point], check=False)
+        os.rmdir(mount_point)
+
+
+def lookup_on_small_pages(report: Report, keys: np.ndarray, batch_rows: np.ndarray, cfg: Config,
+                          rng: np.random.Generator) -> None:
+    """The lookup comparison again with the store on /dev/shm (4 KB pages), for context."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm", prefix="embps-store-bench-4k-") as tmp:
+        spec = TableSpec(cfg.dim, cfg.rows, OptimizerSpec("rowwise_adagrad", lr=cfg.lr, eps=cfg.eps))
+        with Store(Path(tmp) / "store", persist=cfg.persist) as store:
+            table = store.create_table(TABLE, spec)
+            dense = build_table(Report(), table, keys, cfg, rng)
+            bench_lookup(report, table, keys, dense, batch_rows, cfg, context_suffix="_4k_pages")
+
+
 def main() -> None:
     started = time.perf_counter()
     cfg = parse_args()
+    with pm_directory(cfg.tmp_dir) as pm_dir:
+        run(dataclasses.replace(cfg, tmp_dir=pm_dir), started)
+
+
+def run(cfg: Config, started: float) -> None:
     print(f"store bench: {cfg.rows:,} rows x dim {cfg.dim}, batch {cfg.batch}, Zipf {cfg.zipf_theta}, "
           f"{cfg.n_batches} batches per pass, {cfg.reps} passes; store in {cfg.tmp_dir} ({mount_of(cfg.tmp_dir)})",
           flush=True)
@@ -402,6 +449,8 @@ def main() -> None:
         np.save(checkpoint[1], dense)
         del dense
         bench_restart(report, store_dir, checkpoint, cfg)
+    if "huge=" in mount_of(cfg.tmp_dir):
+        lookup_on_small_pages(report, keys, batch_rows, cfg, rng)
     write_results(report, cfg, time.perf_counter() - started)
     print(f"store bench took {time.perf_counter() - started:.1f} s")
 

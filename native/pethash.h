@@ -71,15 +71,18 @@ static inline unsigned ph_tag_matches(const ph_meta *m, uint8_t tag)
 #endif
 }
 
-/* Batched lookups issue this a few keys ahead of pethash_get: the tags and the whole home
- * bucket depend on the hash alone, so no load waits on another. */
-static inline void ph_prefetch(const pethash *ph, uint64_t h)
+/* Batched lookups run these stages ahead of pethash_get: the tags, then the slot they point at. */
+static inline void ph_prefetch_meta(const pethash *ph, uint64_t h)
+{
+    __builtin_prefetch(&ph->meta[ph_home(ph, h)]);
+}
+
+static inline void ph_prefetch_slot(const pethash *ph, uint64_t h)
 {
     uint64_t b = ph_home(ph, h);
-    __builtin_prefetch(&ph->meta[b]);
-    const char *bucket = (const char *)&ph->buckets[b];
-    for (unsigned off = 0; off < sizeof(ph_bucket); off += 64)
-        __builtin_prefetch(bucket + off);
+    unsigned bits = ph_tag_matches(&ph->meta[b], ph_tag(h));
+    if (bits)
+        __builtin_prefetch(&ph->buckets[b].slot[__builtin_ctz(bits)]);
 }
 
 int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets);

@@ -265,7 +265,7 @@ static int check_len(const char *what, size_t got, size_t n, size_t width)
     return EMBPS_OK;
 }
 
-enum { PF_DIST = 8, PF_RING = 32 };  /* stage distance of the lookup pipeline; PF_RING > 2 * PF_DIST */
+enum { PF_DIST = 16, PF_RING = 64 };  /* keys between the lookup pipeline's stages; PF_RING > 2 * PF_DIST */
 
 static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
 {
@@ -289,13 +289,15 @@ int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out
     const size_t fetch_bytes = row_bytes + (state_out ? sf * sizeof(float) : 0);
     uint64_t hash[PF_RING], ref[PF_RING];
     uint64_t epoch = epoch_enter(&t->pool);
-    /* Three stages per key, PF_DIST keys apart: hash and prefetch the tags and home bucket,
-     * find the ref and prefetch the slab, copy. */
+    /* Four stages per key: hash and prefetch the tags; PF_DIST/2 keys later prefetch the matching
+     * slot; PF_DIST keys later find the ref and prefetch the slab; PF_DIST keys later copy. */
     for (size_t i = 0; i < n + 2 * PF_DIST; i++) {
         if (i < n) {
             hash[i % PF_RING] = mix64(keys[i]);
-            ph_prefetch(&t->index, hash[i % PF_RING]);
+            ph_prefetch_meta(&t->index, hash[i % PF_RING]);
         }
+        if (i >= PF_DIST / 2 && i - PF_DIST / 2 < n)
+            ph_prefetch_slot(&t->index, hash[(i - PF_DIST / 2) % PF_RING]);
         if (i >= PF_DIST && i - PF_DIST < n) {
             size_t k = i - PF_DIST;
             uint64_t r = pethash_get(&t->index, keys[k], hash[k % PF_RING]);

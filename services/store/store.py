@@ -26,6 +26,8 @@ def _check(status: int) -> None:
 
 def as_keys(keys) -> np.ndarray:
     """Keys as a contiguous uint64 vector; signed 64-bit ids keep their bits."""
+    if type(keys) is np.ndarray and keys.dtype == np.uint64 and keys.ndim == 1 and keys.flags.c_contiguous:
+        return keys   # the hot path of services passing decoded wire bytes
     arr = np.asarray(keys)
     if arr.ndim != 1:
         raise InvalidArgument(f"keys must be one-dimensional, got shape {arr.shape}")
