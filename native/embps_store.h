@@ -89,6 +89,7 @@ const char *embps_store_table_name(embps_store *s, size_t i);
 
 int embps_table_create(embps_store *s, const char *name, const embps_table_spec *spec, embps_table **out);
 int embps_table_get(embps_store *s, const char *name, embps_table **out);
+/* Invalidates the table's handle: the caller makes sure no call on it is in flight. */
 int embps_table_drop(embps_store *s, const char *name);
 void embps_table_describe(embps_table *t, embps_table_spec *spec, embps_table_stats *stats);
 uint32_t embps_state_floats(uint32_t optimizer, uint32_t dim);

@@ -405,7 +405,7 @@ static int grow_scratch(embps_table *t, size_t n)
     }
     if (n <= ws->cap && ws->init_slab)
         return EMBPS_OK;
-#define GROW(field, count) (free(ws->field), (ws->field = malloc((count) * sizeof(*ws->field))) != NULL)
+#define GROW(field, count) (free(ws->field), (ws->field = malloc(((count) + 1) * sizeof(*ws->field))) != NULL)
     int ok = GROW(ukeys, n) & GROW(uhash, n) & GROW(uindex, n) & GROW(upos, n) & GROW(old_ref, n) &
              GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats);
 #undef GROW

@@ -104,6 +104,14 @@ def test_delete_export_and_drop(store):
     assert not list(store.path.glob("*.table"))
 
 
+def test_empty_batches_are_no_ops(store):
+    t = make_table(store)
+    assert t.lookup([]).shape == (0, 8)
+    t.update([], np.empty((0, 8)))
+    t.assign([], np.empty((0, 8)))
+    assert t.delete([]) == 0 and t.stats().rows == 0
+
+
 def test_gather_list_points_at_pool_rows(store):
     t = make_table(store, "rowwise_adagrad", dim=4)
     t.assign([11, 12], np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32))
