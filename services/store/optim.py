@@ -3,7 +3,7 @@
 import numpy as np
 
 from ._native import ffi, lib
-from .store import _check, as_keys, spec_to_c, state_floats
+from .store import as_keys, check_status, spec_to_c, state_floats
 from .spec import TableSpec
 
 
@@ -14,7 +14,7 @@ def apply_optimizer(spec: TableSpec, rows: np.ndarray, state: np.ndarray, grads:
     for arr, cols, what in ((rows, spec.dim, "rows"), (state, width, "state"), (grads, spec.dim, "grads")):
         if arr.dtype != np.float32 or arr.shape != (n, cols) or not arr.flags.c_contiguous:
             raise ValueError(f"{what} must be a contiguous float32 array of shape ({n}, {cols})")
-    _check(lib.embps_optimizer_apply(spec_to_c(spec), ffi.from_buffer("float[]", rows, require_writable=True),
+    check_status(lib.embps_optimizer_apply(spec_to_c(spec), ffi.from_buffer("float[]", rows, require_writable=True),
                                      ffi.from_buffer("float[]", state, require_writable=True),
                                      ffi.from_buffer("float[]", grads), n))
 
@@ -23,6 +23,6 @@ def initial_rows(spec: TableSpec, keys) -> np.ndarray:
     """The rows a table returns for keys it does not hold."""
     keys = as_keys(keys)
     rows = np.empty((len(keys), spec.dim), np.float32)
-    _check(lib.embps_init_rows(spec_to_c(spec), ffi.from_buffer("uint64_t[]", keys), len(keys),
+    check_status(lib.embps_init_rows(spec_to_c(spec), ffi.from_buffer("uint64_t[]", keys), len(keys),
                                ffi.from_buffer("float[]", rows, require_writable=True), rows.size))
     return rows

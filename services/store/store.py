@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ._native import ffi, lib
-from .errors import InvalidArgument, StoreError, error_for
+from .errors import InvalidArgument, StoreError, TableNotFound, error_for
 from .spec import INITIALIZER_CODES, OPTIMIZER_CODES, InitializerSpec, OptimizerSpec, TableSpec
 
 _OPTIMIZER_NAMES = {code: name for name, code in OPTIMIZER_CODES.items()}
@@ -18,7 +18,8 @@ _INITIALIZER_NAMES = {code: name for name, code in INITIALIZER_CODES.items()}
 SGE_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("found", "<u4")])
 
 
-def _check(status: int) -> None:
+def check_status(status: int) -> None:
+    """Raises the exception for a native status, with the native error message."""
     if status != lib.EMBPS_OK:
         name = ffi.string(lib.embps_status_name(status)).decode()
         raise error_for(name, ffi.string(lib.embps_errormsg()).decode(errors="replace"))
@@ -124,7 +125,7 @@ class Table:
         rows = np.empty((n, self.dim), np.float32) if out is None else out
         if rows.shape != (n, self.dim) or rows.dtype != np.float32 or not rows.flags.c_contiguous:
             raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {self.dim})")
-        _check(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+        check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
                                 ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
                                 ffi.NULL, 0, ffi.NULL))
         return rows
@@ -136,7 +137,7 @@ class Table:
         rows = np.empty((n, self.dim), np.float32)
         state = np.empty((n, self.state_floats), np.float32)
         found = np.empty(n, np.bool_)
-        _check(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+        check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
                                 ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
                                 ffi.from_buffer("float[]", state, require_writable=True), state.size,
                                 ffi.from_buffer("uint8_t[]", found, require_writable=True)))
@@ -146,7 +147,7 @@ class Table:
         """Applies the table's optimizer; gradients of repeated keys are summed.  Persistent on return."""
         keys = as_keys(keys)
         grads = _as_matrix(grads, len(keys), self.dim, "gradients")
-        _check(lib.embps_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
+        check_status(lib.embps_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
                                 ffi.from_buffer("float[]", grads), grads.size))
 
     def assign(self, keys, rows, state=None) -> None:
@@ -158,13 +159,13 @@ class Table:
         if state is not None:
             state = _as_matrix(state, n, self.state_floats, "state")
             state_ptr, state_len = ffi.from_buffer("float[]", state), state.size
-        _check(lib.embps_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+        check_status(lib.embps_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
                                 ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
 
     def delete(self, keys) -> int:
         keys = as_keys(keys)
         deleted = ffi.new("uint64_t *")
-        _check(lib.embps_delete(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), deleted))
+        check_status(lib.embps_delete(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), deleted))
         return int(deleted[0])
 
     def export(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -179,7 +180,7 @@ class Table:
                 ffi.from_buffer("float[]", rows, require_writable=True),
                 ffi.from_buffer("float[]", state, require_writable=True))
         while cursor[0] != 2**64 - 1:
-            _check(lib.embps_export(self.handle, cursor, batch, *bufs, count))
+            check_status(lib.embps_export(self.handle, cursor, batch, *bufs, count))
             n = count[0]
             if n:
                 yield keys[:n].copy(), rows[:n].copy(), state[:n].copy()
@@ -189,7 +190,7 @@ class Table:
         keys = as_keys(keys)
         sges = np.empty(len(keys), SGE_DTYPE)
         guard = ffi.new("uint64_t *")
-        _check(lib.embps_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), int(with_state),
+        check_status(lib.embps_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), int(with_state),
                                       ffi.cast("embps_sge *", ffi.from_buffer(sges, require_writable=True)), guard))
         return GatherList(self, sges, guard[0])
 
@@ -207,7 +208,7 @@ class Table:
 
     def check(self) -> None:
         """Verifies every index and allocator invariant; raises StoreCorrupted."""
-        _check(lib.embps_table_check(self.handle))
+        check_status(lib.embps_table_check(self.handle))
 
 
 class GatherList:
@@ -266,7 +267,7 @@ class Store:
             cfg.crash_evict_prob = crash_simulation.evict_prob
             cfg.crash_seed = crash_simulation.seed
         out = ffi.new("embps_store **")
-        _check(lib.embps_store_open(cfg, out))
+        check_status(lib.embps_store_open(cfg, out))
         self._handle = out[0]
         self._tables: dict[str, Table] = {}
         for i in range(lib.embps_store_table_count(self._handle)):
@@ -281,27 +282,25 @@ class Store:
 
     def _wrap(self, name: str) -> Table:
         out = ffi.new("embps_table **")
-        _check(lib.embps_table_get(self.handle, name.encode(), out))
+        check_status(lib.embps_table_get(self.handle, name.encode(), out))
         return Table(name, out[0])
 
     def create_table(self, name: str, spec: TableSpec) -> Table:
         out = ffi.new("embps_table **")
-        _check(lib.embps_table_create(self.handle, name.encode(), spec_to_c(spec), out))
+        check_status(lib.embps_table_create(self.handle, name.encode(), spec_to_c(spec), out))
         self._tables[name] = Table(name, out[0])
         return self._tables[name]
 
     def table(self, name: str) -> Table:
-        try:
-            return self._tables[name]
-        except KeyError:
-            _check(lib.embps_table_get(self.handle, name.encode(), ffi.new("embps_table **")))
-            raise
+        if name not in self._tables:
+            raise TableNotFound(f"no table named '{name}'")
+        return self._tables[name]
 
     def tables(self) -> list[str]:
         return sorted(self._tables)
 
     def drop_table(self, name: str) -> None:
-        _check(lib.embps_table_drop(self.handle, name.encode()))
+        check_status(lib.embps_table_drop(self.handle, name.encode()))
         self._tables.pop(name)._handle = None
 
     @property
