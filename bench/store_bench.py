@@ -8,7 +8,7 @@ and reports the figures there; the lookup comparison is repeated on /dev/shm's 4
 (`*_4k_pages`).  Without root it falls back to /dev/shm alone.
 
 Prints `figure NAME VALUE UNIT` lines (ratios; goals in GOALS) and `context NAME VALUE UNIT` lines (the
-absolute numbers behind them), and writes bench/results/store.json and bench/results/store.png.
+absolute numbers behind them), and writes bench/results/store.json and store.png (store-quick.* with --quick).
 
 Timing: each contender runs one untimed warm-up pass, then `reps` timed passes over the same 200
 precomputed batches, interleaved with its rivals so that drift on a shared machine hits all of them alike.
@@ -64,6 +64,7 @@ class Config:
     lr: float = 0.01
     eps: float = 1e-10          # OptimizerSpec's default
     seed: int = 0
+    results_name: str = "store"  # bench/results/<name>.json and .png; quick runs keep the full results
     tmp_dir: str = "auto"       # parent of the temporary store directory and checkpoint (see pm_directory)
     persist: str = "cache_line"  # Store's default: cache-line flushes and fences, as on real PM
 
@@ -78,7 +79,8 @@ def parse_args() -> Config:
                              "which gives the store the 2 MB pages a real PM (DAX) mapping gets")
     args = parser.parse_args()
     default_rows, reps = (500_000, 9) if args.quick else (4_000_000, 15)
-    return Config(rows=args.rows or default_rows, dim=args.dim, reps=reps, tmp_dir=args.tmp_dir)
+    return Config(rows=args.rows or default_rows, dim=args.dim, reps=reps, tmp_dir=args.tmp_dir,
+                  results_name="store-quick" if args.quick else "store")
 
 
 class Report:
@@ -378,9 +380,10 @@ def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
         "environment": environment(cfg),
         "wall_seconds": wall_seconds,
     }
-    write_atomically(RESULTS_DIR / "store.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
-    plot(report, goals, RESULTS_DIR / "store.png")
-    print(f"wrote {RESULTS_DIR / 'store.json'} and {RESULTS_DIR / 'store.png'}")
+    json_path, png_path = RESULTS_DIR / f"{cfg.results_name}.json", RESULTS_DIR / f"{cfg.results_name}.png"
+    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+    plot(report, goals, png_path)
+    print(f"wrote {json_path} and {png_path}")
 
 
 @contextlib.contextmanager
