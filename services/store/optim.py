@@ -15,8 +15,8 @@ def apply_optimizer(spec: TableSpec, rows: np.ndarray, state: np.ndarray, grads:
         if arr.dtype != np.float32 or arr.shape != (n, cols) or not arr.flags.c_contiguous:
             raise ValueError(f"{what} must be a contiguous float32 array of shape ({n}, {cols})")
     check_status(lib.embps_optimizer_apply(spec_to_c(spec), ffi.from_buffer("float[]", rows, require_writable=True),
-                                     ffi.from_buffer("float[]", state, require_writable=True),
-                                     ffi.from_buffer("float[]", grads), n))
+                                           ffi.from_buffer("float[]", state, require_writable=True),
+                                           ffi.from_buffer("float[]", grads), n))
 
 
 def initial_rows(spec: TableSpec, keys) -> np.ndarray:
@@ -24,5 +24,5 @@ def initial_rows(spec: TableSpec, keys) -> np.ndarray:
     keys = as_keys(keys)
     rows = np.empty((len(keys), spec.dim), np.float32)
     check_status(lib.embps_init_rows(spec_to_c(spec), ffi.from_buffer("uint64_t[]", keys), len(keys),
-                               ffi.from_buffer("float[]", rows, require_writable=True), rows.size))
+                                     ffi.from_buffer("float[]", rows, require_writable=True), rows.size))
     return rows

@@ -126,8 +126,8 @@ class Table:
         if rows.shape != (n, self.dim) or rows.dtype != np.float32 or not rows.flags.c_contiguous:
             raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {self.dim})")
         check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                ffi.NULL, 0, ffi.NULL))
+                                      ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
+                                      ffi.NULL, 0, ffi.NULL))
         return rows
 
     def lookup_with_state(self, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,9 +138,9 @@ class Table:
         state = np.empty((n, self.state_floats), np.float32)
         found = np.empty(n, np.bool_)
         check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                ffi.from_buffer("float[]", state, require_writable=True), state.size,
-                                ffi.from_buffer("uint8_t[]", found, require_writable=True)))
+                                      ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
+                                      ffi.from_buffer("float[]", state, require_writable=True), state.size,
+                                      ffi.from_buffer("uint8_t[]", found, require_writable=True)))
         return rows, state, found
 
     def update(self, keys, grads) -> None:
@@ -148,7 +148,7 @@ class Table:
         keys = as_keys(keys)
         grads = _as_matrix(grads, len(keys), self.dim, "gradients")
         check_status(lib.embps_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
-                                ffi.from_buffer("float[]", grads), grads.size))
+                                      ffi.from_buffer("float[]", grads), grads.size))
 
     def assign(self, keys, rows, state=None) -> None:
         """Overwrites rows and optimizer state (zero if not given).  Persistent on return."""
@@ -160,7 +160,7 @@ class Table:
             state = _as_matrix(state, n, self.state_floats, "state")
             state_ptr, state_len = ffi.from_buffer("float[]", state), state.size
         check_status(lib.embps_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
+                                      ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
 
     def delete(self, keys) -> int:
         keys = as_keys(keys)
@@ -190,8 +190,9 @@ class Table:
         keys = as_keys(keys)
         sges = np.empty(len(keys), SGE_DTYPE)
         guard = ffi.new("uint64_t *")
-        check_status(lib.embps_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), int(with_state),
-                                      ffi.cast("embps_sge *", ffi.from_buffer(sges, require_writable=True)), guard))
+        entries = ffi.cast("embps_sge *", ffi.from_buffer(sges, require_writable=True))
+        check_status(lib.embps_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
+                                            int(with_state), entries, guard))
         return GatherList(self, sges, guard[0])
 
     def pool_region(self) -> tuple[int, int]:

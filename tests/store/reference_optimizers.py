@@ -25,3 +25,11 @@ def step(kind: str, row, state, grad, lr=0.1, eps=1e-8, beta1=0.9, beta2=0.999):
         new_row = row - step_size * m / (np.sqrt(v) / bc2 + eps)
         return new_row, np.concatenate([m, v, [t]]).astype(np.float32)
     raise ValueError(kind)
+
+
+def sum_repeated(idx: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct indices, their gradients summed in input order), as a table's Update combines repeats."""
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    summed = np.zeros((len(uniq), grads.shape[1]), np.float32)
+    np.add.at(summed, inverse, grads)
+    return uniq, summed

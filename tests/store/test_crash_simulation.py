@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from reference_optimizers import sum_repeated
 from embps.store import (CrashSimulation, InitializerSpec, OptimizerSpec, SimulatedCrash, Store, TableSpec,
                          apply_optimizer, initial_rows, state_floats)
 
@@ -74,9 +75,7 @@ def apply_to_image(image: TableImage, spec: TableSpec, op: Op) -> TableImage:
             out.state[k] = 0 if op.state is None else op.state[i]
             out.present[k] = True
         return out
-    uniq, inverse = np.unique(op.idx, return_inverse=True)
-    grads = np.zeros((len(uniq), spec.dim), np.float32)
-    np.add.at(grads, inverse, op.values)     # summed in input order, as the store does
+    uniq, grads = sum_repeated(op.idx, op.values)
     rows = np.where(image.present[uniq, None], image.rows[uniq], initial_rows(spec, ALL_KEYS[uniq]))
     state = np.where(image.present[uniq, None], image.state[uniq], 0).astype(np.float32)
     apply_optimizer(spec, rows, state, grads)

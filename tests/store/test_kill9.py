@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from crash_writer import DIM, N_KEYS, batch
+from reference_optimizers import sum_repeated
 from embps.store import OptimizerSpec, Store, TableSpec, apply_optimizer, initial_rows
 
 SPEC = TableSpec(DIM, N_KEYS, OptimizerSpec("adagrad", lr=0.05))
@@ -19,13 +20,11 @@ def replay(n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
     rows, state = initial_rows(SPEC, keys), np.zeros((N_KEYS, DIM), np.float32)
     out = [(rows.copy(), state.copy())]
     for b in range(n_batches):
-        k, g = batch(b)
-        uniq, inverse = np.unique(k, return_inverse=True)
-        grads = np.zeros((len(uniq), DIM), np.float32)
-        np.add.at(grads, inverse, g)
-        r, s = rows[uniq.astype(np.int64)], state[uniq.astype(np.int64)]
-        apply_optimizer(SPEC, r, s, grads)
-        rows[uniq.astype(np.int64)], state[uniq.astype(np.int64)] = r, s
+        keys, grads = batch(b)
+        uniq, summed = sum_repeated(keys.astype(np.int64), grads)
+        r, s = rows[uniq], state[uniq]
+        apply_optimizer(SPEC, r, s, summed)
+        rows[uniq], state[uniq] = r, s
         out.append((rows.copy(), state.copy()))
     return out
 
