@@ -11,7 +11,7 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
 DATA_DIR ?= data
 
-.PHONY: install system-deps test test-native test-python demo bench bench-quick clean
+.PHONY: install system-deps proto test test-native test-python demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ $(ASAN_TEST): $(NATIVE_SRC) native/tests/store_test.c | system-deps
 	mkdir -p $(@D)
 	gcc -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 		-fno-sanitize-recover=all -Inative native/*.c native/tests/store_test.c -lpmem2 -lm -lpthread -o $@
+
+# Generated Python for protos/embps/v1 lives in services/v1 (the package embps.v1); a test fails
+# when it is stale.  protoc writes embps/v1/... under its output root, so it goes through build/.
+proto: $(STAMP)
+	rm -rf build/proto && mkdir -p build/proto
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=build/proto --pyi_out=build/proto \
+		--grpc_python_out=build/proto protos/embps/v1/*.proto
+	cp build/proto/embps/v1/*.py build/proto/embps/v1/*.pyi services/v1/
 
 test-native: $(ASAN_TEST)
 	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)

@@ -12,11 +12,21 @@ SOURCES = sorted(NATIVE.glob("*.c"))
 COMPILE_ARGS = ["-std=c11", "-O3", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fno-strict-aliasing"]
 
 
+INT_DEFINE = re.compile(r"#define (EMBPS_\w+) (0x[0-9a-fA-F]+|[0-9]+)u?$")
+
+
 def public_declarations() -> str:
-    """The header is the one source of truth: its C declarations, minus comments and the preprocessor."""
+    """The header is the one source of truth: its C declarations and integer constants, minus
+    comments and the rest of the preprocessor."""
     text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    return "\n".join(lines) + "\n#define EMBPS_NAME_MAX ...\n#define EMBPS_RESERVED_KEY ...\n"
+    lines = []
+    for line in text.splitlines():
+        line = line.strip()
+        if match := INT_DEFINE.match(line):
+            lines.append(f"#define {match[1]} {match[2]}")
+        elif not line.startswith("#"):
+            lines.append(line)
+    return "\n".join(lines) + "\n#define EMBPS_RESERVED_KEY ...\n"
 
 
 ffibuilder = cffi.FFI()

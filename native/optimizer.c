@@ -35,6 +35,8 @@ int spec_is_valid(const embps_table_spec *s)
         return fail(EMBPS_E_INVALID_ARGUMENT, "unknown optimizer %u", s->optimizer);
     if (s->init > EMBPS_INIT_NORMAL)
         return fail(EMBPS_E_INVALID_ARGUMENT, "unknown initializer %u", s->init);
+    if (s->missing > EMBPS_MISSING_REPORT)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "unknown missing-keys policy %u", s->missing);
     if (!isfinite(s->lr) || !isfinite(s->eps) || !isfinite(s->init_scale) || s->lr < 0 || s->eps < 0 ||
         s->init_scale < 0)
         return fail(EMBPS_E_INVALID_ARGUMENT, "lr, eps and init_scale must be finite and >= 0");

@@ -23,7 +23,7 @@ const char *embps_status_name(int status)
 {
     static const char *const names[] = {
         "OK", "INVALID_ARGUMENT", "NOT_FOUND", "EXISTS", "CAPACITY",
-        "NONFINITE", "IO", "CORRUPT", "NOMEM", "CRASHED",
+        "NONFINITE", "IO", "CORRUPT", "NOMEM", "CRASHED", "TOO_LARGE", "PROTOCOL",
     };
     if (status < 0 || status >= (int)(sizeof(names) / sizeof(names[0])))
         return "UNKNOWN";

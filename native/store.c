@@ -25,6 +25,7 @@ struct embps_store {
     pm_sim *sim;
     int lock_fd;                /* flock on LOCK: one process per store */
     pthread_mutex_t lock;       /* guards the table list */
+    pthread_rwlock_t drop_lock; /* read: a server call holds a table; write: a drop */
     embps_table **tables;
     size_t n_tables, cap_tables;
 };
@@ -129,6 +130,12 @@ int embps_store_open(const embps_store_config *cfg, embps_store **out)
     if (!s)
         return fail(EMBPS_E_NOMEM, "out of memory opening store");
     pthread_mutex_init(&s->lock, NULL);
+    /* Writer preference: a steady stream of server calls must not starve a drop. */
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&s->drop_lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
     s->lock_fd = -1;
     int rc = EMBPS_OK;
     if ((size_t)snprintf(s->dir, sizeof(s->dir), "%s", cfg->dir) >= sizeof(s->dir))
@@ -160,6 +167,7 @@ void embps_store_close(embps_store *s)
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     pthread_mutex_destroy(&s->lock);
+    pthread_rwlock_destroy(&s->drop_lock);
     free(s);
 }
 
@@ -202,6 +210,20 @@ int embps_table_get(embps_store *s, const char *name, embps_table **out)
     return i >= 0 ? EMBPS_OK : fail(EMBPS_E_NOT_FOUND, "no table named '%s'", name ? name : "");
 }
 
+int embps_table_acquire(embps_store *s, const char *name, embps_table **out)
+{
+    pthread_rwlock_rdlock(&s->drop_lock);
+    int rc = embps_table_get(s, name, out);
+    if (rc)
+        pthread_rwlock_unlock(&s->drop_lock);
+    return rc;
+}
+
+void embps_table_release(embps_store *s)
+{
+    pthread_rwlock_unlock(&s->drop_lock);
+}
+
 /* The file is complete and synced before its rename makes the table exist. */
 int embps_table_create(embps_store *s, const char *name, const embps_table_spec *spec, embps_table **out)
 {
@@ -241,6 +263,7 @@ out:
 
 int embps_table_drop(embps_store *s, const char *name)
 {
+    pthread_rwlock_wrlock(&s->drop_lock);
     pthread_mutex_lock(&s->lock);
     ssize_t i = name ? find_table(s, name) : -1;
     int rc = EMBPS_OK;
@@ -257,5 +280,6 @@ int embps_table_drop(embps_store *s, const char *name)
             rc = sync_dir(s->dir);
     }
     pthread_mutex_unlock(&s->lock);
+    pthread_rwlock_unlock(&s->drop_lock);
     return rc;
 }

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #define TABLE_MAGIC 0x3142415453504245ull  /* "EBPSTAB1" */
-#define LAYOUT_VERSION 1u
+#define LAYOUT_VERSION 2u
 #define HEADER_BYTES 4096u
 #define PAGE 4096u
 #define MAX_LOAD 0.85
@@ -249,6 +249,14 @@ void embps_table_describe(embps_table *t, embps_table_spec *spec, embps_table_st
     pthread_mutex_unlock(&t->write_lock);
 }
 
+void table_missing_row(const embps_table *t, uint64_t key, float *row)
+{
+    if (t->spec.missing == EMBPS_MISSING_REPORT)
+        memset(row, 0, t->dim * sizeof(float));
+    else
+        init_row(&t->spec, key, row);
+}
+
 void embps_pool_region(embps_table *t, void **base, size_t *len)
 {
     *base = t->pool.base;
@@ -314,7 +322,7 @@ int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out
                 if (state_out)
                     memcpy(state_out + k * sf, slab + row_bytes, sf * sizeof(float));
             } else {
-                init_row(&t->spec, keys[k], rows_out + k * dim);
+                table_missing_row(t, keys[k], rows_out + k * dim);
                 if (state_out)
                     memset(state_out + k * sf, 0, sf * sizeof(float));
             }
@@ -330,10 +338,23 @@ int embps_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int with_
                        uint64_t *guard_out)
 {
     const uint32_t len = (uint32_t)((t->dim + (with_state ? t->state_floats : 0)) * sizeof(float));
+    uint64_t hash[PF_RING];
     uint64_t epoch = epoch_enter(&t->pool);
-    for (size_t i = 0; i < n; i++) {
-        uint64_t r = pethash_get(&t->index, keys[i], mix64(keys[i]));
-        sge_out[i] = r ? (embps_sge){(uint64_t)(uintptr_t)slab_at(&t->pool, r), len, 1} : (embps_sge){0, 0, 0};
+    /* The lookup pipeline's first three stages; the slab prefetch serves the send that follows. */
+    for (size_t i = 0; i < n + PF_DIST; i++) {
+        if (i < n) {
+            hash[i % PF_RING] = mix64(keys[i]);
+            ph_prefetch_meta(&t->index, hash[i % PF_RING]);
+        }
+        if (i >= PF_DIST / 2 && i - PF_DIST / 2 < n)
+            ph_prefetch_slot(&t->index, hash[(i - PF_DIST / 2) % PF_RING]);
+        if (i >= PF_DIST) {
+            size_t k = i - PF_DIST;
+            uint64_t r = pethash_get(&t->index, keys[k], hash[k % PF_RING]);
+            sge_out[k] = r ? (embps_sge){(uint64_t)(uintptr_t)slab_at(&t->pool, r), len, 1} : (embps_sge){0, 0, 0};
+            if (r)
+                prefetch_slab(&t->pool, r, len);
+        }
     }
     *guard_out = epoch;
     return EMBPS_OK;

@@ -11,5 +11,7 @@ int table_create_file(const char *path, const char *name, const embps_table_spec
 int table_open(const char *path, pm_sim *sim, embps_table **out);
 void table_close(embps_table *t);
 const char *table_name(const embps_table *t);
+/* What a lookup returns for a key not in the table (by the table's missing-keys policy). */
+void table_missing_row(const embps_table *t, uint64_t key, float *row);
 
 #endif

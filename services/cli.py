@@ -2,19 +2,21 @@
 run(args) -> exit code.  New services and tools register by joining SUBCOMMANDS."""
 
 import argparse
-import logging
 import sys
 
+from .common import structured_log
 from .demos import store_demo
+from .ps_shard import server as ps_shard_server
 
-SUBCOMMANDS = (store_demo,)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [pid %(process)d]: %(message)s"
+SUBCOMMANDS = (store_demo, ps_shard_server)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embps", description="Parameter server for huge embedding tables.")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log records go to stderr (default: %(default)s)")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="json: one object per line (services choose their own in their config)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         sub = commands.add_parser(module.COMMAND, help=module.HELP, description=module.__doc__)
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    structured_log.configure(args.log_level, args.log_format == "json")
     return args.run(args)
 
 

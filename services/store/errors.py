@@ -38,6 +38,18 @@ class StoreCorrupted(StoreError):
     status = "CORRUPT"
 
 
+class BatchTooLarge(StoreError):
+    """A request above a server's limits (batch keys or bytes)."""
+
+    status = "TOO_LARGE"
+
+
+class ProtocolError(StoreError):
+    """Malformed bytes on the native data path."""
+
+    status = "PROTOCOL"
+
+
 class SimulatedCrash(StoreError):
     """The crash simulator's power failure happened; the store must be reopened."""
 
@@ -47,7 +59,7 @@ class SimulatedCrash(StoreError):
 _BY_STATUS = {
     cls.status: cls
     for cls in (InvalidArgument, TableNotFound, TableExists, CapacityExhausted, NonFiniteValues,
-                StoreIOError, StoreCorrupted, SimulatedCrash)
+                StoreIOError, StoreCorrupted, SimulatedCrash, BatchTooLarge, ProtocolError)
 }
 _BY_STATUS["NOMEM"] = MemoryError
 

@@ -8,6 +8,8 @@ InitializerKind = Literal["zeros", "uniform", "normal"]
 
 OPTIMIZER_CODES: dict[str, int] = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
 INITIALIZER_CODES: dict[str, int] = {"zeros": 0, "uniform": 1, "normal": 2}
+MissingKeys = Literal["initialize", "report"]
+MISSING_KEYS_CODES: dict[str, int] = {"initialize": 0, "report": 1}
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,5 @@ class TableSpec:
     capacity: int
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     initializer: InitializerSpec = field(default_factory=InitializerSpec)
+    # What a lookup returns for a key never written: its initial row, or a zero row.
+    missing_keys: MissingKeys = "initialize"

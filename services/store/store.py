@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +12,11 @@ import numpy as np
 
 from ._native import ffi, lib
 from .errors import InvalidArgument, StoreError, TableNotFound, error_for
-from .spec import INITIALIZER_CODES, OPTIMIZER_CODES, InitializerSpec, OptimizerSpec, TableSpec
+from .spec import INITIALIZER_CODES, MISSING_KEYS_CODES, OPTIMIZER_CODES, InitializerSpec, OptimizerSpec, TableSpec
 
 _OPTIMIZER_NAMES = {code: name for name, code in OPTIMIZER_CODES.items()}
 _INITIALIZER_NAMES = {code: name for name, code in INITIALIZER_CODES.items()}
+_MISSING_KEYS_NAMES = {code: name for name, code in MISSING_KEYS_CODES.items()}
 SGE_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("found", "<u4")])
 
 
@@ -56,6 +58,8 @@ def spec_to_c(spec: TableSpec):
         raise InvalidArgument(f"unknown optimizer {spec.optimizer.kind!r}; one of {sorted(OPTIMIZER_CODES)}")
     if spec.initializer.kind not in INITIALIZER_CODES:
         raise InvalidArgument(f"unknown initializer {spec.initializer.kind!r}; one of {sorted(INITIALIZER_CODES)}")
+    if spec.missing_keys not in MISSING_KEYS_CODES:
+        raise InvalidArgument(f"unknown missing_keys {spec.missing_keys!r}; one of {sorted(MISSING_KEYS_CODES)}")
     if not (0 < spec.dim < 2**32 and 0 < spec.capacity < 2**64 and 0 <= spec.initializer.seed < 2**64):
         raise InvalidArgument("dim, capacity and seed must be positive integers in range")
     c.dim, c.capacity = spec.dim, spec.capacity
@@ -63,6 +67,7 @@ def spec_to_c(spec: TableSpec):
     c.lr, c.eps, c.beta1, c.beta2 = spec.optimizer.lr, spec.optimizer.eps, spec.optimizer.beta1, spec.optimizer.beta2
     c.init = INITIALIZER_CODES[spec.initializer.kind]
     c.init_scale, c.init_seed = spec.initializer.scale, spec.initializer.seed
+    c.missing = MISSING_KEYS_CODES[spec.missing_keys]
     return c
 
 
@@ -72,6 +77,7 @@ def _spec_from_c(c) -> TableSpec:
         capacity=c.capacity,
         optimizer=OptimizerSpec(_OPTIMIZER_NAMES[c.optimizer], c.lr, c.eps, c.beta1, c.beta2),
         initializer=InitializerSpec(_INITIALIZER_NAMES[c.init], c.init_scale, c.init_seed),
+        missing_keys=_MISSING_KEYS_NAMES[c.missing],
     )
 
 
@@ -118,16 +124,22 @@ class Table:
             raise StoreError("table was dropped or its store closed")
         return self._handle
 
-    def lookup(self, keys, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows of keys, shape (n, dim); missing keys read as their initial rows."""
+    def lookup(self, keys, out: np.ndarray | None = None, found: np.ndarray | None = None) -> np.ndarray:
+        """Rows of keys, shape (n, dim); missing keys read as their initial rows (or zero rows if the
+        table reports missing keys).  `found`, an n-byte bool array if given, tells which were present."""
         keys = as_keys(keys)
         n = len(keys)
         rows = np.empty((n, self.dim), np.float32) if out is None else out
         if rows.shape != (n, self.dim) or rows.dtype != np.float32 or not rows.flags.c_contiguous:
             raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {self.dim})")
+        found_ptr = ffi.NULL
+        if found is not None:
+            if found.shape != (n,) or found.dtype != np.bool_ or not found.flags.c_contiguous:
+                raise InvalidArgument(f"found must be a contiguous bool array of shape ({n},)")
+            found_ptr = ffi.from_buffer("uint8_t[]", found, require_writable=True)
         check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
                                       ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                      ffi.NULL, 0, ffi.NULL))
+                                      ffi.NULL, 0, found_ptr))
         return rows
 
     def lookup_with_state(self, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -231,6 +243,13 @@ class GatherList:
         self.release()
 
 
+def _encode_name(name: str) -> bytes:
+    """C strings end at NUL: a name with one inside would silently name another table."""
+    if not isinstance(name, str) or "\0" in name:
+        raise InvalidArgument(f"table name must be a string without NUL characters, got {name!r}")
+    return name.encode()
+
+
 _persist_mode: str | None = None
 
 
@@ -288,7 +307,7 @@ class Store:
 
     def create_table(self, name: str, spec: TableSpec) -> Table:
         out = ffi.new("embps_table **")
-        check_status(lib.embps_table_create(self.handle, name.encode(), spec_to_c(spec), out))
+        check_status(lib.embps_table_create(self.handle, _encode_name(name), spec_to_c(spec), out))
         self._tables[name] = Table(name, out[0])
         return self._tables[name]
 
@@ -297,11 +316,24 @@ class Store:
             raise TableNotFound(f"no table named '{name}'")
         return self._tables[name]
 
+    @contextmanager
+    def acquire(self, name: str) -> Iterator[Table]:
+        """The table, kept safe from a concurrent drop until the block ends (what servers use)."""
+        out = ffi.new("embps_table **")
+        check_status(lib.embps_table_acquire(self.handle, _encode_name(name), out))
+        try:
+            table = self._tables.get(name)
+            if table is None:   # created in C a moment ago, not yet wrapped here
+                raise TableNotFound(f"no table named '{name}'")
+            yield table
+        finally:
+            lib.embps_table_release(self._handle)
+
     def tables(self) -> list[str]:
         return sorted(self._tables)
 
     def drop_table(self, name: str) -> None:
-        check_status(lib.embps_table_drop(self.handle, name.encode()))
+        check_status(lib.embps_table_drop(self.handle, _encode_name(name)))
         self._tables.pop(name)._handle = None
 
     @property
@@ -309,8 +341,19 @@ class Store:
         """Persist points reached so far (crash simulator only)."""
         return lib.embps_store_persist_points(self.handle)
 
+    def table_stats(self) -> dict[str, TableStats]:
+        """Stats of every table, safe against concurrent drops."""
+        result = {}
+        for name in self.tables():
+            try:
+                with self.acquire(name) as table:
+                    result[name] = table.stats()
+            except TableNotFound:
+                pass
+        return result
+
     def recovery_seconds(self) -> float:
-        return sum(t.stats().recovery_seconds for t in self._tables.values())
+        return sum(stats.recovery_seconds for stats in self.table_stats().values())
 
     def close(self) -> None:
         if self._handle is not None:

@@ -1,0 +1,655 @@
+"""PS shard benchmark: one `embps ps-shard` process on loopback against Redis, measured in the same run.
+
+Workload: one table of --rows random 64-bit keys x dim 32 float32 with Adagrad, read and updated in batches
+of 512 keys drawn Zipf(0.99) over the rows by 2 client threads at once (2 concurrent streams).  The shard's
+store lives in a temporary directory on /dev/shm (a memory file standing in for PM), removed at the end.
+
+Contenders, each with one client (one connection) per thread:
+  - embps, PSClient on its default data path (data_path="auto"; which path that was is printed and kept),
+  - embps, PSClient forced onto the pure gRPC path (data_path="grpc"),
+  - Redis (Debian's redis-server, started here on a free loopback port with --save '' --appendonly no),
+    each row a 128-byte value under its key's 8 little-endian bytes, MGET / MSET from redis-py with hiredis.
+A lookup on the Redis side ends, as a user's would, in an (n, 32) float32 array:
+np.frombuffer(b"".join(values), np.float32).reshape(n, 32).  An update on the Redis side is an MSET of the
+batch's rows as bytes, {key: row.tobytes()} -- no optimizer arithmetic at all, so it only favours Redis.
+Both sides count 512 keys per batch (Zipf batches repeat keys; the shard sums repeated gradients, the MSET
+dict keeps the last row).
+
+Figures (goals in GOALS):
+  shard_lookup_vs_redis   PSClient.lookup keys/s on the default path / Redis MGET keys/s
+  shard_update_vs_redis   PSClient.update (Adagrad on the shard) keys/s / Redis MSET keys/s
+Context: the same on the gRPC path, absolute keys/s, and p50/p99 latency of a lookup at half of each side's
+measured peak (paced open-loop requests from 2 threads; latency counted from each request's scheduled start,
+so a stall delays the requests behind it as it would for a real caller).
+
+Timing: the Zipf batches are generated once (seeded) and every contender runs the same ones.  Each contender
+gets one untimed warm-up pass, then `reps` timed passes of all the batches, the 2 threads splitting them,
+alternating between contenders so that drift on a shared machine hits all of them alike.  Throughputs use
+the best (fastest) pass: interference only ever slows a pass down.  Every pass is kept in the JSON.
+
+Prints `figure NAME VALUE UNIT` and `context NAME VALUE UNIT` lines and writes bench/results/shard.json and
+shard.png (shard-quick.* with --quick).
+"""
+
+import argparse
+import contextlib
+import json
+import operator
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+import redis.utils  # noqa: E402
+from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REDIS_SERVER = "/usr/bin/redis-server"
+TABLE = "bench"
+GOALS = {
+    "shard_lookup_vs_redis": (">=", 2.0),
+    "shard_update_vs_redis": (">=", 1.5),
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    rows: int
+    reps: int                    # timed passes per throughput contender
+    n_batches: int               # batches per throughput pass (all threads together)
+    latency_reps: int            # paced latency passes per side
+    latency_seconds: float       # length of one paced latency pass
+    dim: int = 32
+    batch: int = 512
+    threads: int = 2
+    zipf_theta: float = 0.99
+    load_batch: int = 8192       # rows per assign / MSET while loading
+    grad_batches: int = 64       # distinct gradient batches, cycled (the keys are never cycled)
+    lr: float = 0.01
+    eps: float = 1e-10
+    seed: int = 0
+    results_name: str = "shard"
+    redis_only: bool = False
+
+
+def parse_args() -> Config:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200K rows and fewer, shorter passes (well under a minute)")
+    parser.add_argument("--rows", type=int, help="rows in the table (default 1M, quick 200K)")
+    parser.add_argument("--redis-only", action="store_true",
+                        help="measure only the Redis baseline (no shard, no figures; for checking the baseline)")
+    args = parser.parse_args()
+    if args.quick:
+        cfg = Config(rows=200_000, reps=3, n_batches=1024, latency_reps=2, latency_seconds=1.0,
+                     results_name="shard-quick")
+    else:
+        cfg = Config(rows=1_000_000, reps=5, n_batches=4096, latency_reps=3, latency_seconds=2.0)
+    changes = {"redis_only": args.redis_only}
+    if args.rows:
+        changes["rows"] = args.rows
+    return Config(**{**asdict(cfg), **changes})
+
+
+class Report:
+    """Collects figures and context numbers, printing each as it comes."""
+
+    def __init__(self):
+        self.figures: dict[str, dict] = {}
+        self.context: dict[str, dict] = {}
+        self.samples: dict[str, list[float]] = {}
+        self.info: dict[str, object] = {}
+
+    def figure(self, name: str, value: float, unit: str) -> None:
+        print(f"figure {name} {value:.4g} {unit}", flush=True)
+        self.figures[name] = {"value": value, "unit": unit}
+
+    def note(self, name: str, value: float, unit: str) -> None:
+        print(f"context {name} {value:.4g} {unit}", flush=True)
+        self.context[name] = {"value": value, "unit": unit}
+
+    def goals(self) -> dict[str, dict]:
+        compare = {">=": operator.ge, "<=": operator.le}
+        return {name: {"op": op, "target": target, "met": compare[op](self.figures[name]["value"], target)}
+                for name, (op, target) in GOALS.items() if name in self.figures}
+
+
+# ---- workload -------------------------------------------------------------------------------------
+
+def make_keys(rows: int) -> np.ndarray:
+    """Random-looking distinct 64-bit ids: splitmix64 of the row index (a bijection, so no collisions)."""
+    x = np.arange(rows, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def zipf_batches(cfg: Config, rng: np.random.Generator) -> np.ndarray:
+    """(n_batches, batch) row indices drawn Zipf(theta) by inverse CDF, popularity ranks shuffled over the rows."""
+    cdf = np.cumsum(np.arange(1, cfg.rows + 1, dtype=np.float64) ** -cfg.zipf_theta)
+    cdf /= cdf[-1]
+    ranks = np.searchsorted(cdf, rng.random((cfg.n_batches, cfg.batch)), side="right")
+    return rng.permutation(cfg.rows)[ranks]
+
+
+def random_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    rows = rng.random((n, dim), dtype=np.float32)
+    rows -= 0.5
+    rows *= 0.02
+    return rows
+
+
+def redis_keys(keys: np.ndarray) -> list[bytes]:
+    """Redis keys are the uint64 ids' 8 little-endian bytes (the shard's own wire format for keys)."""
+    raw = keys.astype("<u8").tobytes()
+    return [raw[i:i + 8] for i in range(0, len(raw), 8)]
+
+
+@dataclass
+class Workload:
+    keys: np.ndarray            # (rows,) uint64, row i's key
+    dense: np.ndarray           # (rows, dim) float32, the loaded rows
+    batch_rows: np.ndarray      # (n_batches, batch) row indices
+    batch_keys: np.ndarray      # (n_batches, batch) uint64
+    grads: np.ndarray           # (grad_batches, batch, dim) float32; batch i uses grads[i % grad_batches]
+    # Redis gets its keys as ready-made bytes lists, built outside the clock (the shard's client gets numpy
+    # arrays, which is what a trainer holds; turning them into Redis keys would be the Redis user's cost).
+    redis_batch_keys: list[list[bytes]]
+
+
+def make_workload(cfg: Config, report: Report) -> Workload:
+    rng = np.random.default_rng(cfg.seed)
+    keys = make_keys(cfg.rows)
+    dense = random_rows(rng, cfg.rows, cfg.dim)
+    batch_rows = zipf_batches(cfg, rng)
+    batch_keys = keys[batch_rows]
+    grads = rng.standard_normal((cfg.grad_batches, cfg.batch, cfg.dim), dtype=np.float32)
+    report.note("distinct_keys_per_batch", float(np.mean([len(np.unique(b)) for b in batch_rows])), "keys")
+    return Workload(keys, dense, batch_rows, batch_keys, grads, [redis_keys(k) for k in batch_keys])
+
+
+# ---- timing ---------------------------------------------------------------------------------------
+
+def run_threads(body: Callable[[int], object], threads: int) -> tuple[float, list]:
+    """Runs body(t) on `threads` threads released together; returns (wall seconds, results by thread)."""
+    barrier = threading.Barrier(threads + 1)
+    results: list = [None] * threads
+    errors: list[BaseException] = []
+
+    def thread_main(t: int) -> None:
+        barrier.wait()
+        try:
+            results[t] = body(t)
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    workers = [threading.Thread(target=thread_main, args=(t,), daemon=True) for t in range(threads)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return elapsed, results
+
+
+# A contender is a per-thread call: call(thread, batch_index) does one request for that batch.
+Call = Callable[[int, int], object]
+
+
+def throughput_passes(progress: Progress, label: str, contenders: dict[str, Call], cfg: Config) -> dict[str, list[float]]:
+    """Seconds per pass of each contender (a pass = all batches, thread t doing batches t, t+T, ...):
+    one warm-up pass each, then cfg.reps rounds alternating between contenders."""
+    task = progress.add_task(label, total=len(contenders) * (cfg.reps + 1))
+
+    def one_pass(call: Call) -> float:
+        def body(t: int) -> None:
+            for i in range(t, cfg.n_batches, cfg.threads):
+                call(t, i)
+        return run_threads(body, cfg.threads)[0]
+
+    for call in contenders.values():
+        one_pass(call)
+        progress.advance(task)
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(cfg.reps):
+        for name, call in contenders.items():
+            times[name].append(one_pass(call))
+            progress.advance(task)
+    return times
+
+
+def paced_latencies(call: Call, batches_per_s: float, cfg: Config) -> np.ndarray:
+    """Seconds from each request's scheduled start to its completion, with `batches_per_s` requests per
+    second spread evenly over the threads (open loop: the schedule does not wait for slow requests)."""
+    per_thread = batches_per_s / cfg.threads
+    interval = 1.0 / per_thread
+    n_requests = max(1, int(cfg.latency_seconds * per_thread))
+
+    def body(t: int) -> np.ndarray:
+        latencies = np.empty(n_requests)
+        start = time.perf_counter() + 0.01 + t * interval / cfg.threads  # threads interleave their sends
+        i = t
+        for j in range(n_requests):
+            scheduled = start + j * interval
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            call(t, i)
+            latencies[j] = time.perf_counter() - scheduled
+            i = (i + cfg.threads) % cfg.n_batches
+        return latencies
+
+    return np.concatenate(run_threads(body, cfg.threads)[1])
+
+
+# ---- Redis ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def redis_server(work_dir: str) -> Iterator[int]:
+    """Debian's redis-server on a free loopback port, no persistence; yields the port."""
+    for _ in range(5):  # the free port can be taken between free_port() and the server's bind
+        port = free_port()
+        proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", work_dir, "--logfile", "", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        probe = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                probe.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        probe.close()
+        if proc.poll() is None and time.monotonic() < deadline:
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        raise RuntimeError(f"redis-server did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class RedisSide:
+    def __init__(self, port: int, cfg: Config, wl: Workload):
+        self.cfg, self.wl = cfg, wl
+        # One client, hence one connection, per thread (redis-py parses with hiredis when it is installed).
+        self.conns = [redis.Redis(host="127.0.0.1", port=port, single_connection_client=True)
+                      for _ in range(cfg.threads)]
+
+    def load(self, progress: Progress, report: Report) -> None:
+        cfg, wl, r = self.cfg, self.wl, self.conns[0]
+        task = progress.add_task(f"redis: loading {cfg.rows:,} rows", total=cfg.rows)
+        seconds = 0.0
+        for lo in range(0, cfg.rows, cfg.load_batch):
+            keys, rows = wl.keys[lo:lo + cfg.load_batch], wl.dense[lo:lo + cfg.load_batch]
+            start = time.perf_counter()
+            r.mset(dict(zip(redis_keys(keys), (row.tobytes() for row in rows))))
+            seconds += time.perf_counter() - start
+            progress.advance(task, len(keys))
+        assert r.dbsize() == cfg.rows, f"redis holds {r.dbsize()} keys, expected {cfg.rows}"
+        report.note("redis_load_rows_per_s", cfg.rows / seconds, "rows/s")
+        report.note("redis_used_memory_bytes", float(r.info("memory")["used_memory"]), "B")
+
+    def lookup(self, t: int, i: int) -> np.ndarray:
+        values = self.conns[t].mget(self.wl.redis_batch_keys[i])
+        return np.frombuffer(b"".join(values), np.float32).reshape(len(values), self.cfg.dim)
+
+    def update(self, t: int, i: int) -> None:
+        rows = self.wl.grads[i % self.cfg.grad_batches]
+        self.conns[t].mset(dict(zip(self.wl.redis_batch_keys[i], (row.tobytes() for row in rows))))
+
+    def check(self) -> None:
+        np.testing.assert_array_equal(self.lookup(0, 0), self.wl.dense[self.wl.batch_rows[0]])
+
+    def close(self) -> None:
+        for c in self.conns:
+            c.close()
+
+
+# ---- the shard ------------------------------------------------------------------------------------
+
+def operation_counts(client) -> dict[str, tuple[int, int, int]]:
+    """operation -> (requests, errors, keys), summed over shards."""
+    counts: dict[str, tuple[int, int, int]] = {}
+    for stats in client.stats():
+        for op in stats.operations:
+            r, e, k = counts.get(op.operation, (0, 0, 0))
+            counts[op.operation] = (r + op.requests, e + op.errors, k + op.keys)
+    return counts
+
+
+def counts_delta(before: dict, after: dict) -> dict[str, dict[str, int]]:
+    delta = {}
+    for name, (r, e, k) in after.items():
+        r0, e0, k0 = before.get(name, (0, 0, 0))
+        if (r - r0, e - e0, k - k0) != (0, 0, 0):
+            delta[name] = {"requests": r - r0, "errors": e - e0, "keys": k - k0}
+    return delta
+
+
+def client_path_kind(client) -> str:
+    """The data path the client uses for its (one) shard."""
+    kinds = getattr(client, "data_path_kinds", None)
+    if callable(kinds):
+        return ",".join(kinds())
+    return "?(" + ",".join(p.kind for p in client.stats()[0].data_paths) + " offered)"
+
+
+class ShardSide:
+    def __init__(self, address: str, data_path: str, cfg: Config, wl: Workload):
+        from embps.client import ClusterConfig, PSClient
+        self.cfg, self.wl, self.data_path = cfg, wl, data_path
+        # One client per thread, like the Redis side (PSClient is thread-safe; a shared one is not measured).
+        self.clients = [PSClient(ClusterConfig.from_addresses([address], data_path=data_path))
+                        for _ in range(cfg.threads)]
+        self.kind = client_path_kind(self.clients[0])
+
+    def lookup(self, t: int, i: int) -> np.ndarray:
+        return self.clients[t].lookup(TABLE, self.wl.batch_keys[i])
+
+    def update(self, t: int, i: int) -> None:
+        self.clients[t].update(TABLE, self.wl.batch_keys[i], self.wl.grads[i % self.cfg.grad_batches])
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+def table_spec(cfg: Config):
+    from embps.store import OptimizerSpec, TableSpec
+    return TableSpec(dim=cfg.dim, capacity=cfg.rows, optimizer=OptimizerSpec("adagrad", lr=cfg.lr, eps=cfg.eps))
+
+
+def load_shard(side: ShardSide, progress: Progress, report: Report) -> None:
+    cfg, wl, client = side.cfg, side.wl, side.clients[0]
+    client.create_table(TABLE, table_spec(cfg), if_not_exists=True)
+    task = progress.add_task(f"shard: loading {cfg.rows:,} rows", total=cfg.rows)
+    seconds = 0.0
+    for lo in range(0, cfg.rows, cfg.load_batch):
+        keys, rows = wl.keys[lo:lo + cfg.load_batch], wl.dense[lo:lo + cfg.load_batch]
+        start = time.perf_counter()
+        client.assign(TABLE, keys, rows)
+        seconds += time.perf_counter() - start
+        progress.advance(task, len(keys))
+    report.note("shard_load_rows_per_s", cfg.rows / seconds, "rows/s")
+
+
+def check_update(side: ShardSide, distinct_rows: np.ndarray) -> None:
+    """An update of keys still at zero optimizer state gives what the store's kernel computes."""
+    from embps.store import apply_optimizer, state_floats
+    cfg, wl = side.cfg, side.wl
+    spec = table_spec(cfg)
+    expected = wl.dense[distinct_rows].copy()
+    state = np.zeros((len(distinct_rows), state_floats(spec.optimizer.kind, cfg.dim)), np.float32)
+    grads = wl.grads[0][:len(distinct_rows)].copy()
+    apply_optimizer(spec, expected, state, grads)
+    side.clients[0].update(TABLE, wl.keys[distinct_rows], grads)
+    got = side.clients[0].lookup(TABLE, wl.keys[distinct_rows])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
+
+
+def path_traffic(side: ShardSide, call: Call, calls: int) -> dict[str, dict[str, int]]:
+    """Which shard operations `calls` calls of `call` show up as (proof of the data path used)."""
+    before = operation_counts(side.clients[0])
+    for i in range(calls):
+        call(0, i)
+    return counts_delta(before, operation_counts(side.clients[0]))
+
+
+# ---- measurement ----------------------------------------------------------------------------------
+
+def keys_per_s(report: Report, cfg: Config, times: dict[str, list[float]]) -> dict[str, float]:
+    report.samples.update(times)
+    rates = {name: cfg.n_batches * cfg.batch / min(seconds) for name, seconds in times.items()}
+    for name, value in rates.items():
+        report.note(f"{name}_keys_per_s", value, "keys/s")
+    return rates
+
+
+def measure_latency(progress: Progress, report: Report, sides: dict[str, tuple[Call, float]], cfg: Config) -> dict:
+    """p50/p99 of each side's lookups at half its peak (keys/s), alternating sides; best pass kept."""
+    task = progress.add_task("latency at half peak", total=len(sides) * cfg.latency_reps)
+    per_pass: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(cfg.latency_reps):
+        for name, (call, peak) in sides.items():
+            lat = paced_latencies(call, peak / 2 / cfg.batch, cfg) * 1e3
+            per_pass[name].append({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+                                   "max_ms": float(lat.max()), "requests": int(lat.size)})
+            progress.advance(task)
+    report.info["latency_passes"] = per_pass
+    best = {name: min(passes, key=lambda p: p["p99_ms"]) for name, passes in per_pass.items()}
+    for name, (_, peak) in sides.items():
+        report.note(f"{name}_half_peak_load_keys_per_s", peak / 2, "keys/s")
+    return best
+
+
+def run(cfg: Config, started: float) -> Report:
+    report = Report()
+    wl = make_workload(cfg, report)
+    data_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    tmp = tempfile.mkdtemp(prefix="embps-shard-bench-", dir=data_root)
+    report.info["data_dir_mount"] = mount_of(tmp)
+    sides_to_close: list = []
+    try:
+        with contextlib.ExitStack() as stack:
+            port = stack.enter_context(redis_server(tmp))
+            progress = stack.enter_context(Progress(*Progress.get_default_columns(), TimeElapsedColumn()))
+            rs = RedisSide(port, cfg, wl)
+            sides_to_close.append(rs)
+            rs.load(progress, report)
+            rs.check()
+            if cfg.redis_only:
+                rates = keys_per_s(report, cfg, throughput_passes(progress, "lookup passes", {"redis_mget": rs.lookup}, cfg))
+                rates |= keys_per_s(report, cfg, throughput_passes(progress, "update passes", {"redis_mset": rs.update}, cfg))
+                best = measure_latency(progress, report, {"redis_mget": (rs.lookup, rates["redis_mget"])}, cfg)
+                report.note("redis_mget_p50_ms", best["redis_mget"]["p50_ms"], "ms")
+                report.note("redis_mget_p99_ms", best["redis_mget"]["p99_ms"], "ms")
+                return report
+
+            from embps.common.local_cluster import LocalShard
+            shard = stack.enter_context(LocalShard(os.path.join(tmp, "shard")))
+            report.info["shard_address"] = shard.address
+            ours = ShardSide(shard.address, "auto", cfg, wl)
+            sides_to_close.append(ours)
+            grpc = ShardSide(shard.address, "grpc", cfg, wl)
+            sides_to_close.append(grpc)
+            report.info["default_data_path"] = ours.kind
+            report.info["grpc_data_path"] = grpc.kind
+            report.info["offered_data_paths"] = [[p.kind, p.address] for s in ours.clients[0].stats() for p in s.data_paths]
+            progress.console.print(f"shard at {shard.address}; default client path: {ours.kind}, "
+                                   f"forced: {grpc.kind}; offered: {report.info['offered_data_paths']}")
+            load_shard(ours, progress, report)
+            for side in (ours, grpc):
+                np.testing.assert_array_equal(side.lookup(0, 0), wl.dense[wl.batch_rows[0]])
+            report.info["traffic_lookup_default"] = path_traffic(ours, ours.lookup, 4)
+            report.info["traffic_lookup_grpc"] = path_traffic(grpc, grpc.lookup, 4)
+            progress.console.print(f"lookup traffic: default {report.info['traffic_lookup_default']}, "
+                                   f"grpc {report.info['traffic_lookup_grpc']}")
+
+            # ---- lookups
+            rates = keys_per_s(report, cfg, throughput_passes(progress, "lookup passes", {
+                "shard_lookup": ours.lookup, "shard_lookup_grpc": grpc.lookup, "redis_mget": rs.lookup}, cfg))
+            report.figure("shard_lookup_vs_redis", rates["shard_lookup"] / rates["redis_mget"], "x")
+            report.note("shard_lookup_grpc_vs_redis", rates["shard_lookup_grpc"] / rates["redis_mget"], "x")
+
+            # ---- latency at half of each side's peak
+            best = measure_latency(progress, report, {"shard_lookup": (ours.lookup, rates["shard_lookup"]),
+                                                      "redis_mget": (rs.lookup, rates["redis_mget"])}, cfg)
+            report.note("shard_lookup_p50_ms", best["shard_lookup"]["p50_ms"], "ms")
+            report.note("shard_lookup_p99_ms", best["shard_lookup"]["p99_ms"], "ms")
+            report.note("redis_mget_p50_ms", best["redis_mget"]["p50_ms"], "ms")
+            report.note("redis_mget_p99_ms", best["redis_mget"]["p99_ms"], "ms")
+
+            # ---- updates (the lookups above changed nothing; state is still zero everywhere)
+            check_update(ours, np.arange(0, cfg.batch))
+            check_update(grpc, np.arange(cfg.batch, 2 * cfg.batch))
+            report.info["traffic_update_default"] = path_traffic(ours, ours.update, 4)
+            report.info["traffic_update_grpc"] = path_traffic(grpc, grpc.update, 4)
+            rates |= keys_per_s(report, cfg, throughput_passes(progress, "update passes", {
+                "shard_update": ours.update, "shard_update_grpc": grpc.update, "redis_mset": rs.update}, cfg))
+            report.figure("shard_update_vs_redis", rates["shard_update"] / rates["redis_mset"], "x")
+            report.note("shard_update_grpc_vs_redis", rates["shard_update_grpc"] / rates["redis_mset"], "x")
+
+            errors = {name: e for name, (_, e, _) in operation_counts(ours.clients[0]).items() if e}
+            report.info["shard_operation_errors"] = errors
+            if errors:
+                progress.console.print(f"[red]shard reports errors: {errors}")
+            for side in reversed(sides_to_close):
+                side.close()
+            sides_to_close.clear()
+    finally:
+        for side in sides_to_close:
+            with contextlib.suppress(Exception):
+                side.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+# ---- output ---------------------------------------------------------------------------------------
+
+def mount_of(path: str) -> str:
+    """'fstype options' of the file system holding path, from /proc/mounts."""
+    target = os.path.realpath(path)
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if target == m[1] or target.startswith(m[1].rstrip("/") + "/")),
+               key=lambda m: len(m[1]))
+    return f"{best[2]} {best[3]}"
+
+
+def environment() -> dict:
+    version = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "redis_py": redis.__version__,
+        "hiredis": redis.utils.HIREDIS_AVAILABLE,
+        "redis_server": version,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # bench/results/*.tmp is git-ignored
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
+    ctx = lambda name: report.context[name]["value"]  # noqa: E731
+    fig, (ax_rate, ax_ratio, ax_lat) = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw={"width_ratios": [2, 1.3, 1]})
+
+    default_kind = report.info.get("default_data_path", "default")
+    labels = [f"embps, default path ({default_kind})", "embps, gRPC path", "Redis (MGET / MSET)"]
+    series = [("shard_lookup", "shard_update"), ("shard_lookup_grpc", "shard_update_grpc"), ("redis_mget", "redis_mset")]
+    x = np.arange(2)
+    width = 0.27
+    for k, (label, names, color) in enumerate(zip(labels, series, ["tab:green", "tab:olive", "tab:gray"])):
+        bars = ax_rate.bar(x + (k - 1) * width, [ctx(f"{n}_keys_per_s") for n in names], width, label=label, color=color)
+        ax_rate.bar_label(bars, fmt="%.3g")
+    ax_rate.set_xticks(x, ["lookup", "update (Adagrad; Redis: plain MSET)"])
+    ax_rate.set_ylabel("keys/s (best pass)")
+    ax_rate.set_title("throughput, batch 512, 2 client threads, one shard on loopback")
+    ax_rate.legend()
+
+    names = ["shard_lookup_vs_redis", "shard_update_vs_redis"]
+    values = [report.figures[n]["value"] for n in names] + [ctx("shard_lookup_grpc_vs_redis"), ctx("shard_update_grpc_vs_redis")]
+    colors = ["tab:green" if goals[n]["met"] else "tab:red" for n in names] + ["tab:olive"] * 2
+    xr = np.arange(4)
+    bars = ax_ratio.bar(xr, values, color=colors)
+    ax_ratio.bar_label(bars, fmt="%.3g")
+    ax_ratio.hlines([goals[n]["target"] for n in names], xr[:2] - 0.4, xr[:2] + 0.4, colors="black",
+                    linestyles="dashed", label="goal")
+    ax_ratio.axhline(1.0, color="gray", linewidth=0.8)
+    ax_ratio.set_xticks(xr, ["lookup", "update", "lookup\n(gRPC)", "update\n(gRPC)"])
+    ax_ratio.set_title("embps ÷ Redis (green: goal met)")
+    ax_ratio.legend()
+
+    lat = {"embps": ("shard_lookup_p50_ms", "shard_lookup_p99_ms"), "Redis": ("redis_mget_p50_ms", "redis_mget_p99_ms")}
+    xl = np.arange(2)
+    for k, (pct, color) in enumerate([("p50", "tab:blue"), ("p99", "tab:orange")]):
+        bars = ax_lat.bar(xl + (k - 0.5) * 0.4, [ctx(v[k]) for v in lat.values()], 0.4, label=pct, color=color)
+        ax_lat.bar_label(bars, fmt="%.2f")
+    ax_lat.set_xticks(xl, list(lat))
+    ax_lat.set_ylabel("ms")
+    ax_lat.set_title("lookup latency at half of own peak")
+    ax_lat.legend()
+
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    goals = report.goals()
+    for name, goal in goals.items():
+        print(f"goal {name} {goal['op']} {goal['target']:g}: {'met' if goal['met'] else 'MISSED'}")
+    results = {
+        "benchmark": "shard",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(cfg),
+        "timing": f"throughput: best of {cfg.reps} timed passes after one warm-up pass, alternating contenders; "
+                  f"each pass is {cfg.n_batches} batches of {cfg.batch} keys split over {cfg.threads} threads. "
+                  f"latency: {cfg.latency_reps} paced passes of {cfg.latency_seconds:g} s per side at half its best "
+                  f"throughput, alternating; the pass with the lowest p99 is reported",
+        "figures": report.figures,
+        "goals": goals,
+        "context": report.context,
+        "details": report.info,
+        "samples_seconds": report.samples,
+        "environment": environment(),
+        "wall_seconds": wall_seconds,
+    }
+    json_path, png_path = RESULTS_DIR / f"{cfg.results_name}.json", RESULTS_DIR / f"{cfg.results_name}.png"
+    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+    plot(report, goals, png_path)
+    print(f"wrote {json_path} and {png_path}")
+
+
+def main() -> None:
+    started = time.perf_counter()
+    cfg = parse_args()
+    print(f"shard bench: {cfg.rows:,} rows x dim {cfg.dim}, batch {cfg.batch}, Zipf {cfg.zipf_theta}, "
+          f"{cfg.threads} client threads, {cfg.n_batches} batches per pass, {cfg.reps} passes", flush=True)
+    report = run(cfg, started)
+    if not cfg.redis_only:
+        write_results(report, cfg, time.perf_counter() - started)
+    print(f"shard bench took {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

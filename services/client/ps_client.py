@@ -1,0 +1,307 @@
+"""PSClient: one handle on a cluster of parameter shards.
+
+Routes each key to its shard, splits a batch per shard, runs the shard calls concurrently and
+merges the answers back in the caller's order as numpy arrays.  Row traffic (lookups, updates)
+takes the best data path each shard offers (the native TCP path when the shard runs one, else gRPC);
+everything else is gRPC.  Calls that are safe to repeat (all but Update) are retried while a shard
+is UNAVAILABLE, within the call's deadline.  Thread-safe: share one client between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+
+from embps.common import wire
+from embps.common.cluster_config import ClusterConfig
+from embps.common.grpc_channels import channel_options
+from embps.common.spec_messages import spec_from_message, spec_to_message
+from embps.store import TableSpec, as_keys
+from embps.v1 import ps_shard_pb2 as pb
+from embps.v1 import ps_shard_pb2_grpc as pb_grpc
+
+from .errors import ShardError
+from .routing import JumpHashRouter, Router
+from .tcp_data_path import TcpDataPath
+
+log = logging.getLogger("embps.client")
+_RETRY_FIRST_SLEEP, _RETRY_MAX_SLEEP = 0.05, 1.0
+
+
+class _Shard:
+    """One shard's channel and, once chosen, its data path for row traffic."""
+
+    def __init__(self, address: str, config: ClusterConfig):
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=channel_options(config.max_message_bytes))
+        self.stub = pb_grpc.ParameterShardStub(self.channel)
+        self.tcp: TcpDataPath | None = None
+        self.path_kind: str | None = None if config.data_path != "grpc" else "grpc"
+        self._lock = threading.Lock()
+
+    def choose_path(self, wanted: str, timeout: float) -> str:
+        """Asks the shard what it offers, once."""
+        with self._lock:
+            if self.path_kind is None:
+                stats = _grpc_call(self, lambda t: self.stub.Stats(pb.StatsRequest(), timeout=t), timeout)
+                tcp = next((p for p in stats.data_paths if p.kind == "tcp"), None)
+                if tcp is not None:
+                    host, _, port = tcp.address.rpartition(":")
+                    self.tcp = TcpDataPath(f"{host or self.address.rpartition(':')[0]}:{port}", timeout)
+                    self.path_kind = "tcp"
+                elif wanted == "tcp":
+                    raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, "the shard offers no TCP data path",
+                                     self.address)
+                else:
+                    self.path_kind = "grpc"
+                log.info("data path chosen", extra={"shard": self.address, "path": self.path_kind})
+            return self.path_kind
+
+    def close(self) -> None:
+        if self.tcp:
+            self.tcp.close()
+        self.channel.close()
+
+
+def _grpc_call(shard: _Shard, call: Callable[[float], object], timeout: float):
+    try:
+        return call(timeout)
+    except grpc.RpcError as error:
+        raise ShardError.from_rpc_error(error, shard.address) from None
+
+
+class PSClient:
+    def __init__(self, config: ClusterConfig, router: Router | None = None, max_workers: int | None = None):
+        self.config = config
+        self.router = router or JumpHashRouter(len(config.shards))
+        if self.router.n_shards != len(config.shards):
+            raise ValueError(f"router has {self.router.n_shards} shards, the config {len(config.shards)}")
+        self._shards = [_Shard(address, config) for address in config.shards]
+        self._pool = ThreadPoolExecutor(max_workers or 4 * len(self._shards), thread_name_prefix="psclient")
+        self._dims: dict[str, tuple[int, int]] = {}
+
+    # ---- tables (applied on every shard) ----------------------------------------------------
+
+    def create_table(self, name: str, spec: TableSpec, if_not_exists: bool = False) -> None:
+        request = pb.CreateTableRequest(name=name, spec=spec_to_message(spec), if_not_exists=if_not_exists)
+        self._on_every_shard(lambda shard, t: shard.stub.CreateTable(request, timeout=t), idempotent=if_not_exists)
+
+    def describe_table(self, name: str) -> pb.TableInfo:
+        """The table as shard 0 describes it, with rows summed over all shards."""
+        infos = self._on_every_shard(lambda s, t: s.stub.DescribeTable(pb.TableRequest(table=name), timeout=t))
+        info = infos[0]
+        info.rows = sum(i.rows for i in infos)
+        return info
+
+    def table_spec(self, name: str) -> TableSpec:
+        return spec_from_message(self.describe_table(name).spec)
+
+    def list_tables(self) -> list[str]:
+        return sorted(t.name for t in self._call(self._shards[0], lambda s, t: s.stub.ListTables(
+            pb.ListTablesRequest(), timeout=t), idempotent=True).tables)
+
+    def drop_table(self, name: str) -> None:
+        self._dims.pop(name, None)
+        self._on_every_shard(lambda s, t: s.stub.DropTable(pb.TableRequest(table=name), timeout=t),
+                             idempotent=False)
+
+    def stats(self) -> list[pb.StatsResponse]:
+        return self._on_every_shard(lambda s, t: s.stub.Stats(pb.StatsRequest(), timeout=t))
+
+    def data_path_kinds(self) -> list[str]:
+        """The path row traffic takes to each shard ("tcp" or "grpc")."""
+        return [self._path(shard) for shard in self._shards]
+
+    # ---- rows ------------------------------------------------------------------------------
+
+    def lookup(self, table: str, keys, with_state: bool = False):
+        """Rows of keys, (n, dim) float32; with_state: (rows, optimizer state, found mask)."""
+        keys = as_keys(keys)
+        dim, state_floats = self._dim(table) if with_state else (0, 0)
+
+        def shard_lookup(shard: _Shard, part: np.ndarray, timeout: float):
+            if self._path(shard) == "tcp":
+                return shard.tcp.lookup(table, part, dim, state_floats, with_state, timeout)
+            reply = shard.stub.Lookup(pb.LookupRequest(table=table, keys=part.tobytes(), with_state=with_state),
+                                      timeout=timeout)
+            rows = wire.rows_from_bytes(reply.rows, len(part))
+            state = wire.rows_from_bytes(reply.state, len(part), "state") if with_state else None
+            return rows, state, np.frombuffer(reply.found, np.bool_)
+
+        parts = self._scatter(keys, shard_lookup, idempotent=True)
+        rows = _gather(len(keys), [(pos, r[0]) for pos, r in parts])
+        if not with_state:
+            return rows
+        return rows, _gather(len(keys), [(pos, r[1]) for pos, r in parts]), \
+            _gather(len(keys), [(pos, r[2]) for pos, r in parts], np.bool_)
+
+    def update(self, table: str, keys, grads) -> None:
+        """Applies the table's optimizer on the shards; gradients of repeated keys are summed.
+        Returns once every shard has made the update persistent.  Not retried (not idempotent)."""
+        keys = as_keys(keys)
+        grads = np.ascontiguousarray(grads, np.float32)
+        if grads.ndim != 2 or len(grads) != len(keys):
+            raise ValueError(f"grads must have shape ({len(keys)}, dim), got {grads.shape}")
+
+        def shard_update(shard: _Shard, part: np.ndarray, timeout: float, rows: np.ndarray):
+            if self._path(shard) == "tcp":
+                return shard.tcp.update(table, part, rows, timeout)
+            shard.stub.Update(pb.UpdateRequest(table=table, keys=part.tobytes(), grads=rows.tobytes()),
+                              timeout=timeout)
+
+        self._scatter(keys, shard_update, idempotent=False, per_key=(grads,))
+
+    def assign(self, table: str, keys, rows, state=None) -> None:
+        """Overwrites rows and optimizer state (zero state if not given)."""
+        keys = as_keys(keys)
+        per_key = (np.ascontiguousarray(rows, np.float32),)
+        if state is not None:
+            per_key += (np.ascontiguousarray(state, np.float32),)
+
+        def shard_assign(shard: _Shard, part: np.ndarray, timeout: float, part_rows, part_state=None):
+            shard.stub.Assign(pb.AssignRequest(table=table, keys=part.tobytes(), rows=part_rows.tobytes(),
+                                               state=b"" if part_state is None else part_state.tobytes()),
+                              timeout=timeout)
+
+        self._scatter(keys, shard_assign, idempotent=True, per_key=per_key)
+
+    def delete(self, table: str, keys) -> int:
+        keys = as_keys(keys)
+
+        def shard_delete(shard: _Shard, part: np.ndarray, timeout: float):
+            return shard.stub.Delete(pb.DeleteRequest(table=table, keys=part.tobytes()), timeout=timeout).deleted
+
+        return sum(deleted for _, deleted in self._scatter(keys, shard_delete, idempotent=True))
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    def export(self, table: str, chunk_rows: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(keys, rows, state) chunks of every row on every shard, shard after shard."""
+        for shard in self._shards:
+            try:
+                for chunk in shard.stub.Export(pb.ExportRequest(table=table, chunk_rows=chunk_rows),
+                                               timeout=self.config.deadline_seconds * 100):
+                    keys = wire.keys_from_bytes(chunk.keys)
+                    yield keys, wire.rows_from_bytes(chunk.rows, len(keys)), \
+                        wire.rows_from_bytes(chunk.state, len(keys), "state")
+            except grpc.RpcError as error:
+                raise ShardError.from_rpc_error(error, shard.address) from None
+
+    def import_rows(self, table: str, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
+        """Streams (keys, rows, state) chunks to the shards that own their keys (one Import stream per
+        shard, bounded queues for back-pressure); returns the rows imported."""
+        streams = [queue.Queue(maxsize=4) for _ in self._shards]
+
+        def requests(q: queue.Queue):
+            while (chunk := q.get()) is not None:
+                yield chunk
+
+        def run(shard: _Shard, q: queue.Queue) -> int:
+            try:
+                return shard.stub.Import(requests(q), timeout=self.config.deadline_seconds * 100).rows
+            except grpc.RpcError as error:
+                while q.get() is not None:   # unblock the producer
+                    pass
+                raise ShardError.from_rpc_error(error, shard.address) from None
+
+        futures = [self._pool.submit(run, shard, q) for shard, q in zip(self._shards, streams)]
+        try:
+            for keys, rows, state in chunks:
+                keys = as_keys(keys)
+                owner = self.router.shard_of(keys)
+                for i, q in enumerate(streams):
+                    pos = np.flatnonzero(owner == i)
+                    if len(pos):
+                        q.put(pb.RowChunk(table=table, keys=keys[pos].tobytes(),
+                                          rows=np.ascontiguousarray(rows[pos], np.float32).tobytes(),
+                                          state=np.ascontiguousarray(state[pos], np.float32).tobytes()))
+        finally:
+            for q in streams:
+                q.put(None)
+        return sum(f.result() for f in futures)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> PSClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _path(self, shard: _Shard) -> str:
+        return shard.path_kind or shard.choose_path(self.config.data_path, self.config.deadline_seconds)
+
+    def _dim(self, table: str) -> tuple[int, int]:
+        if table not in self._dims:
+            info = self.describe_table(table)
+            self._dims[table] = (info.spec.dim, info.state_floats)
+        return self._dims[table]
+
+    def _call(self, shard: _Shard, fn: Callable, idempotent: bool, *args):
+        """fn(shard, timeout, *args) within the deadline; UNAVAILABLE is retried if idempotent."""
+        deadline = time.monotonic() + self.config.deadline_seconds
+        sleep = _RETRY_FIRST_SLEEP
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise ShardError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while retrying",
+                                     shard.address)
+                return fn(shard, remaining, *args)
+            except grpc.RpcError as error:
+                failure = ShardError.from_rpc_error(error, shard.address)
+            except ShardError as error:
+                failure = error
+            if not (idempotent and failure.code == grpc.StatusCode.UNAVAILABLE and remaining > sleep):
+                raise failure
+            time.sleep(sleep)
+            sleep = min(2 * sleep, _RETRY_MAX_SLEEP)
+
+    def _on_every_shard(self, fn: Callable, idempotent: bool = True) -> list:
+        if len(self._shards) == 1:
+            return [self._call(self._shards[0], fn, idempotent)]
+        futures = [self._pool.submit(self._call, shard, fn, idempotent) for shard in self._shards]
+        return [f.result() for f in futures]
+
+    def _scatter(self, keys: np.ndarray, fn: Callable, idempotent: bool, per_key: tuple = ()) -> list:
+        """Calls fn(shard, its keys, timeout, its slices of per_key...) on each shard owning keys;
+        returns [(positions in the batch or None for all, result)]."""
+        for values in per_key:
+            if len(values) != len(keys):
+                raise ValueError(f"{len(keys)} keys but {len(values)} rows")
+        if len(self._shards) == 1:
+            return [(None, self._call(self._shards[0], lambda s, t: fn(s, keys, t, *per_key), idempotent))]
+        owner = self.router.shard_of(keys)
+        order = np.argsort(owner, kind="stable")
+        bounds = np.searchsorted(owner[order], np.arange(len(self._shards) + 1))
+        jobs = []
+        for i, shard in enumerate(self._shards):
+            pos = order[bounds[i]:bounds[i + 1]]
+            if len(pos):
+                parts = [keys[pos]] + [values[pos] for values in per_key]
+                jobs.append((pos, self._pool.submit(self._call, shard, lambda s, t, p=parts: fn(s, p[0], t, *p[1:]),
+                                                    idempotent)))
+        return [(pos, future.result()) for pos, future in jobs]
+
+
+def _gather(n: int, parts: list, dtype=np.float32) -> np.ndarray:
+    """Merges per-shard answers back into batch order."""
+    if len(parts) == 1 and parts[0][0] is None:
+        return parts[0][1]
+    width = parts[0][1].shape[1:] if parts else (0,)
+    out = np.empty((n, *width), dtype)
+    for pos, values in parts:
+        out[pos] = values
+    return out

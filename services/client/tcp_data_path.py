@@ -1,0 +1,121 @@
+"""Client side of the native TCP data path (wire format in native/embps_store.h): lookups and updates
+as one request and one reply per batch on a pooled connection."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+
+import grpc
+import numpy as np
+
+from embps.common.status_codes import GRPC_CODE_BY_STATUS
+from embps.store._native import ffi, lib
+
+from .errors import ShardError
+
+_REQUEST = struct.Struct("<IBBBBII")   # magic, op, flags, name_len, reserved, n_keys, dim
+_REPLY = struct.Struct("<IIQ")         # status, msg_len, payload_bytes
+_CLOSES_CONNECTION = {lib.EMBPS_E_TOO_LARGE, lib.EMBPS_E_PROTOCOL}
+
+
+def _status_name(status: int) -> str:
+    return ffi.string(lib.embps_status_name(status)).decode()
+
+
+class TcpDataPath:
+    def __init__(self, address: str, timeout: float):
+        host, _, port = address.rpartition(":")
+        self.address, self._target = address, (host.strip("[]"), int(port))
+        self._timeout = timeout
+        self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+
+    def lookup(self, table: str, keys: np.ndarray, dim: int = 0, state_floats: int = 0, with_state: bool = False,
+               timeout: float | None = None):
+        """(rows, state or None, found); dim 0 lets the server's dim stand (not allowed with state)."""
+        flags = lib.EMBPS_WIRE_WITH_STATE if with_state else 0
+        payload = self._call(lib.EMBPS_OP_LOOKUP, flags, table, keys, dim, (), timeout)
+        n = len(keys)
+        if n == 0:
+            return np.empty((0, dim), np.float32), np.empty((0, state_floats), np.float32) if with_state else None, \
+                np.empty(0, np.bool_)
+        matrix = payload[:len(payload) - n].view(np.float32).reshape(n, -1)
+        found = payload[len(payload) - n:].view(np.bool_)
+        if with_state:
+            return matrix[:, :dim], matrix[:, dim:], found
+        return matrix, None, found
+
+    def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None) -> None:
+        self._call(lib.EMBPS_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout)
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+    def _connection(self) -> socket.socket:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            sock = socket.create_connection(self._target, timeout=self._timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+
+    def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple,
+              timeout: float | None) -> np.ndarray:
+        name = table.encode()
+        header = _REQUEST.pack(lib.EMBPS_WIRE_MAGIC, op, flags, len(name), 0, len(keys), dim)
+        try:
+            sock = self._connection()
+        except OSError as error:
+            raise ShardError(grpc.StatusCode.UNAVAILABLE, f"cannot connect: {error}", self.address) from None
+        try:
+            sock.settimeout(timeout or self._timeout)
+            _send_all(sock, [header, name, keys, *body])
+            status, msg_len, payload_bytes = _REPLY.unpack(_recv_exact(sock, _REPLY.size))
+            message = _recv_exact(sock, msg_len).decode(errors="replace") if msg_len else ""
+            payload = np.empty(payload_bytes, np.uint8)
+            _recv_into(sock, memoryview(payload))
+        except socket.timeout:
+            sock.close()
+            raise ShardError(grpc.StatusCode.DEADLINE_EXCEEDED, "data path call timed out", self.address) from None
+        except OSError as error:
+            sock.close()
+            raise ShardError(grpc.StatusCode.UNAVAILABLE, f"data path connection failed: {error}",
+                             self.address) from None
+        if status in _CLOSES_CONNECTION:
+            sock.close()
+        else:
+            self._idle.put(sock)
+        if status != lib.EMBPS_OK:
+            code = GRPC_CODE_BY_STATUS.get(_status_name(status), grpc.StatusCode.INTERNAL)
+            raise ShardError(code, message, self.address)
+        return payload
+
+
+def _send_all(sock: socket.socket, parts: list) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    _recv_into(sock, memoryview(buf))
+    return bytes(buf)
+
+
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    while len(view):
+        got = sock.recv_into(view)
+        if got == 0:
+            raise ConnectionResetError("the shard closed the connection")
+        view = view[got:]

@@ -1,0 +1,61 @@
+"""The cluster config: the one source of shard addresses for clients, tools and deployment.
+
+    [cluster]
+    deadline_seconds = 30      # per client call, retries included
+    data_path = "auto"         # "auto" (the best path each shard offers), "grpc" or "tcp"
+    max_message_bytes = 67108864
+
+    [[shards]]
+    address = "10.0.0.1:50051"
+    [[shards]]
+    address = "10.0.0.2:50051"
+
+The order of [[shards]] is the routing order: changing it moves keys (see `embps reshard`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DATA_PATHS = ("auto", "grpc", "tcp")
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    shards: tuple[str, ...]
+    deadline_seconds: float = 30.0
+    data_path: str = "auto"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    extra: dict = field(default_factory=dict, compare=False, repr=False)   # sections other tools own
+
+    def __post_init__(self):
+        if not self.shards:
+            raise ValueError("a cluster needs at least one shard")
+        if self.data_path not in DATA_PATHS:
+            raise ValueError(f"data_path must be one of {DATA_PATHS}, got {self.data_path!r}")
+        if not self.deadline_seconds > 0:
+            raise ValueError("deadline_seconds must be positive")
+
+    @classmethod
+    def from_addresses(cls, addresses, **settings) -> ClusterConfig:
+        return cls(shards=tuple(addresses), **settings)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClusterConfig:
+        doc = tomllib.loads(Path(path).read_text())
+        try:
+            shards = tuple(entry["address"] for entry in doc.get("shards", []))
+        except (KeyError, TypeError):
+            raise ValueError(f"{path}: every [[shards]] entry needs an address") from None
+        extra = {k: v for k, v in doc.items() if k not in ("cluster", "shards")}
+        return cls(shards=shards, extra=extra, **doc.get("cluster", {}))
+
+    def to_toml(self) -> str:
+        lines = ["[cluster]", f"deadline_seconds = {self.deadline_seconds}", f'data_path = "{self.data_path}"',
+                 f"max_message_bytes = {self.max_message_bytes}", ""]
+        for address in self.shards:
+            lines += ["[[shards]]", f'address = "{address}"', ""]
+        return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Local processes on loopback: shards started with `embps ps-shard`, for the demo, tests and
+benchmarks.  Each process gets its own data directory and config file; ports are picked by the
+kernel at first start and kept across restarts, so a client survives a restart of its shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .cluster_config import ClusterConfig
+
+START_TIMEOUT_SECONDS = 60.0
+
+
+class LocalShard:
+    def __init__(self, data_dir: str | os.PathLike, shard_id: str = "shard-0", **settings):
+        """settings: extra [shard] config values (see embps.ps_shard.config.ShardConfig)."""
+        self.dir = Path(data_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.settings = {"id": shard_id, "data_dir": str(self.dir / "store"), "listen": "127.0.0.1:0",
+                         "data_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
+                         "ready_file": str(self.dir / "ready.json"), **settings}
+        self.process: subprocess.Popen | None = None
+        self.addresses: dict = {}
+        self.start()
+
+    @property
+    def address(self) -> str:
+        return self.addresses["grpc"]
+
+    @property
+    def cluster_config(self) -> ClusterConfig:
+        return ClusterConfig.from_addresses([self.address])
+
+    def start(self) -> None:
+        ready = Path(self.settings["ready_file"])
+        ready.unlink(missing_ok=True)
+        config = self.dir / "shard.toml"
+        config.write_text("[shard]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items()))
+        log = open(self.dir / "shard.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "embps.cli", "ps-shard", "--config", str(config)],
+                                        stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"shard exited with {self.process.returncode}; see {self.dir / 'shard.log'}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"shard did not start within {START_TIMEOUT_SECONDS} s")
+            time.sleep(0.02)
+        self.addresses = json.loads(ready.read_text())
+        # Restarts reuse the ports, so clients keep their addresses.
+        self.settings["listen"] = self.addresses["grpc"]
+        if "tcp" in self.addresses:
+            self.settings["data_listen"] = "127.0.0.1:" + self.addresses["tcp"].rpartition(":")[2]
+        if "metrics" in self.addresses:
+            self.settings["metrics_listen"] = self.addresses["metrics"]
+        wait_serving(self.address, deadline - time.monotonic())
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the store is concerned."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> LocalShard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class LocalCluster:
+    """n shards as separate processes, and the cluster config that names them."""
+
+    def __init__(self, data_dir: str | os.PathLike, n_shards: int, **settings):
+        self.shards: list[LocalShard] = []
+        try:
+            for i in range(n_shards):
+                self.shards.append(LocalShard(Path(data_dir) / f"shard-{i}", f"shard-{i}", **settings))
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def config(self) -> ClusterConfig:
+        return ClusterConfig.from_addresses([s.address for s in self.shards])
+
+    def stop(self) -> None:
+        for shard in self.shards:
+            shard.stop()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_serving(address: str, timeout: float) -> None:
+    """Blocks until the gRPC health service at address says SERVING."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)

@@ -1,0 +1,79 @@
+"""Shard configuration: a TOML file's [shard] table, then EMBPS_SHARD_<FIELD> environment overrides.
+
+    [shard]
+    id = "shard-0"
+    data_dir = "data/shard-0"          # the store: one PM file per table
+    listen = "127.0.0.1:50051"         # gRPC (control, and row traffic for any language)
+    data_listen = "127.0.0.1:50061"    # native TCP data path; "" turns it off
+    advertise_host = ""                # host clients reach the data path at; "" = their gRPC host
+    metrics_listen = "127.0.0.1:9151"  # Prometheus /metrics; "" turns it off
+    max_batch_keys = 65536
+    max_message_bytes = 67108864
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from embps.common.cluster_config import DEFAULT_MAX_MESSAGE_BYTES
+
+ENV_PREFIX = "EMBPS_SHARD_"
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    data_dir: str
+    id: str = "shard-0"
+    listen: str = "127.0.0.1:50051"
+    data_listen: str = "127.0.0.1:50061"
+    advertise_host: str = ""
+    metrics_listen: str = "127.0.0.1:9151"
+    max_batch_keys: int = 65536
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grpc_workers: int = 16
+    data_send_timeout_seconds: float = 30.0
+    grace_seconds: float = 5.0
+    persist: str = "cache_line"   # see embps.store.Store
+    log_format: str = "json"      # or "text"
+    log_level: str = "INFO"
+    ready_file: str = ""          # once serving, the bound addresses are written here as JSON
+
+    def __post_init__(self):
+        if self.max_batch_keys < 1 or self.max_message_bytes < 1024 or self.grpc_workers < 1:
+            raise ValueError("max_batch_keys, max_message_bytes (>= 1024) and grpc_workers must be positive")
+        for name in ("listen", "data_listen", "metrics_listen"):
+            value = getattr(self, name)
+            if value and value.rpartition(":")[0] == "":
+                raise ValueError(f"{name} must be host:port, got {value!r}")
+
+    @classmethod
+    def load(cls, path: str | Path | None, environ: dict[str, str] | None = None) -> ShardConfig:
+        values = tomllib.loads(Path(path).read_text()).get("shard", {}) if path else {}
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown [shard] settings: {sorted(unknown)}")
+        for name, f in fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = _parse(raw, f.type, ENV_PREFIX + name.upper())
+        if "data_dir" not in values:
+            raise ValueError("the shard needs a data_dir (config [shard] data_dir or EMBPS_SHARD_DATA_DIR)")
+        return cls(**values)
+
+
+def _parse(raw: str, type_name: str, variable: str):
+    try:
+        return {"int": int, "float": float}.get(type_name, str)(raw)
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r} is not a valid {type_name}") from None
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,149 @@
+"""`embps ps-shard --config FILE`: serves one store over gRPC (control and rows, any language) and the
+native TCP data path, with health checking, reflection, Prometheus metrics and JSON logs.  SIGTERM
+stops it cleanly: health turns NOT_SERVING, calls in flight finish, the store closes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from embps.common import structured_log
+from embps.common.grpc_channels import channel_options
+from embps.store import Store
+from embps.store.data_server import DataServer
+from embps.v1 import ps_shard_pb2 as pb
+from embps.v1 import ps_shard_pb2_grpc as pb_grpc
+
+from .config import ShardConfig, split_host_port
+from .metrics import ShardMetrics
+from .servicer import ParameterShardServicer
+
+COMMAND = "ps-shard"
+HELP = "serve one parameter shard"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterShard"].full_name
+log = logging.getLogger("embps.ps_shard")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", help="TOML file with a [shard] table; EMBPS_SHARD_<FIELD> variables override it")
+
+
+class ShardServer:
+    """One shard: store, gRPC server, data server and metrics endpoint, started and stopped together."""
+
+    def __init__(self, config: ShardConfig):
+        self.config = config
+        self.started = time.monotonic()
+        self.store = Store(config.data_dir, persist=config.persist)
+        log.info("store opened", extra={"data_dir": config.data_dir, "tables": self.store.tables(),
+                                        "recovery_seconds": round(self.store.recovery_seconds(), 6)})
+        self.metrics = ShardMetrics(config.id)
+        self.data_server = self._start_data_server()
+        self.metrics.watch(self.store, self.data_server)
+        self.metrics_port = self._start_metrics()
+        self.health = health.HealthServicer()
+        self.grpc_server, self.grpc_port = self._start_grpc()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("shard serving", extra=self.addresses())
+
+    def _start_data_server(self) -> DataServer | None:
+        if not self.config.data_listen:
+            return None
+        host, port = split_host_port(self.config.data_listen)
+        return DataServer(self.store, host, port, self.config.max_batch_keys, self.config.max_message_bytes,
+                          send_timeout_seconds=self.config.data_send_timeout_seconds)
+
+    def _start_metrics(self) -> int | None:
+        if not self.config.metrics_listen:
+            return None
+        host, port = split_host_port(self.config.metrics_listen)
+        httpd, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        self._metrics_httpd = httpd
+        return httpd.server_port
+
+    def _start_grpc(self) -> tuple[grpc.Server, int]:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers,
+                                                        thread_name_prefix="grpc"),
+                             options=channel_options(self.config.max_message_bytes))
+        servicer = ParameterShardServicer(self.store, self.metrics, self.config.max_batch_keys,
+                                          self.config.max_message_bytes, stats_extra=self._fill_stats)
+        pb_grpc.add_ParameterShardServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        port = server.add_insecure_port(self.config.listen)
+        server.start()
+        return server, port
+
+    def addresses(self) -> dict:
+        host = split_host_port(self.config.listen)[0]
+        result = {"grpc": f"{host}:{self.grpc_port}", "pid": os.getpid()}
+        if self.data_server:
+            result["tcp"] = f"{self.config.advertise_host}:{self.data_server.port}"
+        if self.metrics_port is not None:
+            result["metrics"] = f"{split_host_port(self.config.metrics_listen)[0]}:{self.metrics_port}"
+        return result
+
+    def _fill_stats(self, response: pb.StatsResponse) -> None:
+        response.shard_id = self.config.id
+        response.uptime_seconds = time.monotonic() - self.started
+        if self.data_server:
+            response.data_paths.append(pb.DataPath(kind="tcp", address=self.addresses()["tcp"]))
+            stats = self.data_server.stats()
+            for name, op in (("tcp.lookup", stats.lookup), ("tcp.update", stats.update)):
+                response.operations.append(pb.OperationStats(operation=name, requests=op.requests,
+                                                             errors=op.errors, keys=op.keys))
+        response.data_paths.append(pb.DataPath(kind="grpc", address=""))
+        response.operations.extend(self._grpc_operation_stats())
+
+    def _grpc_operation_stats(self) -> list[pb.OperationStats]:
+        ops: dict[str, pb.OperationStats] = {}
+        for sample in self.metrics.requests.collect()[0].samples:
+            if sample.name.endswith("_total"):
+                op = ops.setdefault(sample.labels["method"], pb.OperationStats(operation=sample.labels["method"]))
+                op.requests += int(sample.value)
+                if sample.labels["code"] != "OK":
+                    op.errors += int(sample.value)
+        for sample in self.metrics.keys.collect()[0].samples:
+            if sample.name.endswith("_total") and sample.labels["method"] in ops:
+                ops[sample.labels["method"]].keys = int(sample.value)
+        return sorted(ops.values(), key=lambda op: op.operation)
+
+    def stop(self) -> None:
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_server.stop(self.config.grace_seconds).wait()
+        if self.data_server:
+            self.data_server.stop()
+        if self.metrics_port is not None:
+            self._metrics_httpd.shutdown()
+        self.store.close()
+        log.info("shard stopped", extra={"id": self.config.id})
+
+
+def run(args) -> int:
+    config = ShardConfig.load(args.config)
+    structured_log.configure(config.log_level, config.log_format == "json")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = ShardServer(config)
+    if config.ready_file:
+        tmp = Path(config.ready_file + ".tmp")
+        tmp.write_text(json.dumps(server.addresses()))
+        tmp.rename(config.ready_file)   # readers never see a partial file
+    stop.wait()
+    log.info("stopping", extra={"reason": "signal"})
+    server.stop()
+    return 0

@@ -1,0 +1,196 @@
+"""ParameterShard over one store: decodes requests, calls the native store, maps errors to statuses."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from embps.common import wire
+from embps.common.spec_messages import spec_from_message, spec_to_message
+from embps.common.status_codes import grpc_code_for
+from embps.store import Store, Table, TableExists
+from embps.store.errors import BatchTooLarge, InvalidArgument, StoreError
+from embps.v1 import ps_shard_pb2 as pb
+from embps.v1 import ps_shard_pb2_grpc as pb_grpc
+
+from .metrics import ShardMetrics
+
+log = logging.getLogger("embps.ps_shard")
+_EXPECTED_ERRORS = (StoreError, MemoryError)
+
+
+def _rpc(method):
+    """Counts the call and turns store errors into their gRPC status; the shard keeps serving."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def handler(self, request, context):
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            return method(self, request, context)
+        except _EXPECTED_ERRORS as error:
+            code = grpc_code_for(error)
+            context.abort(code, str(error))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("internal error", extra={"method": name})
+            context.abort(code, f"internal error in {name}; see the shard's log")
+        finally:
+            keys = len(getattr(request, "keys", b"")) // 8
+            self.metrics.observe(name, code.name, keys, started)
+
+    return handler
+
+
+def _table_info(name: str, table: Table) -> pb.TableInfo:
+    stats = table.stats()
+    return pb.TableInfo(name=name, spec=spec_to_message(table.spec), rows=stats.rows,
+                        state_floats=stats.state_floats, file_bytes=stats.file_bytes,
+                        recovery_seconds=stats.recovery_seconds)
+
+
+class ParameterShardServicer(pb_grpc.ParameterShardServicer):
+    def __init__(self, store: Store, metrics: ShardMetrics, max_batch_keys: int, max_message_bytes: int,
+                 stats_extra=None):
+        self.store, self.metrics = store, metrics
+        self.max_batch_keys, self.max_message_bytes = max_batch_keys, max_message_bytes
+        self._stats_extra = stats_extra   # fills data paths and data-path counters into StatsResponse
+
+    def _keys(self, data: bytes) -> np.ndarray:
+        keys = wire.keys_from_bytes(data)
+        if len(keys) > self.max_batch_keys:
+            raise BatchTooLarge(f"batch of {len(keys)} keys exceeds the shard's limit of {self.max_batch_keys}")
+        return keys
+
+    # ---- tables ---------------------------------------------------------------------------
+
+    @_rpc
+    def CreateTable(self, request, context):
+        spec = spec_from_message(request.spec)
+        try:
+            table = self.store.create_table(request.name, spec)
+            log.info("table created", extra={"table": request.name, "dim": spec.dim, "capacity": spec.capacity})
+        except TableExists:
+            if not request.if_not_exists:
+                raise
+            with self.store.acquire(request.name) as table:
+                if table.spec != spec:
+                    raise TableExists(f"table '{request.name}' exists with a different spec: {table.spec}")
+                return _table_info(request.name, table)
+        return _table_info(request.name, table)
+
+    @_rpc
+    def DescribeTable(self, request, context):
+        with self.store.acquire(request.table) as table:
+            return _table_info(request.table, table)
+
+    def _table_infos(self) -> list[pb.TableInfo]:
+        infos = []
+        for name in self.store.tables():
+            try:
+                with self.store.acquire(name) as table:
+                    infos.append(_table_info(name, table))
+            except StoreError:
+                pass   # dropped meanwhile
+        return infos
+
+    @_rpc
+    def ListTables(self, request, context):
+        return pb.ListTablesResponse(tables=self._table_infos())
+
+    @_rpc
+    def DropTable(self, request, context):
+        self.store.drop_table(request.table)
+        log.info("table dropped", extra={"table": request.table})
+        return pb.DropTableResponse()
+
+    # ---- rows -----------------------------------------------------------------------------
+
+    @_rpc
+    def Lookup(self, request, context):
+        keys = self._keys(request.keys)
+        with self.store.acquire(request.table) as table:
+            if request.with_state:
+                rows, state, found = table.lookup_with_state(keys)
+                return pb.LookupResponse(rows=rows.tobytes(), state=state.tobytes(), found=found.tobytes())
+            found = np.empty(len(keys), np.bool_)
+            rows = table.lookup(keys, found=found)
+            return pb.LookupResponse(rows=rows.tobytes(), found=found.tobytes())
+
+    @_rpc
+    def Update(self, request, context):
+        keys = self._keys(request.keys)
+        with self.store.acquire(request.table) as table:
+            table.update(keys, wire.matrix_from_bytes(request.grads, len(keys), table.dim, "grads"))
+        return pb.UpdateResponse()
+
+    @_rpc
+    def Assign(self, request, context):
+        keys = self._keys(request.keys)
+        with self.store.acquire(request.table) as table:
+            self._assign(table, keys, request.rows, request.state)
+        return pb.AssignResponse()
+
+    @staticmethod
+    def _assign(table: Table, keys: np.ndarray, rows: bytes, state: bytes) -> None:
+        rows = wire.matrix_from_bytes(rows, len(keys), table.dim, "rows")
+        state = wire.matrix_from_bytes(state, len(keys), table.state_floats, "state") if state else None
+        table.assign(keys, rows, state)
+
+    @_rpc
+    def Delete(self, request, context):
+        keys = self._keys(request.keys)
+        with self.store.acquire(request.table) as table:
+            return pb.DeleteResponse(deleted=table.delete(keys))
+
+    # ---- streams --------------------------------------------------------------------------
+
+    def Export(self, request, context):
+        """Holds the table (a drop waits) until the stream ends."""
+        started, code, rows = time.perf_counter(), grpc.StatusCode.OK, 0
+        try:
+            with self.store.acquire(request.table) as table:
+                row_bytes = 8 + 4 * (table.dim + table.state_floats)
+                limit = max(16, (self.max_message_bytes // 2) // row_bytes)
+                chunk_rows = min(request.chunk_rows or limit, limit)
+                for keys, values, state in table.export(chunk_rows):
+                    rows += len(keys)
+                    yield pb.RowChunk(table=request.table, keys=keys.tobytes(), rows=values.tobytes(),
+                                      state=state.tobytes())
+        except _EXPECTED_ERRORS as error:
+            code = grpc_code_for(error)
+            context.abort(code, str(error))
+        finally:
+            self.metrics.observe("Export", code.name, rows, started)
+
+    def Import(self, request_iterator, context):
+        """Assigns each chunk as it arrives; a failed import may be retried (assign is idempotent)."""
+        started, code, rows = time.perf_counter(), grpc.StatusCode.OK, 0
+        try:
+            name = None
+            for chunk in request_iterator:
+                name = chunk.table or name
+                if not name:
+                    raise InvalidArgument("the first chunk of an import must name its table")
+                keys = self._keys(chunk.keys)
+                with self.store.acquire(name) as table:
+                    self._assign(table, keys, chunk.rows, chunk.state)
+                rows += len(keys)
+            return pb.ImportResponse(rows=rows)
+        except _EXPECTED_ERRORS as error:
+            code = grpc_code_for(error)
+            context.abort(code, f"{error} (after {rows} rows were imported)")
+        finally:
+            self.metrics.observe("Import", code.name, rows, started)
+
+    @_rpc
+    def Stats(self, request, context):
+        response = pb.StatsResponse(max_batch_keys=self.max_batch_keys, max_message_bytes=self.max_message_bytes,
+                                    tables=self._table_infos())
+        if self._stats_extra:
+            self._stats_extra(response)
+        return response
