@@ -6,21 +6,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-APT_PACKAGES := libpmem2-dev gcc make pkg-config python3-venv
+# The C++ client test needs g++ and Debian's gRPC; the Redis baseline is for benchmarks only.
+APT_PACKAGES := libpmem2-dev gcc g++ make pkg-config python3-venv libgrpc++-dev protobuf-compiler-grpc
+BENCH_APT_PACKAGES := redis-server
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
 DATA_DIR ?= data
 
-.PHONY: install system-deps proto test test-native test-python demo bench bench-quick clean
+.PHONY: install system-deps bench-deps proto test test-native test-python demo bench bench-quick clean
 
 install: $(STAMP)
 
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Installs the apt packages of $(1) that are missing.
+apt_install = missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing apt packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+
+system-deps:
+	@$(call apt_install,$(APT_PACKAGES))
+
+bench-deps:
+	@$(call apt_install,$(BENCH_APT_PACKAGES))
 
 $(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -53,10 +61,10 @@ test: test-native test-python
 demo: $(STAMP)
 	$(VENV)/bin/embps store-demo --data-dir $(DATA_DIR)/store-demo
 
-bench: $(STAMP)
+bench: $(STAMP) bench-deps
 	$(PY) bench/run_all.py
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) bench-deps
 	$(PY) bench/run_all.py --quick
 
 clean:

@@ -22,10 +22,12 @@ Context: the same on the gRPC path, absolute keys/s, and p50/p99 latency of a lo
 measured peak (paced open-loop requests from 2 threads; latency counted from each request's scheduled start,
 so a stall delays the requests behind it as it would for a real caller).
 
-Timing: the Zipf batches are generated once (seeded) and every contender runs the same ones.  Each contender
-gets one untimed warm-up pass, then `reps` timed passes of all the batches, the 2 threads splitting them,
-alternating between contenders so that drift on a shared machine hits all of them alike.  Throughputs use
-the best (fastest) pass: interference only ever slows a pass down.  Every pass is kept in the JSON.
+Timing: the Zipf batches are generated once (seeded) and every contender runs the same ones in the same
+order.  Each contender gets one untimed warm-up pass over all of them, which also sizes its timed passes to
+about 1.5 s (0.5 s with --quick; cycling over the batches), then `reps` timed passes, the 2 threads splitting
+the calls, alternating between contenders so that drift on a shared machine hits all of them alike.
+Throughputs use the best (fastest) pass: interference only ever slows a pass down.  Every pass is kept in
+the JSON (samples_seconds, details.calls_per_pass).
 
 Prints `figure NAME VALUE UNIT` and `context NAME VALUE UNIT` lines and writes bench/results/shard.json and
 shard.png (shard-quick.* with --quick).
@@ -70,7 +72,8 @@ GOALS = {
 class Config:
     rows: int
     reps: int                    # timed passes per throughput contender
-    n_batches: int               # batches per throughput pass (all threads together)
+    n_batches: int               # distinct pre-generated batches (the warm-up pass runs each once)
+    pass_seconds: float          # timed passes are sized from the warm-up to last about this long
     latency_reps: int            # paced latency passes per side
     latency_seconds: float       # length of one paced latency pass
     dim: int = 32
@@ -94,10 +97,10 @@ def parse_args() -> Config:
                         help="measure only the Redis baseline (no shard, no figures; for checking the baseline)")
     args = parser.parse_args()
     if args.quick:
-        cfg = Config(rows=200_000, reps=3, n_batches=1024, latency_reps=2, latency_seconds=1.0,
+        cfg = Config(rows=200_000, reps=3, n_batches=1024, pass_seconds=0.5, latency_reps=2, latency_seconds=1.0,
                      results_name="shard-quick")
     else:
-        cfg = Config(rows=1_000_000, reps=5, n_batches=4096, latency_reps=3, latency_seconds=2.0)
+        cfg = Config(rows=1_000_000, reps=5, n_batches=2048, pass_seconds=1.5, latency_reps=3, latency_seconds=2.0)
     changes = {"redis_only": args.redis_only}
     if args.rows:
         changes["rows"] = args.rows
@@ -213,37 +216,48 @@ def run_threads(body: Callable[[int], object], threads: int) -> tuple[float, lis
 Call = Callable[[int, int], object]
 
 
-def throughput_passes(progress: Progress, label: str, contenders: dict[str, Call], cfg: Config) -> dict[str, list[float]]:
-    """Seconds per pass of each contender (a pass = all batches, thread t doing batches t, t+T, ...):
-    one warm-up pass each, then cfg.reps rounds alternating between contenders."""
+@dataclass
+class Passes:
+    calls: int                  # requests (batches) per timed pass
+    seconds: list[float]        # wall seconds of each timed pass
+
+
+def throughput_passes(progress: Progress, label: str, contenders: dict[str, Call], cfg: Config) -> dict[str, Passes]:
+    """Timed passes of each contender.  A pass of c calls runs batches 0, 1, ..., c-1 (modulo n_batches),
+    thread t taking calls t, t+T, ...  Each contender first runs an untimed warm-up pass over the n_batches
+    batches, which also sizes its timed passes to about cfg.pass_seconds (never fewer than n_batches
+    calls); then cfg.reps rounds alternate between the contenders."""
     task = progress.add_task(label, total=len(contenders) * (cfg.reps + 1))
 
-    def one_pass(call: Call) -> float:
+    def one_pass(call: Call, calls: int) -> float:
         def body(t: int) -> None:
-            for i in range(t, cfg.n_batches, cfg.threads):
-                call(t, i)
+            for j in range(t, calls, cfg.threads):
+                call(t, j % cfg.n_batches)
         return run_threads(body, cfg.threads)[0]
 
-    for call in contenders.values():
-        one_pass(call)
+    passes: dict[str, Passes] = {}
+    for name, call in contenders.items():
+        warm_up = one_pass(call, cfg.n_batches)
+        calls = max(cfg.n_batches, round(cfg.n_batches * cfg.pass_seconds / warm_up / cfg.threads) * cfg.threads)
+        passes[name] = Passes(calls, [])
         progress.advance(task)
-    times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(cfg.reps):
         for name, call in contenders.items():
-            times[name].append(one_pass(call))
+            passes[name].seconds.append(one_pass(call, passes[name].calls))
             progress.advance(task)
-    return times
+    return passes
 
 
-def paced_latencies(call: Call, batches_per_s: float, cfg: Config) -> np.ndarray:
+def paced_latencies(call: Call, batches_per_s: float, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
     """Seconds from each request's scheduled start to its completion, with `batches_per_s` requests per
-    second spread evenly over the threads (open loop: the schedule does not wait for slow requests)."""
+    second spread evenly over the threads (open loop: the schedule does not wait for slow requests);
+    and, for diagnosis, the seconds from each request's actual start (service time)."""
     per_thread = batches_per_s / cfg.threads
     interval = 1.0 / per_thread
     n_requests = max(1, int(cfg.latency_seconds * per_thread))
 
-    def body(t: int) -> np.ndarray:
-        latencies = np.empty(n_requests)
+    def body(t: int) -> tuple[np.ndarray, np.ndarray]:
+        latencies, service = np.empty(n_requests), np.empty(n_requests)
         start = time.perf_counter() + 0.01 + t * interval / cfg.threads  # threads interleave their sends
         i = t
         for j in range(n_requests):
@@ -251,12 +265,15 @@ def paced_latencies(call: Call, batches_per_s: float, cfg: Config) -> np.ndarray
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            sent = time.perf_counter()
             call(t, i)
-            latencies[j] = time.perf_counter() - scheduled
+            done = time.perf_counter()
+            latencies[j], service[j] = done - scheduled, done - sent
             i = (i + cfg.threads) % cfg.n_batches
-        return latencies
+        return latencies, service
 
-    return np.concatenate(run_threads(body, cfg.threads)[1])
+    per_thread_results = run_threads(body, cfg.threads)[1]
+    return tuple(np.concatenate(arrays) for arrays in zip(*per_thread_results))
 
 
 # ---- Redis ----------------------------------------------------------------------------------------
@@ -426,14 +443,18 @@ def path_traffic(side: ShardSide, call: Call, calls: int) -> dict[str, dict[str,
     before = operation_counts(side.clients[0])
     for i in range(calls):
         call(0, i)
-    return counts_delta(before, operation_counts(side.clients[0]))
+    time.sleep(0.05)  # the TCP data server counts a request just after sending its reply
+    delta = counts_delta(before, operation_counts(side.clients[0]))
+    delta.pop("Stats", None)  # the counting itself
+    return delta
 
 
 # ---- measurement ----------------------------------------------------------------------------------
 
-def keys_per_s(report: Report, cfg: Config, times: dict[str, list[float]]) -> dict[str, float]:
-    report.samples.update(times)
-    rates = {name: cfg.n_batches * cfg.batch / min(seconds) for name, seconds in times.items()}
+def keys_per_s(report: Report, cfg: Config, passes: dict[str, Passes]) -> dict[str, float]:
+    report.samples.update({name: p.seconds for name, p in passes.items()})
+    report.info.setdefault("calls_per_pass", {}).update({name: p.calls for name, p in passes.items()})
+    rates = {name: p.calls * cfg.batch / min(p.seconds) for name, p in passes.items()}
     for name, value in rates.items():
         report.note(f"{name}_keys_per_s", value, "keys/s")
     return rates
@@ -445,9 +466,11 @@ def measure_latency(progress: Progress, report: Report, sides: dict[str, tuple[C
     per_pass: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(cfg.latency_reps):
         for name, (call, peak) in sides.items():
-            lat = paced_latencies(call, peak / 2 / cfg.batch, cfg) * 1e3
+            lat, service = (a * 1e3 for a in paced_latencies(call, peak / 2 / cfg.batch, cfg))
             per_pass[name].append({"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-                                   "max_ms": float(lat.max()), "requests": int(lat.size)})
+                                   "max_ms": float(lat.max()), "requests": int(lat.size),
+                                   "service_p50_ms": float(np.percentile(service, 50)),
+                                   "service_p99_ms": float(np.percentile(service, 99))})
             progress.advance(task)
     report.info["latency_passes"] = per_pass
     best = {name: min(passes, key=lambda p: p["p99_ms"]) for name, passes in per_pass.items()}
@@ -512,6 +535,10 @@ def run(cfg: Config, started: float) -> Report:
             report.note("shard_lookup_p99_ms", best["shard_lookup"]["p99_ms"], "ms")
             report.note("redis_mget_p50_ms", best["redis_mget"]["p50_ms"], "ms")
             report.note("redis_mget_p99_ms", best["redis_mget"]["p99_ms"], "ms")
+            # Service time (from the actual send) of the same passes: how much of the tail is the client
+            # process waiting for a CPU or the GIL rather than the server.
+            report.note("shard_lookup_service_p99_ms", best["shard_lookup"]["service_p99_ms"], "ms")
+            report.note("redis_mget_service_p99_ms", best["redis_mget"]["service_p99_ms"], "ms")
 
             # ---- updates (the lookups above changed nothing; state is still zero everywhere)
             check_update(ours, np.arange(0, cfg.batch))
@@ -623,7 +650,8 @@ def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(cfg),
         "timing": f"throughput: best of {cfg.reps} timed passes after one warm-up pass, alternating contenders; "
-                  f"each pass is {cfg.n_batches} batches of {cfg.batch} keys split over {cfg.threads} threads. "
+                  f"a pass is details.calls_per_pass batches of {cfg.batch} keys (cycling over {cfg.n_batches} "
+                  f"pre-generated ones; sized for ~{cfg.pass_seconds:g} s) split over {cfg.threads} threads. "
                   f"latency: {cfg.latency_reps} paced passes of {cfg.latency_seconds:g} s per side at half its best "
                   f"throughput, alternating; the pass with the lowest p99 is reported",
         "figures": report.figures,
@@ -644,7 +672,8 @@ def main() -> None:
     started = time.perf_counter()
     cfg = parse_args()
     print(f"shard bench: {cfg.rows:,} rows x dim {cfg.dim}, batch {cfg.batch}, Zipf {cfg.zipf_theta}, "
-          f"{cfg.threads} client threads, {cfg.n_batches} batches per pass, {cfg.reps} passes", flush=True)
+          f"{cfg.threads} client threads, {cfg.n_batches} distinct batches, {cfg.reps} passes of ~{cfg.pass_seconds:g} s",
+          flush=True)
     report = run(cfg, started)
     if not cfg.redis_only:
         write_results(report, cfg, time.perf_counter() - started)

@@ -60,8 +60,10 @@ def spec_to_c(spec: TableSpec):
         raise InvalidArgument(f"unknown initializer {spec.initializer.kind!r}; one of {sorted(INITIALIZER_CODES)}")
     if spec.missing_keys not in MISSING_KEYS_CODES:
         raise InvalidArgument(f"unknown missing_keys {spec.missing_keys!r}; one of {sorted(MISSING_KEYS_CODES)}")
-    if not (0 < spec.dim < 2**32 and 0 < spec.capacity < 2**64 and 0 <= spec.initializer.seed < 2**64):
-        raise InvalidArgument("dim, capacity and seed must be positive integers in range")
+    for what, value, low, high in (("dim", spec.dim, 1, 2**32), ("capacity", spec.capacity, 1, 2**64),
+                                   ("initializer seed", spec.initializer.seed, 0, 2**64)):
+        if not low <= value < high:
+            raise InvalidArgument(f"{what} must be an integer in [{low}, {high}), got {value}")
     c.dim, c.capacity = spec.dim, spec.capacity
     c.optimizer = OPTIMIZER_CODES[spec.optimizer.kind]
     c.lr, c.eps, c.beta1, c.beta2 = spec.optimizer.lr, spec.optimizer.eps, spec.optimizer.beta1, spec.optimizer.beta2

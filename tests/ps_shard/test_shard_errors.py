@@ -1,0 +1,197 @@
+"""Bad input to every RPC and to the native data path: a precise status and message, then the shard
+still serves with its data unchanged."""
+
+import socket
+import struct
+
+import grpc
+import numpy as np
+import pytest
+
+from embps.client import PSClient, ShardError
+from embps.common.spec_messages import spec_to_message
+from embps.store import OptimizerSpec, TableSpec
+from embps.store._native import ffi, lib
+from embps.v1 import ps_shard_pb2 as pb
+from embps.v1 import ps_shard_pb2_grpc as pb_grpc
+
+C = grpc.StatusCode
+DIM = 8
+SPEC = TableSpec(dim=DIM, capacity=1000, optimizer=OptimizerSpec("adagrad", lr=0.1))
+KEYS = np.arange(1, 51, dtype=np.uint64)
+
+
+@pytest.fixture(scope="module")
+def stub(shard):
+    with grpc.insecure_channel(shard.address) as channel:
+        yield pb_grpc.ParameterShardStub(channel)
+
+
+@pytest.fixture(scope="module")
+def table(shard, stub):
+    """A table with known rows; every test checks they survive its bad input."""
+    stub.CreateTable(pb.CreateTableRequest(name="guarded", spec=spec_to_message(SPEC)))
+    rows = np.random.default_rng(0).normal(size=(len(KEYS), DIM)).astype(np.float32)
+    stub.Assign(pb.AssignRequest(table="guarded", keys=KEYS.tobytes(), rows=rows.tobytes()))
+    yield rows
+
+
+def keys_bytes(*keys):
+    return np.array(keys, np.uint64).tobytes()
+
+
+def floats(n, width=DIM, value=1.0):
+    return np.full((n, width), value, np.float32).tobytes()
+
+
+def raises(code, pattern, call, *args):
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    assert info.value.code() == code, info.value.details()
+    assert pattern in info.value.details(), info.value.details()
+
+
+def assert_intact(stub, rows):
+    reply = stub.Lookup(pb.LookupRequest(table="guarded", keys=KEYS.tobytes(), with_state=True))
+    np.testing.assert_array_equal(np.frombuffer(reply.rows, np.float32).reshape(-1, DIM), rows)
+    assert not np.frombuffer(reply.state, np.float32).any()
+    assert stub.DescribeTable(pb.TableRequest(table="guarded")).rows == len(KEYS)
+
+
+def spec_with(**changes):
+    message = spec_to_message(SPEC)
+    for path, value in changes.items():
+        target = message
+        *parents, leaf = path.split("__")
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, leaf, value)
+    return message
+
+
+BAD_CALLS = {
+    "create_bad_name": (C.INVALID_ARGUMENT, "table name must be", "CreateTable",
+                        pb.CreateTableRequest(name="no/slash", spec=spec_to_message(SPEC))),
+    "create_nul_name": (C.INVALID_ARGUMENT, "without NUL", "CreateTable",
+                        pb.CreateTableRequest(name="guarded\0x", spec=spec_to_message(SPEC))),
+    "create_dim_zero": (C.INVALID_ARGUMENT, "dim must be an integer in [1, 4294967296), got 0", "CreateTable",
+                        pb.CreateTableRequest(name="t2", spec=spec_with(dim=0))),
+    "create_unknown_optimizer": (C.INVALID_ARGUMENT, "unknown optimizer 'lion'", "CreateTable",
+                                 pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind="lion"))),
+    "create_nan_lr": (C.INVALID_ARGUMENT, "lr, eps and init_scale must be finite", "CreateTable",
+                      pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__lr=float("nan")))),
+    "create_exists": (C.ALREADY_EXISTS, "already exists", "CreateTable",
+                      pb.CreateTableRequest(name="guarded", spec=spec_to_message(SPEC))),
+    "describe_unknown": (C.NOT_FOUND, "no table named 'nope'", "DescribeTable", pb.TableRequest(table="nope")),
+    "drop_unknown": (C.NOT_FOUND, "no table named 'nope'", "DropTable", pb.TableRequest(table="nope")),
+    "drop_nul_name": (C.INVALID_ARGUMENT, "without NUL", "DropTable", pb.TableRequest(table="guarded\0")),
+    "lookup_unknown": (C.NOT_FOUND, "no table named 'nope'", "Lookup",
+                       pb.LookupRequest(table="nope", keys=keys_bytes(1))),
+    "lookup_malformed_keys": (C.INVALID_ARGUMENT, "got 13 bytes, not a multiple of 8", "Lookup",
+                              pb.LookupRequest(table="guarded", keys=b"x" * 13)),
+    "lookup_oversized": (C.RESOURCE_EXHAUSTED, "batch of 5000 keys exceeds the shard's limit of 4096", "Lookup",
+                         pb.LookupRequest(table="guarded", keys=np.arange(5000, dtype=np.uint64).tobytes())),
+    "lookup_message_too_large": (C.RESOURCE_EXHAUSTED, "", "Lookup",
+                                 pb.LookupRequest(table="guarded", keys=b"\0" * (2 << 20))),
+    "update_wrong_dim": (C.INVALID_ARGUMENT, "grads must hold 2 x 8 float32", "Update",
+                         pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, 7))),
+    "update_nan": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Update",
+                   pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=np.nan))),
+    "update_inf": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Update",
+                   pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=np.inf))),
+    "update_reserved_key": (C.INVALID_ARGUMENT, "is reserved", "Update",
+                            pb.UpdateRequest(table="guarded", keys=keys_bytes(2**64 - 1), grads=floats(1))),
+    "update_unknown": (C.NOT_FOUND, "no table named 'nope'", "Update",
+                       pb.UpdateRequest(table="nope", keys=keys_bytes(1), grads=floats(1))),
+    "assign_wrong_rows": (C.INVALID_ARGUMENT, "rows must hold 2 x 8 float32", "Assign",
+                          pb.AssignRequest(table="guarded", keys=keys_bytes(1, 2), rows=floats(1))),
+    "assign_wrong_state": (C.INVALID_ARGUMENT, "state must hold 2 x 8 float32", "Assign",
+                           pb.AssignRequest(table="guarded", keys=keys_bytes(1, 2), rows=floats(2),
+                                            state=floats(2, 3))),
+    "assign_nan_rows": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Assign",
+                        pb.AssignRequest(table="guarded", keys=keys_bytes(1, 2), rows=floats(2, value=np.nan))),
+    "assign_over_capacity": (C.RESOURCE_EXHAUSTED, "capacity", "Assign",
+                             pb.AssignRequest(table="guarded", keys=np.arange(100, 1100, dtype=np.uint64).tobytes(),
+                                              rows=floats(1000))),
+    "delete_malformed_keys": (C.INVALID_ARGUMENT, "not a multiple of 8", "Delete",
+                              pb.DeleteRequest(table="guarded", keys=b"abc")),
+    "delete_unknown": (C.NOT_FOUND, "no table named 'nope'", "Delete", pb.DeleteRequest(table="nope", keys=b"")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_unary_calls(stub, table, case):
+    code, pattern, method, request = BAD_CALLS[case]
+    raises(code, pattern, getattr(stub, method), request)
+    assert_intact(stub, table)
+
+
+def test_bad_streams(stub, table):
+    raises(C.NOT_FOUND, "no table named 'nope'", lambda: list(stub.Export(pb.ExportRequest(table="nope"))))
+    raises(C.INVALID_ARGUMENT, "must name its table", stub.Import, iter([pb.RowChunk(keys=keys_bytes(1))]))
+    good = pb.RowChunk(table="other", keys=keys_bytes(900), rows=floats(1))
+    bad = pb.RowChunk(keys=keys_bytes(901), rows=floats(1, value=np.nan))
+    stub.CreateTable(pb.CreateTableRequest(name="other", spec=spec_to_message(SPEC)))
+    raises(C.INVALID_ARGUMENT, "(after 1 rows were imported)", stub.Import, iter([good, bad]))
+    assert stub.DescribeTable(pb.TableRequest(table="other")).rows == 1
+    stub.DropTable(pb.TableRequest(table="other"))
+    assert_intact(stub, table)
+
+
+def wire_reply(sock):
+    status, msg_len, payload = struct.unpack("<IIQ", sock.recv(16, socket.MSG_WAITALL))
+    message = sock.recv(msg_len, socket.MSG_WAITALL).decode() if msg_len else ""
+    sock.recv(payload, socket.MSG_WAITALL)
+    return ffi.string(lib.embps_status_name(status)).decode(), message
+
+
+def wire_call(address, request_bytes):
+    """One raw request on the native data path, then a good lookup on the same connection if it
+    stays open; returns (status name, message, whether the connection was closed)."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request_bytes)
+        status, message = wire_reply(sock)
+        try:
+            sock.sendall(header() + keys_bytes(1))
+            closed = wire_reply(sock)[0] != "OK"
+        except (ConnectionError, struct.error):
+            closed = True
+        return status, message, closed
+
+
+def header(op=1, name=b"guarded", n=1, dim=DIM, magic=lib.EMBPS_WIRE_MAGIC):
+    return struct.pack("<IBBBBII", magic, op, 0, len(name), 0, n, dim) + name
+
+
+@pytest.mark.parametrize("case, request_bytes, status, pattern, closes", [
+    ("bad_magic", header(magic=0xDEADBEEF) + keys_bytes(1), "PROTOCOL", "bad magic", True),
+    ("bad_op", header(op=9) + keys_bytes(1), "PROTOCOL", "unknown operation 9", True),
+    ("no_name", header(name=b"") + keys_bytes(1), "PROTOCOL", "name length 0", True),
+    ("oversized", header(n=5000), "TOO_LARGE", "batch of 5000 keys exceeds the limit of 4096", True),
+    ("too_many_bytes", header(op=2, n=4000, dim=100), "TOO_LARGE", "exceeds the limit of 1048576", True),
+    ("unknown_table", header(name=b"nope") + keys_bytes(1), "NOT_FOUND", "no table named 'nope'", False),
+    ("wrong_dim", header(op=2, dim=4) + keys_bytes(1) + floats(1, 4), "INVALID_ARGUMENT", "has dim 8", False),
+    ("nan_grads", header(op=2) + keys_bytes(1) + floats(1, value=np.nan), "NONFINITE", "contain NaN or Inf", False),
+    ("reserved_key", header(op=2) + keys_bytes(2**64 - 1) + floats(1), "INVALID_ARGUMENT", "reserved", False),
+])
+def test_bad_data_path_requests(shard, stub, table, case, request_bytes, status, pattern, closes):
+    host, _, port = shard.addresses["tcp"].rpartition(":")
+    got_status, message, closed = wire_call((host or "127.0.0.1", int(port)), request_bytes)
+    assert (got_status, closed) == (status, closes), message
+    assert pattern in message
+    assert_intact(stub, table)
+
+
+def test_client_maps_data_path_errors_to_grpc_codes(shard, table):
+    with PSClient(shard.cluster_config) as client:
+        assert client.data_path_kinds() == ["tcp"]
+        with pytest.raises(ShardError) as info:
+            client.update("guarded", [1], np.full((1, DIM), np.nan, np.float32))
+        assert info.value.code == C.INVALID_ARGUMENT and "contain NaN or Inf" in info.value.details
+        with pytest.raises(ShardError) as info:
+            client.lookup("nope", [1])
+        assert info.value.code == C.NOT_FOUND
+        with pytest.raises(ShardError) as info:
+            client.lookup("guarded", np.arange(5000))
+        assert info.value.code == C.RESOURCE_EXHAUSTED
+        np.testing.assert_array_equal(client.lookup("guarded", KEYS), table)   # a fresh connection serves
