@@ -630,7 +630,8 @@ def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
     for k, (pct, color) in enumerate([("p50", "tab:blue"), ("p99", "tab:orange")]):
         bars = ax_lat.bar(xl + (k - 0.5) * 0.4, [ctx(v[k]) for v in lat.values()], 0.4, label=pct, color=color)
         ax_lat.bar_label(bars, fmt="%.2f")
-    ax_lat.set_xticks(xl, list(lat))
+    loads = [ctx(f"{n}_half_peak_load_keys_per_s") for n in ("shard_lookup", "redis_mget")]
+    ax_lat.set_xticks(xl, [f"{name}\nat {load:.3g} keys/s" for name, load in zip(lat, loads)])
     ax_lat.set_ylabel("ms")
     ax_lat.set_title("lookup latency at half of own peak")
     ax_lat.legend()

@@ -269,6 +269,8 @@ static int serve_one(connection *c)
     size_t body = 0;
     int rc = check_request(d, &rq, &body);
     if (rc) {
+        if (rq.op == EMBPS_OP_LOOKUP || rq.op == EMBPS_OP_UPDATE)
+            count(rq.op == EMBPS_OP_LOOKUP ? &d->lookup : &d->update, 0, start, 1);
         send_error(c, rc);
         return -1;   /* the body's size is unknown or too large to skip */
     }

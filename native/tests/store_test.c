@@ -5,11 +5,14 @@
  */
 #include "embps_store.h"
 
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -288,6 +291,83 @@ static void test_gather_points_at_rows(void)
     embps_store_close(s);
 }
 
+static int connect_to(uint16_t port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT(fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+    return fd;
+}
+
+/* Sends one request; returns the reply header and reads the payload into payload (if it fits). */
+static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
+                                  uint32_t n, uint32_t dim, const float *grads, void *payload, size_t cap)
+{
+    embps_wire_request rq = {EMBPS_WIRE_MAGIC, op, flags, (uint8_t)strlen(name), 0, n, dim};
+    size_t len = sizeof(rq) + rq.name_len + n * 8 + (grads ? n * dim * 4 : 0);
+    char *buf = malloc(len), *p = buf;
+    memcpy(p, &rq, sizeof(rq));
+    memcpy(p += sizeof(rq), name, rq.name_len);
+    memcpy(p += rq.name_len, keys, n * 8);
+    if (grads)
+        memcpy(p + n * 8, grads, n * dim * 4);
+    EXPECT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);   /* one send: fits the socket buffer */
+    free(buf);
+    embps_wire_reply reply = {0};
+    EXPECT(recv(fd, &reply, sizeof(reply), MSG_WAITALL) == sizeof(reply));
+    char skip[1024];
+    size_t rest = reply.msg_len + reply.payload_bytes;
+    if (rest && reply.msg_len == 0 && reply.payload_bytes <= cap) {
+        EXPECT(recv(fd, payload, rest, MSG_WAITALL) == (ssize_t)rest);
+        rest = 0;
+    }
+    while (rest) {
+        ssize_t got = recv(fd, skip, rest < sizeof(skip) ? rest : sizeof(skip), 0);
+        if (got <= 0)
+            break;
+        rest -= (size_t)got;
+    }
+    return reply;
+}
+
+static void test_data_server_over_loopback(void)
+{
+    embps_store *s = open_store("data_server", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 100);
+    spec.init = EMBPS_INIT_ZEROS;
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+    embps_data_server_config cfg = {.host = "127.0.0.1", .port = 0, .max_batch_keys = 64,
+                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 1000};
+    embps_data_server *d;
+    EXPECT_OK(embps_data_server_start(s, &cfg, &d));
+    int fd = connect_to(embps_data_server_port(d)), idle = connect_to(embps_data_server_port(d));
+    uint64_t keys[65] = {5, 6, 7};
+    float grads[2 * 4], out[3 * 4 + 3];
+    fill(grads, 8, 1.0f);
+    EXPECT(wire_call(fd, EMBPS_OP_UPDATE, 0, "t", keys, 2, 4, grads, NULL, 0).status == EMBPS_OK);
+    embps_wire_reply r = wire_call(fd, EMBPS_OP_LOOKUP, 0, "t", keys, 3, 4, NULL, out, sizeof(out));
+    EXPECT(r.status == EMBPS_OK && r.payload_bytes == 3 * (16 + 1));
+    EXPECT(out[0] == -0.1f && out[7] == -0.1f && out[8] == 0.0f);   /* key 7 missing: its zero initial row */
+    const uint8_t *found = (const uint8_t *)&out[12];
+    EXPECT(found[0] == 1 && found[1] == 1 && found[2] == 0);
+    EXPECT(wire_call(fd, EMBPS_OP_LOOKUP, 0, "nope", keys, 1, 4, NULL, out, sizeof(out)).status == EMBPS_E_NOT_FOUND);
+    grads[0] = NAN;
+    EXPECT(wire_call(fd, EMBPS_OP_UPDATE, 0, "t", keys, 1, 4, grads, NULL, 0).status == EMBPS_E_NONFINITE);
+    EXPECT(wire_call(fd, EMBPS_OP_LOOKUP, 0, "t", keys, 65, 4, NULL, NULL, 0).status == EMBPS_E_TOO_LARGE);
+    char probe;
+    EXPECT(recv(fd, &probe, 1, 0) == 0);   /* an oversized request closes the connection */
+    close(fd);
+    embps_data_server_stats stats;
+    embps_data_server_stats_get(d, &stats);
+    EXPECT(stats.lookup.requests == 3 && stats.lookup.errors == 2 && stats.update.requests == 2);
+    EXPECT(stats.lookup.keys == 3 + 1 && stats.connections_total >= 1);
+    embps_data_server_stop(d);   /* with a connection still open */
+    close(idle);
+    embps_store_close(s);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/embps-native-test-%d", (int)getpid());
@@ -297,6 +377,7 @@ int main(void)
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
+    test_data_server_over_loopback();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
     if (system(cmd) != 0)

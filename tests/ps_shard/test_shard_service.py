@@ -1,6 +1,7 @@
 """What operators rely on: health, reflection, metrics, Stats, logs, config overrides and SIGTERM."""
 
 import json
+import time
 import urllib.request
 
 import grpc
@@ -37,10 +38,15 @@ def test_metrics_and_stats_count_both_paths(shard):
         client.lookup("metered", np.arange(10))                         # tcp
         client.update("metered", np.arange(3), np.ones((3, 4), np.float32))
         client.assign("metered", np.arange(5), np.ones((5, 4), np.float32))   # grpc
-        stats = client.stats()[0]
+        deadline = time.monotonic() + 10
+        while True:   # the data path counts a call once its reply is sent: just after the client has it
+            stats = client.stats()[0]
+            ops = {op.operation: op for op in stats.operations}
+            if ops["tcp.lookup"].keys >= 10 and ops["tcp.update"].keys >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         client.drop_table("metered")
     assert [p.kind for p in stats.data_paths] == ["tcp", "grpc"]
-    ops = {op.operation: op for op in stats.operations}
     assert ops["tcp.lookup"].keys >= 10 and ops["tcp.update"].keys >= 3 and ops["Assign"].keys >= 5
     assert stats.max_batch_keys == 4096 and stats.uptime_seconds > 0
     text = urllib.request.urlopen(f"http://{shard.addresses['metrics']}/metrics", timeout=5).read().decode()
