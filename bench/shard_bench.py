@@ -36,7 +36,6 @@ shard.png (shard-quick.* with --quick).
 import argparse
 import contextlib
 import json
-import operator
 import os
 import platform
 import shutil
@@ -58,6 +57,8 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 import redis.utils  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
+
+from bench_common import Report, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -107,46 +108,7 @@ def parse_args() -> Config:
     return Config(**{**asdict(cfg), **changes})
 
 
-class Report:
-    """Collects figures and context numbers, printing each as it comes."""
-
-    def __init__(self):
-        self.figures: dict[str, dict] = {}
-        self.context: dict[str, dict] = {}
-        self.samples: dict[str, list[float]] = {}
-        self.info: dict[str, object] = {}
-
-    def figure(self, name: str, value: float, unit: str) -> None:
-        print(f"figure {name} {value:.4g} {unit}", flush=True)
-        self.figures[name] = {"value": value, "unit": unit}
-
-    def note(self, name: str, value: float, unit: str) -> None:
-        print(f"context {name} {value:.4g} {unit}", flush=True)
-        self.context[name] = {"value": value, "unit": unit}
-
-    def goals(self) -> dict[str, dict]:
-        compare = {">=": operator.ge, "<=": operator.le}
-        return {name: {"op": op, "target": target, "met": compare[op](self.figures[name]["value"], target)}
-                for name, (op, target) in GOALS.items() if name in self.figures}
-
-
 # ---- workload -------------------------------------------------------------------------------------
-
-def make_keys(rows: int) -> np.ndarray:
-    """Random-looking distinct 64-bit ids: splitmix64 of the row index (a bijection, so no collisions)."""
-    x = np.arange(rows, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def zipf_batches(cfg: Config, rng: np.random.Generator) -> np.ndarray:
-    """(n_batches, batch) row indices drawn Zipf(theta) by inverse CDF, popularity ranks shuffled over the rows."""
-    cdf = np.cumsum(np.arange(1, cfg.rows + 1, dtype=np.float64) ** -cfg.zipf_theta)
-    cdf /= cdf[-1]
-    ranks = np.searchsorted(cdf, rng.random((cfg.n_batches, cfg.batch)), side="right")
-    return rng.permutation(cfg.rows)[ranks]
-
 
 def random_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     rows = rng.random((n, dim), dtype=np.float32)
@@ -177,7 +139,7 @@ def make_workload(cfg: Config, report: Report) -> Workload:
     rng = np.random.default_rng(cfg.seed)
     keys = make_keys(cfg.rows)
     dense = random_rows(rng, cfg.rows, cfg.dim)
-    batch_rows = zipf_batches(cfg, rng)
+    batch_rows = zipf_batches(cfg.rows, cfg.n_batches, cfg.batch, cfg.zipf_theta, rng)
     batch_keys = keys[batch_rows]
     grads = rng.standard_normal((cfg.grad_batches, cfg.batch, cfg.dim), dtype=np.float32)
     report.note("distinct_keys_per_batch", float(np.mean([len(np.unique(b)) for b in batch_rows])), "keys")
@@ -480,7 +442,7 @@ def measure_latency(progress: Progress, report: Report, sides: dict[str, tuple[C
 
 
 def run(cfg: Config, started: float) -> Report:
-    report = Report()
+    report = Report(GOALS)
     wl = make_workload(cfg, report)
     data_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
     tmp = tempfile.mkdtemp(prefix="embps-shard-bench-", dir=data_root)
@@ -567,15 +529,6 @@ def run(cfg: Config, started: float) -> Report:
 
 # ---- output ---------------------------------------------------------------------------------------
 
-def mount_of(path: str) -> str:
-    """'fstype options' of the file system holding path, from /proc/mounts."""
-    target = os.path.realpath(path)
-    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
-    best = max((m for m in mounts if target == m[1] or target.startswith(m[1].rstrip("/") + "/")),
-               key=lambda m: len(m[1]))
-    return f"{best[2]} {best[3]}"
-
-
 def environment() -> dict:
     version = subprocess.run([REDIS_SERVER, "--version"], capture_output=True, text=True).stdout.strip()
     return {
@@ -587,12 +540,6 @@ def environment() -> dict:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")  # bench/results/*.tmp is git-ignored
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def plot(report: Report, goals: dict[str, dict], path: Path) -> None:

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import operator
 import os
 import platform
 import subprocess
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
 from embps.store import OptimizerSpec, Store, TableSpec  # noqa: E402
+from bench_common import Report, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TABLE = "emb"
@@ -83,51 +83,7 @@ def parse_args() -> Config:
                   results_name="store-quick" if args.quick else "store")
 
 
-class Report:
-    """Collects figures and context numbers, printing each as it comes."""
-
-    def __init__(self):
-        self.figures: dict[str, dict] = {}
-        self.context: dict[str, dict] = {}
-        self.samples: dict[str, list[float]] = {}
-
-    def figure(self, name: str, value: float, unit: str) -> None:
-        print(f"figure {name} {value:.4g} {unit}", flush=True)
-        self.figures[name] = {"value": value, "unit": unit}
-
-    def note(self, name: str, value: float, unit: str) -> None:
-        print(f"context {name} {value:.4g} {unit}", flush=True)
-        self.context[name] = {"value": value, "unit": unit}
-
-    def passes(self, times: dict[str, list[float]]) -> dict[str, float]:
-        """Keeps every timed pass and returns the best of each contender."""
-        self.samples.update(times)
-        return {name: min(seconds) for name, seconds in times.items()}
-
-    def goals(self) -> dict[str, dict]:
-        compare = {">=": operator.ge, "<=": operator.le}
-        return {name: {"op": op, "target": target, "met": compare[op](self.figures[name]["value"], target)}
-                for name, (op, target) in GOALS.items() if name in self.figures}
-
-
 # ---- workload -------------------------------------------------------------------------------------
-
-def make_keys(rows: int) -> np.ndarray:
-    """Random-looking distinct 64-bit ids: splitmix64 of the row index (a bijection, so no collisions)."""
-    x = np.arange(rows, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def zipf_batches(cfg: Config, rng: np.random.Generator) -> np.ndarray:
-    """(n_batches, batch) row indices drawn Zipf(theta) by inverse CDF.  Popularity ranks are shuffled
-    over the rows so hot rows lie scattered in memory, as hot ids do in a real table."""
-    cdf = np.cumsum(np.arange(1, cfg.rows + 1, dtype=np.float64) ** -cfg.zipf_theta)
-    cdf /= cdf[-1]
-    ranks = np.searchsorted(cdf, rng.random((cfg.n_batches, cfg.batch)), side="right")
-    return rng.permutation(cfg.rows)[ranks]
-
 
 def build_table(report: Report, table, keys: np.ndarray, cfg: Config, rng: np.random.Generator) -> np.ndarray:
     """Fills the table with random rows (zero optimizer state); returns the same rows as a dense array."""
@@ -290,15 +246,6 @@ def bench_restart(report: Report, store_dir: Path, checkpoint: tuple[Path, Path]
 
 # ---- output ---------------------------------------------------------------------------------------
 
-def mount_of(path: str) -> str:
-    """'fstype options' of the file system holding path, from /proc/mounts."""
-    target = os.path.realpath(path)
-    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
-    best = max((m for m in mounts if target == m[1] or target.startswith(m[1].rstrip("/") + "/")),
-               key=lambda m: len(m[1]))
-    return f"{best[2]} {best[3]}"
-
-
 def environment(cfg: Config) -> dict:
     """What the numbers depend on.  Page size matters: numpy's big arrays get 2 MB transparent huge pages
     (numpy madvises them), a tmpfs file only when its mount says huge=always/within_size."""
@@ -310,12 +257,6 @@ def environment(cfg: Config) -> dict:
         "thp_enabled": Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().strip(),
         "tmp_dir_mount": mount_of(cfg.tmp_dir),
     }
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")  # bench/results/*.tmp is git-ignored
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def plot_ratios(ax, report: Report, goals: dict[str, dict]) -> None:
@@ -416,7 +357,7 @@ def lookup_on_small_pages(report: Report, keys: np.ndarray, batch_rows: np.ndarr
         spec = TableSpec(cfg.dim, cfg.rows, OptimizerSpec("rowwise_adagrad", lr=cfg.lr, eps=cfg.eps))
         with Store(Path(tmp) / "store", persist=cfg.persist) as store:
             table = store.create_table(TABLE, spec)
-            dense = build_table(Report(), table, keys, cfg, rng)
+            dense = build_table(Report(GOALS), table, keys, cfg, rng)
             bench_lookup(report, table, keys, dense, batch_rows, cfg, context_suffix="_4k_pages")
 
 
@@ -432,9 +373,9 @@ def run(cfg: Config, started: float) -> None:
           f"{cfg.n_batches} batches per pass, {cfg.reps} passes; store in {cfg.tmp_dir} ({mount_of(cfg.tmp_dir)})",
           flush=True)
     rng = np.random.default_rng(cfg.seed)
-    report = Report()
+    report = Report(GOALS)
     keys = make_keys(cfg.rows)
-    batch_rows = zipf_batches(cfg, rng)
+    batch_rows = zipf_batches(cfg.rows, cfg.n_batches, cfg.batch, cfg.zipf_theta, rng)
     report.note("distinct_keys_per_batch", float(np.mean([len(np.unique(b)) for b in batch_rows])), "keys")
     with tempfile.TemporaryDirectory(dir=cfg.tmp_dir, prefix="embps-store-bench-") as tmp:
         store_dir = Path(tmp) / "store"

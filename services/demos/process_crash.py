@@ -99,6 +99,7 @@ def _stream_and_kill(plan: WriterPlan, kill_after: int, rng: np.random.Generator
     watchdog.start()
     acks: list[int] = []
     write_seconds: list[float] = []
+    begun = time.perf_counter()
     try:
         for line in proc.stdout:
             event, batch_id = line.split()

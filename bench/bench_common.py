@@ -1,0 +1,73 @@
+"""What every benchmark shares: the report that prints `figure`/`context` lines, the key and Zipf
+workload generators, and result-file helpers.  (Benchmarks run as scripts, so this is imported by
+name from bench/.)"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+class Report:
+    """Collects figures and context numbers, printing each as it comes; goals: {figure: (op, target)}."""
+
+    def __init__(self, goals: dict[str, tuple[str, float]]):
+        self.goal_specs = goals
+        self.figures: dict[str, dict] = {}
+        self.context: dict[str, dict] = {}
+        self.samples: dict[str, list[float]] = {}
+        self.info: dict[str, object] = {}
+
+    def figure(self, name: str, value: float, unit: str) -> None:
+        print(f"figure {name} {value:.4g} {unit}", flush=True)
+        self.figures[name] = {"value": value, "unit": unit}
+
+    def note(self, name: str, value: float, unit: str) -> None:
+        print(f"context {name} {value:.4g} {unit}", flush=True)
+        self.context[name] = {"value": value, "unit": unit}
+
+    def passes(self, times: dict[str, list[float]]) -> dict[str, float]:
+        """Keeps every timed pass and returns the best of each contender."""
+        self.samples.update(times)
+        return {name: min(seconds) for name, seconds in times.items()}
+
+    def goals(self) -> dict[str, dict]:
+        compare = {">=": operator.ge, "<=": operator.le}
+        return {name: {"op": op, "target": target, "met": compare[op](self.figures[name]["value"], target)}
+                for name, (op, target) in self.goal_specs.items() if name in self.figures}
+
+
+def make_keys(rows: int) -> np.ndarray:
+    """Random-looking distinct 64-bit ids: splitmix64 of the row index (a bijection, so no collisions)."""
+    x = np.arange(rows, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def zipf_batches(rows: int, n_batches: int, batch: int, theta: float, rng: np.random.Generator) -> np.ndarray:
+    """(n_batches, batch) row indices drawn Zipf(theta) by inverse CDF.  Popularity ranks are shuffled
+    over the rows so hot rows lie scattered in memory, as hot ids do in a real table."""
+    cdf = np.cumsum(np.arange(1, rows + 1, dtype=np.float64) ** -theta)
+    cdf /= cdf[-1]
+    ranks = np.searchsorted(cdf, rng.random((n_batches, batch)), side="right")
+    return rng.permutation(rows)[ranks]
+
+
+def mount_of(path: str) -> str:
+    """'fstype options' of the file system holding path, from /proc/mounts."""
+    target = os.path.realpath(path)
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if target == m[1] or target.startswith(m[1].rstrip("/") + "/")),
+               key=lambda m: len(m[1]))
+    return f"{best[2]} {best[3]}"
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")  # bench/results/*.tmp is git-ignored
+    write(tmp)
+    os.replace(tmp, path)
