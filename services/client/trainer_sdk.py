@@ -1,0 +1,117 @@
+"""The trainer's side of the training path, in the spirit of Bagpipe's API:
+
+    cache = init_cache(gateway_address, grad_scale=local_batch / global_batch)
+    while (batch := cache.next_batch()) is not None:
+        embs = cache.get_emb(batch)                 # [samples, features, dim], on the autograd tape
+        loss = loss_fn(model(batch.dense, embs), batch.labels)
+        loss.backward()                             # embedding gradients go to the gateway from here
+        dense_optimizer.step()
+    cache.finish()
+
+Embedding gradients are pushed from a hook on the batch's rows while the rest of backward (and DDP's
+all-reduce of dense gradients) goes on; next_batch() waits for the push to be acknowledged.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import torch
+from torch import nn
+
+from embps.common import wire
+from embps.common.grpc_channels import channel_options
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
+
+from .errors import ShardError
+
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+@dataclass
+class Batch:
+    number: int
+    dense: torch.Tensor      # [samples, n_dense]
+    sparse: np.ndarray       # [samples, features] ids
+    labels: torch.Tensor     # [samples]
+    keys: np.ndarray         # distinct shard keys of the batch
+    rows: torch.Tensor       # their rows [keys, dim], a leaf that collects their gradient
+    inverse: torch.Tensor    # [samples, features]: each sample's key index in keys
+
+
+class GatewayCache:
+    def __init__(self, address: str, grad_scale: float, timeout: float = 300.0):
+        self.address, self.grad_scale, self.timeout = address, grad_scale, timeout
+        self._channel = grpc.insecure_channel(address, options=channel_options(MAX_MESSAGE_BYTES))
+        self._stub = pb_grpc.TrainerGatewayStub(self._channel)
+        self._pusher = ThreadPoolExecutor(1, thread_name_prefix="push")
+        self._push: Future | None = None
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout, wait_for_ready=True)
+        except grpc.RpcError as error:
+            raise ShardError.from_rpc_error(error, self.address) from None
+
+    def next_batch(self) -> Batch | None:
+        """The next batch and its rows, or None when the stream is done."""
+        self._finish_push()
+        reply = self._call(self._stub.NextBatch, pb.NextBatchRequest())
+        if reply.done:
+            return None
+        f = reply.features
+        keys = wire.keys_from_bytes(reply.keys)
+        rows = torch.from_numpy(wire.rows_from_bytes(reply.rows, len(keys)).copy()).requires_grad_()
+        inverse = torch.from_numpy(np.frombuffer(reply.inverse, np.int32).reshape(f.samples, -1).astype(np.int64))
+        batch = Batch(number=reply.batch,
+                      dense=torch.from_numpy(np.frombuffer(f.dense, np.float32).reshape(f.samples, -1).copy()),
+                      sparse=np.frombuffer(f.sparse, np.int64).reshape(f.samples, -1),
+                      labels=torch.from_numpy(np.frombuffer(f.labels, np.float32).copy()),
+                      keys=keys, rows=rows, inverse=inverse)
+        rows.register_hook(lambda grad: self._start_push(batch, grad))
+        return batch
+
+    def get_emb(self, batch: Batch) -> torch.Tensor:
+        """The batch's embeddings, [samples, features, dim]; backward sends their gradient."""
+        return batch.rows[batch.inverse]
+
+    def _start_push(self, batch: Batch, grad: torch.Tensor) -> None:
+        grads = (grad.detach() * self.grad_scale).numpy().astype(np.float32, copy=False)
+        request = pb.GradientPush(batch=batch.number, keys=batch.keys.tobytes(), grads=grads.tobytes())
+        self._push = self._pusher.submit(self._call, self._stub.PushGradients, request)
+
+    def _finish_push(self) -> None:
+        if self._push is not None:
+            push, self._push = self._push, None
+            push.result()
+
+    def finish(self) -> pb.GatewayStats:
+        """Writes every cached row back to the shards (all gateways); returns this gateway's traffic."""
+        self._finish_push()
+        return self._call(self._stub.Finish, pb.FinishRequest())
+
+    def close(self) -> None:
+        self._pusher.shutdown(wait=True)
+        self._channel.close()
+
+
+def init_cache(gateway_address: str, grad_scale: float = 1.0, timeout: float = 300.0) -> GatewayCache:
+    """grad_scale: this trainer's share of the global batch (local / global samples), so that summed
+    over trainers the embedding gradients are those of the global batch's mean loss, as DDP's
+    averaged dense gradients are."""
+    return GatewayCache(gateway_address, grad_scale, timeout)
+
+
+class RemoteEmbeddings(nn.Module):
+    """The embedding layer of a model whose tables live on the parameter servers."""
+
+    def __init__(self, cache: GatewayCache):
+        super().__init__()
+        self.cache = cache
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.cache.get_emb(batch)

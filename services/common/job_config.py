@@ -1,0 +1,131 @@
+"""A training job's configuration: one TOML file that the oracle cacher, every gateway and every
+trainer read, so they agree on data, model, optimizer and addresses.
+
+    [job]
+    dataset = "synthetic"          # "synthetic", "criteo:<path>", "movielens-100k"
+    model = "dlrm"
+    mode = "sync"                  # "sync" (Bagpipe lookahead caching) or "direct" (no cache)
+    trainers = 2
+    ...
+    [addresses]
+    oracle = "127.0.0.1:50070"
+    gateways = ["127.0.0.1:50071", "127.0.0.1:50072"]
+    shards = ["127.0.0.1:50051", "127.0.0.1:50052"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embps.store import InitializerSpec, OptimizerSpec, TableSpec
+
+from .cluster_config import ClusterConfig
+
+MODES = ("sync", "direct")
+FEATURE_SHIFT = 40   # shard key = (feature << 40) | id
+
+
+@dataclass(frozen=True)
+class Addresses:
+    oracle: str = ""
+    gateways: tuple[str, ...] = ()
+    shards: tuple[str, ...] = ()
+    trainers: str = ""     # host:port where trainer 0 hosts torch.distributed's rendezvous
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    dataset: str = "synthetic"
+    dataset_options: dict = field(default_factory=dict)
+    model: str = "dlrm"
+    mode: str = "sync"
+    trainers: int = 2
+    global_batch: int = 1024
+    steps: int = 200
+    eval_batches: int = 8
+    dim: int = 32
+    emb_optimizer: str = "adagrad"     # "sgd" or "adagrad": the shards' and the caches' optimizer
+    emb_lr: float = 0.05
+    emb_eps: float = 1e-8
+    dense_optimizer: str = "adam"
+    dense_lr: float = 1e-3
+    lookahead: int = 64                # L: batches the oracle plans ahead
+    cleanup_proportion: float = 0.25   # p: evictions every C = max(1, p * L) batches
+    seed: int = 0
+    table: str = "emb"                 # the shards' table holding every feature's rows
+    timeout_seconds: float = 120.0     # how long any wait on another process may take
+    addresses: Addresses = Addresses()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.emb_optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"emb_optimizer must be 'sgd' or 'adagrad', got {self.emb_optimizer!r}")
+        if self.trainers < 1 or self.global_batch % self.trainers:
+            raise ValueError(f"global_batch ({self.global_batch}) must split evenly over {self.trainers} trainers")
+        if self.lookahead < 1 or self.steps < 1:
+            raise ValueError("lookahead and steps must be positive")
+
+    @property
+    def cleanup_every(self) -> int:
+        return max(1, int(self.cleanup_proportion * self.lookahead))
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.trainers
+
+    def table_spec(self, n_rows: int) -> TableSpec:
+        """The shards' table: one row per (feature, id); rows start as DLRM does, uniform in
+        ±sqrt(1/rows), here from (seed, key) so every process agrees."""
+        optimizer = OptimizerSpec(self.emb_optimizer, lr=self.emb_lr, eps=self.emb_eps)
+        return TableSpec(dim=self.dim, capacity=max(n_rows, 1024), optimizer=optimizer,
+                         initializer=InitializerSpec("uniform", scale=0.05, seed=self.seed))
+
+    def cluster_config(self) -> ClusterConfig:
+        return ClusterConfig.from_addresses(self.addresses.shards, deadline_seconds=self.timeout_seconds)
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def to_toml(self) -> str:
+        values = dataclasses.asdict(self)
+        addresses = values.pop("addresses")
+        options = values.pop("dataset_options")
+        lines = ["[job]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines += ["", "[job.dataset_options]"] + [f"{k} = {json.dumps(v)}" for k, v in options.items()]
+        lines += ["", "[addresses]"] + [f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                                        for k, v in addresses.items()]
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_toml(cls, text: str) -> JobConfig:
+        doc = tomllib.loads(text)
+        job = dict(doc.get("job", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(job) - known
+        if unknown:
+            raise ValueError(f"unknown [job] settings: {sorted(unknown)}")
+        addresses = doc.get("addresses", {})
+        job["addresses"] = Addresses(oracle=addresses.get("oracle", ""),
+                                     gateways=tuple(addresses.get("gateways", ())),
+                                     shards=tuple(addresses.get("shards", ())),
+                                     trainers=addresses.get("trainers", ""))
+        return cls(**job)
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobConfig:
+        return cls.from_toml(Path(path).read_text())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+
+def feature_keys(sparse: np.ndarray) -> np.ndarray:
+    """Shard keys of a [samples, features] id matrix: feature i's id x is key (i << 40) | x."""
+    features = np.arange(sparse.shape[1], dtype=np.uint64) << np.uint64(FEATURE_SHIFT)
+    return sparse.astype(np.uint64) | features

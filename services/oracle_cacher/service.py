@@ -1,0 +1,155 @@
+"""`embps oracle-cacher --job FILE`: reads the training stream, plans it (LookaheadPlanner) and streams
+every trainer gateway its plans and feature slices.
+
+One planner thread feeds a bounded queue per trainer: it plans at most `queue_batches` ahead of the
+slowest subscriber (back-pressure; memory stays bounded, nothing is preloaded).  Trainers join at the
+start only: all `trainers` gateways subscribe once; a second subscription for a trainer is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embps.common import structured_log
+from embps.common.grpc_channels import channel_options
+from embps.common.job_config import JobConfig
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
+
+from .datasets import open_dataset
+from .lookahead_planner import LookaheadPlanner
+
+COMMAND = "oracle-cacher"
+HELP = "plan caching over the training stream and feed the trainer gateways"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OracleCacher"].full_name
+MAX_MESSAGE_BYTES = 256 << 20
+log = logging.getLogger("embps.oracle_cacher")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--job", required=True, help="the job's TOML file")
+    parser.add_argument("--queue-batches", type=int, default=0,
+                        help="plans buffered per trainer (default: the lookahead)")
+
+
+def slice_message(batch, trainer: int, local: int) -> pb.FeatureSlice:
+    part = slice(trainer * local, (trainer + 1) * local)
+    return pb.FeatureSlice(samples=local, dense=np.ascontiguousarray(batch.dense[part], np.float32).tobytes(),
+                           sparse=np.ascontiguousarray(batch.sparse[part], np.int64).tobytes(),
+                           labels=np.ascontiguousarray(batch.labels[part], np.float32).tobytes())
+
+
+class OracleCacher(pb_grpc.OracleCacherServicer):
+    def __init__(self, job: JobConfig, queue_batches: int = 0):
+        self.job = job
+        self.dataset = open_dataset(job.dataset, **job.dataset_options)
+        depth = queue_batches or max(2, job.lookahead)
+        self.queues = [queue.Queue(maxsize=depth) for _ in range(job.trainers)]
+        self.subscribed: set[int] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.failure = ""
+        self.planner = threading.Thread(target=self._plan_all, name="planner", daemon=True)
+        self.planner.start()
+
+    def _plan_all(self) -> None:
+        job = self.job
+        planner = LookaheadPlanner(self.dataset.info.table_sizes, job.lookahead, job.cleanup_every)
+        data = self.dataset.batches(job.global_batch, "train")
+        window: list = []   # the batches whose plans are not yet out: the planner reads L ahead
+
+        def sparse_stream():
+            for _, batch in zip(range(job.steps), data):
+                window.append(batch)
+                yield batch.sparse
+
+        try:
+            for plan in planner.plan(sparse_stream()):
+                batch = window.pop(0)
+                common = dict(batch=plan.batch, keys=plan.keys.tobytes(), sync_now=plan.sync_now.tobytes(),
+                              prefetch=plan.prefetch.tobytes(), evict=plan.evict.tobytes(),
+                              fetch_after_round=plan.fetch_after_round)
+                for trainer, q in enumerate(self.queues):
+                    self._put(q, pb.BatchPlan(features=slice_message(batch, trainer, job.local_batch), **common))
+            for q in self.queues:
+                self._put(q, None)   # end of stream
+            log.info("planning finished", extra={"batches": job.steps})
+        except Exception as error:
+            log.exception("planning failed")
+            self.failure = f"planning failed: {error!r}"
+            for q in self.queues:
+                q.put(None)
+
+    def _put(self, q: queue.Queue, item) -> None:
+        """Blocks while the trainer's queue is full: the slowest trainer paces the planner."""
+        while True:
+            try:
+                return q.put(item, timeout=1.0)
+            except queue.Full:
+                if self.stopping.is_set():
+                    raise RuntimeError("the oracle is stopping") from None
+
+    def GetJob(self, request, context):
+        return pb.JobResponse(job_toml=self.job.to_toml())
+
+    def StreamPlans(self, request, context):
+        trainer = request.trainer
+        if trainer >= self.job.trainers:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"trainer {trainer} is not in this job (trainers 0..{self.job.trainers - 1})")
+        with self.lock:
+            if trainer in self.subscribed:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                              f"trainer {trainer} already subscribed; trainers join once, at the start")
+            self.subscribed.add(trainer)
+        log.info("trainer subscribed", extra={"trainer": trainer})
+        q = self.queues[trainer]
+        while context.is_active():
+            try:
+                plan = q.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if plan is None:
+                if self.failure:
+                    context.abort(grpc.StatusCode.INTERNAL, self.failure)
+                return
+            yield plan
+
+
+def serve(job: JobConfig, queue_batches: int = 0) -> tuple[grpc.Server, OracleCacher]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=job.trainers + 4),
+                         options=channel_options(MAX_MESSAGE_BYTES))
+    oracle = OracleCacher(job, queue_batches)
+    pb_grpc.add_OracleCacherServicer_to_server(oracle, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    server.add_insecure_port(job.addresses.oracle)
+    server.start()
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, oracle
+
+
+def run(args) -> int:
+    job = JobConfig.load(args.job)
+    structured_log.configure("INFO")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server, oracle = serve(job, args.queue_batches)
+    log.info("oracle serving", extra={"address": job.addresses.oracle, "steps": job.steps,
+                                      "lookahead": job.lookahead, "cleanup_every": job.cleanup_every})
+    stop.wait()
+    oracle.stopping.set()
+    server.stop(2).wait()
+    return 0

@@ -1,0 +1,102 @@
+"""Runs a whole training job on this machine: shards, the oracle cacher, one gateway and one trainer per
+rank, each its own process on loopback.  If any process fails, the others are stopped and the failure
+is reported with the tail of its log; nothing is left running."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from embps.client import PSClient
+from embps.common.job_config import Addresses, JobConfig
+from embps.common.local_cluster import LocalCluster, LocalProcess, free_port, wait_serving
+from embps.oracle_cacher.datasets import open_dataset
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class JobResult:
+    job: JobConfig
+    metrics: dict            # what trainer 0 wrote: losses, step times, gateways' traffic, eval
+    seconds: float
+    out: Path
+
+
+def _addresses(job: JobConfig, shards: tuple[str, ...]) -> Addresses:
+    local = "127.0.0.1"
+    return Addresses(oracle=f"{local}:{free_port()}",
+                     gateways=tuple(f"{local}:{free_port()}" for _ in range(job.trainers)),
+                     shards=shards, trainers=f"{local}:{free_port()}")
+
+
+def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True) -> JobResult:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = data_dir / "out"
+    out.mkdir(exist_ok=True)
+    (out / "progress.jsonl").unlink(missing_ok=True)
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    info = open_dataset(job.dataset, **job.dataset_options).info
+    processes: list[LocalProcess] = []
+    with LocalCluster(data_dir / "shards", n_shards) as cluster:
+        job = dataclasses.replace(job, addresses=_addresses(job, tuple(s.address for s in cluster.shards)))
+        job_file = data_dir / "job.toml"
+        job.save(job_file)
+        with PSClient(job.cluster_config()) as ps:   # a fresh table: every run starts from the initializer
+            if job.table in ps.list_tables():
+                ps.drop_table(job.table)
+            ps.create_table(job.table, job.table_spec(sum(info.table_sizes)))
+        try:
+            processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file)], logs / "oracle.log"))
+            wait_serving(job.addresses.oracle, 60)
+            for i, address in enumerate(job.addresses.gateways):
+                processes.append(LocalProcess(f"gateway {i}", ["trainer-gateway", "--job", str(job_file),
+                                                               "--trainer", str(i)], logs / f"gateway-{i}.log"))
+            for address in job.addresses.gateways:
+                wait_serving(address, 60)
+            started = time.perf_counter()
+            trainers = [LocalProcess(f"trainer {r}", ["trainer", "--job", str(job_file), "--rank", str(r),
+                                                      "--out", str(out)], logs / f"trainer-{r}.log")
+                        for r in range(job.trainers)]
+            processes += trainers
+            _watch(job, processes, trainers, out / "progress.jsonl", show_progress)
+            seconds = time.perf_counter() - started
+        finally:
+            for process in reversed(processes):
+                process.stop()
+    return JobResult(job, json.loads((out / "metrics.json").read_text()), seconds, out)
+
+
+def _watch(job: JobConfig, processes: list[LocalProcess], trainers: list[LocalProcess], progress_file: Path,
+           show: bool) -> None:
+    """Shows trainer 0's progress until every trainer has exited; raises if any process failed."""
+    columns = (TextColumn("[bold]training[/bold] {task.fields[what]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, disable=not show, transient=False) as bar:
+        task = bar.add_task("", total=job.steps, what=f"{job.model} {job.mode}", loss="-")
+        seen = 0
+        while any(t.exited() is None for t in trainers):
+            for p in processes:
+                code = p.exited()
+                if code not in (None, 0):
+                    raise JobFailed(f"{p.name} exited with code {code}; the last lines of {p.log_path}:\n"
+                                    f"{p.log_tail()}")
+            if progress_file.exists():
+                lines = progress_file.read_text().splitlines()
+                if len(lines) > seen:
+                    last = json.loads(lines[-1])
+                    bar.update(task, completed=last["step"], loss=f"{last['loss']:.4f}")
+                    seen = len(lines)
+            time.sleep(0.1)
+        failed = [t for t in trainers if t.exited() != 0]
+        if failed:
+            raise JobFailed(f"{failed[0].name} exited with code {failed[0].exited()}; the last lines of "
+                            f"{failed[0].log_path}:\n{failed[0].log_tail()}")

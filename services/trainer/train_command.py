@@ -1,0 +1,125 @@
+"""`embps train`: the main job.  Starts a local cluster (shards, the oracle cacher, a gateway and a
+trainer per rank, as processes on loopback), trains a CTR model on the chosen data with Bagpipe
+lookahead caching (or the direct baseline), evaluates held-out AUC and log-loss, prints throughput,
+cache hit rate and parameter-server traffic, plots the curves and stops everything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from embps.common.job_config import MODES, JobConfig
+
+COMMAND = "train"
+HELP = "run a training job on a local cluster (the demo)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data-dir", default="data/train", help="PM files, logs and results go here")
+    parser.add_argument("--model", default="dlrm", help="dlrm, wide_deep, dcn_v2 or deepfm")
+    parser.add_argument("--dataset", default="synthetic",
+                        help='"synthetic", "movielens-100k" or "criteo:<TSV file or preprocessed dir>"')
+    parser.add_argument("--scale", type=float, default=0.01, help="synthetic: fraction of Criteo's table sizes")
+    parser.add_argument("--mode", default="sync", choices=MODES)
+    parser.add_argument("--lookahead", type=int, default=64)
+    parser.add_argument("--trainers", type=int, default=2)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=1024, help="global batch size")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--emb-optimizer", default="adagrad", choices=("sgd", "adagrad"))
+    parser.add_argument("--emb-lr", type=float, default=0.05)
+    parser.add_argument("--dense-lr", type=float, default=1e-3)
+    parser.add_argument("--eval-batches", type=int, default=16)
+
+
+def job_from_args(args) -> JobConfig:
+    options = {"scale": args.scale} if args.dataset == "synthetic" else {}
+    return JobConfig(dataset=args.dataset, dataset_options=options, model=args.model, mode=args.mode,
+                     trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim,
+                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
+                     dense_lr=args.dense_lr, lookahead=args.lookahead)
+
+
+def summarize(result) -> dict:
+    m, job = result.metrics, result.job
+    gateways = m["gateways"]
+    used = sum(g.get("rows_used", 0) for g in gateways)
+    fetched = sum(g.get("rows_fetched", 0) for g in gateways)
+    steps = len(m["losses"])
+    # Step time from the middle half of the run: start-up and the final write-back are not training.
+    ends = m["step_end_seconds"]
+    mid = ends[steps // 4: 3 * steps // 4 + 1]
+    step_seconds = (mid[-1] - mid[0]) / max(len(mid) - 1, 1) if len(mid) > 1 else ends[-1] / steps
+    return {
+        "steps": steps,
+        "step_seconds": step_seconds,
+        "samples_per_second": job.global_batch / step_seconds,
+        "cache_hit_rate": 1 - fetched / used if used and job.mode == "sync" else 0.0,
+        "ps_bytes": sum(g.get("ps_bytes_in", 0) + g.get("ps_bytes_out", 0) for g in gateways),
+        "final_loss": sum(m["losses"][-10:]) / len(m["losses"][-10:]),
+        **{f"eval_{k}": v for k, v in m["eval"].items()},
+    }
+
+
+def plot(result, summary: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = result.metrics["losses"]
+    window = max(1, len(losses) // 30)
+    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
+              for i in range(len(losses))]
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    ax_loss.plot(losses, alpha=0.3, label="global batch loss")
+    ax_loss.plot(smooth, label=f"moving mean ({window} steps)")
+    ax_loss.set(xlabel="step", ylabel="log-loss (BCE)",
+                title=f"{result.job.model} on {result.job.dataset}, {result.job.trainers} trainers, "
+                      f"{result.job.mode} (L={result.job.lookahead})")
+    ax_loss.legend()
+    bars = ax_eval.bar(["AUC", "log-loss"], [summary["eval_auc"], summary["eval_logloss"]], color=["C2", "C1"])
+    ax_eval.bar_label(bars, fmt="%.3f")
+    ax_eval.set(title="held-out", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from embps.models import MODELS   # PyTorch loads only for the commands that train
+
+    from .local_job import JobFailed, run_local_job
+    if args.model not in MODELS:
+        raise SystemExit(f"--model must be one of {MODELS}")
+    console = Console()
+    job = job_from_args(args)
+    console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
+                  f"{job.trainers} trainers, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
+                  f"{job.global_batch}")
+    try:
+        result = run_local_job(job, Path(args.data_dir), n_shards=args.shards)
+    except JobFailed as error:
+        console.print(f"[bold red]training failed[/bold red]: {error}")
+        return 1
+    summary = summarize(result)
+    png = result.out / "training.png"
+    plot(result, summary, png)
+    (result.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    table = Table(title="training summary")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("held-out AUC", f"{summary['eval_auc']:.4f}")
+    table.add_row("held-out log-loss", f"{summary['eval_logloss']:.4f}")
+    table.add_row("final training loss", f"{summary['final_loss']:.4f}")
+    table.add_row("throughput", f"{summary['samples_per_second']:,.0f} samples/s "
+                                f"({summary['step_seconds'] * 1000:.1f} ms/step)")
+    table.add_row("cache hit rate", f"{summary['cache_hit_rate']:.1%}")
+    table.add_row("PS traffic", f"{summary['ps_bytes'] / 1e6:,.1f} MB")
+    table.add_row("wall time", f"{result.seconds:.1f} s")
+    console.print(table)
+    console.print(f"curves: {png}\nall processes stopped.")
+    return 0

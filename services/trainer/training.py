@@ -1,0 +1,94 @@
+"""One data-parallel trainer (`embps trainer`).
+
+Dense parameters are trained with PyTorch DDP (gloo) across the trainers; embeddings come from this
+trainer's gateway and their gradients go back to it (embps.client.trainer_sdk).  Rank 0 writes the
+loss curve, the held-out AUC / log-loss and the dense parameters to DIR.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from embps.client import PSClient
+from embps.client.trainer_sdk import RemoteEmbeddings, init_cache
+from embps.common import structured_log
+from embps.common.job_config import JobConfig, feature_keys
+from embps.models import build_model
+from embps.models.metrics import evaluate
+from embps.oracle_cacher.datasets import open_dataset
+
+log = logging.getLogger("embps.trainer")
+DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
+
+
+def evaluate_on_shards(job: JobConfig, model, dataset) -> dict:
+    """Held-out AUC and log-loss with the rows as the shards hold them after training."""
+    with PSClient(job.cluster_config()) as ps:
+        def predict(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+            keys, inverse = np.unique(feature_keys(sparse), return_inverse=True)
+            rows = torch.from_numpy(ps.lookup(job.table, keys))
+            embs = rows[torch.from_numpy(inverse.reshape(sparse.shape).astype(np.int64))]
+            with torch.no_grad():
+                return torch.sigmoid(model(torch.from_numpy(dense), embs)).numpy()
+        batches = ((b.dense, b.sparse, b.labels)
+                   for _, b in zip(range(job.eval_batches), dataset.batches(job.global_batch, "eval")))
+        return evaluate(predict, batches)
+
+
+def train(job: JobConfig, rank: int, out: Path) -> dict:
+    dataset = open_dataset(job.dataset, **job.dataset_options)
+    info = dataset.info
+    model = build_model(job.model, info.n_dense, len(info.table_sizes), job.dim, seed=job.seed)
+    ddp = DistributedDataParallel(model)
+    optimizer = DENSE_OPTIMIZERS[job.dense_optimizer](ddp.parameters(), lr=job.dense_lr)
+    cache = init_cache(job.addresses.gateways[rank], grad_scale=job.local_batch / job.global_batch,
+                       timeout=job.timeout_seconds)
+    embeddings = RemoteEmbeddings(cache)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    progress = open(out / "progress.jsonl", "a") if rank == 0 else None
+    losses, step_seconds = [], []
+    started = time.perf_counter()
+    while (batch := cache.next_batch()) is not None:
+        loss = loss_fn(ddp(batch.dense, embeddings(batch)), batch.labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        global_loss = loss.detach().clone()
+        dist.all_reduce(global_loss)   # the mean over the global batch: slices are equal
+        losses.append(global_loss.item() / job.trainers)
+        step_seconds.append(time.perf_counter() - started)
+        if progress:
+            progress.write(json.dumps({"step": batch.number + 1, "loss": losses[-1]}) + "\n")
+            progress.flush()
+    stats = cache.finish()
+    cache.close()
+    all_stats = [None] * job.trainers
+    dist.all_gather_object(all_stats, {f.name: v for f, v in stats.ListFields()})
+    result = {"losses": losses, "step_end_seconds": step_seconds, "gateways": all_stats}
+    if rank == 0:
+        result["eval"] = evaluate_on_shards(job, model, dataset)
+        torch.save(model.state_dict(), out / "dense.pt")
+        (out / "metrics.json").write_text(json.dumps(result))
+    return result
+
+
+def main(job_file: str, rank: int, out: str) -> None:
+    job = JobConfig.load(job_file)
+    structured_log.configure("INFO")
+    torch.set_num_threads(1)   # one core per trainer: the gateways and shards need the others
+    dist.init_process_group("gloo", init_method=f"tcp://{job.addresses.trainers}", rank=rank,
+                            world_size=job.trainers, timeout=datetime.timedelta(seconds=job.timeout_seconds))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    try:
+        train(job, rank, Path(out))
+    finally:
+        dist.destroy_process_group()

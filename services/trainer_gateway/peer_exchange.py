@@ -1,0 +1,118 @@
+"""Gradient contributions and round notices between the gateways of one job.
+
+Every gateway sends its trainer's gradient rows for batch b to every peer and sums the N
+contributions in trainer order, so all replicas apply the same bits.  A round notice "r from t"
+says gateway t has put on the shards everything the round owes them (sync: the evictions before
+batch r; direct: the updates of batch r); a gateway about to read rows from the shards first waits
+until every gateway has passed the round those rows depend on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+
+from embps.common.grpc_channels import channel_options
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
+
+from .errors import GatewayError
+
+FINAL_ROUND = 1 << 62
+MAX_MESSAGE_BYTES = 256 << 20
+
+
+class PeerExchange:
+    def __init__(self, me: int, addresses: tuple[str, ...], timeout: float, initial_round: int):
+        self.me, self.n, self.timeout = me, len(addresses), timeout
+        self.addresses = addresses
+        self._cond = threading.Condition()
+        self._contributions: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._rounds = [initial_round] * self.n
+        self._channels = {t: grpc.insecure_channel(a, options=channel_options(MAX_MESSAGE_BYTES))
+                          for t, a in enumerate(addresses) if t != me}
+        self._stubs = {t: pb_grpc.GatewayPeerStub(c) for t, c in self._channels.items()}
+        self._pool = ThreadPoolExecutor(max(1, self.n - 1), thread_name_prefix="peers")
+
+    # ---- what this gateway says ------------------------------------------------------------
+
+    def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray) -> None:
+        self.receive(batch, self.me, keys, grads)
+        message = pb.PeerGradients(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes())
+        self._broadcast(lambda stub: stub.Contribute(message, timeout=self.timeout), f"gradients of batch {batch}")
+
+    def round_done(self, round_: int) -> None:
+        self.receive_round(self.me, round_)
+        message = pb.RoundDone(round=round_, trainer=self.me)
+        self._broadcast(lambda stub: stub.NotifyRound(message, timeout=self.timeout), f"round {round_}")
+
+    def _broadcast(self, call, what: str) -> None:
+        futures = {t: self._pool.submit(call, stub) for t, stub in self._stubs.items()}
+        for t, future in futures.items():
+            try:
+                future.result()
+            except grpc.RpcError as error:
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE,
+                                   f"cannot send {what} to the gateway of trainer {t} at {self.addresses[t]}: "
+                                   f"{error.code().name}: {error.details()}") from None
+
+    # ---- what peers say --------------------------------------------------------------------
+
+    def receive(self, batch: int, trainer: int, keys: np.ndarray, grads: np.ndarray) -> None:
+        with self._cond:
+            self._contributions.setdefault(batch, {})[trainer] = (keys, grads)
+            self._cond.notify_all()
+
+    def receive_round(self, trainer: int, round_: int) -> None:
+        with self._cond:
+            self._rounds[trainer] = max(self._rounds[trainer], round_)
+            self._cond.notify_all()
+
+    # ---- waiting ---------------------------------------------------------------------------
+
+    def gather(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every trainer's contribution for batch, in trainer order."""
+        with self._cond:
+            self._wait(lambda: len(self._contributions.get(batch, ())) == self.n,
+                       lambda: f"gradients of batch {batch} from trainers "
+                               f"{sorted(set(range(self.n)) - set(self._contributions.get(batch, {})))}")
+            parts = self._contributions.pop(batch)
+        return [parts[t] for t in range(self.n)]
+
+    def wait_round(self, round_: int) -> None:
+        with self._cond:
+            self._wait(lambda: min(self._rounds) >= round_,
+                       lambda: f"round {round_} from trainers "
+                               f"{[t for t, r in enumerate(self._rounds) if r < round_]}")
+
+    def _wait(self, ready, describe) -> None:
+        deadline = time.monotonic() + self.timeout
+        while not ready():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   f"waited {self.timeout:.0f} s for {describe()}: is that trainer or its gateway "
+                                   f"still running?")
+            self._cond.wait(min(remaining, 1.0))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for channel in self._channels.values():
+            channel.close()
+
+
+def sum_contributions(keys: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> np.ndarray:
+    """Gradients summed per key of `keys` (sorted), adding trainer 0's, then 1's, ...: the same bits
+    on every gateway."""
+    summed = np.zeros((len(keys), dim), np.float32)
+    for part_keys, grads in parts:
+        if len(part_keys):
+            pos = np.searchsorted(keys, part_keys)
+            if pos.max() >= len(keys) or not np.array_equal(keys[pos], part_keys):
+                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "gradients for keys outside the batch")
+            summed[pos] += grads   # keys are distinct within a contribution
+    return summed

@@ -1,0 +1,60 @@
+"""The gateway's cache of rows and optimizer state: a table of the native store in a DRAM-backed
+directory, so inserts, lookups, evictions and the optimizer step run in C on whole batches, with the
+very kernels the shards use."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from embps.store import CapacityExhausted, Store, TableSpec
+
+from .errors import GatewayError
+
+
+class RowCache:
+    def __init__(self, directory: Path, spec: TableSpec, capacity: int):
+        shutil.rmtree(directory, ignore_errors=True)   # a cache never outlives its gateway
+        self.store = Store(directory)
+        self.table = self.store.create_table("cache", dataclasses.replace(spec, capacity=capacity,
+                                                                          missing_keys="report"))
+
+    def insert(self, keys: np.ndarray, rows: np.ndarray, state: np.ndarray) -> None:
+        try:
+            self.table.assign(keys, rows, state)
+        except CapacityExhausted as error:
+            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"cache full ({error}); raise the gateway's cache_rows") from None
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        found = np.empty(len(keys), np.bool_)
+        rows = self.table.lookup(keys, found=found)
+        if not found.all():
+            missing = keys[~found][:5].tolist()
+            raise GatewayError(grpc.StatusCode.INTERNAL, f"keys {missing} were not prefetched (a planning bug)")
+        return rows
+
+    def apply(self, keys: np.ndarray, grads: np.ndarray) -> None:
+        self.table.update(keys, grads)
+
+    def take(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Removes keys, returning their rows and optimizer state."""
+        rows, state, _ = self.table.lookup_with_state(keys)
+        self.table.delete(keys)
+        return rows, state
+
+    def everything(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        chunks = list(self.table.export())
+        if not chunks:
+            return (np.empty(0, np.uint64), np.empty((0, self.table.dim), np.float32),
+                    np.empty((0, self.table.state_floats), np.float32))
+        return tuple(np.concatenate(parts) for parts in zip(*chunks))
+
+    def close(self) -> None:
+        directory = self.store.path
+        self.store.close()
+        shutil.rmtree(directory, ignore_errors=True)
