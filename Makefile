@@ -13,7 +13,7 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
 DATA_DIR ?= data
 
-.PHONY: install system-deps bench-deps proto test test-native test-python demo bench bench-quick clean
+.PHONY: install system-deps bench-deps proto test test-native test-python demo store-demo bench bench-quick clean
 
 install: $(STAMP)
 
@@ -30,10 +30,12 @@ system-deps:
 bench-deps:
 	@$(call apt_install,$(BENCH_APT_PACKAGES))
 
+# recbole is installed without its dependencies: MovieLens-100k ships inside its wheel.
 $(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/pip install -q --no-deps recbole
 	touch $@
 
 # The same C sources under AddressSanitizer and UBSan, driven by a C test program.
@@ -58,7 +60,11 @@ test-python: $(STAMP)
 
 test: test-native test-python
 
+# The main job: DLRM on synthetic Criteo-like data, 2 shards, the oracle cacher, 2 gateways, 2 trainers.
 demo: $(STAMP)
+	$(VENV)/bin/embps train --data-dir $(DATA_DIR)/train-demo
+
+store-demo: $(STAMP)
 	$(VENV)/bin/embps store-demo --data-dir $(DATA_DIR)/store-demo
 
 bench: $(STAMP) bench-deps

@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lookahead", type=int, default=64)
     parser.add_argument("--trainers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=1024, help="global batch size")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--emb-optimizer", default="adagrad", choices=("sgd", "adagrad"))
