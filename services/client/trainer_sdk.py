@@ -24,6 +24,7 @@ from torch import nn
 
 from embps.common import wire
 from embps.common.grpc_channels import channel_options
+from embps.common.job_config import feature_keys
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
@@ -50,6 +51,7 @@ class GatewayCache:
         self._stub = pb_grpc.TrainerGatewayStub(self._channel)
         self._pusher = ThreadPoolExecutor(1, thread_name_prefix="push")
         self._push: Future | None = None
+        self._current: Batch | None = None
 
     def _call(self, method, request):
         try:
@@ -73,11 +75,21 @@ class GatewayCache:
                       labels=torch.from_numpy(np.frombuffer(f.labels, np.float32).copy()),
                       keys=keys, rows=rows, inverse=inverse)
         rows.register_hook(lambda grad: self._start_push(batch, grad))
+        self._current = batch
         return batch
 
-    def get_emb(self, batch: Batch) -> torch.Tensor:
-        """The batch's embeddings, [samples, features, dim]; backward sends their gradient."""
-        return batch.rows[batch.inverse]
+    def get_emb(self, ids) -> torch.Tensor:
+        """Embeddings of the current batch's ids, [samples, features, dim], on the autograd tape
+        (backward sends their gradient).  ids: the Batch itself, or an id matrix drawn from it (as
+        Bagpipe's get_emb takes), e.g. a subset of its samples."""
+        if isinstance(ids, Batch):
+            return ids.rows[ids.inverse]
+        batch = self._current
+        keys = feature_keys(np.asarray(ids, np.int64))
+        pos = np.searchsorted(batch.keys, keys).clip(max=len(batch.keys) - 1)
+        if not np.array_equal(batch.keys[pos], keys):
+            raise KeyError("get_emb: ids that are not in the current batch")
+        return batch.rows[torch.from_numpy(pos.astype(np.int64))]
 
     def _start_push(self, batch: Batch, grad: torch.Tensor) -> None:
         grads = (grad.detach() * self.grad_scale).numpy().astype(np.float32, copy=False)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +39,12 @@ def _addresses(job: JobConfig, shards: tuple[str, ...]) -> Addresses:
                      shards=shards, trainers=f"{local}:{free_port()}")
 
 
-def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True) -> JobResult:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    out = data_dir / "out"
-    out.mkdir(exist_ok=True)
-    (out / "progress.jsonl").unlink(missing_ok=True)
+@contextmanager
+def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterator[tuple[JobConfig, list]]:
+    """Shards with a fresh table, the oracle cacher and the gateways, all serving; yields the job (with
+    its addresses, also saved as data_dir/job.toml) and the processes, and stops them all on exit."""
     logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     info = open_dataset(job.dataset, **job.dataset_options).info
     processes: list[LocalProcess] = []
     with LocalCluster(data_dir / "shards", n_shards) as cluster:
@@ -57,21 +58,29 @@ def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progre
         try:
             processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file)], logs / "oracle.log"))
             wait_serving(job.addresses.oracle, 60)
-            for i, address in enumerate(job.addresses.gateways):
+            for i in range(job.trainers):
                 processes.append(LocalProcess(f"gateway {i}", ["trainer-gateway", "--job", str(job_file),
                                                                "--trainer", str(i)], logs / f"gateway-{i}.log"))
             for address in job.addresses.gateways:
                 wait_serving(address, 60)
-            started = time.perf_counter()
-            trainers = [LocalProcess(f"trainer {r}", ["trainer", "--job", str(job_file), "--rank", str(r),
-                                                      "--out", str(out)], logs / f"trainer-{r}.log")
-                        for r in range(job.trainers)]
-            processes += trainers
-            _watch(job, processes, trainers, out / "progress.jsonl", show_progress)
-            seconds = time.perf_counter() - started
+            yield job, processes
         finally:
             for process in reversed(processes):
                 process.stop()
+
+
+def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True) -> JobResult:
+    out = data_dir / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "progress.jsonl").unlink(missing_ok=True)
+    with local_services(job, data_dir, n_shards) as (job, processes):
+        started = time.perf_counter()
+        trainers = [LocalProcess(f"trainer {r}", ["trainer", "--job", str(data_dir / "job.toml"), "--rank", str(r),
+                                                  "--out", str(out)], data_dir / "logs" / f"trainer-{r}.log")
+                    for r in range(job.trainers)]
+        processes += trainers
+        _watch(job, processes, trainers, out / "progress.jsonl", show_progress)
+        seconds = time.perf_counter() - started
     return JobResult(job, json.loads((out / "metrics.json").read_text()), seconds, out)
 
 
