@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-d
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
-	$(VENV)/bin/pip install -q --no-deps recbole
+	$(VENV)/bin/pip install -q --no-deps recbole==1.2.1
 	touch $@
 
 # The same C sources under AddressSanitizer and UBSan, driven by a C test program.
@@ -67,10 +67,17 @@ demo: $(STAMP)
 store-demo: $(STAMP)
 	$(VENV)/bin/embps store-demo --data-dir $(DATA_DIR)/store-demo
 
-bench: $(STAMP) bench-deps
+# TorchRec, the training baseline: torchrec 1.8 loads on torch 2.13 only without its declared deps.
+TORCHREC_STAMP := $(VENV)/.torchrec
+$(TORCHREC_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyre-extensions==0.0.32
+	$(VENV)/bin/pip install -q --no-deps torchrec==1.8.0
+	touch $@
+
+bench: $(STAMP) $(TORCHREC_STAMP) bench-deps
 	$(PY) bench/run_all.py
 
-bench-quick: $(STAMP) bench-deps
+bench-quick: $(STAMP) $(TORCHREC_STAMP) bench-deps
 	$(PY) bench/run_all.py --quick
 
 clean:

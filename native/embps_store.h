@@ -53,6 +53,9 @@ typedef struct {
     uint64_t crash_at;
     double crash_evict_prob;
     uint64_t crash_seed;
+    /* For caches: tables skip every flush and fence, so a crash loses their contents.  Mutating
+     * calls then return once the change is visible, not persistent. */
+    int volatile_tables;
 } embps_store_config;
 
 typedef struct {

@@ -115,7 +115,15 @@ static int map_simulated(pm_region *r, pm_sim *sim, const char *path)
     return EMBPS_OK;
 }
 
-static int map_pmem2(pm_region *r, const char *path)
+static void no_flush(const void *addr, size_t len)
+{
+    (void)addr;
+    (void)len;
+}
+
+static void no_drain(void) {}
+
+static int map_pmem2(pm_region *r, const char *path, int volatile_)
 {
     struct pmem2_config *cfg = NULL;
     struct pmem2_source *src = NULL;
@@ -126,8 +134,8 @@ static int map_pmem2(pm_region *r, const char *path)
         rc = fail(EMBPS_E_IO, "libpmem2 cannot map %s: %s", path, pmem2_errormsg());
     } else {
         r->base = pmem2_map_get_address(r->map);
-        r->flush_fn = pmem2_get_flush_fn(r->map);
-        r->drain_fn = pmem2_get_drain_fn(r->map);
+        r->flush_fn = volatile_ ? no_flush : pmem2_get_flush_fn(r->map);
+        r->drain_fn = volatile_ ? no_drain : pmem2_get_drain_fn(r->map);
     }
     if (src)
         pmem2_source_delete(&src);
@@ -136,7 +144,7 @@ static int map_pmem2(pm_region *r, const char *path)
     return rc;
 }
 
-int pm_region_map(const char *path, pm_sim *sim, pm_region **out)
+int pm_region_map(const char *path, pm_sim *sim, int volatile_, pm_region **out)
 {
     pm_region *r = calloc(1, sizeof(*r));
     if (!r)
@@ -148,7 +156,7 @@ int pm_region_map(const char *path, pm_sim *sim, pm_region **out)
         rc = fail(EMBPS_E_IO, "cannot open %s: %s", path, strerror(errno));
     } else {
         r->size = (size_t)st.st_size;
-        rc = sim ? map_simulated(r, sim, path) : map_pmem2(r, path);
+        rc = sim ? map_simulated(r, sim, path) : map_pmem2(r, path, volatile_);
     }
     if (rc) {
         pm_region_unmap(r);

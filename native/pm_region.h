@@ -15,8 +15,9 @@ int pm_sim_new(uint64_t crash_at, double evict_prob, uint64_t seed, pm_sim **out
 void pm_sim_free(pm_sim *sim);
 uint64_t pm_sim_points(const pm_sim *sim);
 
-/* sim == NULL maps the file with libpmem2. */
-int pm_region_map(const char *path, pm_sim *sim, pm_region **out);
+/* sim == NULL maps the file with libpmem2; volatile_ makes flushes and drains no-ops (for caches,
+ * which need the mapping but not persistence). */
+int pm_region_map(const char *path, pm_sim *sim, int volatile_, pm_region **out);
 void pm_region_unmap(pm_region *r);
 void *pm_region_base(const pm_region *r);
 size_t pm_region_size(const pm_region *r);

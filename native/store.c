@@ -23,6 +23,7 @@
 struct embps_store {
     char dir[PATH_MAX];
     pm_sim *sim;
+    int volatile_;              /* caches: no flushes, nothing survives a crash */
     int lock_fd;                /* flock on LOCK: one process per store */
     pthread_mutex_t lock;       /* guards the table list */
     pthread_rwlock_t drop_lock; /* read: a server call holds a table; write: a drop */
@@ -111,7 +112,7 @@ static int open_tables(embps_store *s)
             unlink(path);
         } else if (has_suffix(e->d_name, TABLE_SUFFIX)) {
             embps_table *t;
-            rc = table_open(path, s->sim, &t);
+            rc = table_open(path, s->sim, s->volatile_, &t);
             if (!rc && (rc = add_table(s, t)))
                 table_close(t);
         }
@@ -137,6 +138,7 @@ int embps_store_open(const embps_store_config *cfg, embps_store **out)
     pthread_rwlock_init(&s->drop_lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     s->lock_fd = -1;
+    s->volatile_ = cfg->volatile_tables;
     int rc = EMBPS_OK;
     if ((size_t)snprintf(s->dir, sizeof(s->dir), "%s", cfg->dir) >= sizeof(s->dir))
         rc = fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
@@ -249,7 +251,7 @@ int embps_table_create(embps_store *s, const char *name, const embps_table_spec 
     if (!rc)
         rc = sync_dir(s->dir);
     if (!rc)
-        rc = table_open(path, s->sim, &t);
+        rc = table_open(path, s->sim, s->volatile_, &t);
     if (!rc && (rc = add_table(s, t)))
         table_close(t);
     if (rc)

@@ -165,14 +165,14 @@ static double now_seconds(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int table_open(const char *path, pm_sim *sim, embps_table **out)
+int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out)
 {
     double start = now_seconds();
     embps_table *t = calloc(1, sizeof(*t));
     if (!t)
         return fail(EMBPS_E_NOMEM, "out of memory opening %s", path);
     pthread_mutex_init(&t->write_lock, NULL);
-    int rc = pm_region_map(path, sim, &t->pm);
+    int rc = pm_region_map(path, sim, volatile_, &t->pm);
     if (rc) {
         free(t);
         return rc;

@@ -8,7 +8,7 @@
 /* Creates a table file with an empty index (zeroed pages) and its header. */
 int table_create_file(const char *path, const char *name, const embps_table_spec *spec);
 /* Maps a table file and rebuilds its DRAM state from PM (recovery). */
-int table_open(const char *path, pm_sim *sim, embps_table **out);
+int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out);
 void table_close(embps_table *t);
 const char *table_name(const embps_table *t);
 /* What a lookup returns for a key not in the table (by the table's missing-keys policy). */

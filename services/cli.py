@@ -7,12 +7,13 @@ import sys
 from .common import structured_log
 from .demos import store_demo
 from .oracle_cacher import service as oracle_cacher_service
+from .oracle_cacher.datasets import criteo_cli
 from .ps_shard import server as ps_shard_server
 from .trainer import train_command, trainer_command
 from .trainer_gateway import service as trainer_gateway_service
 
 SUBCOMMANDS = (train_command, store_demo, ps_shard_server, oracle_cacher_service, trainer_gateway_service,
-               trainer_command)
+               trainer_command, criteo_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

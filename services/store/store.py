@@ -257,8 +257,10 @@ _persist_mode: str | None = None
 
 def _set_persist_mode(persist: str) -> None:
     global _persist_mode
-    if persist not in ("cache_line", "native"):
-        raise InvalidArgument(f"persist must be 'cache_line' or 'native', got {persist!r}")
+    if persist not in ("cache_line", "native", "none"):
+        raise InvalidArgument(f"persist must be 'cache_line', 'native' or 'none', got {persist!r}")
+    if persist == "none":
+        return   # no flushes at all: compatible with either mode
     if _persist_mode is not None and persist != _persist_mode:
         raise InvalidArgument(f"this process already maps stores with persist={_persist_mode!r}; "
                               "the mode is one per process")
@@ -277,12 +279,14 @@ class Store:
         """persist: "cache_line" flushes lines and fences as on PM (the emulation when the file is
         not on DAX; durable across process crashes); "native" lets libpmem2 choose, which means
         msync on non-DAX files (durable across power loss, much slower).  libpmem2 takes the mode
-        from the environment when it maps a file, so it is one per process."""
+        from the environment when it maps a file, so it is one per process.  "none" is for caches:
+        no flushes or fences, and the contents do not survive a crash."""
         _set_persist_mode(persist)
         self.path = Path(path)
         cfg = ffi.new("embps_store_config *")
         dir_bytes = ffi.new("char[]", os.fsencode(self.path))
         cfg.dir = dir_bytes
+        cfg.volatile_tables = persist == "none"
         if crash_simulation is not None:
             cfg.crash_sim = 1
             cfg.crash_at = crash_simulation.crash_at

@@ -1,6 +1,6 @@
-"""The gateway's cache of rows and optimizer state: a table of the native store in a DRAM-backed
-directory, so inserts, lookups, evictions and the optimizer step run in C on whole batches, with the
-very kernels the shards use."""
+"""The gateway's cache of rows and optimizer state: a volatile table of the native store in a
+DRAM-backed directory, so inserts, lookups, evictions and the optimizer step run in C on whole
+batches, with the very kernels the shards use, and without the flushes persistence would cost."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .errors import GatewayError
 class RowCache:
     def __init__(self, directory: Path, spec: TableSpec, capacity: int):
         shutil.rmtree(directory, ignore_errors=True)   # a cache never outlives its gateway
-        self.store = Store(directory)
+        self.store = Store(directory, persist="none")
         self.table = self.store.create_table("cache", dataclasses.replace(spec, capacity=capacity,
                                                                           missing_keys="report"))
 

@@ -1,0 +1,134 @@
+"""embps.models: shapes, seeded determinism, gradients into the looked-up rows, the size keywords."""
+
+import pytest
+import torch
+from torch import nn
+
+from embps.models import MODELS, build_model
+
+N_DENSE, N_TABLES, DIM, BATCH = 5, 4, 8, 7
+
+
+def inputs(seed=0, batch=BATCH):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, N_DENSE, generator=g), torch.randn(batch, N_TABLES, DIM, generator=g)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_output_is_one_float32_logit_per_sample(name):
+    model = build_model(name, N_DENSE, N_TABLES, DIM)
+    out = model(*inputs())
+    assert out.shape == (BATCH,) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert model(*inputs(batch=1)).shape == (1,)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_same_seed_same_parameters_and_outputs_bit_for_bit(name):
+    rng_before = torch.get_rng_state()
+    a = build_model(name, N_DENSE, N_TABLES, DIM, seed=3)
+    b = build_model(name, N_DENSE, N_TABLES, DIM, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng_before), "build_model must leave the global RNG alone"
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a(*inputs()), b(*inputs()))
+    # ... and also with the global RNG somewhere else
+    torch.manual_seed(12345)
+    c = build_model(name, N_DENSE, N_TABLES, DIM, seed=3)
+    assert all(torch.equal(sa[k], c.state_dict()[k]) for k in sa)
+    d = build_model(name, N_DENSE, N_TABLES, DIM, seed=4)
+    assert not all(torch.equal(sa[k], d.state_dict()[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_gradients_reach_every_table_and_every_parameter(name):
+    model = build_model(name, N_DENSE, N_TABLES, DIM)
+    dense, embs = inputs()
+    embs.requires_grad_(True)
+    model(dense, embs).sum().backward()
+    for t in range(N_TABLES):
+        assert embs.grad[:, t].abs().sum() > 0, f"no gradient into table {t}"
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_dropout_or_batchnorm(name):
+    model = build_model(name, N_DENSE, N_TABLES, DIM)
+    assert not any(isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)) for m in model.modules())
+    model.train()
+    out_train = model(*inputs())
+    model.eval()
+    assert torch.equal(out_train, model(*inputs()))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_wrong_input_shapes_are_refused(name):
+    model = build_model(name, N_DENSE, N_TABLES, DIM)
+    dense, embs = inputs()
+    with pytest.raises(ValueError):
+        model(dense[:, :-1], embs)
+    with pytest.raises(ValueError):
+        model(dense, embs[:, :-1])
+    with pytest.raises(ValueError):
+        model(dense, embs[:-1])
+
+
+def test_unknown_model_and_unknown_size_keyword():
+    with pytest.raises(ValueError):
+        build_model("xgboost", N_DENSE, N_TABLES, DIM)
+    with pytest.raises(TypeError):
+        build_model("dlrm", N_DENSE, N_TABLES, DIM, hidden=(3,))
+
+
+def test_size_keywords():
+    m = build_model("dlrm", N_DENSE, N_TABLES, DIM, bottom=(16,), top=(8,))
+    linears = [l for l in m.modules() if isinstance(l, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [
+        (N_DENSE, 16), (16, DIM), (DIM + (N_TABLES + 1) * N_TABLES // 2, 8), (8, 1)]
+    m = build_model("dcn_v2", N_DENSE, N_TABLES, DIM, cross_layers=3, rank=2, deep=(4,))
+    assert len(m.cross) == 3 and m.cross[0].v.out_features == 2
+    assert m(*inputs()).shape == (BATCH,)
+    for name in ("wide_deep", "deepfm"):
+        assert build_model(name, N_DENSE, N_TABLES, DIM, deep=(4, 4))(*inputs()).shape == (BATCH,)
+
+
+def test_default_sizes():
+    m = build_model("dlrm", 13, 26, 16)
+    assert [l.out_features for l in m.bottom if isinstance(l, nn.Linear)] == [128, 64, 16]
+    assert [l.out_features for l in m.top if isinstance(l, nn.Linear)] == [256, 128, 1]
+    m = build_model("dcn_v2", 13, 26, 16)
+    assert len(m.cross) == 2 and m.cross[0].v.out_features == 8
+
+
+def test_dlrm_interaction_is_the_pairwise_dots():
+    model = build_model("dlrm", N_DENSE, N_TABLES, DIM)
+    dense, embs = inputs()
+    captured = {}
+    model.top.register_forward_pre_hook(lambda mod, args: captured.setdefault("x", args[0]))
+    model(dense, embs)
+    x = model.bottom(dense)
+    vecs = torch.cat([x.unsqueeze(1), embs], dim=1)
+    want = [x] + [(vecs[:, i] * vecs[:, j]).sum(1, keepdim=True)
+                  for i in range(N_TABLES + 1) for j in range(i)]
+    torch.testing.assert_close(captured["x"], torch.cat(want, dim=1))
+
+
+def test_deepfm_second_order_term_is_the_sum_over_pairs():
+    model = build_model("deepfm", N_DENSE, N_TABLES, DIM)
+    with torch.no_grad():  # silence everything but the FM term
+        for p in [*model.first_order.parameters(), *model.deep.parameters()]:
+            p.zero_()
+    dense, embs = inputs()
+    want = sum((embs[:, i] * embs[:, j]).sum(1) for i in range(N_TABLES) for j in range(i + 1, N_TABLES))
+    torch.testing.assert_close(model(dense, embs), want)
+
+
+def test_dcn_v2_cross_layer_formula():
+    model = build_model("dcn_v2", N_DENSE, N_TABLES, DIM)
+    dense, embs = inputs()
+    x0 = torch.cat([embs.flatten(1), dense], 1)
+    layer = model.cross[0]
+    want = x0 * (x0 @ layer.v.weight.T @ layer.u.weight.T + layer.u.bias) + x0
+    torch.testing.assert_close(layer(x0, x0), want)
