@@ -40,11 +40,12 @@ class _Shard:
 
     def __init__(self, address: str, config: ClusterConfig):
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=channel_options(config.max_message_bytes))
+        self.channel = config.security.channel(address, channel_options(config.max_message_bytes))
         self.stub = pb_grpc.ParameterShardStub(self.channel)
         self.tcp: TcpDataPath | None = None
         self.path_kind: str | None = None if config.data_path != "grpc" else "grpc"
         self._lock = threading.Lock()
+        self._secure = config.security.enabled
 
     def choose_path(self, wanted: str, timeout: float) -> str:
         """Asks the shard what it offers, once."""
@@ -52,6 +53,8 @@ class _Shard:
             if self.path_kind is None:
                 stats = _grpc_call(self, lambda t: self.stub.Stats(pb.StatsRequest(), timeout=t), timeout)
                 tcp = next((p for p in stats.data_paths if p.kind == "tcp"), None)
+                if self._secure:   # the TCP path is plaintext: never with TLS or tokens
+                    tcp = None
                 if tcp is not None:
                     host, _, port = tcp.address.rpartition(":")
                     self.tcp = TcpDataPath(f"{host or self.address.rpartition(':')[0]}:{port}", timeout)

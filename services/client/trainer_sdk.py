@@ -25,6 +25,7 @@ from torch import nn
 from embps.common import wire
 from embps.common.grpc_channels import channel_options
 from embps.common.job_config import feature_keys
+from embps.common.security import NO_SECURITY, Security
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
@@ -45,9 +46,9 @@ class Batch:
 
 
 class GatewayCache:
-    def __init__(self, address: str, grad_scale: float, timeout: float = 300.0):
+    def __init__(self, address: str, grad_scale: float, timeout: float = 300.0, security: Security = NO_SECURITY):
         self.address, self.grad_scale, self.timeout = address, grad_scale, timeout
-        self._channel = grpc.insecure_channel(address, options=channel_options(MAX_MESSAGE_BYTES))
+        self._channel = security.channel(address, channel_options(MAX_MESSAGE_BYTES))
         self._stub = pb_grpc.TrainerGatewayStub(self._channel)
         self._pusher = ThreadPoolExecutor(1, thread_name_prefix="push")
         self._push: Future | None = None
@@ -111,11 +112,12 @@ class GatewayCache:
         self._channel.close()
 
 
-def init_cache(gateway_address: str, grad_scale: float = 1.0, timeout: float = 300.0) -> GatewayCache:
+def init_cache(gateway_address: str, grad_scale: float = 1.0, timeout: float = 300.0,
+               security: Security = NO_SECURITY) -> GatewayCache:
     """grad_scale: this trainer's share of the global batch (local / global samples), so that summed
     over trainers the embedding gradients are those of the global batch's mean loss, as DDP's
     averaged dense gradients are."""
-    return GatewayCache(gateway_address, grad_scale, timeout)
+    return GatewayCache(gateway_address, grad_scale, timeout, security)
 
 
 class RemoteEmbeddings(nn.Module):

@@ -15,9 +15,12 @@ The order of [[shards]] is the routing order: changing it moves keys (see `embps
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .security import NO_SECURITY, Security
 
 DATA_PATHS = ("auto", "grpc", "tcp")
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
@@ -29,6 +32,7 @@ class ClusterConfig:
     deadline_seconds: float = 30.0
     data_path: str = "auto"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    security: Security = NO_SECURITY
     extra: dict = field(default_factory=dict, compare=False, repr=False)   # sections other tools own
 
     def __post_init__(self):
@@ -50,12 +54,15 @@ class ClusterConfig:
             shards = tuple(entry["address"] for entry in doc.get("shards", []))
         except (KeyError, TypeError):
             raise ValueError(f"{path}: every [[shards]] entry needs an address") from None
-        extra = {k: v for k, v in doc.items() if k not in ("cluster", "shards")}
-        return cls(shards=shards, extra=extra, **doc.get("cluster", {}))
+        extra = {k: v for k, v in doc.items() if k not in ("cluster", "shards", "security")}
+        return cls(shards=shards, extra=extra, security=Security.from_table(doc.get("security", {})),
+                   **doc.get("cluster", {}))
 
     def to_toml(self) -> str:
         lines = ["[cluster]", f"deadline_seconds = {self.deadline_seconds}", f'data_path = "{self.data_path}"',
                  f"max_message_bytes = {self.max_message_bytes}", ""]
         for address in self.shards:
             lines += ["[[shards]]", f'address = "{address}"', ""]
+        if self.security.enabled:
+            lines += ["[security]"] + [f"{k} = {json.dumps(v)}" for k, v in self.security.to_table().items()] + [""]
         return "\n".join(lines)

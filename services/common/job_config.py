@@ -26,6 +26,7 @@ import numpy as np
 from embps.store import InitializerSpec, OptimizerSpec, TableSpec
 
 from .cluster_config import ClusterConfig
+from .security import NO_SECURITY, Security
 
 MODES = ("sync", "direct")
 FEATURE_SHIFT = 40   # shard key = (feature << 40) | id
@@ -61,6 +62,7 @@ class JobConfig:
     table: str = "emb"                 # the shards' table holding every feature's rows
     timeout_seconds: float = 120.0     # how long any wait on another process may take
     addresses: Addresses = Addresses()
+    security: Security = NO_SECURITY   # [security]: every server and client of the job (and the shards)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -88,7 +90,8 @@ class JobConfig:
                          initializer=InitializerSpec("uniform", scale=0.05, seed=self.seed))
 
     def cluster_config(self) -> ClusterConfig:
-        return ClusterConfig.from_addresses(self.addresses.shards, deadline_seconds=self.timeout_seconds)
+        return ClusterConfig.from_addresses(self.addresses.shards, deadline_seconds=self.timeout_seconds,
+                                            security=self.security)
 
     # ---- files ----------------------------------------------------------------------------
 
@@ -96,10 +99,12 @@ class JobConfig:
         values = dataclasses.asdict(self)
         addresses = values.pop("addresses")
         options = values.pop("dataset_options")
+        values.pop("security")
         lines = ["[job]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         lines += ["", "[job.dataset_options]"] + [f"{k} = {json.dumps(v)}" for k, v in options.items()]
         lines += ["", "[addresses]"] + [f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
                                         for k, v in addresses.items()]
+        lines += ["", "[security]"] + [f"{k} = {json.dumps(v)}" for k, v in self.security.to_table().items()]
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -111,6 +116,7 @@ class JobConfig:
         if unknown:
             raise ValueError(f"unknown [job] settings: {sorted(unknown)}")
         addresses = doc.get("addresses", {})
+        job["security"] = Security.from_table(doc.get("security", {}))
         job["addresses"] = Addresses(oracle=addresses.get("oracle", ""),
                                      gateways=tuple(addresses.get("gateways", ())),
                                      shards=tuple(addresses.get("shards", ())),

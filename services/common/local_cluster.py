@@ -17,14 +17,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .cluster_config import ClusterConfig
+from .security import NO_SECURITY, Security
 
 START_TIMEOUT_SECONDS = 60.0
 
 
 class LocalShard:
-    def __init__(self, data_dir: str | os.PathLike, shard_id: str = "shard-0", **settings):
+    def __init__(self, data_dir: str | os.PathLike, shard_id: str = "shard-0", security: Security = NO_SECURITY,
+                 **settings):
         """settings: extra [shard] config values (see embps.ps_shard.config.ShardConfig)."""
         self.dir = Path(data_dir)
+        self.security = security
         self.dir.mkdir(parents=True, exist_ok=True)
         self.settings = {"id": shard_id, "data_dir": str(self.dir / "store"), "listen": "127.0.0.1:0",
                          "data_listen": "127.0.0.1:0", "metrics_listen": "127.0.0.1:0",
@@ -39,13 +42,15 @@ class LocalShard:
 
     @property
     def cluster_config(self) -> ClusterConfig:
-        return ClusterConfig.from_addresses([self.address])
+        return ClusterConfig.from_addresses([self.address], security=self.security)
 
     def start(self) -> None:
         ready = Path(self.settings["ready_file"])
         ready.unlink(missing_ok=True)
         config = self.dir / "shard.toml"
-        config.write_text("[shard]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items()))
+        config.write_text("[shard]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in self.settings.items())
+                          + "[security]\n" + "".join(f"{k} = {json.dumps(v)}\n"
+                                                     for k, v in self.security.to_table().items()))
         log = open(self.dir / "shard.log", "ab")
         self.process = subprocess.Popen([sys.executable, "-m", "embps.cli", "ps-shard", "--config", str(config)],
                                         stdout=log, stderr=log)
@@ -65,7 +70,7 @@ class LocalShard:
             self.settings["data_listen"] = "127.0.0.1:" + self.addresses["tcp"].rpartition(":")[2]
         if "metrics" in self.addresses:
             self.settings["metrics_listen"] = self.addresses["metrics"]
-        wait_serving(self.address, deadline - time.monotonic())
+        wait_serving(self.address, deadline - time.monotonic(), self.security)
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""
@@ -98,18 +103,19 @@ class LocalShard:
 class LocalCluster:
     """n shards as separate processes, and the cluster config that names them."""
 
-    def __init__(self, data_dir: str | os.PathLike, n_shards: int, **settings):
+    def __init__(self, data_dir: str | os.PathLike, n_shards: int, security: Security = NO_SECURITY, **settings):
         self.shards: list[LocalShard] = []
+        self.security = security
         try:
             for i in range(n_shards):
-                self.shards.append(LocalShard(Path(data_dir) / f"shard-{i}", f"shard-{i}", **settings))
+                self.shards.append(LocalShard(Path(data_dir) / f"shard-{i}", f"shard-{i}", security, **settings))
         except BaseException:
             self.stop()
             raise
 
     @property
     def config(self) -> ClusterConfig:
-        return ClusterConfig.from_addresses([s.address for s in self.shards])
+        return ClusterConfig.from_addresses([s.address for s in self.shards], security=self.security)
 
     def stop(self) -> None:
         for shard in self.shards:
@@ -153,9 +159,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_serving(address: str, timeout: float) -> None:
+def wait_serving(address: str, timeout: float, security: Security = NO_SECURITY) -> None:
     """Blocks until the gRPC health service at address says SERVING."""
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout
         while True:

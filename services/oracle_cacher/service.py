@@ -127,13 +127,13 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
 
 def serve(job: JobConfig, queue_batches: int = 0) -> tuple[grpc.Server, OracleCacher]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=job.trainers + 4),
-                         options=channel_options(MAX_MESSAGE_BYTES))
+                         options=channel_options(MAX_MESSAGE_BYTES), interceptors=job.security.server_interceptors())
     oracle = OracleCacher(job, queue_batches)
     pb_grpc.add_OracleCacherServicer_to_server(oracle, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    server.add_insecure_port(job.addresses.oracle)
+    job.security.add_port(server, job.addresses.oracle)
     server.start()
     for service in ("", SERVICE_NAME):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embps.common.cluster_config import DEFAULT_MAX_MESSAGE_BYTES
+from embps.common.security import NO_SECURITY, Security
 
 ENV_PREFIX = "EMBPS_SHARD_"
 
@@ -41,6 +42,7 @@ class ShardConfig:
     log_format: str = "json"      # or "text"
     log_level: str = "INFO"
     ready_file: str = ""          # once serving, the bound addresses are written here as JSON
+    security: Security = NO_SECURITY   # the file's [security] table (see embps.common.security)
 
     def __post_init__(self):
         if self.max_batch_keys < 1 or self.max_message_bytes < 1024 or self.grpc_workers < 1:
@@ -52,9 +54,10 @@ class ShardConfig:
 
     @classmethod
     def load(cls, path: str | Path | None, environ: dict[str, str] | None = None) -> ShardConfig:
-        values = tomllib.loads(Path(path).read_text()).get("shard", {}) if path else {}
+        doc = tomllib.loads(Path(path).read_text()) if path else {}
+        values = dict(doc.get("shard", {}))
         environ = os.environ if environ is None else environ
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "security"}
         unknown = set(values) - set(fields)
         if unknown:
             raise ValueError(f"unknown [shard] settings: {sorted(unknown)}")
@@ -64,7 +67,7 @@ class ShardConfig:
                 values[name] = _parse(raw, f.type, ENV_PREFIX + name.upper())
         if "data_dir" not in values:
             raise ValueError("the shard needs a data_dir (config [shard] data_dir or EMBPS_SHARD_DATA_DIR)")
-        return cls(**values)
+        return cls(**values, security=Security.from_table(doc.get("security", {}), environ))
 
 
 def _parse(raw: str, type_name: str, variable: str):

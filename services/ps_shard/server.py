@@ -61,6 +61,9 @@ class ShardServer:
     def _start_data_server(self) -> DataServer | None:
         if not self.config.data_listen:
             return None
+        if self.config.security.enabled:
+            log.warning("the native TCP data path has no TLS or token checks: not offered while [security] is on")
+            return None
         host, port = split_host_port(self.config.data_listen)
         return DataServer(self.store, host, port, self.config.max_batch_keys, self.config.max_message_bytes,
                           send_timeout_seconds=self.config.data_send_timeout_seconds)
@@ -76,13 +79,14 @@ class ShardServer:
     def _start_grpc(self) -> tuple[grpc.Server, int]:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers,
                                                         thread_name_prefix="grpc"),
-                             options=channel_options(self.config.max_message_bytes))
+                             options=channel_options(self.config.max_message_bytes),
+                             interceptors=self.config.security.server_interceptors())
         servicer = ParameterShardServicer(self.store, self.metrics, self.config.max_batch_keys,
                                           self.config.max_message_bytes, stats_extra=self._fill_stats)
         pb_grpc.add_ParameterShardServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(self.config.listen)
+        port = self.config.security.add_port(server, self.config.listen)
         server.start()
         return server, port
 

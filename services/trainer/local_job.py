@@ -47,7 +47,7 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterato
     logs.mkdir(parents=True, exist_ok=True)
     info = open_dataset(job.dataset, **job.dataset_options).info
     processes: list[LocalProcess] = []
-    with LocalCluster(data_dir / "shards", n_shards) as cluster:
+    with LocalCluster(data_dir / "shards", n_shards, security=job.security) as cluster:
         job = dataclasses.replace(job, addresses=_addresses(job, tuple(s.address for s in cluster.shards)))
         job_file = data_dir / "job.toml"
         job.save(job_file)
@@ -57,12 +57,12 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterato
             ps.create_table(job.table, job.table_spec(sum(info.table_sizes)))
         try:
             processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file)], logs / "oracle.log"))
-            wait_serving(job.addresses.oracle, 60)
+            wait_serving(job.addresses.oracle, 60, job.security)
             for i in range(job.trainers):
                 processes.append(LocalProcess(f"gateway {i}", ["trainer-gateway", "--job", str(job_file),
                                                                "--trainer", str(i)], logs / f"gateway-{i}.log"))
             for address in job.addresses.gateways:
-                wait_serving(address, 60)
+                wait_serving(address, 60, job.security)
             yield job, processes
         finally:
             for process in reversed(processes):

@@ -51,7 +51,7 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     ddp = DistributedDataParallel(model)
     optimizer = DENSE_OPTIMIZERS[job.dense_optimizer](ddp.parameters(), lr=job.dense_lr)
     cache = init_cache(job.addresses.gateways[rank], grad_scale=job.local_batch / job.global_batch,
-                       timeout=job.timeout_seconds)
+                       timeout=job.timeout_seconds, security=job.security)
     embeddings = RemoteEmbeddings(cache)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     progress = open(out / "progress.jsonl", "a") if rank == 0 else None

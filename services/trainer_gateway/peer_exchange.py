@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from embps.common.grpc_channels import channel_options
+from embps.common.security import Security
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
@@ -27,13 +28,13 @@ MAX_MESSAGE_BYTES = 256 << 20
 
 
 class PeerExchange:
-    def __init__(self, me: int, addresses: tuple[str, ...], timeout: float, initial_round: int):
+    def __init__(self, me: int, addresses: tuple[str, ...], timeout: float, initial_round: int, security: Security):
         self.me, self.n, self.timeout = me, len(addresses), timeout
         self.addresses = addresses
         self._cond = threading.Condition()
         self._contributions: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self._rounds = [initial_round] * self.n
-        self._channels = {t: grpc.insecure_channel(a, options=channel_options(MAX_MESSAGE_BYTES))
+        self._channels = {t: security.channel(a, channel_options(MAX_MESSAGE_BYTES))
                           for t, a in enumerate(addresses) if t != me}
         self._stubs = {t: pb_grpc.GatewayPeerStub(c) for t, c in self._channels.items()}
         self._pool = ThreadPoolExecutor(max(1, self.n - 1), thread_name_prefix="peers")

@@ -86,7 +86,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         info = self.ps.describe_table(job.table)
         self.dim, self.state_floats = info.spec.dim, state_floats(job.emb_optimizer, info.spec.dim)
         self.peers = PeerExchange(trainer, job.addresses.gateways, job.timeout_seconds,
-                                  initial_round=0 if job.mode == "sync" else -1)
+                                  initial_round=0 if job.mode == "sync" else -1, security=job.security)
         self.traffic = Traffic()
         self.cond = threading.Condition()
         self.plans: dict[int, pb.BatchPlan] = {}
@@ -149,8 +149,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
                 raise self.failure
 
     def _read_plans(self) -> None:
-        oracle = pb_grpc.OracleCacherStub(grpc.insecure_channel(self.job.addresses.oracle,
-                                                               options=channel_options(MAX_MESSAGE_BYTES)))
+        oracle = pb_grpc.OracleCacherStub(self.job.security.channel(self.job.addresses.oracle,
+                                                                    channel_options(MAX_MESSAGE_BYTES)))
         count = 0
         try:
             for plan in oracle.StreamPlans(pb.SubscribeRequest(trainer=self.me)):
@@ -324,11 +324,11 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 
 def serve(job: JobConfig, trainer: int, cache_dir: Path) -> tuple[grpc.Server, Gateway]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8 + 2 * job.trainers),
-                         options=channel_options(MAX_MESSAGE_BYTES))
+                         options=channel_options(MAX_MESSAGE_BYTES), interceptors=job.security.server_interceptors())
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    server.add_insecure_port(job.addresses.gateways[trainer])
+    job.security.add_port(server, job.addresses.gateways[trainer])
     gateway = Gateway(job, trainer, cache_dir)
     pb_grpc.add_TrainerGatewayServicer_to_server(gateway, server)
     pb_grpc.add_GatewayPeerServicer_to_server(gateway, server)

@@ -1,0 +1,1 @@
+"""Deployment tools: compose generation, health probes, resharding."""
