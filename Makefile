@@ -6,14 +6,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-# The C++ client test needs g++ and Debian's gRPC; the Redis baseline is for benchmarks only.
-APT_PACKAGES := libpmem2-dev gcc g++ make pkg-config python3-venv libgrpc++-dev protobuf-compiler-grpc
+# The C++ client test needs g++ and Debian's gRPC; the deployment tests need docker-compose (it checks a
+# compose file offline), iproute2 (network namespaces), openssl (certificates) and memcached; the Redis
+# baseline is for benchmarks only.
+APT_PACKAGES := libpmem2-dev gcc g++ make pkg-config python3-venv libgrpc++-dev protobuf-compiler-grpc \
+	docker-compose iproute2 openssl memcached
 BENCH_APT_PACKAGES := redis-server
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
 DATA_DIR ?= data
 
-.PHONY: install system-deps bench-deps proto test test-native test-python demo store-demo bench bench-quick clean
+.PHONY: install system-deps bench-deps proto test test-native test-python demo store-demo bench bench-quick \
+	compose image up up-training down clean
 
 install: $(STAMP)
 
@@ -79,6 +83,25 @@ bench: $(STAMP) $(TORCHREC_STAMP) bench-deps
 
 bench-quick: $(STAMP) $(TORCHREC_STAMP) bench-deps
 	$(PY) bench/run_all.py --quick
+
+# Containers (deploy/Dockerfile).  docker-compose.yml and deploy/job.toml are generated from
+# deploy/cluster.toml, the one source of shard count and addresses; a test checks they are in sync.
+COMPOSE ?= docker compose
+compose: $(STAMP)
+	$(VENV)/bin/embps compose --cluster deploy/cluster.toml --out docker-compose.yml
+
+image:
+	docker build -f deploy/Dockerfile -t embps:latest .
+
+up:
+	$(COMPOSE) -f docker-compose.yml up -d --build --wait
+
+up-training:
+	$(COMPOSE) -f docker-compose.yml --profile training up -d --build
+
+# Named volumes (the PM files) are kept; `down -v` would delete them.
+down:
+	$(COMPOSE) -f docker-compose.yml --profile training down
 
 clean:
 	rm -rf build $(VENV) services/store/_native*.so *.egg-info

@@ -6,6 +6,7 @@ import sys
 
 from .common import structured_log
 from .demos import store_demo
+from .deploy import compose_command, health_command, reshard_command
 from .oracle_cacher import service as oracle_cacher_service
 from .oracle_cacher.datasets import criteo_cli
 from .ps_shard import server as ps_shard_server
@@ -13,7 +14,7 @@ from .trainer import train_command, trainer_command
 from .trainer_gateway import service as trainer_gateway_service
 
 SUBCOMMANDS = (train_command, store_demo, ps_shard_server, oracle_cacher_service, trainer_gateway_service,
-               trainer_command, criteo_cli)
+               trainer_command, criteo_cli, reshard_command, compose_command, health_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

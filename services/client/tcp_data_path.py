@@ -56,11 +56,11 @@ class TcpDataPath:
             except queue.Empty:
                 return
 
-    def _connection(self) -> socket.socket:
+    def _connection(self, timeout: float) -> socket.socket:
         try:
             return self._idle.get_nowait()
         except queue.Empty:
-            sock = socket.create_connection(self._target, timeout=self._timeout)
+            sock = socket.create_connection(self._target, timeout=timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
 
@@ -69,7 +69,7 @@ class TcpDataPath:
         name = table.encode()
         header = _REQUEST.pack(lib.EMBPS_WIRE_MAGIC, op, flags, len(name), 0, len(keys), dim)
         try:
-            sock = self._connection()
+            sock = self._connection(timeout or self._timeout)
         except OSError as error:
             raise ShardError(grpc.StatusCode.UNAVAILABLE, f"cannot connect: {error}", self.address) from None
         try:

@@ -25,10 +25,12 @@ order-independent checksum (sum mod 2^64 of a 64-bit hash of key, row bytes and 
 moving, the new layout is scanned again and must hold the same distinct keys and checksum, every row on
 the shard its key routes to, and (in place) no row left on a retired shard.
 
-Re-running is safe: assign is idempotent and a key found on two shards with identical contents (a run
-interrupted between assign and delete) counts once.  Rows on a shard that only the new layout names
-are refused (they would be merged into the table) unless `resume=True`, for continuing an interrupted
-run.  Memory: 16 bytes per row scanned (keys and hashes), plus one batch of rows.
+Tables are resharded one after another (memory holds one table's scan: 16 bytes per row, plus one
+batch of rows); if one fails, the tables before it are already in the new layout and the error names
+them.  Re-running is safe: assign is idempotent, and a key found on two shards with identical contents
+(a run interrupted between assign and delete) counts once.  Rows on a shard that only the new layout
+names are refused (they would be merged into the table) unless `resume=True`, for continuing an
+interrupted run.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S31)
 
 
+def _salt(i: int) -> np.uint64:
+    return np.uint64((int(_GOLDEN) * i) & 0xFFFFFFFFFFFFFFFF)
+
+
 def row_hashes(keys: np.ndarray, rows: np.ndarray, state: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each (key, row bytes, state bytes)."""
     keys = np.asarray(keys, np.uint64)
@@ -78,9 +84,9 @@ def row_hashes(keys: np.ndarray, rows: np.ndarray, state: np.ndarray) -> np.ndar
     if words.shape[1] % 2:
         words = np.concatenate([words, np.zeros((n, 1), np.uint32)], axis=1)
     columns = np.ascontiguousarray(words).view(np.uint64).T.copy()   # (width/2, n)
-    h = _mix(keys ^ (_GOLDEN * np.uint64(words.shape[1] + 1)))
+    h = _mix(keys ^ _salt(words.shape[1] + 1))
     for j, column in enumerate(columns):
-        h = _mix(h ^ (column + _GOLDEN * np.uint64(j + 1)))
+        h = _mix(h ^ (column + _salt(j + 1)))
     return h
 
 
@@ -255,7 +261,7 @@ class _Progress:
         if enabled:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
-            self._bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+            self._bar = Progress(TextColumn("{task.description:<20}"), BarColumn(bar_width=30), MofNCompleteColumn(),
                                  TextColumn("rows"), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                                  transient=False)
 
@@ -309,15 +315,25 @@ def reshard(old: ClusterConfig, new: ClusterConfig, tables: Iterable[str] | None
     shards = {a: _Shard(a, PSClient(dataclasses.replace(configs[a], shards=(a,)))) for a in everyone}
     try:
         names = _tables(shards, old_ids, tables)
-        results = []
-        with _Progress(progress, console) as bar:
-            for table in names:
-                results.append(_reshard_table(table, shards, old_ids, new_ids, roles, in_place, verify_only,
-                                              resume, batch_rows, bar))
+        results: list[TableResult] = []
+        try:
+            with _Progress(progress, console) as bar:
+                for table in names:
+                    results.append(_reshard_table(table, shards, old_ids, new_ids, roles, in_place, verify_only,
+                                                  resume, batch_rows, bar))
+        except (ShardError, ReshardError) as error:
+            if isinstance(error, ShardError):
+                error = ReshardError(f"shard call failed: {error}" + ("" if verify_only else
+                                     ".  No row is lost: a row is deleted from a shard only after its new shard "
+                                     "has it; run again with --resume to continue"))
+            if results and not verify_only:
+                done = ", ".join(r.table for r in results)
+                error = ReshardError(f"{error}\n(tables are moved one after another: {done} already moved to the "
+                                     "new layout; run again with --resume after fixing)")
+            raise error from None
         return ReshardReport(mode, verify_only, roles, results)
     except ShardError as error:
-        raise ReshardError(f"shard call failed: {error}.  No row is lost: rows are deleted from a shard only "
-                           "after their new shard has them; run again (with --resume) to continue") from None
+        raise ReshardError(f"shard call failed: {error}") from None
     finally:
         for shard in shards.values():
             shard.client.close()
@@ -458,8 +474,8 @@ def _reshard_table(table: str, shards: dict[str, _Shard], old_ids: list[str], ne
 def _chunk_rows(shards: dict[str, _Shard], batch_rows: int, dim: int, state_floats: int) -> int:
     """Rows per batch: batch_rows, within every shard's key limit and message size."""
     limits = [s.client.stats()[0] for s in shards.values()]
-    max_keys = min(l.max_batch_keys or batch_rows for l in limits)
-    max_bytes = min(min(l.max_message_bytes or (1 << 62) for l in limits),
+    max_keys = min(limit.max_batch_keys or batch_rows for limit in limits)
+    max_bytes = min(min(limit.max_message_bytes or (1 << 62) for limit in limits),
                     min(s.client.config.max_message_bytes for s in shards.values()))
     row_bytes = 8 + 4 * (dim + state_floats) + 1
     return max(1, min(batch_rows, max_keys, (max_bytes // 2) // row_bytes))

@@ -32,8 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--verify-only", action="store_true",
                         help="move nothing; check that the new layout holds the old layout's rows, each on its shard")
     parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted reshard (accept rows already on shards only the new layout names)")
-    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS, help="rows per call (default: %(default)s)")
+                        help="continue an interrupted reshard (accept rows on shards only the new layout names)")
+    parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS,
+                        help="rows per call (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -74,8 +75,8 @@ def print_report(report: ReshardReport, console: Console) -> None:
             grid.add_row(address, role, "" if before is None else str(before), "" if after is None else str(after))
         grid.add_row("total (distinct keys)", "", str(t.before.rows), str(t.after.rows), style="bold")
         console.print(grid)
-        console.print(f"  checksum before {t.before.checksum:#018x}, after {t.after.checksum:#018x}; "
-                      f"rows moved {t.moved}, deleted from old shards {t.deleted}")
+        console.print(f"  checksum before {t.before.checksum:#018x}, after {t.after.checksum:#018x}")
+        console.print(f"  rows moved {t.moved}, deleted from their old shard {t.deleted}")
         if t.ok:
             console.print("  [green]OK[/green]: same rows, optimizer state and checksum; every row on its shard")
         for problem in t.problems:

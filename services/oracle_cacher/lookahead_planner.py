@@ -4,6 +4,9 @@ For each global batch b, in order:
   * every C batches (b a multiple of C), evict the cached rows whose lease ended (lease < b);
   * prefetch the rows of b that are not cached; they may be read from the shards only after the
     evictions that last removed them were written back (fetch_after_round);
+  * stream the prefetched rows that no other batch in the window uses: caching them would cost a
+    write-back for nothing, so they are read for b alone and their gradients go to the shards; the
+    next round (multiple of C) after b is when those updates are known to be there;
   * lease every row of b until its last use in [b, b + L), i.e. its last use the window can see;
   * sync_now: rows of b that batch b + 1 uses too (their gradients are needed before the next step).
 A row is evicted only if no batch in its window uses it again, so the cache holds the rows of about
@@ -31,6 +34,7 @@ class Plan:
     keys: np.ndarray          # uint64, sorted: the distinct keys of the batch
     sync_now: np.ndarray
     prefetch: np.ndarray
+    stream: np.ndarray        # subset of prefetch: read for this batch only, never cached
     evict: np.ndarray
     fetch_after_round: int
 
@@ -79,8 +83,11 @@ class LookaheadPlanner:
             self.evicted_at[evict] = b
         prefetch = rows[~self.cached[rows]]
         fetch_after = int(self.evicted_at[prefetch].max()) if len(prefetch) else 0
-        self.cached[rows] = True
         self.lease[rows] = np.minimum(self.last_seen[rows], b + self.lookahead - 1)
+        stream = prefetch[self.lease[prefetch] == b]
+        self.cached[rows] = True
+        self.cached[stream] = False
+        self.evicted_at[stream] = (b // self.cleanup_every + 1) * self.cleanup_every
         now = np.intersect1d(rows, next_rows, assume_unique=True) if next_rows is not None else rows[:0]
-        return Plan(b, self.keys_of(rows), self.keys_of(now), self.keys_of(prefetch), self.keys_of(evict),
-                    fetch_after)
+        return Plan(b, self.keys_of(rows), self.keys_of(now), self.keys_of(prefetch), self.keys_of(stream),
+                    self.keys_of(evict), fetch_after)

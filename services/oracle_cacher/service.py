@@ -19,6 +19,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from embps.client import PSClient
 from embps.common import structured_log
 from embps.common.grpc_channels import channel_options
 from embps.common.job_config import JobConfig
@@ -52,6 +53,10 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def __init__(self, job: JobConfig, queue_batches: int = 0):
         self.job = job
         self.dataset = open_dataset(job.dataset, **job.dataset_options)
+        # The job's table: one row per (feature, id).  A deployment starts from here; an existing table
+        # with another spec is an error, not something to train over.
+        with PSClient(job.cluster_config()) as ps:
+            ps.create_table(job.table, job.table_spec(sum(self.dataset.info.table_sizes)), if_not_exists=True)
         depth = queue_batches or max(2, job.lookahead)
         self.queues = [queue.Queue(maxsize=depth) for _ in range(job.trainers)]
         self.subscribed: set[int] = set()
@@ -76,7 +81,8 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
             for plan in planner.plan(sparse_stream()):
                 batch = window.pop(0)
                 common = dict(batch=plan.batch, keys=plan.keys.tobytes(), sync_now=plan.sync_now.tobytes(),
-                              prefetch=plan.prefetch.tobytes(), evict=plan.evict.tobytes(),
+                              prefetch=plan.prefetch.tobytes(), stream=plan.stream.tobytes(),
+                              evict=plan.evict.tobytes(),
                               fetch_after_round=plan.fetch_after_round)
                 for trainer, q in enumerate(self.queues):
                     self._put(q, pb.BatchPlan(features=slice_message(batch, trainer, job.local_batch), **common))

@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from embps.client import PSClient
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.local_cluster import LocalCluster, LocalProcess, free_port, wait_serving
-from embps.oracle_cacher.datasets import open_dataset
 
 
 class JobFailed(RuntimeError):
@@ -45,16 +44,14 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterato
     its addresses, also saved as data_dir/job.toml) and the processes, and stops them all on exit."""
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    info = open_dataset(job.dataset, **job.dataset_options).info
     processes: list[LocalProcess] = []
     with LocalCluster(data_dir / "shards", n_shards, security=job.security) as cluster:
         job = dataclasses.replace(job, addresses=_addresses(job, tuple(s.address for s in cluster.shards)))
         job_file = data_dir / "job.toml"
         job.save(job_file)
-        with PSClient(job.cluster_config()) as ps:   # a fresh table: every run starts from the initializer
-            if job.table in ps.list_tables():
+        with PSClient(job.cluster_config()) as ps:   # every run starts from the initializer: the oracle
+            if job.table in ps.list_tables():         # creates the table afresh
                 ps.drop_table(job.table)
-            ps.create_table(job.table, job.table_spec(sum(info.table_sizes)))
         try:
             processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file)], logs / "oracle.log"))
             wait_serving(job.addresses.oracle, 60, job.security)

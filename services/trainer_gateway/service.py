@@ -4,7 +4,9 @@ gradients.
 sync (Bagpipe): a prefetcher reads each batch's missing rows, with optimizer state, from the shards up
 to L batches ahead, as the oracle's plans say; gradients are summed with the peers and applied to the
 cache (rows the next batch uses before the trainer's push is acknowledged, the rest just after); every
-C batches the rows whose lease ended go back to the shards, each gateway writing its share.
+C batches the rows whose lease ended go back to the shards, each gateway writing its share.  Rows no
+other batch in the window uses are streamed: read for their batch only (by the gateways whose
+trainers use them), and their summed gradients applied by the shards.
 direct (the baseline): every batch's rows are read from the shards, and the summed gradients are
 applied by the shards, each gateway sending its share.
 """
@@ -100,6 +102,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.cache_dir, self.table_rows = cache_dir, info.spec.capacity
         if job.mode == "sync":
             self.prefetched = -1                    # last batch whose rows are in the cache
+            self.streamed: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # batch -> (keys, rows) read for it
             self.later_applied = -1                 # last batch whose deferred gradients are applied
             self.later: queue.Queue = queue.Queue()
             self._start(self._prefetch_all, "prefetcher")
@@ -180,14 +183,19 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             plan = self.plans[b]
             if self.cache is None:
                 self.cache = self._make_cache(plan)
-            keys = wire.keys_from_bytes(plan.prefetch)
+            stream = wire.keys_from_bytes(plan.stream)
+            keys = np.setdiff1d(wire.keys_from_bytes(plan.prefetch), stream, assume_unique=True)
+            mine = np.intersect1d(stream, self._local_keys(plan)[0], assume_unique=True)
+            self.peers.wait_round(plan.fetch_after_round)
             if len(keys):
-                self.peers.wait_round(plan.fetch_after_round)
                 rows, state, _ = self.ps.lookup(self.job.table, keys, with_state=True)
                 self.cache.insert(keys, rows, state)
                 self.traffic.add(bytes_in=rows.nbytes + state.nbytes + len(keys), bytes_out=keys.nbytes,
                                  rows_fetched=len(keys))
+            streamed = self.ps.lookup(self.job.table, mine) if len(mine) else np.empty((0, self.dim), np.float32)
+            self.traffic.add(bytes_in=streamed.nbytes + len(mine), bytes_out=mine.nbytes, rows_fetched=len(mine))
             with self.cond:
+                self.streamed[b] = (mine, streamed)
                 self.prefetched = b
                 self.cond.notify_all()
             b += 1
@@ -217,8 +225,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         if b not in self.plans:
             return pb.TrainingBatch(batch=b, done=True)
         plan = self.plans[b]
-        sparse = wire.keys_from_bytes(plan.features.sparse).view(np.int64).reshape(plan.features.samples, -1)
-        keys, inverse = np.unique(feature_keys(sparse), return_inverse=True)
+        keys, inverse = self._local_keys(plan)
         if self.job.mode == "sync":
             rows = self._cached_rows(b, plan, keys)
         else:
@@ -233,19 +240,33 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         return pb.TrainingBatch(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
                                 inverse=inverse.astype(np.int32).tobytes())
 
+    @staticmethod
+    def _local_keys(plan: pb.BatchPlan) -> tuple[np.ndarray, np.ndarray]:
+        """This trainer's distinct keys in the batch (sorted) and each sample's index into them."""
+        sparse = np.frombuffer(plan.features.sparse, np.int64).reshape(plan.features.samples, -1)
+        return np.unique(feature_keys(sparse), return_inverse=True)
+
     def _cached_rows(self, b: int, plan: pb.BatchPlan, keys: np.ndarray) -> np.ndarray:
         evict = wire.keys_from_bytes(plan.evict)
+        is_round = b and b % self.job.cleanup_every == 0
         # Rows of this batch may have deferred updates from batch b-2; an eviction needs all of b-1's.
-        self._wait(lambda: self.later_applied >= b - (1 if len(evict) else 2), "deferred gradient updates")
-        if len(evict):
-            rows, state = self.cache.take(evict)
-            mine = np.arange(len(evict)) % self.peers.n == self.me
-            self.ps.assign(self.job.table, evict[mine], rows[mine], state[mine])
-            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * (self.dim + self.state_floats)))
-            self.peers.round_done(b)
+        self._wait(lambda: self.later_applied >= b - (1 if is_round else 2), "deferred gradient updates")
+        if is_round:
+            if len(evict):
+                rows, state = self.cache.take(evict)
+                mine = np.arange(len(evict)) % self.peers.n == self.me
+                self.ps.assign(self.job.table, evict[mine], rows[mine], state[mine])
+                self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * (self.dim + self.state_floats)))
+            self.peers.round_done(b)   # its evictions, and the streamed updates before b, are on the shards
         self._wait(lambda: self.prefetched >= b, f"the prefetch of batch {b}")
         self.traffic.add(rows_used=len(plan.keys) // 8)
-        return self.cache.rows(keys)
+        with self.cond:
+            stream_keys, stream_rows = self.streamed.pop(b)
+        rows = np.empty((len(keys), self.dim), np.float32)
+        streamed = np.isin(keys, stream_keys, assume_unique=True)
+        rows[streamed] = stream_rows   # both sorted
+        rows[~streamed] = self.cache.rows(keys[~streamed])
+        return rows
 
     @_reported
     def PushGradients(self, request, context):
@@ -262,13 +283,14 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         batch_keys = wire.keys_from_bytes(plan.keys)
         summed = sum_contributions(batch_keys, self.peers.gather(b), self.dim)
         if self.job.mode == "sync":
-            now = np.isin(batch_keys, wire.keys_from_bytes(plan.sync_now), assume_unique=True)
+            streamed = np.isin(batch_keys, wire.keys_from_bytes(plan.stream), assume_unique=True)
+            self._update_shards(batch_keys[streamed], summed[streamed])
+            now = np.isin(batch_keys, wire.keys_from_bytes(plan.sync_now), assume_unique=True) & ~streamed
             self.cache.apply(batch_keys[now], summed[now])
-            self.later.put((b, batch_keys[~now], summed[~now]))
+            later = ~now & ~streamed
+            self.later.put((b, batch_keys[later], summed[later]))
         else:
-            mine = np.arange(len(batch_keys)) % self.peers.n == self.me
-            self.ps.update(self.job.table, batch_keys[mine], summed[mine])
-            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * self.dim))
+            self._update_shards(batch_keys, summed)
             self.peers.round_done(b)
         with self.cond:
             self.pushed = b
@@ -287,6 +309,14 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.peers.wait_round(FINAL_ROUND)
         log.info("gateway finished", extra={"trainer": self.me, "steps": self.steps})
         return self.Stats(request, context)
+
+    def _update_shards(self, keys: np.ndarray, summed: np.ndarray) -> None:
+        """The shards apply the summed gradients, each gateway sending its share (every gateway has the
+        same keys in the same order)."""
+        mine = np.arange(len(keys)) % self.peers.n == self.me
+        if mine.any():
+            self.ps.update(self.job.table, keys[mine], summed[mine])
+            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * self.dim))
 
     def _write_back_all(self) -> None:
         keys, rows, state = self.cache.everything()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbps/v1/training.proto\x12\x08\x65mbps.v1\"N\n\x0c\x46\x65\x61tureSlice\x12\x0f\n\x07samples\x18\x01 \x01(\r\x12\r\n\x05\x64\x65nse\x18\x02 \x01(\x0c\x12\x0e\n\x06sparse\x18\x03 \x01(\x0c\x12\x0e\n\x06labels\x18\x04 \x01(\x0c\"\xa0\x01\n\tBatchPlan\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x10\n\x08sync_now\x18\x04 \x01(\x0c\x12\x10\n\x08prefetch\x18\x05 \x01(\x0c\x12\r\n\x05\x65vict\x18\x06 \x01(\x0c\x12\x19\n\x11\x66\x65tch_after_round\x18\x07 \x01(\x04\"#\n\x10SubscribeRequest\x12\x0f\n\x07trainer\x18\x01 \x01(\r\"\x0c\n\nJobRequest\"\x1f\n\x0bJobResponse\x12\x10\n\x08job_toml\x18\x01 \x01(\t\"\x12\n\x10NextBatchRequest\"\x83\x01\n\rTrainingBatch\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x0c\n\x04rows\x18\x04 \x01(\x0c\x12\x0f\n\x07inverse\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\":\n\x0cGradientPush\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\"\t\n\x07PushAck\"\x0f\n\rFinishRequest\"\x95\x01\n\x0cGatewayStats\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x11\n\trows_used\x18\x02 \x01(\x04\x12\x14\n\x0crows_fetched\x18\x03 \x01(\x04\x12\x13\n\x0bps_bytes_in\x18\x04 \x01(\x04\x12\x14\n\x0cps_bytes_out\x18\x05 \x01(\x04\x12\x0c\n\x04mode\x18\x06 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x07 \x01(\x01\"L\n\rPeerGradients\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\r\n\x05grads\x18\x04 \x01(\x0c\"+\n\tRoundDone\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\"\t\n\x07PeerAck2\x87\x01\n\x0cOracleCacher\x12\x35\n\x06GetJob\x12\x14.embps.v1.JobRequest\x1a\x15.embps.v1.JobResponse\x12@\n\x0bStreamPlans\x12\x1a.embps.v1.SubscribeRequest\x1a\x13.embps.v1.BatchPlan0\x01\x32\x83\x02\n\x0eTrainerGateway\x12@\n\tNextBatch\x12\x1a.embps.v1.NextBatchRequest\x1a\x17.embps.v1.TrainingBatch\x12:\n\rPushGradients\x12\x16.embps.v1.GradientPush\x1a\x11.embps.v1.PushAck\x12\x39\n\x06\x46inish\x12\x17.embps.v1.FinishRequest\x1a\x16.embps.v1.GatewayStats\x12\x38\n\x05Stats\x12\x17.embps.v1.FinishRequest\x1a\x16.embps.v1.GatewayStats2~\n\x0bGatewayPeer\x12\x38\n\nContribute\x12\x17.embps.v1.PeerGradients\x1a\x11.embps.v1.PeerAck\x12\x35\n\x0bNotifyRound\x12\x13.embps.v1.RoundDone\x1a\x11.embps.v1.PeerAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbps/v1/training.proto\x12\x08\x65mbps.v1\"N\n\x0c\x46\x65\x61tureSlice\x12\x0f\n\x07samples\x18\x01 \x01(\r\x12\r\n\x05\x64\x65nse\x18\x02 \x01(\x0c\x12\x0e\n\x06sparse\x18\x03 \x01(\x0c\x12\x0e\n\x06labels\x18\x04 \x01(\x0c\"\xb0\x01\n\tBatchPlan\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x10\n\x08sync_now\x18\x04 \x01(\x0c\x12\x10\n\x08prefetch\x18\x05 \x01(\x0c\x12\x0e\n\x06stream\x18\x08 \x01(\x0c\x12\r\n\x05\x65vict\x18\x06 \x01(\x0c\x12\x19\n\x11\x66\x65tch_after_round\x18\x07 \x01(\x04\"#\n\x10SubscribeRequest\x12\x0f\n\x07trainer\x18\x01 \x01(\r\"\x0c\n\nJobRequest\"\x1f\n\x0bJobResponse\x12\x10\n\x08job_toml\x18\x01 \x01(\t\"\x12\n\x10NextBatchRequest\"\x83\x01\n\rTrainingBatch\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x0c\n\x04rows\x18\x04 \x01(\x0c\x12\x0f\n\x07inverse\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\":\n\x0cGradientPush\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\"\t\n\x07PushAck\"\x0f\n\rFinishRequest\"\x95\x01\n\x0cGatewayStats\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x11\n\trows_used\x18\x02 \x01(\x04\x12\x14\n\x0crows_fetched\x18\x03 \x01(\x04\x12\x13\n\x0bps_bytes_in\x18\x04 \x01(\x04\x12\x14\n\x0cps_bytes_out\x18\x05 \x01(\x04\x12\x0c\n\x04mode\x18\x06 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x07 \x01(\x01\"L\n\rPeerGradients\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\r\n\x05grads\x18\x04 \x01(\x0c\"+\n\tRoundDone\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\"\t\n\x07PeerAck2\x87\x01\n\x0cOracleCacher\x12\x35\n\x06GetJob\x12\x14.embps.v1.JobRequest\x1a\x15.embps.v1.JobResponse\x12@\n\x0bStreamPlans\x12\x1a.embps.v1.SubscribeRequest\x1a\x13.embps.v1.BatchPlan0\x01\x32\x83\x02\n\x0eTrainerGateway\x12@\n\tNextBatch\x12\x1a.embps.v1.NextBatchRequest\x1a\x17.embps.v1.TrainingBatch\x12:\n\rPushGradients\x12\x16.embps.v1.GradientPush\x1a\x11.embps.v1.PushAck\x12\x39\n\x06\x46inish\x12\x17.embps.v1.FinishRequest\x1a\x16.embps.v1.GatewayStats\x12\x38\n\x05Stats\x12\x17.embps.v1.FinishRequest\x1a\x16.embps.v1.GatewayStats2~\n\x0bGatewayPeer\x12\x38\n\nContribute\x12\x17.embps.v1.PeerGradients\x1a\x11.embps.v1.PeerAck\x12\x35\n\x0bNotifyRound\x12\x13.embps.v1.RoundDone\x1a\x11.embps.v1.PeerAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,35 +34,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURESLICE']._serialized_start=37
   _globals['_FEATURESLICE']._serialized_end=115
   _globals['_BATCHPLAN']._serialized_start=118
-  _globals['_BATCHPLAN']._serialized_end=278
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=280
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=315
-  _globals['_JOBREQUEST']._serialized_start=317
-  _globals['_JOBREQUEST']._serialized_end=329
-  _globals['_JOBRESPONSE']._serialized_start=331
-  _globals['_JOBRESPONSE']._serialized_end=362
-  _globals['_NEXTBATCHREQUEST']._serialized_start=364
-  _globals['_NEXTBATCHREQUEST']._serialized_end=382
-  _globals['_TRAININGBATCH']._serialized_start=385
-  _globals['_TRAININGBATCH']._serialized_end=516
-  _globals['_GRADIENTPUSH']._serialized_start=518
-  _globals['_GRADIENTPUSH']._serialized_end=576
-  _globals['_PUSHACK']._serialized_start=578
-  _globals['_PUSHACK']._serialized_end=587
-  _globals['_FINISHREQUEST']._serialized_start=589
-  _globals['_FINISHREQUEST']._serialized_end=604
-  _globals['_GATEWAYSTATS']._serialized_start=607
-  _globals['_GATEWAYSTATS']._serialized_end=756
-  _globals['_PEERGRADIENTS']._serialized_start=758
-  _globals['_PEERGRADIENTS']._serialized_end=834
-  _globals['_ROUNDDONE']._serialized_start=836
-  _globals['_ROUNDDONE']._serialized_end=879
-  _globals['_PEERACK']._serialized_start=881
-  _globals['_PEERACK']._serialized_end=890
-  _globals['_ORACLECACHER']._serialized_start=893
-  _globals['_ORACLECACHER']._serialized_end=1028
-  _globals['_TRAINERGATEWAY']._serialized_start=1031
-  _globals['_TRAINERGATEWAY']._serialized_end=1290
-  _globals['_GATEWAYPEER']._serialized_start=1292
-  _globals['_GATEWAYPEER']._serialized_end=1418
+  _globals['_BATCHPLAN']._serialized_end=294
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=296
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=331
+  _globals['_JOBREQUEST']._serialized_start=333
+  _globals['_JOBREQUEST']._serialized_end=345
+  _globals['_JOBRESPONSE']._serialized_start=347
+  _globals['_JOBRESPONSE']._serialized_end=378
+  _globals['_NEXTBATCHREQUEST']._serialized_start=380
+  _globals['_NEXTBATCHREQUEST']._serialized_end=398
+  _globals['_TRAININGBATCH']._serialized_start=401
+  _globals['_TRAININGBATCH']._serialized_end=532
+  _globals['_GRADIENTPUSH']._serialized_start=534
+  _globals['_GRADIENTPUSH']._serialized_end=592
+  _globals['_PUSHACK']._serialized_start=594
+  _globals['_PUSHACK']._serialized_end=603
+  _globals['_FINISHREQUEST']._serialized_start=605
+  _globals['_FINISHREQUEST']._serialized_end=620
+  _globals['_GATEWAYSTATS']._serialized_start=623
+  _globals['_GATEWAYSTATS']._serialized_end=772
+  _globals['_PEERGRADIENTS']._serialized_start=774
+  _globals['_PEERGRADIENTS']._serialized_end=850
+  _globals['_ROUNDDONE']._serialized_start=852
+  _globals['_ROUNDDONE']._serialized_end=895
+  _globals['_PEERACK']._serialized_start=897
+  _globals['_PEERACK']._serialized_end=906
+  _globals['_ORACLECACHER']._serialized_start=909
+  _globals['_ORACLECACHER']._serialized_end=1044
+  _globals['_TRAINERGATEWAY']._serialized_start=1047
+  _globals['_TRAINERGATEWAY']._serialized_end=1306
+  _globals['_GATEWAYPEER']._serialized_start=1308
+  _globals['_GATEWAYPEER']._serialized_end=1434
 # @@protoc_insertion_point(module_scope)

@@ -18,12 +18,13 @@ class FeatureSlice(_message.Message):
     def __init__(self, samples: _Optional[int] = ..., dense: _Optional[bytes] = ..., sparse: _Optional[bytes] = ..., labels: _Optional[bytes] = ...) -> None: ...
 
 class BatchPlan(_message.Message):
-    __slots__ = ("batch", "features", "keys", "sync_now", "prefetch", "evict", "fetch_after_round")
+    __slots__ = ("batch", "features", "keys", "sync_now", "prefetch", "stream", "evict", "fetch_after_round")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SYNC_NOW_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     EVICT_FIELD_NUMBER: _ClassVar[int]
     FETCH_AFTER_ROUND_FIELD_NUMBER: _ClassVar[int]
     batch: int
@@ -31,9 +32,10 @@ class BatchPlan(_message.Message):
     keys: bytes
     sync_now: bytes
     prefetch: bytes
+    stream: bytes
     evict: bytes
     fetch_after_round: int
-    def __init__(self, batch: _Optional[int] = ..., features: _Optional[_Union[FeatureSlice, _Mapping]] = ..., keys: _Optional[bytes] = ..., sync_now: _Optional[bytes] = ..., prefetch: _Optional[bytes] = ..., evict: _Optional[bytes] = ..., fetch_after_round: _Optional[int] = ...) -> None: ...
+    def __init__(self, batch: _Optional[int] = ..., features: _Optional[_Union[FeatureSlice, _Mapping]] = ..., keys: _Optional[bytes] = ..., sync_now: _Optional[bytes] = ..., prefetch: _Optional[bytes] = ..., stream: _Optional[bytes] = ..., evict: _Optional[bytes] = ..., fetch_after_round: _Optional[int] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("trainer",)

@@ -46,7 +46,12 @@ def test_plans_drive_a_correct_bounded_cache(lookahead, cleanup_every):
         assert prefetch == keys - cache                          # fetch exactly what is missing
         assert plan.fetch_after_round == max([evicted_round.get(k, 0) for k in prefetch], default=0)
         assert plan.fetch_after_round <= plan.batch
-        cache |= prefetch
+        streamed = set(plan.stream.tolist())
+        assert streamed <= prefetch
+        window = set().union(*(set(p.keys.tolist()) for p in plans[plan.batch + 1: plan.batch + lookahead]))
+        assert not streamed & window                               # streamed rows are not reused in the window
+        cache |= prefetch - streamed
+        evicted_round.update({k: (plan.batch // cleanup_every + 1) * cleanup_every for k in streamed})
         next_keys = set(plans[plan.batch + 1].keys.tolist()) if plan.batch + 1 < len(plans) else set()
         assert set(plan.sync_now.tolist()) == keys & next_keys
         fetched += len(prefetch)
@@ -56,14 +61,15 @@ def test_plans_drive_a_correct_bounded_cache(lookahead, cleanup_every):
                                                                       plan.batch + 1]))
         assert cache <= recent
     if lookahead == 1:
-        assert fetched == used                                   # no reuse without lookahead
+        assert fetched == used and not cache                     # no reuse without lookahead: all streamed
     else:
         assert fetched < used * 0.6                              # skew makes the cache pay off
 
 
 def test_same_data_same_plans():
     def run():
-        return [(p.keys.tobytes(), p.prefetch.tobytes(), p.evict.tobytes(), p.sync_now.tobytes(), p.fetch_after_round)
+        return [(p.keys.tobytes(), p.prefetch.tobytes(), p.stream.tobytes(), p.evict.tobytes(), p.sync_now.tobytes(),
+                 p.fetch_after_round)
                 for p in LookaheadPlanner(SIZES, 8, 2).plan(iter(stream(40, seed=3)))]
     assert run() == run()
 

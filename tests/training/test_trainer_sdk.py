@@ -2,11 +2,9 @@
 order with their rows, get_emb takes the batch or its ids, backward pushes the gradients, and after
 finish() the shards hold the updated rows."""
 
-import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from embps.client import PSClient, ShardError
 from embps.client.trainer_sdk import RemoteEmbeddings, init_cache

@@ -1,0 +1,72 @@
+"""`embps compose --cluster cluster.toml [--out docker-compose.yml] [--job deploy/job.toml] ...`: writes
+the compose file for a cluster config (see embps.deploy.compose_generator) and, with trainers, the
+job file the training services read: its [job] settings are kept when it exists, `trainers` and
+[addresses] are rewritten to match the compose services."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from embps.common.cluster_config import ClusterConfig
+from embps.common.job_config import JobConfig
+
+from .compose_generator import DEFAULT_IMAGE, ComposeOptions, compose_job, generate
+
+COMMAND = "compose"
+HELP = "write docker-compose.yml (and the training job file) from a cluster config"
+DEFAULT_OUT, DEFAULT_JOB, DEFAULT_TRAINERS = "docker-compose.yml", "deploy/job.toml", 2
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--cluster", required=True, help="cluster config: its [[shards]] are the shard services")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help='compose file to write, "-" for stdout (default: %(default)s)')
+    parser.add_argument("--job", default=DEFAULT_JOB, help="job file of the training services (default: %(default)s)")
+    parser.add_argument("--trainers", type=int, default=DEFAULT_TRAINERS,
+                        help="trainer gateways and trainers, profile 'training'; 0: none (default: %(default)s)")
+    parser.add_argument("--pm", action="append", default=[], metavar="HOST_PATH",
+                        help="PM for the shards: once = a directory per shard under this pmem mount, or once "
+                             "per shard (default: a named volume per shard)")
+    parser.add_argument("--rdma", action="store_true", help="pass /dev/infiniband to shards and gateways")
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="image of the embps services (default: %(default)s)")
+
+
+def command_line(args) -> str:
+    """The command, with the options that differ from the defaults: the compose file's header."""
+    words = ["embps", "compose", "--cluster", args.cluster, "--out", args.out]
+    for flag, value, default in (("--job", args.job, DEFAULT_JOB), ("--trainers", args.trainers, DEFAULT_TRAINERS),
+                                 ("--image", args.image, DEFAULT_IMAGE)):
+        if value != default:
+            words += [flag, str(value)]
+    for path in args.pm:
+        words += ["--pm", path]
+    return " ".join(words + (["--rdma"] if args.rdma else []))
+
+
+def run(args) -> int:
+    compose_dir = Path.cwd() if args.out == "-" else Path(args.out).resolve().parent
+    job_file = os.path.relpath(Path(args.job).resolve(), compose_dir)
+    options = ComposeOptions(image=args.image, trainers=args.trainers, pm=tuple(args.pm), rdma=args.rdma,
+                             job_file=job_file if job_file.startswith(("/", ".")) else "./" + job_file,
+                             command=command_line(args))
+    try:
+        cluster = ClusterConfig.load(args.cluster)
+        text = generate(cluster, options)
+        if args.trainers > 0:
+            job_path = Path(args.job)
+            job = compose_job(cluster, args.trainers, JobConfig.load(job_path) if job_path.exists() else None)
+            if not job_path.exists() or job_path.read_text() != job.to_toml():
+                job_path.parent.mkdir(parents=True, exist_ok=True)
+                job.save(job_path)
+                print(f"wrote {job_path}", file=sys.stderr)
+    except ValueError as error:
+        print(f"embps compose: {error}", file=sys.stderr)
+        return 2
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
