@@ -490,6 +490,12 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
 {
     write_scratch *ws = &t->ws;
     slab_pool *pool = &t->pool;
+    for (size_t u = lo; u < hi; u++) {   /* current slabs first, so reading them below rarely misses */
+        ph_slot *slot = ws->upos[u].slot;
+        ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
+        if (ws->old_ref[u] && !src)
+            prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
+    }
     for (size_t u = lo; u < hi; u++) {
         int rc = slab_alloc(pool, &ws->new_ref[u]);
         if (rc) {
@@ -497,8 +503,6 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
                 slab_unalloc(pool, ws->new_ref[u]);
             return rc;
         }
-        ph_slot *slot = ws->upos[u].slot;
-        ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
         const float *old = ws->init_slab;
         if (ws->old_ref[u])
             old = (const float *)slab_at(pool, ws->old_ref[u]);
@@ -554,7 +558,11 @@ static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const floa
     write_scratch *ws = &t->ws;
     size_t nu = dedupe(t, keys, n, grads);
     uint64_t added = 0;
-    for (size_t u = 0; u < nu; u++) {
+    for (size_t u = 0; u < nu; u++) {   /* the lookup pipeline's prefetches, a key's tags then its slot */
+        if (u + PF_DIST < nu)
+            ph_prefetch_meta(&t->index, ws->uhash[u + PF_DIST]);
+        if (u + PF_DIST / 2 < nu)
+            ph_prefetch_slot(&t->index, ws->uhash[u + PF_DIST / 2]);
         ws->upos[u] = pethash_find(&t->index, ws->ukeys[u], ws->uhash[u]);
         added += ws->upos[u].slot == NULL;
     }
