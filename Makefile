@@ -10,14 +10,14 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # compose file offline), iproute2 (network namespaces), openssl (certificates) and memcached; the Redis
 # baseline is for benchmarks only.
 APT_PACKAGES := libpmem2-dev gcc g++ make pkg-config python3-venv libgrpc++-dev protobuf-compiler-grpc \
-	docker-compose iproute2 openssl memcached
+	docker-compose iproute2 openssl memcached python3-pyverbs rdma-core ibverbs-providers
 BENCH_APT_PACKAGES := redis-server
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
 DATA_DIR ?= data
 
 .PHONY: install system-deps bench-deps proto test test-native test-python demo store-demo bench bench-quick \
-	compose image up up-training down clean
+	compose image up up-training down pyverbs-link clean
 
 install: $(STAMP)
 
@@ -40,7 +40,22 @@ $(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-d
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	$(VENV)/bin/pip install -q --no-deps recbole==1.2.1
+	$(MAKE) --no-print-directory pyverbs-link
 	touch $@
+
+# Debian's pyverbs in the venv: a .pth adds a directory holding only a link to the pyverbs package,
+# when its extension modules carry this interpreter's ABI tag (else the RDMA path stays off).
+PYVERBS_DIR := /usr/lib/python3/dist-packages/pyverbs
+pyverbs-link:
+	@suffix=$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))'); \
+	site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	if [ -e "$(PYVERBS_DIR)/device$$suffix" ]; then \
+		mkdir -p $(VENV)/system-pyverbs && ln -sfn $(PYVERBS_DIR) $(VENV)/system-pyverbs/pyverbs && \
+		echo "$(abspath $(VENV))/system-pyverbs" > "$$site/embps-system-pyverbs.pth"; \
+	else \
+		rm -f "$$site/embps-system-pyverbs.pth"; \
+		echo "note: Debian's pyverbs does not match this Python ($$suffix); the RDMA data path stays off"; \
+	fi
 
 # The same C sources under AddressSanitizer and UBSan, driven by a C test program.
 $(ASAN_TEST): $(NATIVE_SRC) native/tests/store_test.c | system-deps

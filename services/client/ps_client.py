@@ -27,7 +27,10 @@ from embps.store import TableSpec, as_keys
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
+from embps.common.rdma_exchange import ExchangeError, RdmaUnavailable
+
 from .errors import ShardError
+from .rdma_client import RdmaClientConfig, RdmaConnectionError, RdmaError, RdmaShardConnection, RdmaShardError
 from .routing import JumpHashRouter, Router
 from .tcp_data_path import TcpDataPath
 
@@ -43,7 +46,9 @@ class _Shard:
         self.channel = config.security.channel(address, channel_options(config.max_message_bytes))
         self.stub = pb_grpc.ParameterShardStub(self.channel)
         self.tcp: TcpDataPath | None = None
+        self.rdma: RdmaShardConnection | None = None   # lookups only; updates take tcp or grpc
         self.path_kind: str | None = None if config.data_path != "grpc" else "grpc"
+        self.config = config
         self._lock = threading.Lock()
         self._secure = config.security.enabled
 
@@ -52,6 +57,7 @@ class _Shard:
         with self._lock:
             if self.path_kind is None:
                 stats = _grpc_call(self, lambda t: self.stub.Stats(pb.StatsRequest(), timeout=t), timeout)
+                self._connect_rdma(stats, wanted)
                 tcp = next((p for p in stats.data_paths if p.kind == "tcp"), None)
                 if self._secure:   # the TCP path is plaintext: never with TLS or tokens
                     tcp = None
@@ -64,10 +70,45 @@ class _Shard:
                                      self.address)
                 else:
                     self.path_kind = "grpc"
-                log.info("data path chosen", extra={"shard": self.address, "path": self.path_kind})
+                log.info("data path chosen", extra={"shard": self.address, "path": self.path_kind,
+                                                    "lookups": "rdma" if self.rdma else self.path_kind})
             return self.path_kind
 
+    def _connect_rdma(self, stats: pb.StatsResponse, wanted: str) -> None:
+        offered = next((p for p in stats.data_paths if p.kind == "rdma"), None)
+        if offered is None or wanted not in ("auto", "rdma") or self._secure:
+            if wanted == "rdma":
+                raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, "the shard offers no RDMA data path",
+                                 self.address)
+            return
+        try:
+            self.rdma = RdmaShardConnection(offered.address, RdmaClientConfig.from_cluster(self.config))
+        except (RdmaUnavailable, ExchangeError, RdmaError, OSError) as error:
+            if wanted == "rdma":
+                raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, f"RDMA required: {error}", self.address) from None
+            log.warning("RDMA offered but not usable here; using TCP/gRPC", extra={"shard": self.address,
+                                                                                    "reason": str(error)})
+
+    def rdma_lookup(self, table: str, keys: np.ndarray, dim: int, state_floats: int, with_state: bool,
+                    timeout: float):
+        """(rows, state, found) over RDMA, or None when this call must take another path."""
+        try:
+            rows, found = self.rdma.lookup(table, keys, dim + (state_floats if with_state else 0), with_state,
+                                           timeout)
+        except RdmaConnectionError:
+            self.rdma.close()
+            self.rdma = None   # lookups are idempotent: this one, and the next, go another way
+            return None
+        except RdmaShardError as error:
+            code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                return None
+            raise ShardError(code, error.message, self.address) from None
+        return rows[:, :dim], (rows[:, dim:] if with_state else None), found
+
     def close(self) -> None:
+        if self.rdma:
+            self.rdma.close()
         if self.tcp:
             self.tcp.close()
         self.channel.close()
@@ -119,8 +160,8 @@ class PSClient:
         return self._on_every_shard(lambda s, t: s.stub.Stats(pb.StatsRequest(), timeout=t))
 
     def data_path_kinds(self) -> list[str]:
-        """The path row traffic takes to each shard ("tcp" or "grpc")."""
-        return [self._path(shard) for shard in self._shards]
+        """The path lookups take to each shard ("rdma", "tcp" or "grpc")."""
+        return ["rdma" if shard.rdma else self._path(shard) for shard in self._shards]
 
     # ---- rows ------------------------------------------------------------------------------
 
@@ -130,7 +171,12 @@ class PSClient:
         dim, state_floats = self._dim(table) if with_state else (0, 0)
 
         def shard_lookup(shard: _Shard, part: np.ndarray, timeout: float):
-            if self._path(shard) == "tcp":
+            path = self._path(shard)
+            if shard.rdma is not None:
+                d, s = self._dim(table)
+                if (answer := shard.rdma_lookup(table, part, d, s, with_state, timeout)) is not None:
+                    return answer
+            if path == "tcp":
                 return shard.tcp.lookup(table, part, dim, state_floats, with_state, timeout)
             reply = shard.stub.Lookup(pb.LookupRequest(table=table, keys=part.tobytes(), with_state=with_state),
                                       timeout=timeout)

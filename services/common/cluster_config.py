@@ -2,7 +2,7 @@
 
     [cluster]
     deadline_seconds = 30      # per client call, retries included
-    data_path = "auto"         # "auto" (the best path each shard offers), "grpc" or "tcp"
+    data_path = "auto"         # "auto" (the best path each shard offers), "grpc", "tcp" or "rdma"
     max_message_bytes = 67108864
 
     [[shards]]
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .security import NO_SECURITY, Security
 
-DATA_PATHS = ("auto", "grpc", "tcp")
+DATA_PATHS = ("auto", "grpc", "tcp", "rdma")
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 

@@ -43,6 +43,13 @@ class ShardConfig:
     log_level: str = "INFO"
     ready_file: str = ""          # once serving, the bound addresses are written here as JSON
     security: Security = NO_SECURITY   # the file's [security] table (see embps.common.security)
+    # The RDMA data path (embps.ps_shard.rdma_path): "auto" uses a device when there is one.
+    rdma: str = "auto"
+    rdma_device: str = ""
+    rdma_port: int = 1
+    rdma_gid_index: int = -1
+    rdma_memcached: str = ""      # host:port where queue pairs are exchanged, as PetPS does
+    rdma_cluster: str = "default"
 
     def __post_init__(self):
         if self.max_batch_keys < 1 or self.max_message_bytes < 1024 or self.grpc_workers < 1:

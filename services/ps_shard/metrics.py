@@ -11,6 +11,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from embps.store import Store
 from embps.store.data_server import LATENCY_BOUNDS_SECONDS, DataServer
 
+from .rdma_path import collect_metrics
+
 LATENCY_BUCKETS = LATENCY_BOUNDS_SECONDS + (float("inf"),)
 
 
@@ -30,15 +32,16 @@ class ShardMetrics:
             self.keys.labels(method).inc(keys)
         self.latency.labels(method).observe(time.perf_counter() - started)
 
-    def watch(self, store: Store, data_server: DataServer | None) -> None:
-        self.registry.register(_StoreCollector(store, data_server))
+    def watch(self, store: Store, data_server: DataServer | None, rdma=None, rdma_choice=None) -> None:
+        self.registry.register(_StoreCollector(store, data_server, rdma, rdma_choice))
 
 
 class _StoreCollector:
     """Reads table sizes and native data-path counters when Prometheus scrapes."""
 
-    def __init__(self, store: Store, data_server: DataServer | None):
+    def __init__(self, store: Store, data_server: DataServer | None, rdma, rdma_choice):
         self.store, self.data_server = store, data_server
+        self.rdma, self.rdma_choice = rdma, rdma_choice
 
     def collect(self):
         rows = GaugeMetricFamily("embps_shard_table_rows", "rows held per table", labels=["table"])
@@ -51,7 +54,9 @@ class _StoreCollector:
         paths = GaugeMetricFamily("embps_shard_data_path", "data paths offered (1 = offered)", labels=["kind"])
         paths.add_metric(["grpc"], 1)
         paths.add_metric(["tcp"], 1 if self.data_server else 0)
+        paths.add_metric(["rdma"], 1 if self.rdma else 0)
         yield paths
+        yield from collect_metrics(self.rdma, self.rdma_choice)
         if self.data_server is None:
             return
         stats = self.data_server.stats()

@@ -27,6 +27,7 @@ from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
 from .config import ShardConfig, split_host_port
 from .metrics import ShardMetrics
+from .rdma_path import RdmaPathConfig, start_rdma_path
 from .servicer import ParameterShardServicer
 
 COMMAND = "ps-shard"
@@ -50,7 +51,8 @@ class ShardServer:
                                         "recovery_seconds": round(self.store.recovery_seconds(), 6)})
         self.metrics = ShardMetrics(config.id)
         self.data_server = self._start_data_server()
-        self.metrics.watch(self.store, self.data_server)
+        self.rdma, self.rdma_choice = start_rdma_path(self.store, config.id, RdmaPathConfig.from_shard_config(config))
+        self.metrics.watch(self.store, self.data_server, self.rdma, self.rdma_choice)
         self.metrics_port = self._start_metrics()
         self.health = health.HealthServicer()
         self.grpc_server, self.grpc_port = self._start_grpc()
@@ -82,7 +84,8 @@ class ShardServer:
                              options=channel_options(self.config.max_message_bytes),
                              interceptors=self.config.security.server_interceptors())
         servicer = ParameterShardServicer(self.store, self.metrics, self.config.max_batch_keys,
-                                          self.config.max_message_bytes, stats_extra=self._fill_stats)
+                                          self.config.max_message_bytes, stats_extra=self._fill_stats,
+                                          drop_guard=self.rdma.table_drop_guard if self.rdma else None)
         pb_grpc.add_ParameterShardServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -95,6 +98,8 @@ class ShardServer:
         result = {"grpc": f"{host}:{self.grpc_port}", "pid": os.getpid()}
         if self.data_server:
             result["tcp"] = f"{self.config.advertise_host}:{self.data_server.port}"
+        if self.rdma:
+            result["rdma"] = self.rdma.data_path_address()
         if self.metrics_port is not None:
             result["metrics"] = f"{split_host_port(self.config.metrics_listen)[0]}:{self.metrics_port}"
         return result
@@ -102,6 +107,11 @@ class ShardServer:
     def _fill_stats(self, response: pb.StatsResponse) -> None:
         response.shard_id = self.config.id
         response.uptime_seconds = time.monotonic() - self.started
+        if self.rdma:
+            response.data_paths.append(pb.DataPath(kind="rdma", address=self.rdma.data_path_address()))
+            rdma = self.rdma.stats()
+            response.operations.append(pb.OperationStats(operation="rdma.lookup", requests=rdma.requests,
+                                                         errors=rdma.errors, keys=rdma.keys))
         if self.data_server:
             response.data_paths.append(pb.DataPath(kind="tcp", address=self.addresses()["tcp"]))
             stats = self.data_server.stats()
@@ -128,6 +138,8 @@ class ShardServer:
         for service in ("", SERVICE_NAME):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc_server.stop(self.config.grace_seconds).wait()
+        if self.rdma:
+            self.rdma.stop()
         if self.data_server:
             self.data_server.stop()
         if self.metrics_port is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 import logging
 import time
 
@@ -55,8 +56,9 @@ def _table_info(name: str, table: Table) -> pb.TableInfo:
 
 class ParameterShardServicer(pb_grpc.ParameterShardServicer):
     def __init__(self, store: Store, metrics: ShardMetrics, max_batch_keys: int, max_message_bytes: int,
-                 stats_extra=None):
+                 stats_extra=None, drop_guard=None):
         self.store, self.metrics = store, metrics
+        self._drop_guard = drop_guard or (lambda name: nullcontext())   # RDMA: no NIC still reading the table
         self.max_batch_keys, self.max_message_bytes = max_batch_keys, max_message_bytes
         self._stats_extra = stats_extra   # fills data paths and data-path counters into StatsResponse
 
@@ -104,7 +106,8 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
 
     @_rpc
     def DropTable(self, request, context):
-        self.store.drop_table(request.table)
+        with self._drop_guard(request.table):
+            self.store.drop_table(request.table)
         log.info("table dropped", extra={"table": request.table})
         return pb.DropTableResponse()
 
