@@ -166,7 +166,10 @@ def _shard(name: str, port: int, pm_source: str, options: ComposeOptions) -> dic
     environment = {"EMBPS_SHARD_ID": name, "EMBPS_SHARD_DATA_DIR": PM_DIR, "EMBPS_SHARD_LISTEN": f"0.0.0.0:{port}",
                    "EMBPS_SHARD_DATA_LISTEN": f"0.0.0.0:{DATA_PORT}", "EMBPS_SHARD_ADVERTISE_HOST": name,
                    "EMBPS_SHARD_METRICS_LISTEN": f"0.0.0.0:{METRICS_PORT}"}
-    rdma = {**_rdma(), "depends_on": _healthy("memcached")} if options.rdma else {}
+    rdma = {}
+    if options.rdma:   # queue pairs are exchanged through memcached, as PetPS does
+        environment.update(EMBPS_SHARD_RDMA="on", EMBPS_SHARD_RDMA_MEMCACHED="memcached:11211")
+        rdma = {**_rdma(), "depends_on": _healthy("memcached")}
     return _embps(options, ["ps-shard"], f"{name}:{port}", environment=environment,
                   expose=[str(port), str(DATA_PORT), str(METRICS_PORT)], volumes=[f"{pm_source}:{PM_DIR}"], **rdma,
                   restart="unless-stopped",   # recovery takes milliseconds: a restarted shard serves the same rows
