@@ -70,7 +70,11 @@ class LocalShard:
             self.settings["data_listen"] = "127.0.0.1:" + self.addresses["tcp"].rpartition(":")[2]
         if "metrics" in self.addresses:
             self.settings["metrics_listen"] = self.addresses["metrics"]
-        wait_serving(self.address, deadline - time.monotonic(), self.security)
+        try:
+            wait_serving(self.address, deadline - time.monotonic(), self.security)
+        except BaseException:
+            self.kill()   # a shard that never became healthy must not outlive the attempt
+            raise
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""

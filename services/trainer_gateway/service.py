@@ -92,6 +92,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.traffic = Traffic()
         self.cond = threading.Condition()
         self.plans: dict[int, pb.BatchPlan] = {}
+        self.local: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # batch -> this trainer's keys, inverse
         self.plans_end: int | None = None          # number of batches, once the stream has ended
         self.failure: GatewayError | None = None   # from a background thread: every call reports it
         self.next_batch = 0                         # the batch NextBatch serves next
@@ -160,8 +161,10 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
                 # Back-pressure: keep at most L + C plans beyond what the trainer has reached.
                 self._wait(lambda: plan.batch <= self.next_batch + self.job.lookahead + self.job.cleanup_every,
                            "the trainer to catch up")
+                local = self._local_keys(plan)   # here, off the trainer's critical path
                 with self.cond:
                     self.plans[plan.batch] = plan
+                    self.local[plan.batch] = local
                     self.cond.notify_all()
                 count += 1
         except grpc.RpcError as error:
@@ -185,7 +188,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
                 self.cache = self._make_cache(plan)
             stream = wire.keys_from_bytes(plan.stream)
             keys = np.setdiff1d(wire.keys_from_bytes(plan.prefetch), stream, assume_unique=True)
-            mine = np.intersect1d(stream, self._local_keys(plan)[0], assume_unique=True)
+            mine = np.intersect1d(stream, self.local[b][0], assume_unique=True)
             self.peers.wait_round(plan.fetch_after_round)
             if len(keys):
                 rows, state, _ = self.ps.lookup(self.job.table, keys, with_state=True)
@@ -225,7 +228,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         if b not in self.plans:
             return pb.TrainingBatch(batch=b, done=True)
         plan = self.plans[b]
-        keys, inverse = self._local_keys(plan)
+        keys, inverse = self.local[b]
         if self.job.mode == "sync":
             rows = self._cached_rows(b, plan, keys)
         else:
@@ -235,6 +238,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
                              rows_used=len(keys))
         self.wait_seconds += time.monotonic() - started
         with self.cond:
+            del self.local[b]   # the prefetcher is past b: rows are in hand
             self.next_batch = b + 1
             self.cond.notify_all()
         return pb.TrainingBatch(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
