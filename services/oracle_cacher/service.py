@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
-from concurrent import futures
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from embps.client import PSClient
 from embps.common import structured_log
-from embps.common.grpc_channels import channel_options
+from embps.common.grpc_service import GrpcService, wait_for_stop_signal
 from embps.common.job_config import JobConfig
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
@@ -131,31 +127,21 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
             yield plan
 
 
-def serve(job: JobConfig, queue_batches: int = 0) -> tuple[grpc.Server, OracleCacher]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=job.trainers + 4),
-                         options=channel_options(MAX_MESSAGE_BYTES), interceptors=job.security.server_interceptors())
+def serve(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, OracleCacher]:
+    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
     oracle = OracleCacher(job, queue_batches)
-    pb_grpc.add_OracleCacherServicer_to_server(oracle, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    job.security.add_port(server, job.addresses.oracle)
-    server.start()
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, oracle
+    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
+    service.start()
+    return service, oracle
 
 
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    server, oracle = serve(job, args.queue_batches)
+    service, oracle = serve(job, args.queue_batches)
     log.info("oracle serving", extra={"address": job.addresses.oracle, "steps": job.steps,
                                       "lookahead": job.lookahead, "cleanup_every": job.cleanup_every})
-    stop.wait()
+    wait_for_stop_signal()
     oracle.stopping.set()
-    server.stop(2).wait()
+    service.stop(2)
     return 0

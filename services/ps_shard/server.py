@@ -7,19 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from embps.common import structured_log
-from embps.common.grpc_channels import channel_options
+from embps.common.grpc_service import GrpcService, wait_for_stop_signal
 from embps.store import Store
 from embps.store.data_server import DataServer
 from embps.v1 import ps_shard_pb2 as pb
@@ -54,10 +48,7 @@ class ShardServer:
         self.rdma, self.rdma_choice = start_rdma_path(self.store, config.id, RdmaPathConfig.from_shard_config(config))
         self.metrics.watch(self.store, self.data_server, self.rdma, self.rdma_choice)
         self.metrics_port = self._start_metrics()
-        self.health = health.HealthServicer()
-        self.grpc_server, self.grpc_port = self._start_grpc()
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.grpc = self._start_grpc()
         log.info("shard serving", extra=self.addresses())
 
     def _start_data_server(self) -> DataServer | None:
@@ -78,24 +69,19 @@ class ShardServer:
         self._metrics_httpd = httpd
         return httpd.server_port
 
-    def _start_grpc(self) -> tuple[grpc.Server, int]:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.config.grpc_workers,
-                                                        thread_name_prefix="grpc"),
-                             options=channel_options(self.config.max_message_bytes),
-                             interceptors=self.config.security.server_interceptors())
+    def _start_grpc(self) -> GrpcService:
+        service = GrpcService(self.config.listen, self.config.security, (SERVICE_NAME,), self.config.grpc_workers,
+                              self.config.max_message_bytes)
         servicer = ParameterShardServicer(self.store, self.metrics, self.config.max_batch_keys,
                                           self.config.max_message_bytes, stats_extra=self._fill_stats,
                                           drop_guard=self.rdma.table_drop_guard if self.rdma else None)
-        pb_grpc.add_ParameterShardServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = self.config.security.add_port(server, self.config.listen)
-        server.start()
-        return server, port
+        pb_grpc.add_ParameterShardServicer_to_server(servicer, service.server)
+        service.start()
+        return service
 
     def addresses(self) -> dict:
         host = split_host_port(self.config.listen)[0]
-        result = {"grpc": f"{host}:{self.grpc_port}", "pid": os.getpid()}
+        result = {"grpc": f"{host}:{self.grpc.port}", "pid": os.getpid()}
         if self.data_server:
             result["tcp"] = f"{self.config.advertise_host}:{self.data_server.port}"
         if self.rdma:
@@ -135,9 +121,7 @@ class ShardServer:
         return sorted(ops.values(), key=lambda op: op.operation)
 
     def stop(self) -> None:
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.grpc_server.stop(self.config.grace_seconds).wait()
+        self.grpc.stop(self.config.grace_seconds)
         if self.rdma:
             self.rdma.stop()
         if self.data_server:
@@ -151,15 +135,12 @@ class ShardServer:
 def run(args) -> int:
     config = ShardConfig.load(args.config)
     structured_log.configure(config.log_level, config.log_format == "json")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     server = ShardServer(config)
     if config.ready_file:
         tmp = Path(config.ready_file + ".tmp")
         tmp.write_text(json.dumps(server.addresses()))
         tmp.rename(config.ready_file)   # readers never see a partial file
-    stop.wait()
+    wait_for_stop_signal()
     log.info("stopping", extra={"reason": "signal"})
     server.stop()
     return 0

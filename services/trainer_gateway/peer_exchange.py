@@ -34,6 +34,7 @@ class PeerExchange:
         self._cond = threading.Condition()
         self._contributions: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self._rounds = [initial_round] * self.n
+        self._stopping = False
         self._channels = {t: security.channel(a, channel_options(MAX_MESSAGE_BYTES))
                           for t, a in enumerate(addresses) if t != me}
         self._stubs = {t: pb_grpc.GatewayPeerStub(c) for t, c in self._channels.items()}
@@ -93,12 +94,19 @@ class PeerExchange:
     def _wait(self, ready, describe) -> None:
         deadline = time.monotonic() + self.timeout
         while not ready():
+            if self._stopping:
+                raise GatewayError(grpc.StatusCode.UNAVAILABLE, "the gateway is stopping")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                    f"waited {self.timeout:.0f} s for {describe()}: is that trainer or its gateway "
                                    f"still running?")
             self._cond.wait(min(remaining, 1.0))
+
+    def shutdown(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -16,21 +16,18 @@ from __future__ import annotations
 import functools
 import logging
 import queue
-import signal
 import tempfile
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from embps.client import PSClient, ShardError
 from embps.common import structured_log, wire
 from embps.common.grpc_channels import channel_options
+from embps.common.grpc_service import GrpcService, wait_for_stop_signal
 from embps.common.job_config import JobConfig, feature_keys
 from embps.store import state_floats
 from embps.v1 import training_pb2 as pb
@@ -349,6 +346,13 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.peers.receive_round(request.trainer, request.round)
         return pb.PeerAck()
 
+    def shutdown(self) -> None:
+        """Wakes every waiting call with an error, so the process can stop now rather than at a timeout."""
+        with self.cond:
+            self.failure = GatewayError(grpc.StatusCode.UNAVAILABLE, f"gateway {self.me} is stopping")
+            self.cond.notify_all()
+        self.peers.shutdown()
+
     def close(self) -> None:
         self.peers.close()
         self.ps.close()
@@ -356,33 +360,25 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             self.cache.close()
 
 
-def serve(job: JobConfig, trainer: int, cache_dir: Path) -> tuple[grpc.Server, Gateway]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8 + 2 * job.trainers),
-                         options=channel_options(MAX_MESSAGE_BYTES), interceptors=job.security.server_interceptors())
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(SERVICE_NAMES + (health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    job.security.add_port(server, job.addresses.gateways[trainer])
+def serve(job: JobConfig, trainer: int, cache_dir: Path) -> tuple[GrpcService, Gateway]:
+    service = GrpcService(job.addresses.gateways[trainer], job.security, SERVICE_NAMES, 8 + 2 * job.trainers,
+                          MAX_MESSAGE_BYTES)
     gateway = Gateway(job, trainer, cache_dir)
-    pb_grpc.add_TrainerGatewayServicer_to_server(gateway, server)
-    pb_grpc.add_GatewayPeerServicer_to_server(gateway, server)
-    server.start()
-    for service in ("",) + SERVICE_NAMES:
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, gateway
+    pb_grpc.add_TrainerGatewayServicer_to_server(gateway, service.server)
+    pb_grpc.add_GatewayPeerServicer_to_server(gateway, service.server)
+    service.start()
+    return service, gateway
 
 
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     cache_dir = Path(args.cache_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
-    server, gateway = serve(job, args.trainer, cache_dir)
+    service, gateway = serve(job, args.trainer, cache_dir)
     log.info("gateway serving", extra={"trainer": args.trainer, "mode": job.mode,
                                        "address": job.addresses.gateways[args.trainer]})
-    stop.wait()
-    server.stop(2).wait()
+    wait_for_stop_signal()
+    gateway.shutdown()
+    service.stop(2)
     gateway.close()
     return 0
