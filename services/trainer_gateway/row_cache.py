@@ -18,7 +18,6 @@ from .errors import GatewayError
 
 class RowCache:
     def __init__(self, directory: Path, spec: TableSpec, capacity: int):
-        shutil.rmtree(directory, ignore_errors=True)   # a cache never outlives its gateway
         self.store = Store(directory, persist="none")
         self.table = self.store.create_table("cache", dataclasses.replace(spec, capacity=capacity,
                                                                           missing_keys="report"))

@@ -112,7 +112,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         features = len(plan.features.sparse) // 8 // max(plan.features.samples, 1)
         window = self.job.lookahead + 2 * self.job.cleanup_every + 2
         capacity = min(window * self.job.global_batch * features, self.table_rows) + 4096
-        return RowCache(self.cache_dir / f"gateway-{self.me}", self.ps.table_spec(self.job.table), capacity)
+        directory = Path(tempfile.mkdtemp(prefix=f"embps-gateway-{self.me}-", dir=self.cache_dir))   # one per process
+        return RowCache(directory, self.ps.table_spec(self.job.table), capacity)
 
     # ---- background work ------------------------------------------------------------------
 
