@@ -88,7 +88,9 @@ def main(job_file: str, rank: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://{job.addresses.trainers}", rank=rank,
                             world_size=job.trainers, timeout=datetime.timedelta(seconds=job.timeout_seconds))
     Path(out).mkdir(parents=True, exist_ok=True)
-    try:
-        train(job, rank, Path(out))
-    finally:
-        dist.destroy_process_group()
+    train(job, rank, Path(out))
+    # Every rank leaves together: a gloo group torn down while a peer still holds its connections
+    # aborts the process ("terminate called without an active exception").  On an error the process
+    # exits without this, and the launcher stops the job.
+    dist.barrier()
+    dist.destroy_process_group()
