@@ -74,7 +74,14 @@ proto: $(STAMP)
 test-native: $(ASAN_TEST)
 	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)
 
-test-python: $(STAMP)
+# TorchRec, the training baseline: torchrec 1.8 loads on torch 2.13 only without its declared deps.
+TORCHREC_STAMP := $(VENV)/.torchrec
+$(TORCHREC_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyre-extensions==0.0.32
+	$(VENV)/bin/pip install -q --no-deps torchrec==1.8.0
+	touch $@
+
+test-python: $(STAMP) $(TORCHREC_STAMP)
 	$(PY) -m pytest tests
 
 test: test-native test-python
@@ -85,13 +92,6 @@ demo: $(STAMP)
 
 store-demo: $(STAMP)
 	$(VENV)/bin/embps store-demo --data-dir $(DATA_DIR)/store-demo
-
-# TorchRec, the training baseline: torchrec 1.8 loads on torch 2.13 only without its declared deps.
-TORCHREC_STAMP := $(VENV)/.torchrec
-$(TORCHREC_STAMP): $(STAMP)
-	$(VENV)/bin/pip install -q torch==2.13.0 fbgemm-gpu-cpu==1.8.0 tensordict==0.15.3 pyre-extensions==0.0.32
-	$(VENV)/bin/pip install -q --no-deps torchrec==1.8.0
-	touch $@
 
 bench: $(STAMP) $(TORCHREC_STAMP) bench-deps
 	$(PY) bench/run_all.py

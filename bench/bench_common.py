@@ -40,6 +40,13 @@ class Report:
         return {name: {"op": op, "target": target, "met": compare[op](self.figures[name]["value"], target)}
                 for name, (op, target) in self.goal_specs.items() if name in self.figures}
 
+    def print_goals(self) -> dict[str, dict]:
+        """Prints whether each goal was met; returns them for the results file."""
+        goals = self.goals()
+        for name, goal in goals.items():
+            print(f"goal {name} {goal['op']} {goal['target']:g}: {'met' if goal['met'] else 'MISSED'}")
+        return goals
+
 
 def make_keys(rows: int) -> np.ndarray:
     """Random-looking distinct 64-bit ids: splitmix64 of the row index (a bijection, so no collisions)."""

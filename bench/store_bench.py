@@ -305,9 +305,7 @@ def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
 
 def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    goals = report.goals()
-    for name, goal in goals.items():
-        print(f"goal {name} {goal['op']} {goal['target']:g}: {'met' if goal['met'] else 'MISSED'}")
+    goals = report.print_goals()
     results = {
         "benchmark": "store",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -635,9 +635,7 @@ def plot(report: Report, goals: dict[str, dict], cfg: Config, path: Path) -> Non
 
 def write_results(report: Report, cfg: Config, wall_seconds: float, load: dict) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    goals = report.goals()
-    for name, goal in goals.items():
-        print(f"goal {name} {goal['op']} {goal['target']:g}: {'met' if goal['met'] else 'MISSED'}")
+    goals = report.print_goals()
     lo, hi = window(cfg.steps)
     results = {
         "benchmark": "train",
