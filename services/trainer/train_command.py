@@ -70,17 +70,25 @@ def plot(result, summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    losses = result.metrics["losses"]
+    losses, aucs = result.metrics["losses"], result.metrics["batch_aucs"]
     window = max(1, len(losses) // 30)
-    smooth = [sum(losses[max(0, i - window + 1): i + 1]) / len(losses[max(0, i - window + 1): i + 1])
-              for i in range(len(losses))]
-    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+
+    def smooth(values):
+        return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
+                for i in range(len(values))]
+
+    fig, (ax_loss, ax_auc, ax_eval) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [3, 3, 1]})
     ax_loss.plot(losses, alpha=0.3, label="global batch loss")
-    ax_loss.plot(smooth, label=f"moving mean ({window} steps)")
+    ax_loss.plot(smooth(losses), label=f"moving mean ({window} steps)")
     ax_loss.set(xlabel="step", ylabel="log-loss (BCE)",
                 title=f"{result.job.model} on {result.job.dataset}, {result.job.trainers} trainers, "
                       f"{result.job.mode} (L={result.job.lookahead})")
     ax_loss.legend()
+    ax_auc.plot(aucs, alpha=0.3, label="AUC of each batch before its step")
+    ax_auc.plot(smooth(aucs), label=f"moving mean ({window} steps)")
+    ax_auc.axhline(summary["eval_auc"], color="C2", linestyle="dashed", label="held-out AUC at the end")
+    ax_auc.set(xlabel="step", ylabel="AUC", title="AUC (trainer 0's slice of each batch)")
+    ax_auc.legend()
     bars = ax_eval.bar(["AUC", "log-loss"], [summary["eval_auc"], summary["eval_logloss"]], color=["C2", "C1"])
     ax_eval.bar_label(bars, fmt="%.3f")
     ax_eval.set(title="held-out", ylim=(0, 1))

@@ -23,7 +23,7 @@ from embps.client.trainer_sdk import RemoteEmbeddings, init_cache
 from embps.common import structured_log
 from embps.common.job_config import JobConfig, feature_keys
 from embps.models import build_model
-from embps.models.metrics import evaluate
+from embps.models.metrics import auc, evaluate
 from embps.oracle_cacher.datasets import open_dataset
 
 log = logging.getLogger("embps.trainer")
@@ -55,16 +55,19 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     embeddings = RemoteEmbeddings(cache)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     progress = open(out / "progress.jsonl", "a") if rank == 0 else None
-    losses, step_seconds = [], []
+    losses, step_seconds, batch_aucs = [], [], []
     started = time.perf_counter()
     while (batch := cache.next_batch()) is not None:
-        loss = loss_fn(ddp(batch.dense, embeddings(batch)), batch.labels)
+        logits = ddp(batch.dense, embeddings(batch))
+        loss = loss_fn(logits, batch.labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         global_loss = loss.detach().clone()
         dist.all_reduce(global_loss)   # the mean over the global batch: slices are equal
         losses.append(global_loss.item() / job.trainers)
+        if rank == 0:   # AUC of this trainer's slice, before the step learns from it: a held-out view
+            batch_aucs.append(auc(batch.labels.numpy(), logits.detach().numpy()))
         step_seconds.append(time.perf_counter() - started)
         if progress:
             progress.write(json.dumps({"step": batch.number + 1, "loss": losses[-1]}) + "\n")
@@ -73,7 +76,7 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     cache.close()
     all_stats = [None] * job.trainers
     dist.all_gather_object(all_stats, {f.name: v for f, v in stats.ListFields()})
-    result = {"losses": losses, "step_end_seconds": step_seconds, "gateways": all_stats}
+    result = {"losses": losses, "batch_aucs": batch_aucs, "step_end_seconds": step_seconds, "gateways": all_stats}
     if rank == 0:
         result["eval"] = evaluate_on_shards(job, model, dataset)
         torch.save(model.state_dict(), out / "dense.pt")
