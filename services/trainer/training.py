@@ -48,7 +48,7 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     dataset = open_dataset(job.dataset, **job.dataset_options)
     info = dataset.info
     model = build_model(job.model, info.n_dense, len(info.table_sizes), job.dim, seed=job.seed)
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, broadcast_buffers=False)   # the models' buffers are constants
     optimizer = DENSE_OPTIMIZERS[job.dense_optimizer](ddp.parameters(), lr=job.dense_lr)
     cache = init_cache(job.addresses.gateways[rank], grad_scale=job.local_batch / job.global_batch,
                        timeout=job.timeout_seconds, security=job.security)
