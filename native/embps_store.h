@@ -53,8 +53,10 @@ typedef struct {
     uint64_t crash_at;
     double crash_evict_prob;
     uint64_t crash_seed;
-    /* For caches: tables skip every flush and fence, so a crash loses their contents.  Mutating
-     * calls then return once the change is visible, not persistent. */
+    /* For caches: tables skip every flush and fence, so a crash loses their contents, and updates
+     * of present rows happen in place, so a reader racing an update of the same key may see a mix
+     * of old and new values (a cache's owner never reads a row it is updating).  Mutating calls
+     * return once the change is visible, not persistent. */
     int volatile_tables;
 } embps_store_config;
 

@@ -56,6 +56,7 @@ struct embps_table {
     slab_pool pool;
     pthread_mutex_t write_lock;
     _Atomic uint64_t rows;
+    int volatile_;              /* a cache: updates of present rows happen in place */
     double recovery_seconds;
     write_scratch ws;
 };
@@ -171,6 +172,7 @@ int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out)
     embps_table *t = calloc(1, sizeof(*t));
     if (!t)
         return fail(EMBPS_E_NOMEM, "out of memory opening %s", path);
+    t->volatile_ = volatile_;
     pthread_mutex_init(&t->write_lock, NULL);
     int rc = pm_region_map(path, sim, volatile_, &t->pm);
     if (rc) {
@@ -485,11 +487,14 @@ static void fill_slab(embps_table *t, size_t u, const float *old, const assign_s
         memset(slab + dim, 0, sf * sizeof(float));
 }
 
-/* Copy-on-write of rows [lo, hi): new slabs persisted, then published, then the old retired. */
+/* Copy-on-write of rows [lo, hi): new slabs persisted, then published, then the old retired.  A
+ * volatile table (a cache, whose owner never reads a row it is updating) updates present rows in
+ * place instead: new_ref 0 marks them. */
 static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *src)
 {
     write_scratch *ws = &t->ws;
     slab_pool *pool = &t->pool;
+    const int in_place = t->volatile_ && !src;
     for (size_t u = lo; u < hi; u++) {   /* current slabs first, so reading them below rarely misses */
         ph_slot *slot = ws->upos[u].slot;
         ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
@@ -497,10 +502,17 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
             prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
     }
     for (size_t u = lo; u < hi; u++) {
+        if (in_place && ws->old_ref[u]) {
+            float *slab = (float *)slab_at(pool, ws->old_ref[u]);
+            optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
+            ws->new_ref[u] = 0;
+            continue;
+        }
         int rc = slab_alloc(pool, &ws->new_ref[u]);
         if (rc) {
             while (u-- > lo)
-                slab_unalloc(pool, ws->new_ref[u]);
+                if (ws->new_ref[u])
+                    slab_unalloc(pool, ws->new_ref[u]);
             return rc;
         }
         const float *old = ws->init_slab;
@@ -518,6 +530,8 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
     uint64_t added = 0;
     for (size_t u = lo; u < hi; u++) {
         ph_slot *slot = ws->upos[u].slot;
+        if (!ws->new_ref[u])
+            continue;   /* updated in place */
         if (slot) {
             atomic_store_explicit(&slot->ref, ws->new_ref[u], memory_order_release);
             pm_flush(t->pm, &slot->ref, sizeof(slot->ref));
@@ -531,7 +545,7 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
         return rc;
     atomic_fetch_add(&t->rows, added);
     for (size_t u = lo; u < hi; u++)
-        if (ws->old_ref[u])
+        if (ws->old_ref[u] && ws->new_ref[u])
             slab_retire(pool, ws->old_ref[u]);
     slab_reclaim(pool);
     return EMBPS_OK;
