@@ -29,7 +29,7 @@ from embps.common import structured_log, wire
 from embps.common.grpc_channels import channel_options
 from embps.common.grpc_service import GrpcService, wait_for_stop_signal
 from embps.common.job_config import JobConfig, feature_keys
-from embps.store import state_floats
+from embps.common.spec_messages import spec_from_message
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
@@ -83,7 +83,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.job, self.me = job, trainer
         self.ps = PSClient(job.cluster_config())
         info = self.ps.describe_table(job.table)
-        self.dim, self.state_floats = info.spec.dim, state_floats(job.emb_optimizer, info.spec.dim)
+        self.spec = spec_from_message(info.spec)
+        self.dim, self.state_floats = self.spec.dim, info.state_floats
         self.peers = PeerExchange(trainer, job.addresses.gateways, job.timeout_seconds,
                                   initial_round=0 if job.mode == "sync" else -1, security=job.security)
         self.traffic = Traffic()
@@ -97,7 +98,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.wait_seconds = 0.0
         self.steps = 0
         self.cache: RowCache | None = None         # sync mode: made when the first plan tells the batch shape
-        self.cache_dir, self.table_rows = cache_dir, info.spec.capacity
+        self.cache_dir = cache_dir
         if job.mode == "sync":
             self.prefetched = -1                    # last batch whose rows are in the cache
             self.streamed: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # batch -> (keys, rows) read for it
@@ -111,9 +112,9 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         """Sized for the distinct rows of about L + 2C + 2 batches (see LookaheadPlanner), at most the table."""
         features = len(plan.features.sparse) // 8 // max(plan.features.samples, 1)
         window = self.job.lookahead + 2 * self.job.cleanup_every + 2
-        capacity = min(window * self.job.global_batch * features, self.table_rows) + 4096
+        capacity = min(window * self.job.global_batch * features, self.spec.capacity) + 4096
         directory = Path(tempfile.mkdtemp(prefix=f"embps-gateway-{self.me}-", dir=self.cache_dir))   # one per process
-        return RowCache(directory, self.ps.table_spec(self.job.table), capacity)
+        return RowCache(directory, self.spec, capacity)
 
     # ---- background work ------------------------------------------------------------------
 
