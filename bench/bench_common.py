@@ -4,9 +4,12 @@ name from bench/.)"""
 
 from __future__ import annotations
 
+import json
 import operator
 import os
 from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,32 @@ class Report:
         for name, goal in goals.items():
             print(f"goal {name} {goal['op']} {goal['target']:g}: {'met' if goal['met'] else 'MISSED'}")
         return goals
+
+
+def save_results(report: Report, results_dir: Path, name: str, benchmark: str, config, timing: str,
+                 environment: dict, wall_seconds: float, plot: Callable[[dict, Path], None], **extra) -> None:
+    """Prints the goals, then writes results_dir/name.json (every figure, pass and setting) and the plot
+    (plot(goals, png_path)) beside it."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    goals = report.print_goals()
+    results = {
+        "benchmark": benchmark,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(config),
+        "timing": timing,
+        "figures": report.figures,
+        "goals": goals,
+        "context": report.context,
+        "details": report.info,
+        "samples_seconds": report.samples,
+        "environment": environment,
+        **extra,
+        "wall_seconds": wall_seconds,
+    }
+    json_path, png_path = results_dir / f"{name}.json", results_dir / f"{name}.png"
+    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
+    plot(goals, png_path)
+    print(f"wrote {json_path} and {png_path}")
 
 
 def make_keys(rows: int) -> np.ndarray:

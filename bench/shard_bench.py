@@ -35,7 +35,6 @@ shard.png (shard-quick.* with --quick).
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -46,7 +45,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -58,7 +56,7 @@ import redis  # noqa: E402
 import redis.utils  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
-from bench_common import Report, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
+from bench_common import Report, save_results, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -589,29 +587,13 @@ def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
 
 
 def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    goals = report.print_goals()
-    results = {
-        "benchmark": "shard",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(cfg),
-        "timing": f"throughput: best of {cfg.reps} timed passes after one warm-up pass, alternating contenders; "
-                  f"a pass is details.calls_per_pass batches of {cfg.batch} keys (cycling over {cfg.n_batches} "
-                  f"pre-generated ones; sized for ~{cfg.pass_seconds:g} s) split over {cfg.threads} threads. "
-                  f"latency: {cfg.latency_reps} paced passes of {cfg.latency_seconds:g} s per side at half its best "
-                  f"throughput, alternating; the pass with the lowest p99 is reported",
-        "figures": report.figures,
-        "goals": goals,
-        "context": report.context,
-        "details": report.info,
-        "samples_seconds": report.samples,
-        "environment": environment(),
-        "wall_seconds": wall_seconds,
-    }
-    json_path, png_path = RESULTS_DIR / f"{cfg.results_name}.json", RESULTS_DIR / f"{cfg.results_name}.png"
-    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
-    plot(report, goals, png_path)
-    print(f"wrote {json_path} and {png_path}")
+    timing = (f"throughput: best of {cfg.reps} timed passes after one warm-up pass, alternating contenders; "
+              f"a pass is details.calls_per_pass batches of {cfg.batch} keys (cycling over {cfg.n_batches} "
+              f"pre-generated ones; sized for ~{cfg.pass_seconds:g} s) split over {cfg.threads} threads. "
+              f"latency: {cfg.latency_reps} paced passes of {cfg.latency_seconds:g} s per side at half its best "
+              f"throughput, alternating; the pass with the lowest p99 is reported")
+    save_results(report, RESULTS_DIR, cfg.results_name, "shard", cfg, timing, environment(), wall_seconds,
+                 lambda g, path: plot(report, g, path))
 
 
 def main() -> None:

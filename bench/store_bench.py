@@ -19,15 +19,13 @@ down, so the minimum is the most repeatable estimate.  Every pass is kept in the
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -38,7 +36,7 @@ import numpy as np  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
 from embps.store import OptimizerSpec, Store, TableSpec  # noqa: E402
-from bench_common import Report, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
+from bench_common import Report, save_results, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TABLE = "emb"
@@ -304,25 +302,10 @@ def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
 
 
 def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    goals = report.print_goals()
-    results = {
-        "benchmark": "store",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(cfg),
-        "timing": f"best of the timed passes after one warm-up pass ({cfg.reps} per lookup/update contender, "
-                  f"{cfg.restart_reps} per restart); each lookup/update pass is {cfg.n_batches} batches",
-        "figures": report.figures,
-        "goals": goals,
-        "context": report.context,
-        "samples_seconds": report.samples,
-        "environment": environment(cfg),
-        "wall_seconds": wall_seconds,
-    }
-    json_path, png_path = RESULTS_DIR / f"{cfg.results_name}.json", RESULTS_DIR / f"{cfg.results_name}.png"
-    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
-    plot(report, goals, png_path)
-    print(f"wrote {json_path} and {png_path}")
+    timing = (f"best of the timed passes after one warm-up pass ({cfg.reps} per lookup/update contender, "
+              f"{cfg.restart_reps} per restart); each lookup/update pass is {cfg.n_batches} batches")
+    save_results(report, RESULTS_DIR, cfg.results_name, "store", cfg, timing, environment(cfg), wall_seconds,
+                 lambda g, path: plot(report, g, path))
 
 
 @contextlib.contextmanager

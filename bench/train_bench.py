@@ -49,7 +49,6 @@ import argparse
 import contextlib
 import hashlib
 import importlib
-import json
 import logging
 import os
 import platform
@@ -60,7 +59,6 @@ import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -72,7 +70,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench_common import Report, mount_of, write_atomically  # noqa: E402
+from bench_common import Report, save_results, mount_of, write_atomically  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -576,7 +574,7 @@ def plot(report: Report, goals: dict[str, dict], cfg: Config, path: Path) -> Non
     ax_time.bar_label(bars, fmt="%.1f")
     ax_time.set_ylabel("ms per step (middle half of the run; best round)")
     ax_time.set_title(f"{cfg.model.upper()} dim {cfg.dim}, global batch {cfg.global_batch}, "
-                      f"synthetic scale {cfg.scale:g}\n2 trainers + 2 shards on loopback, 2 cores")
+              f"synthetic scale {cfg.scale:g}\n2 trainers + 2 shards on loopback, 2 cores")
     if "torchrec" not in names:
         ax_time.text(0.98, 0.95, "TorchRec unavailable", transform=ax_time.transAxes, ha="right", va="top")
 
@@ -634,33 +632,16 @@ def plot(report: Report, goals: dict[str, dict], cfg: Config, path: Path) -> Non
 
 
 def write_results(report: Report, cfg: Config, wall_seconds: float, load: dict) -> None:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    goals = report.print_goals()
     lo, hi = window(cfg.steps)
-    results = {
-        "benchmark": "train",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": asdict(cfg),
-        "timing": f"s/step over the middle half of each run of {cfg.steps} steps: steps {lo}..{hi - 1} "
-                  f"(0-based), the same window for every contender (the jobs' from trainer 0's step end times "
-                  f"via train_command.summarize; the single-process contenders run batches 0..{hi - 1} and time "
-                  f"the same steps). {cfg.rounds} round(s) alternating the contenders (odd rounds reversed); each "
-                  f"contender's fastest round is used, every round is in samples_seconds. Bytes: the gateways' "
-                  f"payload counts to and from the shards over the whole job (including sync's initial "
-                  f"prefetches and final write-back), from the run that gave the best time.",
-        "figures": report.figures,
-        "goals": goals,
-        "context": report.context,
-        "details": report.info,
-        "samples_seconds": report.samples,
-        "environment": environment(),
-        "load_average": load,
-        "wall_seconds": wall_seconds,
-    }
-    json_path, png_path = RESULTS_DIR / f"{cfg.results_name}.json", RESULTS_DIR / f"{cfg.results_name}.png"
-    write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
-    plot(report, goals, cfg, png_path)
-    print(f"wrote {json_path} and {png_path}")
+    timing = (f"s/step over the middle half of each run of {cfg.steps} steps: steps {lo}..{hi - 1} "
+              f"(0-based), the same window for every contender (the jobs' from trainer 0's step end times "
+              f"via train_command.summarize; the single-process contenders run batches 0..{hi - 1} and time "
+              f"the same steps). {cfg.rounds} round(s) alternating the contenders (odd rounds reversed); each "
+              f"contender's fastest round is used, every round is in samples_seconds. Bytes: the gateways' "
+              f"payload counts to and from the shards over the whole job (including sync's initial "
+              f"prefetches and final write-back), from the run that gave the best time.")
+    save_results(report, RESULTS_DIR, cfg.results_name, "train", cfg, timing, environment(), wall_seconds,
+                 lambda g, path: plot(report, g, cfg, path), load_average=load)
 
 
 def main() -> None:
