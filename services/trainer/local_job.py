@@ -90,11 +90,7 @@ def _watch(job: JobConfig, processes: list[LocalProcess], trainers: list[LocalPr
         task = bar.add_task("", total=job.steps, what=f"{job.model} {job.mode}", loss="-")
         seen = 0
         while any(t.exited() is None for t in trainers):
-            for p in processes:
-                code = p.exited()
-                if code not in (None, 0):
-                    raise JobFailed(f"{p.name} exited with code {code}; the last lines of {p.log_path}:\n"
-                                    f"{p.log_tail()}")
+            _raise_if_failed(processes)
             if progress_file.exists():
                 lines = progress_file.read_text().splitlines()
                 if len(lines) > seen:
@@ -102,7 +98,11 @@ def _watch(job: JobConfig, processes: list[LocalProcess], trainers: list[LocalPr
                     bar.update(task, completed=last["step"], loss=f"{last['loss']:.4f}")
                     seen = len(lines)
             time.sleep(0.1)
-        failed = [t for t in trainers if t.exited() != 0]
-        if failed:
-            raise JobFailed(f"{failed[0].name} exited with code {failed[0].exited()}; the last lines of "
-                            f"{failed[0].log_path}:\n{failed[0].log_tail()}")
+        _raise_if_failed(trainers)
+
+
+def _raise_if_failed(processes: list[LocalProcess]) -> None:
+    for p in processes:
+        code = p.exited()
+        if code not in (None, 0):
+            raise JobFailed(f"{p.name} exited with code {code}; the last lines of {p.log_path}:\n{p.log_tail()}")
