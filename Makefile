@@ -63,13 +63,11 @@ $(ASAN_TEST): $(NATIVE_SRC) native/tests/store_test.c | system-deps
 	gcc -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 		-fno-sanitize-recover=all -Inative native/*.c native/tests/store_test.c -lpmem2 -lm -lpthread -o $@
 
-# Generated Python for protos/embps/v1 lives in services/v1 (the package embps.v1); a test fails
-# when it is stale.  protoc writes embps/v1/... under its output root, so it goes through build/.
+# Generated Python for protos/embps/v1 is the package embps.v1 (services/embps/v1); a test fails
+# when it is stale.
 proto: $(STAMP)
-	rm -rf build/proto && mkdir -p build/proto
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=build/proto --pyi_out=build/proto \
-		--grpc_python_out=build/proto protos/embps/v1/*.proto
-	cp build/proto/embps/v1/*.py build/proto/embps/v1/*.pyi services/v1/
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services \
+		--grpc_python_out=services protos/embps/v1/*.proto
 
 test-native: $(ASAN_TEST)
 	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)
@@ -119,4 +117,4 @@ down:
 	$(COMPOSE) -f docker-compose.yml --profile training down
 
 clean:
-	rm -rf build $(VENV) services/store/_native*.so *.egg-info
+	rm -rf build $(VENV) services/embps/store/_native*.so *.egg-info

@@ -1,9 +1,5 @@
-"""Build glue: maps the `embps` package onto services/ and compiles the native store with cffi."""
+"""Build glue: compiles the native store with cffi (the package itself is found by pyproject.toml)."""
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-setup(
-    package_dir={"embps": "services"},
-    packages=["embps"] + [f"embps.{name}" for name in find_packages("services")],
-    cffi_modules=["native/build_store.py:ffibuilder"],
-)
+setup(cffi_modules=["native/build_store.py:ffibuilder"])

@@ -383,7 +383,7 @@ def probe_threads(report: Report, name: str, measure) -> int:
 # ---- measurement ----------------------------------------------------------------------------------
 
 def run(cfg: Config) -> Report:
-    from embps.oracle_cacher.datasets import open_dataset
+    from embps.datasets import open_dataset
 
     report = Report(GOALS)
     dataset = open_dataset("synthetic", scale=cfg.scale)

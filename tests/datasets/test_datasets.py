@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from embps.oracle_cacher.datasets import CRITEO_KAGGLE_TABLE_SIZES, Batch, criteo_cli, open_dataset
-from embps.oracle_cacher.datasets.criteo import (CriteoFormatError, default_table_sizes, parse_lines,
+from embps.datasets import CRITEO_KAGGLE_TABLE_SIZES, Batch, criteo_cli, open_dataset
+from embps.datasets.criteo import (CriteoFormatError, default_table_sizes, parse_lines,
                                                  preprocess_criteo)
-from embps.oracle_cacher.datasets.synthetic import BLOCK
+from embps.datasets.synthetic import BLOCK
 
 needs_recbole = pytest.mark.skipif(importlib.util.find_spec("recbole") is None,
                                    reason="MovieLens-100k comes from the recbole wheel: pip install --no-deps recbole")

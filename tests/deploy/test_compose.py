@@ -21,7 +21,7 @@ from embps.common.local_cluster import LocalShard, free_port
 from embps.deploy import compose_command, health_command
 from embps.deploy.compose_generator import (DATA_PORT, JOB_PATH, METRICS_PORT, PM_DIR, ComposeOptions, compose,
                                             compose_job, generate)
-from embps.ps_shard.config import split_host_port
+from embps.common.addresses import split_host_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE, DOCKERFILE = ROOT / "docker-compose.yml", ROOT / "deploy/Dockerfile"
@@ -56,7 +56,7 @@ def require_registered():
     missing = {"health", "compose"} - subcommands()
     if missing:
         pytest.fail(f"`embps {' / '.join(sorted(missing))}` not registered: add embps.deploy.health_command and "
-                    "embps.deploy.compose_command to SUBCOMMANDS in services/cli.py")
+                    "embps.deploy.compose_command to SUBCOMMANDS in services/embps/cli.py")
 
 
 # ---- the committed files -------------------------------------------------------------------

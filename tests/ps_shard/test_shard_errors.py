@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embps.client import PSClient, ShardError
+from embps.common.addresses import split_host_port
 from embps.common.spec_messages import spec_to_message
 from embps.store import OptimizerSpec, TableSpec
 from embps.store._native import ffi, lib
@@ -175,7 +176,7 @@ def header(op=1, name=b"guarded", n=1, dim=DIM, magic=lib.EMBPS_WIRE_MAGIC):
     ("reserved_key", header(op=2) + keys_bytes(2**64 - 1) + floats(1), "INVALID_ARGUMENT", "reserved", False),
 ])
 def test_bad_data_path_requests(shard, stub, table, case, request_bytes, status, pattern, closes):
-    host, _, port = shard.addresses["tcp"].rpartition(":")
+    host, port = split_host_port(shard.addresses["tcp"])
     got_status, message, closed = wire_call((host or "127.0.0.1", int(port)), request_bytes)
     assert (got_status, closed) == (status, closes), message
     assert pattern in message

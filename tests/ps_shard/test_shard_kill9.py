@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 import pytest
-from reference_optimizers import step, sum_repeated
+from helpers.reference_optimizers import step, sum_repeated
 
 from embps.client import ClusterConfig, PSClient, ShardError
 from embps.common.local_cluster import LocalShard

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from reference_optimizers import step, sum_repeated
+from helpers.reference_optimizers import step, sum_repeated
 
 from embps.client import PSClient
 from embps.common.local_cluster import LocalCluster

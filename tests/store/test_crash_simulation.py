@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from reference_optimizers import sum_repeated
+from helpers.reference_optimizers import sum_repeated
 from embps.store import (CrashSimulation, InitializerSpec, OptimizerSpec, SimulatedCrash, Store, TableSpec,
                          apply_optimizer, initial_rows, state_floats)
 

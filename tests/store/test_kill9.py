@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crash_writer import DIM, N_KEYS, batch
-from reference_optimizers import sum_repeated
+from helpers.crash_writer import DIM, N_KEYS, batch
+from helpers.reference_optimizers import sum_repeated
 from embps.store import OptimizerSpec, Store, TableSpec, apply_optimizer, initial_rows
 
 SPEC = TableSpec(DIM, N_KEYS, OptimizerSpec("adagrad", lr=0.05))
@@ -33,7 +33,7 @@ def replay(n_batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_kill9_mid_update_stream_keeps_every_acknowledged_update(tmp_path, kill_after):
     with Store(tmp_path / "s") as store:
         store.create_table("emb", SPEC)
-    writer = Path(__file__).with_name("crash_writer.py")
+    writer = Path(__file__).parents[1] / "helpers" / "crash_writer.py"
     child = subprocess.Popen([sys.executable, str(writer), str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
     acked = 0
     for line in child.stdout:

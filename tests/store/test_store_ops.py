@@ -7,7 +7,7 @@ import pytest
 
 from embps.store import (InitializerSpec, OptimizerSpec, Store, TableSpec, apply_optimizer, initial_rows,
                          state_floats)
-from reference_optimizers import step
+from helpers.reference_optimizers import step
 
 OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam"]
 

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from embps.common import wire
+from embps.common.addresses import split_host_port
 from embps.common.cluster_config import ClusterConfig
 from embps.common.grpc_channels import channel_options
 from embps.common.spec_messages import spec_from_message, spec_to_message
@@ -62,8 +63,8 @@ class _Shard:
                 if self._secure:   # the TCP path is plaintext: never with TLS or tokens
                     tcp = None
                 if tcp is not None:
-                    host, _, port = tcp.address.rpartition(":")
-                    self.tcp = TcpDataPath(f"{host or self.address.rpartition(':')[0]}:{port}", timeout)
+                    host, port = split_host_port(tcp.address)
+                    self.tcp = TcpDataPath(f"{host or split_host_port(self.address)[0]}:{port}", timeout)
                     self.path_kind = "tcp"
                 elif wanted == "tcp":
                     raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, "the shard offers no TCP data path",

@@ -19,7 +19,9 @@ from embps.store.data_server import DataServer
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
-from .config import ShardConfig, split_host_port
+from embps.common.addresses import split_host_port
+
+from .config import ShardConfig
 from .metrics import ShardMetrics
 from .rdma_path import RdmaPathConfig, start_rdma_path
 from .servicer import ParameterShardServicer

@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from embps.common.addresses import split_host_port
 from embps.common.cluster_config import DEFAULT_MAX_MESSAGE_BYTES
 from embps.common.security import NO_SECURITY, Security
 
@@ -56,7 +57,7 @@ class ShardConfig:
             raise ValueError("max_batch_keys, max_message_bytes (>= 1024) and grpc_workers must be positive")
         for name in ("listen", "data_listen", "metrics_listen"):
             value = getattr(self, name)
-            if value and value.rpartition(":")[0] == "":
+            if value and not split_host_port(value)[0]:
                 raise ValueError(f"{name} must be host:port, got {value!r}")
 
     @classmethod
@@ -83,7 +84,3 @@ def _parse(raw: str, type_name: str, variable: str):
     except ValueError:
         raise ValueError(f"{variable}={raw!r} is not a valid {type_name}") from None
 
-
-def split_host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)

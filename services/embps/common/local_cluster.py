@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .addresses import split_host_port
 from .cluster_config import ClusterConfig
 from .security import NO_SECURITY, Security
 
@@ -67,7 +68,7 @@ class LocalShard:
         # Restarts reuse the ports, so clients keep their addresses.
         self.settings["listen"] = self.addresses["grpc"]
         if "tcp" in self.addresses:
-            self.settings["data_listen"] = "127.0.0.1:" + self.addresses["tcp"].rpartition(":")[2]
+            self.settings["data_listen"] = f"127.0.0.1:{split_host_port(self.addresses['tcp'])[1]}"
         if "metrics" in self.addresses:
             self.settings["metrics_listen"] = self.addresses["metrics"]
         try:

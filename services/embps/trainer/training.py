@@ -24,7 +24,7 @@ from embps.common import structured_log
 from embps.common.job_config import JobConfig, feature_keys
 from embps.models import build_model
 from embps.models.metrics import auc, evaluate
-from embps.oracle_cacher.datasets import open_dataset
+from embps.datasets import open_dataset
 
 log = logging.getLogger("embps.trainer")
 DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}

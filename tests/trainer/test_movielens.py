@@ -4,7 +4,7 @@ time held out) beats chance clearly on the held-out ratings."""
 import pytest
 
 from embps.common.job_config import JobConfig
-from embps.oracle_cacher.datasets import open_dataset
+from embps.datasets import open_dataset
 from embps.trainer.local_job import run_local_job
 
 

@@ -22,7 +22,7 @@ from embps.common.job_config import JobConfig
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
-from .datasets import open_dataset
+from embps.datasets import open_dataset
 from .lookahead_planner import LookaheadPlanner
 
 COMMAND = "oracle-cacher"

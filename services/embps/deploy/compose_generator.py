@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from embps.common.cluster_config import ClusterConfig
 from embps.common.job_config import Addresses, JobConfig
-from embps.ps_shard.config import split_host_port
+from embps.common.addresses import split_host_port
 
 DEFAULT_IMAGE = "embps:latest"
 MEMCACHED_IMAGE = "memcached:1.6-bookworm"

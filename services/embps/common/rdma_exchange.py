@@ -39,6 +39,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from .addresses import split_host_port
+
 log = logging.getLogger("embps.rdma")
 
 FORMAT_VERSION = 1
@@ -171,10 +173,10 @@ def parse_rdma_address(address: str) -> RdmaAddress:
 
 
 def split_memcached(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    host, port = split_host_port(address)
+    if not host:
         raise ValueError(f"memcached address must be host:port, got {address!r}")
-    return host.strip("[]"), int(port)
+    return host, port
 
 
 def check_name(what: str, value: str) -> str:

@@ -9,7 +9,7 @@ import torch
 from embps.common.job_config import JobConfig, feature_keys
 from embps.models import build_model
 from embps.models.local_training import LocalTrainer
-from embps.oracle_cacher.datasets import open_dataset
+from embps.datasets import open_dataset
 from embps.store import Store, initial_rows
 from embps.trainer.local_job import run_local_job
 

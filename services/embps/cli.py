@@ -8,7 +8,7 @@ from .common import structured_log
 from .demos import store_demo
 from .deploy import compose_command, health_command, reshard_command
 from .oracle_cacher import service as oracle_cacher_service
-from .oracle_cacher.datasets import criteo_cli
+from .datasets import criteo_cli
 from .ps_shard import server as ps_shard_server
 from .trainer import train_command, trainer_command
 from .trainer_gateway import service as trainer_gateway_service

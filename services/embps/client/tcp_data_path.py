@@ -10,6 +10,7 @@ import struct
 import grpc
 import numpy as np
 
+from embps.common.addresses import split_host_port
 from embps.common.status_codes import GRPC_CODE_BY_STATUS
 from embps.store._native import ffi, lib
 
@@ -26,8 +27,7 @@ def _status_name(status: int) -> str:
 
 class TcpDataPath:
     def __init__(self, address: str, timeout: float):
-        host, _, port = address.rpartition(":")
-        self.address, self._target = address, (host.strip("[]"), int(port))
+        self.address, self._target = address, split_host_port(address)
         self._timeout = timeout
         self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
 
