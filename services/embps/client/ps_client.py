@@ -24,14 +24,15 @@ from embps.common.addresses import split_host_port
 from embps.common.cluster_config import ClusterConfig
 from embps.common.grpc_channels import channel_options
 from embps.common.spec_messages import spec_from_message, spec_to_message
+from embps.rdma.client import RdmaConnectionError, RdmaError, RdmaShardConnection, RdmaShardError
+from embps.rdma.config import RdmaClientConfig
+from embps.rdma.discovery import RdmaUnavailable
+from embps.rdma.exchange import ExchangeError
 from embps.store import TableSpec, as_keys
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
-from embps.common.rdma_exchange import ExchangeError, RdmaUnavailable
-
 from .errors import ShardError
-from .rdma_client import RdmaClientConfig, RdmaConnectionError, RdmaError, RdmaShardConnection, RdmaShardError
 from .routing import JumpHashRouter, Router
 from .tcp_data_path import TcpDataPath
 

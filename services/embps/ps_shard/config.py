@@ -44,7 +44,7 @@ class ShardConfig:
     log_level: str = "INFO"
     ready_file: str = ""          # once serving, the bound addresses are written here as JSON
     security: Security = NO_SECURITY   # the file's [security] table (see embps.common.security)
-    # The RDMA data path (embps.ps_shard.rdma_path): "auto" uses a device when there is one.
+    # The RDMA data path (embps.rdma.server): "auto" uses a device when there is one.
     rdma: str = "auto"
     rdma_device: str = ""
     rdma_port: int = 1

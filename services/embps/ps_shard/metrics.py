@@ -8,10 +8,9 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from embps.rdma.server import collect_metrics
 from embps.store import Store
 from embps.store.data_server import LATENCY_BOUNDS_SECONDS, DataServer
-
-from .rdma_path import collect_metrics
 
 LATENCY_BUCKETS = LATENCY_BOUNDS_SECONDS + (float("inf"),)
 

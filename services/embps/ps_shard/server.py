@@ -13,17 +13,17 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from embps.common import structured_log
+from embps.common.addresses import split_host_port
 from embps.common.grpc_service import GrpcService, wait_for_stop_signal
+from embps.rdma.config import RdmaPathConfig
+from embps.rdma.server import start_rdma_path
 from embps.store import Store
 from embps.store.data_server import DataServer
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
-from embps.common.addresses import split_host_port
-
 from .config import ShardConfig
 from .metrics import ShardMetrics
-from .rdma_path import RdmaPathConfig, start_rdma_path
 from .servicer import ParameterShardServicer
 
 COMMAND = "ps-shard"
@@ -34,6 +34,13 @@ log = logging.getLogger("embps.ps_shard")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="TOML file with a [shard] table; EMBPS_SHARD_<FIELD> variables override it")
+
+
+def _rdma_config(config: ShardConfig) -> RdmaPathConfig:
+    """The RDMA path's settings from the shard's rdma_* fields; its requests stay within max_batch_keys."""
+    return RdmaPathConfig(mode=config.rdma, device=config.rdma_device, port=config.rdma_port,
+                          gid_index=config.rdma_gid_index, memcached=config.rdma_memcached,
+                          cluster=config.rdma_cluster, max_keys=min(RdmaPathConfig.max_keys, config.max_batch_keys))
 
 
 class ShardServer:
@@ -47,7 +54,7 @@ class ShardServer:
                                         "recovery_seconds": round(self.store.recovery_seconds(), 6)})
         self.metrics = ShardMetrics(config.id)
         self.data_server = self._start_data_server()
-        self.rdma, self.rdma_choice = start_rdma_path(self.store, config.id, RdmaPathConfig.from_shard_config(config))
+        self.rdma, self.rdma_choice = start_rdma_path(self.store, config.id, _rdma_config(config))
         self.metrics.watch(self.store, self.data_server, self.rdma, self.rdma_choice)
         self.metrics_port = self._start_metrics()
         self.grpc = self._start_grpc()

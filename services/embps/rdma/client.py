@@ -4,7 +4,7 @@
     rows, found = conn.lookup("user", keys, width=32)
     conn.close()
 
-Setup (PetPS-style, through memcached; see `embps.common.rdma_exchange`): read the shard's record
+Setup (PetPS-style, through memcached; see `embps.rdma.exchange`): read the shard's record
 (generation, limits), create the QP and register a response buffer of `slots` slots, INCR the shard's
 client counter for an id, publish our endpoint (QP, response MR addr/rkey) under client/<id>, wait
 for the shard's endpoint under qp/<id>, connect.
@@ -23,20 +23,17 @@ import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from embps.common.rdma_exchange import (BATCH_ID_MASK, IMM_ERROR, RESOURCE_EXHAUSTED, STATUS_NAMES, DataPathChoice,
-                                        ExchangeError, RdmaExchange, RdmaUnavailable, RegisteredBuffer, VerbsDevice,
-                                        choose_data_path, connect_rc_qp, create_rc_qp, decode_error, encode_request,
-                                        imm_from_wire, imm_to_wire, parse_rdma_address, post_recvs, rdma_devices,
-                                        request_bytes, set_qp_error)
+from .config import RdmaClientConfig
+from .discovery import DataPathChoice, RdmaUnavailable, choose_data_path
+from .exchange import ExchangeError, RdmaExchange, parse_rdma_address
+from .verbs import RegisteredBuffer, VerbsDevice, connect_rc_qp, create_rc_qp, post_recvs, set_qp_error
+from .wire import (BATCH_ID_MASK, IMM_ERROR, RESOURCE_EXHAUSTED, STATUS_NAMES, decode_error, encode_request,
+                   imm_from_wire, imm_to_wire, request_bytes)
 
-__all__ = ["RdmaClientConfig", "RdmaConnectionError", "RdmaError", "RdmaShardConnection", "RdmaShardError",
-           "RdmaTimeout", "RdmaUnavailable", "choose_data_path", "rdma_devices"]
-
-log = logging.getLogger("embps.client.rdma")
+log = logging.getLogger("embps.rdma.client")
 
 
 class RdmaError(RuntimeError):
@@ -61,28 +58,9 @@ class RdmaShardError(RdmaError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class RdmaClientConfig:
-    """The [rdma] table of the cluster config (ClusterConfig.extra["rdma"])."""
-
-    mode: str = "auto"          # auto | on | off
-    device: str = ""
-    port: int = 1
-    gid_index: int = -1
-    slots: int = 4              # requests in flight (at most what the shard allows)
-    slot_bytes: int = 4 << 20   # response bytes per request
-    connect_timeout_seconds: float = 10.0
-
-    @classmethod
-    def from_cluster(cls, config) -> RdmaClientConfig:
-        table = dict(getattr(config, "extra", {}).get("rdma", {}))
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown [rdma] settings: {sorted(unknown)}")
-        return cls(**table)
-
-
 class RdmaShardConnection:
+    """One RC queue pair to one shard, set up through memcached; lookups pipelined over its slots."""
+
     def __init__(self, address: str, config: RdmaClientConfig | None = None, *, choice: DataPathChoice | None = None):
         import pyverbs.enums as e
         from pyverbs.cq import CQ
@@ -90,7 +68,7 @@ class RdmaShardConnection:
         self.config = config = config or RdmaClientConfig()
         self.address = parse_rdma_address(address)
         choice = choice or choose_data_path(config.mode, config.device, self.address.memcached, role="client")
-        if not choice.rdma:
+        if not choice.rdma or choice.device is None:
             raise RdmaUnavailable(choice.reason)
         self.broken: str | None = None
         self._lock = threading.Lock()
@@ -222,14 +200,14 @@ class RdmaShardConnection:
                     raise RdmaConnectionError(f"RDMA connection to {self.address} failed: {self.broken}")
                 start, count = pending.pop(batch)
                 at = (batch % self.slots) * self.slot_bytes
-                slot = self.responses.array[at:at + self.slot_bytes]
+                reply = self.responses.array[at:at + self.slot_bytes]
                 if imm & IMM_ERROR:
-                    error = error or RdmaShardError(*decode_error(slot))
+                    error = error or RdmaShardError(*decode_error(reply))
                     starts.clear()   # send nothing more; drain what is in flight
                     continue
                 n_bytes = count * width * 4
-                rows[start:start + count] = slot[:n_bytes].view(np.float32).reshape(count, width)
-                found[start:start + count] = slot[n_bytes:n_bytes + count] != 0
+                rows[start:start + count] = reply[:n_bytes].view(np.float32).reshape(count, width)
+                found[start:start + count] = reply[n_bytes:n_bytes + count] != 0
         # Send completions can trail the replies (the shard's reply may beat our ACK); collect them so
         # the send queue never overflows.
         while sends_outstanding > 0:

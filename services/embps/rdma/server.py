@@ -1,25 +1,17 @@
-"""The shard's RDMA data path with NIC gathering (PetPS §2), over pyverbs, falling back automatically.
+"""The shard side of the RDMA data path: accepts clients through memcached and answers their lookups
+with NIC gathering (PetPS §2), over pyverbs.
 
 Lookups only (updates stay on the TCP/gRPC paths, which acknowledge persistence).  One RC queue pair
-per client, set up through memcached (`embps.common.rdma_exchange`).  A request arrives as an RDMA
-WRITE_WITH_IMM of (table, keys, width) into the client's request slot in a registered buffer of the
-shard; the completion's immediate is the batch id.  The shard then
-
-1. acquires the table (a concurrent DropTable waits) and gathers the keys: `Table.gather()` gives
-   (addr, len, found) per key, pointing at the rows in the mapped PM pool, valid until release;
-2. writes the rows of missing keys (initial rows, or zeros for report-missing tables, with zero
-   optimizer state) and the found mask into a registered scratch buffer;
-3. posts a chain of RDMA WRITEs whose SGEs point straight at the rows in PM (the pool is registered
-   once per table as an MR), adjacent rows coalesced, at most max_sge SGEs per WR, remote offsets
-   contiguous so the rows land in request order; the last WR is WRITE_WITH_IMM carrying the batch id
-   and is the only signaled one;
-4. releases the gather list (the epoch guard: replaced slabs are not reused before) and the table only
-   when that completion is polled, so reclamation waits for the NIC.
-
-Errors go back as an error record written to the client's response slot, immediate = batch id with
-the top bit set.  `build_write_requests` (the chunking and coalescing) and `plan_lookup_reply` (gather
-+ scratch + specs) are pure of verbs and tested without hardware; `RdmaShardPath` turns the specs into
-pyverbs SGE/SendWR objects and needs a device.
+per client, set up through `embps.rdma.exchange`.  A request arrives as an RDMA WRITE_WITH_IMM of
+(table, keys, width) into the client's request slot in a registered buffer of the shard
+(`embps.rdma.wire`); the completion's immediate is the batch id.  The shard then acquires the table
+(a concurrent DropTable waits), plans the reply (`embps.rdma.planner`: gather, scratch rows for
+missing keys, the WRITE chain reading rows straight from the PM pool, registered once per table as
+an MR), posts the chain, and releases the gather list (the epoch guard: replaced slabs are not
+reused before) and the table only when the chain's completion is polled, so reclamation waits for
+the NIC.  Errors go back as an error record written to the client's response slot, immediate =
+batch id with the top bit set.  `start_rdma_path` falls back (with the reason) when this machine
+cannot serve RDMA.
 """
 
 from __future__ import annotations
@@ -31,278 +23,29 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-
-from embps.common.rdma_exchange import (BATCH_ID_MASK, FAILED_PRECONDITION, IMM_ERROR, INTERNAL, INVALID_ARGUMENT,
-                                        NOT_FOUND, REQUEST_HEADER, RESOURCE_EXHAUSTED, UNAVAILABLE, DataPathChoice,
-                                        EndpointInfo, ExchangeError, LookupRequest, ProtocolViolation, RdmaAddress,
-                                        RdmaExchange, RdmaUnavailable, RegisteredBuffer, VerbsDevice, check_name,
-                                        choose_data_path, connect_rc_qp, create_rc_qp, decode_request, encode_error,
-                                        imm_from_wire, imm_to_wire, post_recvs, rdma_devices, reply_bytes,
-                                        set_qp_error, split_memcached)
 from embps.common.status_codes import grpc_code_for
-from embps.store import GatherList, Store, StoreError, Table, TableNotFound, initial_rows
+from embps.store import Store, StoreError, Table, TableNotFound
 
-__all__ = ["OP_WRITE", "OP_WRITE_WITH_IMM", "LookupReply", "RdmaPathConfig", "RdmaPathStats", "RdmaShardPath",
-           "ScratchArea", "ScratchTooSmall", "WorkRequestSpec", "build_write_requests", "choose_data_path",
-           "collect_metrics", "plan_lookup_reply", "rdma_devices", "start_rdma_path"]
+from .config import RdmaPathConfig
+from .discovery import DataPathChoice, RdmaUnavailable, choose_data_path
+from .exchange import EndpointInfo, ExchangeError, RdmaAddress, RdmaExchange, check_name, split_memcached
+from .planner import (OP_WRITE_WITH_IMM, LookupReply, ScratchArea, ScratchTooSmall, WorkRequestSpec,
+                      error_reply_spec, plan_lookup_reply)
+from .verbs import RegisteredBuffer, VerbsDevice, connect_rc_qp, create_rc_qp, post_recvs, set_qp_error
+from .wire import (BATCH_ID_MASK, INTERNAL, INVALID_ARGUMENT, NOT_FOUND, REQUEST_HEADER, UNAVAILABLE,
+                   ProtocolViolation, decode_request, imm_from_wire, imm_to_wire)
 
-log = logging.getLogger("embps.ps_shard.rdma")
+log = logging.getLogger("embps.rdma.server")
 
-OP_WRITE, OP_WRITE_WITH_IMM = "RDMA_WRITE", "RDMA_WRITE_WITH_IMM"
-MAX_SGE_BYTES = 1 << 30   # the SGE length field is 32 bits; stay far below it and below port max_msg_sz
-
-
-# ---- work requests, pure of verbs ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WorkRequestSpec:
-    """One RDMA WRITE: local SGEs (addr, length, lkey) written contiguously at remote_addr."""
-
-    sges: tuple[tuple[int, int, int], ...]
-    remote_addr: int
-    rkey: int
-    opcode: str = OP_WRITE
-    imm: int | None = None
-    signaled: bool = False
-
-    @property
-    def length(self) -> int:
-        return sum(length for _, length, _ in self.sges)
-
-
-def build_write_requests(entries, lkey: int, remote_addr: int, rkey: int, max_sge: int, scratch_addr: int,
-                         row_bytes: int, *, batch_id: int = 0, scratch_lkey: int | None = None,
-                         scratch_stride: int | None = None, trailer: tuple[int, int, int] | None = None,
-                         max_sge_bytes: int = MAX_SGE_BYTES) -> list[WorkRequestSpec]:
-    """The RDMA WRITE chain that places n rows (then `trailer`, if any) contiguously at remote_addr.
-
-    entries: the GatherList entries (addr, len, found) of n keys.  A found row is read where it lies
-    (`lkey`, the pool's MR); the j-th missing row is read at scratch_addr + j * scratch_stride
-    (`scratch_lkey`; stride row_bytes by default, 0 to repeat one zero row).  Runs of rows adjacent in
-    memory become one SGE (split at max_sge_bytes); SGEs are cut into WRs of at most max_sge, each
-    WR's remote address continuing where the previous one ended.  The last WR is WRITE_WITH_IMM with
-    imm = batch_id and the only signaled one.  n = 0 without a trailer gives one WR with no SGE,
-    which verbs cannot post: callers reject empty batches."""
-    if max_sge < 1:
-        raise ValueError(f"max_sge must be at least 1, got {max_sge}")
-    if row_bytes < 1:
-        raise ValueError(f"row_bytes must be positive, got {row_bytes}")
-    if max_sge_bytes < row_bytes:
-        raise ValueError(f"max_sge_bytes ({max_sge_bytes}) is smaller than a row ({row_bytes})")
-    entries = np.asarray(entries)
-    n = len(entries)
-    scratch_lkey = lkey if scratch_lkey is None else scratch_lkey
-    stride = row_bytes if scratch_stride is None else scratch_stride
-    sges: list[tuple[int, int, int]] = []
-    if n:
-        found = entries["found"] != 0
-        bad = found & (entries["len"] != row_bytes)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"gathered row {i} is {int(entries['len'][i])} bytes, expected {row_bytes} "
-                             "(gathered with_state differently?)")
-        addrs = entries["addr"].astype(np.uint64)
-        missing = ~found
-        if missing.any():
-            rank = np.cumsum(missing, dtype=np.uint64)[missing] - np.uint64(1)
-            addrs[missing] = np.uint64(scratch_addr) + rank * np.uint64(stride)
-        lkeys = np.where(found, np.uint64(lkey), np.uint64(scratch_lkey))
-        breaks = np.ones(n, bool)
-        breaks[1:] = (addrs[1:] != addrs[:-1] + np.uint64(row_bytes)) | (lkeys[1:] != lkeys[:-1])
-        starts = np.flatnonzero(breaks)
-        counts = np.diff(np.append(starts, n))
-        rows_per_sge = max_sge_bytes // row_bytes
-        for addr, count, key in zip(addrs[starts].tolist(), counts.tolist(), lkeys[starts].tolist()):
-            while count > rows_per_sge:
-                sges.append((addr, rows_per_sge * row_bytes, key))
-                addr += rows_per_sge * row_bytes
-                count -= rows_per_sge
-            sges.append((addr, count * row_bytes, key))
-    if trailer is not None and trailer[1] > 0:
-        sges.append((int(trailer[0]), int(trailer[1]), int(trailer[2])))
-    specs: list[WorkRequestSpec] = []
-    offset = 0
-    for first in range(0, len(sges), max_sge):
-        chunk = tuple(sges[first:first + max_sge])
-        specs.append(WorkRequestSpec(chunk, remote_addr + offset, rkey))
-        offset += sum(length for _, length, _ in chunk)
-    last = specs.pop() if specs else WorkRequestSpec((), remote_addr, rkey)
-    specs.append(WorkRequestSpec(last.sges, last.remote_addr, rkey, OP_WRITE_WITH_IMM, batch_id & BATCH_ID_MASK,
-                                 signaled=True))
-    return specs
-
-
-@dataclass
-class ScratchArea:
-    """Registered memory for rows of missing keys and the found mask (a numpy uint8 view + its lkey)."""
-
-    buffer: np.ndarray
-    lkey: int
-
-    @property
-    def addr(self) -> int:
-        return int(self.buffer.ctypes.data)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.buffer.nbytes)
-
-
-class ScratchTooSmall(Exception):
-    def __init__(self, needed: int):
-        super().__init__(f"the reply needs {needed} bytes of scratch")
-        self.needed = needed
-
-
-@dataclass
-class LookupReply:
-    """A planned reply: the WR chain and the gather list to release once its completion is polled."""
-
-    gather: GatherList
-    specs: list[WorkRequestSpec]
-    keys: int
-    found: int
-    row_bytes: int
-
-    @property
-    def sges(self) -> int:
-        return sum(len(s.sges) for s in self.specs)
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.length for s in self.specs)
-
-    def release(self) -> None:
-        self.gather.release()
-
-
-def _align(n: int, to: int = 64) -> int:
-    return (n + to - 1) // to * to
-
-
-def plan_lookup_reply(table: Table, request: LookupRequest, *, pool_lkey: int, scratch: ScratchArea, rkey: int,
-                      max_sge: int) -> LookupReply:
-    """Gathers the request's keys and builds the WR chain that writes (rows, found mask) to
-    request.remote_addr.  Raises ProtocolViolation for a request the table cannot answer and
-    ScratchTooSmall (with the size needed) when the missing rows and mask do not fit `scratch`."""
-    keys = request.keys
-    n = len(keys)
-    width = table.dim + (table.state_floats if request.with_state else 0)
-    if n == 0:
-        raise ProtocolViolation(INVALID_ARGUMENT, "a lookup needs at least one key")
-    if request.width != width:
-        raise ProtocolViolation(FAILED_PRECONDITION, f"table {table.name!r} rows are {width} floats "
-                                f"(dim {table.dim}{', with state' if request.with_state else ''}), "
-                                f"the client expects {request.width}")
-    if reply_bytes(n, width) > request.remote_capacity:
-        raise ProtocolViolation(RESOURCE_EXHAUSTED, f"{n} rows of {width} floats and their mask need "
-                                f"{reply_bytes(n, width)} bytes, the response slot holds {request.remote_capacity}")
-    row_bytes = width * 4
-    gather = table.gather(keys, request.with_state)
-    try:
-        found = gather.entries["found"] != 0
-        missing = np.flatnonzero(~found)
-        zero_rows = table.spec.missing_keys == "report"
-        rows_bytes = (row_bytes if zero_rows else len(missing) * row_bytes) if len(missing) else 0
-        mask_at = _align(rows_bytes)
-        if mask_at + n > scratch.nbytes:
-            raise ScratchTooSmall(mask_at + n)
-        buf = scratch.buffer
-        if len(missing):
-            rows = buf[:rows_bytes].view(np.float32).reshape(-1, width)
-            if zero_rows:
-                rows[:] = 0
-            else:
-                rows[:, :table.dim] = initial_rows(table.spec, keys[missing])
-                rows[:, table.dim:] = 0
-        buf[mask_at:mask_at + n] = found
-        specs = build_write_requests(gather.entries, pool_lkey, request.remote_addr, rkey, max_sge, scratch.addr,
-                                     row_bytes, batch_id=request.batch_id, scratch_lkey=scratch.lkey,
-                                     scratch_stride=0 if zero_rows else row_bytes,
-                                     trailer=(scratch.addr + mask_at, n, scratch.lkey))
-    except BaseException:
-        gather.release()
-        raise
-    return LookupReply(gather, specs, n, int(found.sum()), row_bytes)
-
-
-def error_reply_spec(code: int, message: str, scratch: ScratchArea, remote_addr: int, capacity: int, rkey: int,
-                     batch_id: int) -> WorkRequestSpec:
-    record = encode_error(code, message, min(capacity, scratch.nbytes))
-    scratch.buffer[:len(record)] = np.frombuffer(record, np.uint8)
-    return WorkRequestSpec(((scratch.addr, len(record), scratch.lkey),), remote_addr, rkey, OP_WRITE_WITH_IMM,
-                           (batch_id & BATCH_ID_MASK) | IMM_ERROR, signaled=True)
-
-
-def to_send_wrs(specs: list[WorkRequestSpec], wr_id: int):
-    """pyverbs SendWR objects chained in order; returns (head, all WRs: keep them alive until posted)."""
-    import pyverbs.enums as e
-    from pyverbs.wr import SGE, SendWR
-
-    wrs = []
-    for spec in specs:
-        if not spec.sges:
-            raise ValueError("verbs cannot post a WR without SGEs (empty batches are rejected earlier)")
-        opcode = e.IBV_WR_RDMA_WRITE_WITH_IMM if spec.opcode == OP_WRITE_WITH_IMM else e.IBV_WR_RDMA_WRITE
-        wr = SendWR(wr_id=wr_id, opcode=opcode, num_sge=len(spec.sges),
-                    imm_data=imm_to_wire(spec.imm) if spec.imm is not None else 0,
-                    sg=[SGE(addr, length, key) for addr, length, key in spec.sges],
-                    send_flags=e.IBV_SEND_SIGNALED if spec.signaled else 0)
-        wr.set_wr_rdma(spec.rkey, spec.remote_addr)
-        if wrs:
-            wrs[-1].next_wr = wr
-        wrs.append(wr)
-    return wrs[0], wrs
-
-
-# ---- configuration, stats ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RdmaPathConfig:
-    mode: str = "auto"             # "auto": use a device when there is one; "on": fail without; "off"
-    device: str = ""               # verbs device name; "" = the first
-    port: int = 1
-    gid_index: int = -1            # -1: RoCE v2 IPv4 GID when on Ethernet, 0 on InfiniBand
-    memcached: str = ""            # host:port of the exchange; clients must reach the same address
-    cluster: str = "default"
-    slots: int = 8                 # requests in flight per client
-    max_keys: int = 8192           # keys per request (clients split bigger batches)
-    max_sge: int = 30              # asked per WR; capped by the device's max_sge and what the QP grants
-    scratch_slot_bytes: int = 256 << 10   # initial scratch per slot; grows (re-registered) on demand
-    max_clients: int = 64
-    handshake_timeout_seconds: float = 10.0
-    completion_timeout_seconds: float = 10.0
-    accept_interval_seconds: float = 0.05
-    client_check_interval_seconds: float = 1.0   # a client that closed removed its record: drop its QP
-    pool_remote_read: bool = False  # also let clients RDMA-READ the pool (unused by this protocol)
-
-    def __post_init__(self):
-        if self.mode not in ("auto", "on", "off"):
-            raise ValueError(f"rdma mode must be auto, on or off, got {self.mode!r}")
-        if self.memcached:
-            split_memcached(self.memcached)
-        check_name("rdma cluster", self.cluster)
-        if min(self.slots, self.max_keys, self.max_sge, self.max_clients, self.port) < 1:
-            raise ValueError("rdma slots, max_keys, max_sge, max_clients and port must be positive")
-
-    @classmethod
-    def from_shard_config(cls, config) -> RdmaPathConfig:
-        """From ShardConfig fields rdma, rdma_device, rdma_port, rdma_gid_index, rdma_memcached,
-        rdma_cluster, rdma_slots, rdma_max_keys (absent fields keep their defaults)."""
-        values = {}
-        for name in ("mode", "device", "port", "gid_index", "memcached", "cluster", "slots", "max_keys"):
-            attr = "rdma" if name == "mode" else f"rdma_{name}"
-            if hasattr(config, attr):
-                values[name] = getattr(config, attr)
-        if "max_keys" not in values and hasattr(config, "max_batch_keys"):
-            values["max_keys"] = min(cls.max_keys, config.max_batch_keys)
-        return cls(**values)
+_RECV_TAG = 1 << 63
 
 
 @dataclass
 class RdmaPathStats:
+    """Counters of one shard's RDMA path (Stats and metrics read a copy)."""
+
     requests: int = 0
     errors: int = 0
     keys: int = 0
@@ -315,12 +58,6 @@ class RdmaPathStats:
     connections_failed: int = 0
     scratch_grown: int = 0
     tables_registered: int = 0
-
-
-# ---- the verbs side ---------------------------------------------------------------------------------
-
-_RECV_TAG = 1 << 63
-_ACCESS_REQ = None   # filled lazily (pyverbs enums)
 
 
 @dataclass
@@ -344,7 +81,7 @@ class _Connection:
             raise ExchangeError(f"client {client_id}: response buffer of {client.mr_length} bytes cannot hold "
                                 f"{self.slots} slots of {self.slot_bytes}")
         self.request_slot_bytes = path.request_slot_bytes
-        self.qp = None
+        self.qp: Any = None
         self.buffers: list[RegisteredBuffer] = []
         try:
             self.requests = self._buffer(self.slots * self.request_slot_bytes,
@@ -452,7 +189,7 @@ class RdmaShardPath:
         self._next_token = 1
         # table name -> (the Table object, pool base, length, MR).  The object is compared too: a table
         # dropped and re-created may be mapped at the same address, and the old MR pins the old pages.
-        self._pool_mrs: dict[str, tuple[Table, int, int, object]] = {}
+        self._pool_mrs: dict[str, tuple[Table, int, int, Any]] = {}
         self._pool_failures: dict[str, tuple[float, str]] = {}
         self._dropped: deque[str] = deque()
         self._gone: deque[_Connection] = deque()         # clients that left, closed by rdma-poll
@@ -783,9 +520,9 @@ class RdmaShardPath:
         failed = self._pool_failures.get(table.name)
         if failed and time.monotonic() - failed[0] < 60:
             raise ProtocolViolation(UNAVAILABLE, failed[1])
-        access = e.IBV_ACCESS_LOCAL_WRITE | (e.IBV_ACCESS_REMOTE_READ if self.config.pool_remote_read else 0)
         errors = []
-        for flags in (access, access | e.IBV_ACCESS_ON_DEMAND):   # fsdax pages cannot be pinned: try ODP
+        # fsdax pages cannot be pinned: then try on-demand paging
+        for flags in (e.IBV_ACCESS_LOCAL_WRITE, e.IBV_ACCESS_LOCAL_WRITE | e.IBV_ACCESS_ON_DEMAND):
             try:
                 mr = MR(self.device.pd, length, flags, address=base)
                 break
@@ -837,7 +574,7 @@ def start_rdma_path(store: Store, shard_id: str, config: RdmaPathConfig) -> tupl
     """The RDMA path when this machine can serve it, else (None, the fallback with its reason).
     The fallback is logged once; mode "on" raises RdmaUnavailable instead."""
     choice = choose_data_path(config.mode, config.device, config.memcached, role="shard")
-    if not choice.rdma:
+    if not choice.rdma or choice.device is None:
         return None, choice
     try:
         return RdmaShardPath(store, shard_id, config, choice.device), choice
@@ -881,3 +618,24 @@ def collect_metrics(path: RdmaShardPath | None, choice: DataPathChoice | None):
     gauge = GaugeMetricFamily("embps_shard_rdma_tables_registered", "PM pools registered with the NIC")
     gauge.add_metric([], s.tables_registered)
     yield gauge
+
+
+def to_send_wrs(specs: list[WorkRequestSpec], wr_id: int):
+    """pyverbs SendWR objects chained in order; returns (head, all WRs: keep them alive until posted)."""
+    import pyverbs.enums as e
+    from pyverbs.wr import SGE, SendWR
+
+    wrs: list = []
+    for spec in specs:
+        if not spec.sges:
+            raise ValueError("verbs cannot post a WR without SGEs (empty batches are rejected earlier)")
+        opcode = e.IBV_WR_RDMA_WRITE_WITH_IMM if spec.opcode == OP_WRITE_WITH_IMM else e.IBV_WR_RDMA_WRITE
+        wr = SendWR(wr_id=wr_id, opcode=opcode, num_sge=len(spec.sges),
+                    imm_data=imm_to_wire(spec.imm) if spec.imm is not None else 0,
+                    sg=[SGE(addr, length, key) for addr, length, key in spec.sges],
+                    send_flags=e.IBV_SEND_SIGNALED if spec.signaled else 0)
+        wr.set_wr_rdma(spec.rkey, spec.remote_addr)
+        if wrs:
+            wrs[-1].next_wr = wr
+        wrs.append(wr)
+    return wrs[0], wrs
