@@ -43,7 +43,7 @@ typedef struct embps_store embps_store;
 typedef struct embps_table embps_table;
 
 typedef struct {
-    const char *dir;            /* created if missing */
+    const char *dir;            /* created if missing, with its parents */
     /* Crash simulator: PM stores stay volatile until persisted.  At persist
      * point crash_at (1-based; 0 = never) the simulated power fails: each
      * table file keeps what was persisted, plus each dirty unpersisted cache

@@ -61,6 +61,25 @@ static int sync_dir(const char *dir)
     return rc ? fail(EMBPS_E_IO, "cannot sync directory %s: %s", dir, strerror(errno)) : EMBPS_OK;
 }
 
+/* mkdir -p: the store's directory and every missing parent. */
+static int make_dirs(const char *dir)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof(path), "%s", dir) >= sizeof(path))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char end = *p;
+        *p = '\0';
+        if (mkdir(path, 0755) && errno != EEXIST)
+            return fail(EMBPS_E_IO, "cannot create %s: %s", path, strerror(errno));
+        if (!end)
+            return EMBPS_OK;
+        *p = end;
+    }
+}
+
 static int add_table(embps_store *s, embps_table *t)
 {
     if (s->n_tables == s->cap_tables) {
@@ -142,8 +161,8 @@ int embps_store_open(const embps_store_config *cfg, embps_store **out)
     int rc = EMBPS_OK;
     if ((size_t)snprintf(s->dir, sizeof(s->dir), "%s", cfg->dir) >= sizeof(s->dir))
         rc = fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
-    else if (mkdir(s->dir, 0755) && errno != EEXIST)
-        rc = fail(EMBPS_E_IO, "cannot create %s: %s", s->dir, strerror(errno));
+    else
+        rc = make_dirs(s->dir);
     if (!rc)
         rc = lock_store(s);
     if (!rc && cfg->crash_sim)

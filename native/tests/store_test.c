@@ -155,6 +155,19 @@ static void test_bad_input_changes_nothing(void)
     EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_CORRUPT);
 }
 
+static void test_store_creates_parent_directories(void)
+{
+    embps_store *s = open_store("parents/of/a/store", 0, 0, 0);
+    EXPECT(s != NULL);
+    embps_store_close(s);
+    char file[512], dir[600];
+    snprintf(file, sizeof(file), "%s/a_file", root);
+    fclose(fopen(file, "w"));
+    snprintf(dir, sizeof(dir), "%s/store", file);
+    embps_store_config cfg = {.dir = dir};
+    EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_IO);   /* a parent that is a file */
+}
+
 /* Crash at every persist point of an assign/delete workload whose values encode (key, version). */
 static void test_crash_sweep(void)
 {
@@ -374,6 +387,7 @@ int main(void)
     mkdir(root, 0755);
     test_round_trip_and_reopen();
     test_bad_input_changes_nothing();
+    test_store_creates_parent_directories();
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
