@@ -1,4 +1,4 @@
-/* A store: a directory of table files, and the crash simulator they share. */
+/* store.c -- a store: a directory of table files, and the crash simulator they share. */
 #include "optimizer.h"
 #include "pm_region.h"
 #include "status.h"
@@ -30,6 +30,8 @@ struct embps_store {
     embps_table **tables;
     size_t n_tables, cap_tables;
 };
+
+/* ---- the directory ------------------------------------------------------- */
 
 static int name_is_valid(const char *name)
 {
@@ -140,6 +142,8 @@ static int open_tables(embps_store *s)
     return rc;
 }
 
+/* ---- opening and closing ------------------------------------------------- */
+
 int embps_store_open(const embps_store_config *cfg, embps_store **out)
 {
     if (!cfg || !cfg->dir || !cfg->dir[0])
@@ -212,6 +216,8 @@ const char *embps_store_table_name(embps_store *s, size_t i)
     pthread_mutex_unlock(&s->lock);
     return name;
 }
+
+/* ---- its tables ---------------------------------------------------------- */
 
 static ssize_t find_table(embps_store *s, const char *name)
 {
