@@ -12,8 +12,14 @@ import numpy as np
 
 from ._native import ffi, lib
 from .errors import InvalidArgument, StoreError, TableNotFound, error_for
-from .spec import INITIALIZER_CODES, MISSING_KEYS_CODES, OPTIMIZER_CODES, InitializerSpec, OptimizerSpec, TableSpec
+from .spec import InitializerSpec, OptimizerSpec, TableSpec
 
+# Each kind's code is the header's enum (embps_optimizer, embps_init, embps_missing).
+OPTIMIZER_CODES = {"sgd": lib.EMBPS_OPT_SGD, "adagrad": lib.EMBPS_OPT_ADAGRAD,
+                   "rowwise_adagrad": lib.EMBPS_OPT_ROWWISE_ADAGRAD, "adam": lib.EMBPS_OPT_ADAM}
+INITIALIZER_CODES = {"zeros": lib.EMBPS_INIT_ZEROS, "uniform": lib.EMBPS_INIT_UNIFORM,
+                     "normal": lib.EMBPS_INIT_NORMAL}
+MISSING_KEYS_CODES = {"initialize": lib.EMBPS_MISSING_INITIALIZE, "report": lib.EMBPS_MISSING_REPORT}
 _OPTIMIZER_NAMES = {code: name for name, code in OPTIMIZER_CODES.items()}
 _INITIALIZER_NAMES = {code: name for name, code in INITIALIZER_CODES.items()}
 _MISSING_KEYS_NAMES = {code: name for name, code in MISSING_KEYS_CODES.items()}
