@@ -1,5 +1,6 @@
 """cffi build script for the native store (API mode): `pip install` runs it through setup.py."""
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -33,13 +34,22 @@ def public_declarations() -> str:
     return "\n".join(lines) + "\n#define EMBPS_RESERVED_KEY ...\n"
 
 
+def native_version(declarations: str) -> str:
+    """The stamp compiled into the extension: it changes with every change of the public
+    declarations (not with comments or line breaks), and embps.store refuses an extension with
+    another."""
+    return "abi-" + hashlib.sha256(" ".join(declarations.split()).encode()).hexdigest()[:16]
+
+
+DECLARATIONS = public_declarations()
 ffibuilder = cffi.FFI()
-ffibuilder.cdef(public_declarations())
+ffibuilder.cdef(DECLARATIONS)
 ffibuilder.set_source(
     "embps.store._native",
     "".join(f'#include "{header.name}"\n' for header in HEADERS),
     sources=[os.path.relpath(src) for src in SOURCES],
     include_dirs=[os.path.relpath(NATIVE)],
+    define_macros=[("EMBPS_NATIVE_VERSION", f'"{native_version(DECLARATIONS)}"')],
     libraries=["pmem2", "m"],
     extra_compile_args=COMPILE_ARGS,
 )

@@ -25,6 +25,13 @@
 #define EMBPS_API
 #endif
 
+/* The build's stamp, which the Python binding checks at import so that an extension built from
+ * other declarations fails to load instead of misbehaving: build_store.py defines it as a hash of
+ * the public declarations. */
+#ifndef EMBPS_NATIVE_VERSION
+#define EMBPS_NATIVE_VERSION "unstamped"
+#endif
+
 #define EMBPS_NAME_MAX 63          /* table names: [A-Za-z0-9_.-]{1,63} */
 #define EMBPS_RESERVED_KEY UINT64_MAX
 
@@ -97,11 +104,13 @@ typedef struct {
     uint32_t found;
 } embps_sge;
 
-/* ---- status -------------------------------------------------------------- */
+/* ---- status and version -------------------------------------------------- */
 
 /* The last failure of the calling thread, in words. */
 EMBPS_API const char *embps_errormsg(void);
 EMBPS_API const char *embps_status_name(int status);
+/* EMBPS_NATIVE_VERSION of this build. */
+EMBPS_API const char *embps_version(void);
 
 /* ---- stores -------------------------------------------------------------- */
 

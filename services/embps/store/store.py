@@ -10,9 +10,31 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _native
 from ._native import ffi, lib
 from .errors import InvalidArgument, StoreError, TableNotFound, error_for
 from .spec import InitializerSpec, OptimizerSpec, TableSpec
+
+# native_version() of the public declarations in native/*.h this binding is written against (see
+# native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
+NATIVE_VERSION = "abi-4cb8befa672eabd2"
+
+
+def check_native_version(built: str) -> None:
+    """An extension built from other declarations than the ones this binding calls must not load."""
+    if built != NATIVE_VERSION:
+        raise ImportError(f"the native core {Path(_native.__file__).name} is stale: it was built as {built}, "
+                          f"this source expects {NATIVE_VERSION}; rebuild: pip install -e .")
+
+
+def _built_version() -> str:
+    try:
+        return ffi.string(lib.embps_version()).decode()
+    except AttributeError:   # built before the core had a version stamp
+        return "unstamped"
+
+
+check_native_version(_built_version())
 
 # Each kind's code is the header's enum (embps_optimizer, embps_init, embps_missing).
 OPTIMIZER_CODES = {"sgd": lib.EMBPS_OPT_SGD, "adagrad": lib.EMBPS_OPT_ADAGRAD,
