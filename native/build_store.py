@@ -1,5 +1,6 @@
 """cffi build script for the native store (API mode): `pip install` runs it through setup.py."""
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -7,35 +8,48 @@ from pathlib import Path
 import cffi
 
 NATIVE = Path(__file__).resolve().parent
-HEADER = NATIVE / "embps_store.h"
+HEADERS = [NATIVE / "embps_store.h", NATIVE / "embps_data_server.h"]
 SOURCES = sorted(NATIVE.glob("*.c"))
-COMPILE_ARGS = ["-std=c11", "-O3", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+# Hidden by default: only the declarations marked EMBPS_API (and cffi's PyInit) are exported.
+COMPILE_ARGS = ["-std=c11", "-O3", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fno-strict-aliasing",
+                "-fvisibility=hidden"]
 
 
 INT_DEFINE = re.compile(r"#define (EMBPS_\w+) (0x[0-9a-fA-F]+|[0-9]+)u?$")
 
 
 def public_declarations() -> str:
-    """The header is the one source of truth: its C declarations and integer constants, minus
-    comments and the rest of the preprocessor."""
-    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    """The headers are the one source of truth: their C declarations and integer constants, minus
+    comments, static assertions, the export macro and the rest of the preprocessor."""
+    text = "\n".join(header.read_text() for header in HEADERS)
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"_Static_assert\s*\(.*?\);", "", text, flags=re.S)
     lines = []
     for line in text.splitlines():
         line = line.strip()
         if match := INT_DEFINE.match(line):
             lines.append(f"#define {match[1]} {match[2]}")
-        elif not line.startswith("#"):
-            lines.append(line)
+        elif line and not line.startswith("#"):
+            lines.append(re.sub(r"\bEMBPS_API\s+", "", line))
     return "\n".join(lines) + "\n#define EMBPS_RESERVED_KEY ...\n"
 
 
+def native_version(declarations: str) -> str:
+    """The stamp compiled into the extension: it changes with every change of the public
+    declarations (not with comments or line breaks), and embps.store refuses an extension with
+    another."""
+    return "abi-" + hashlib.sha256(" ".join(declarations.split()).encode()).hexdigest()[:16]
+
+
+DECLARATIONS = public_declarations()
 ffibuilder = cffi.FFI()
-ffibuilder.cdef(public_declarations())
+ffibuilder.cdef(DECLARATIONS)
 ffibuilder.set_source(
     "embps.store._native",
-    '#include "embps_store.h"',
+    "".join(f'#include "{header.name}"\n' for header in HEADERS),
     sources=[os.path.relpath(src) for src in SOURCES],
     include_dirs=[os.path.relpath(NATIVE)],
+    define_macros=[("EMBPS_NATIVE_VERSION", f'"{native_version(DECLARATIONS)}"')],
     libraries=["pmem2", "m"],
     extra_compile_args=COMPILE_ARGS,
 )

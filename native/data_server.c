@@ -1,7 +1,9 @@
-/* The native data path: a TCP server answering batched lookups and updates in C, one thread per
- * connection.  Lookup replies go out with sendmsg straight from the rows in the pool, pinned by
- * the gather guard until the kernel has copied them (the software twin of NIC gathering). */
-#include "embps_store.h"
+/* data_server.c -- the native TCP data path: batched lookups and updates answered in C.
+ *
+ * One thread per connection.  Lookup replies go out with sendmsg straight from the rows in the
+ * pool, pinned by the gather guard until the kernel has copied them (the software twin of NIC
+ * gathering). */
+#include "embps_data_server.h"
 #include "status.h"
 #include "table.h"
 
@@ -23,8 +25,14 @@
 #include <time.h>
 #include <unistd.h>
 
-const uint32_t embps_latency_bounds_us[EMBPS_LATENCY_BUCKETS - 1] = {50,   100,   250,   500,    1000,   2500,
-                                                                      5000, 10000, 25000, 100000, 1000000};
+/* The wire structs go out as they are in memory. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the data path's wire format is little-endian"
+#endif
+
+const uint32_t embps_data_server_latency_bounds_us[EMBPS_LATENCY_BUCKETS - 1] = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 100000, 1000000,
+};
 
 typedef struct {
     _Atomic uint64_t requests, errors, keys, latency_sum_ns;
@@ -59,7 +67,7 @@ struct embps_data_server {
     _Atomic uint64_t connections_total, connections_open, bytes_in, bytes_out;
 };
 
-/* ---- socket helpers ---------------------------------------------------- */
+/* ---- socket helpers ------------------------------------------------------ */
 
 static int read_full(int fd, void *buf, size_t len)
 {
@@ -113,7 +121,7 @@ static int send_error(connection *c, int status)
     return send_iov(c->fd, iov, 2) ? -1 : status;
 }
 
-/* ---- buffers ----------------------------------------------------------- */
+/* ---- buffers ------------------------------------------------------------- */
 
 static int grow(void **buf, size_t *cap, size_t need)
 {
@@ -146,7 +154,7 @@ static int reserve_batch(connection *c, size_t n)
     return EMBPS_OK;
 }
 
-/* ---- operations -------------------------------------------------------- */
+/* ---- operations ---------------------------------------------------------- */
 
 static uint64_t now_ns(void)
 {
@@ -159,7 +167,7 @@ static void count(op_counters *op, uint64_t keys, uint64_t start_ns, int failed)
 {
     uint64_t ns = now_ns() - start_ns;
     size_t b = 0;
-    while (b < EMBPS_LATENCY_BUCKETS - 1 && ns > (uint64_t)embps_latency_bounds_us[b] * 1000)
+    while (b < EMBPS_LATENCY_BUCKETS - 1 && ns > (uint64_t)embps_data_server_latency_bounds_us[b] * 1000)
         b++;
     atomic_fetch_add(&op->requests, 1);
     atomic_fetch_add(&op->keys, keys);
@@ -196,15 +204,15 @@ static int lookup(connection *c, embps_table *t, const embps_table_spec *spec, c
                   int with_state)
 {
     uint64_t guard;
-    int rc = embps_gather_begin(t, keys, n, with_state, c->sge, &guard);
+    int rc = embps_table_gather_begin(t, keys, n, with_state, c->sge, &guard);
     if (rc)
         return send_error(c, rc);
-    const size_t width = spec->dim + (with_state ? embps_state_floats(spec->optimizer, spec->dim) : 0);
+    const size_t width = spec->dim + (with_state ? embps_optimizer_state_floats(spec->optimizer, spec->dim) : 0);
     const size_t row_bytes = width * sizeof(float);
     float *missing = NULL;
     rc = fill_missing(c, t, spec, keys, n, width, &missing);
     if (rc) {
-        embps_gather_end(t, guard);
+        embps_table_gather_end(t, guard);
         return send_error(c, rc);
     }
     embps_wire_reply reply = {.status = EMBPS_OK, .payload_bytes = n * (row_bytes + 1)};
@@ -223,14 +231,14 @@ static int lookup(connection *c, embps_table *t, const embps_table_spec *spec, c
     }
     c->iov[k++] = (struct iovec){c->found, n};
     int sent = send_iov(c->fd, c->iov, k);
-    embps_gather_end(t, guard);   /* sendmsg returned: the kernel holds its own copy */
+    embps_table_gather_end(t, guard);   /* sendmsg returned: the kernel holds its own copy */
     atomic_fetch_add(&c->server->bytes_out, sizeof(reply) + reply.payload_bytes);
     return sent ? -1 : EMBPS_OK;
 }
 
 static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n, const float *grads, uint32_t dim)
 {
-    int rc = embps_update(t, keys, n, grads, (size_t)n * dim);
+    int rc = embps_table_update(t, keys, n, grads, (size_t)n * dim);
     if (rc)
         return send_error(c, rc);
     embps_wire_reply reply = {.status = EMBPS_OK};
@@ -243,7 +251,7 @@ static int check_request(const embps_data_server *d, const embps_wire_request *r
 {
     if (rq->magic != EMBPS_WIRE_MAGIC)
         return fail(EMBPS_E_PROTOCOL, "bad magic 0x%08x: not an embps data-path request", rq->magic);
-    if (rq->op != EMBPS_OP_LOOKUP && rq->op != EMBPS_OP_UPDATE)
+    if (rq->op != EMBPS_WIRE_OP_LOOKUP && rq->op != EMBPS_WIRE_OP_UPDATE)
         return fail(EMBPS_E_PROTOCOL, "unknown operation %u", rq->op);
     if (rq->name_len == 0 || rq->name_len > EMBPS_NAME_MAX)
         return fail(EMBPS_E_PROTOCOL, "table name length %u not in 1..%d", rq->name_len, EMBPS_NAME_MAX);
@@ -251,7 +259,7 @@ static int check_request(const embps_data_server *d, const embps_wire_request *r
         return fail(EMBPS_E_TOO_LARGE, "batch of %u keys exceeds the limit of %u", rq->n_keys,
                     d->cfg.max_batch_keys);
     *body = rq->name_len + (size_t)rq->n_keys * 8 +
-            (rq->op == EMBPS_OP_UPDATE ? (size_t)rq->n_keys * rq->dim * sizeof(float) : 0);
+            (rq->op == EMBPS_WIRE_OP_UPDATE ? (size_t)rq->n_keys * rq->dim * sizeof(float) : 0);
     if (*body > d->cfg.max_request_bytes)
         return fail(EMBPS_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", *body,
                     (unsigned long long)d->cfg.max_request_bytes);
@@ -269,8 +277,8 @@ static int serve_one(connection *c)
     size_t body = 0;
     int rc = check_request(d, &rq, &body);
     if (rc) {
-        if (rq.op == EMBPS_OP_LOOKUP || rq.op == EMBPS_OP_UPDATE)
-            count(rq.op == EMBPS_OP_LOOKUP ? &d->lookup : &d->update, 0, start, 1);
+        if (rq.op == EMBPS_WIRE_OP_LOOKUP || rq.op == EMBPS_WIRE_OP_UPDATE)
+            count(rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update, 0, start, 1);
         send_error(c, rc);
         return -1;   /* the body's size is unknown or too large to skip */
     }
@@ -288,7 +296,7 @@ static int serve_one(connection *c)
     name[rq.name_len] = '\0';
     atomic_fetch_add(&d->bytes_in, sizeof(rq) + body);
 
-    op_counters *op = rq.op == EMBPS_OP_LOOKUP ? &d->lookup : &d->update;
+    op_counters *op = rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update;
     embps_table *t;
     int sent;
     if ((rc = embps_table_acquire(d->store, name, &t))) {
@@ -296,10 +304,10 @@ static int serve_one(connection *c)
     } else {
         embps_table_spec spec;
         embps_table_describe(t, &spec, NULL);
-        if (rq.dim != spec.dim && (rq.op == EMBPS_OP_UPDATE || rq.dim != 0))
+        if (rq.dim != spec.dim && (rq.op == EMBPS_WIRE_OP_UPDATE || rq.dim != 0))
             sent = send_error(c, fail(EMBPS_E_INVALID_ARGUMENT, "table '%s' has dim %u, the request says %u", name,
                                       spec.dim, rq.dim));
-        else if (rq.op == EMBPS_OP_LOOKUP)
+        else if (rq.op == EMBPS_WIRE_OP_LOOKUP)
             sent = lookup(c, t, &spec, keys, rq.n_keys, rq.flags & EMBPS_WIRE_WITH_STATE);
         else
             sent = update(c, t, keys, rq.n_keys, grads, rq.dim);
@@ -320,7 +328,7 @@ static void *connection_main(void *arg)
     return NULL;
 }
 
-/* ---- connections and the acceptor -------------------------------------- */
+/* ---- connections and the acceptor ---------------------------------------- */
 
 static void connection_free(connection *c)
 {
@@ -472,7 +480,7 @@ uint16_t embps_data_server_port(const embps_data_server *d)
     return d->port;
 }
 
-static void read_op(const op_counters *op, embps_op_stats *out)
+static void read_op(const op_counters *op, embps_data_server_op_stats *out)
 {
     out->requests = atomic_load(&op->requests);
     out->errors = atomic_load(&op->errors);

@@ -1,3 +1,4 @@
+/* optimizer.c -- fused optimizer kernels, deterministic row initialisation and spec checks. */
 #include "optimizer.h"
 
 #include "status.h"
@@ -14,7 +15,7 @@ uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
-uint32_t embps_state_floats(uint32_t optimizer, uint32_t dim)
+uint32_t embps_optimizer_state_floats(uint32_t optimizer, uint32_t dim)
 {
     switch (optimizer) {
     case EMBPS_OPT_ADAGRAD: return dim;
@@ -127,7 +128,8 @@ void optimizer_step(const embps_table_spec *spec, const float *row, const float 
     }
 }
 
-int embps_init_rows(const embps_table_spec *spec, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len)
+int embps_initializer_fill(const embps_table_spec *spec, const uint64_t *keys, size_t n, float *rows_out,
+                           size_t rows_len)
 {
     int rc = spec_is_valid(spec);
     if (rc)
@@ -145,7 +147,7 @@ int embps_optimizer_apply(const embps_table_spec *spec, float *rows, float *stat
     int rc = spec_is_valid(spec);
     if (rc)
         return rc;
-    size_t dim = spec->dim, sf = embps_state_floats(spec->optimizer, spec->dim);
+    size_t dim = spec->dim, sf = embps_optimizer_state_floats(spec->optimizer, spec->dim);
     if (!all_finite(grads, n * dim))
         return fail(EMBPS_E_NONFINITE, "gradients contain NaN or Inf; nothing was applied");
     for (size_t i = 0; i < n; i++)

@@ -1,3 +1,4 @@
+/* pethash.c -- PetHash, the persistent index of one table (its layout is described in pethash.h). */
 #include "pethash.h"
 
 #include "status.h"

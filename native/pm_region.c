@@ -1,3 +1,4 @@
+/* pm_region.c -- files mapped as persistent memory: through libpmem2, or the crash simulator. */
 #include "pm_region.h"
 
 #include "status.h"
@@ -39,6 +40,8 @@ struct pm_region {
     size_t n_pending, cap_pending;
     pm_region *next;
 };
+
+/* ---- the crash simulator ------------------------------------------------- */
 
 static uint64_t splitmix(uint64_t *s)
 {
@@ -114,6 +117,8 @@ static int map_simulated(pm_region *r, pm_sim *sim, const char *path)
     pthread_mutex_unlock(&sim->lock);
     return EMBPS_OK;
 }
+
+/* ---- mapping ------------------------------------------------------------- */
 
 static void no_flush(const void *addr, size_t len)
 {
@@ -208,6 +213,8 @@ size_t pm_region_size(const pm_region *r)
 {
     return r->size;
 }
+
+/* ---- flush and drain ----------------------------------------------------- */
 
 void pm_flush(pm_region *r, const void *addr, size_t len)
 {

@@ -1,3 +1,4 @@
+/* slab_pool.c -- the DRAM allocator of a table's slab pool, with epoch-based reclamation. */
 #include "slab_pool.h"
 
 #include "status.h"
@@ -44,7 +45,7 @@ int slab_pool_claim(slab_pool *p, uint64_t ref)
     return 1;
 }
 
-int slab_pool_finish_recovery(slab_pool *p)
+void slab_pool_finish_recovery(slab_pool *p)
 {
     p->n_free = 0;
     for (uint64_t w = 0; w * 64 < p->high_water; w++) {
@@ -55,7 +56,6 @@ int slab_pool_finish_recovery(slab_pool *p)
                 p->free_stack[p->n_free++] = i;
         }
     }
-    return EMBPS_OK;
 }
 
 uint64_t epoch_enter(slab_pool *p)

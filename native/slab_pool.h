@@ -39,7 +39,7 @@ static inline char *slab_at(const slab_pool *p, uint64_t ref) { return p->base +
 /* Recovery: claims the slab of a live ref; 0 if it was already claimed (corruption). */
 int slab_pool_claim(slab_pool *p, uint64_t ref);
 /* Recovery: turns the claimed set into the allocator's free lists. */
-int slab_pool_finish_recovery(slab_pool *p);
+void slab_pool_finish_recovery(slab_pool *p);
 int slab_pool_is_used(const slab_pool *p, uint64_t ref);
 
 int slab_alloc(slab_pool *p, uint64_t *ref);

@@ -1,3 +1,4 @@
+/* status.c -- status names and the thread-local message of the last failure. */
 #include "status.h"
 
 #include <stdarg.h>

@@ -1,4 +1,4 @@
-/* A store: a directory of table files, and the crash simulator they share. */
+/* store.c -- a store: a directory of table files, and the crash simulator they share. */
 #include "optimizer.h"
 #include "pm_region.h"
 #include "status.h"
@@ -31,6 +31,8 @@ struct embps_store {
     size_t n_tables, cap_tables;
 };
 
+/* ---- the directory ------------------------------------------------------- */
+
 static int name_is_valid(const char *name)
 {
     size_t len = name ? strlen(name) : 0;
@@ -59,6 +61,25 @@ static int sync_dir(const char *dir)
     if (fd >= 0)
         close(fd);
     return rc ? fail(EMBPS_E_IO, "cannot sync directory %s: %s", dir, strerror(errno)) : EMBPS_OK;
+}
+
+/* mkdir -p: the store's directory and every missing parent. */
+static int make_dirs(const char *dir)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof(path), "%s", dir) >= sizeof(path))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
+    for (char *p = path + 1;; p++) {
+        if (*p != '/' && *p != '\0')
+            continue;
+        char end = *p;
+        *p = '\0';
+        if (mkdir(path, 0755) && errno != EEXIST)
+            return fail(EMBPS_E_IO, "cannot create %s: %s", path, strerror(errno));
+        if (!end)
+            return EMBPS_OK;
+        *p = end;
+    }
 }
 
 static int add_table(embps_store *s, embps_table *t)
@@ -121,6 +142,8 @@ static int open_tables(embps_store *s)
     return rc;
 }
 
+/* ---- opening and closing ------------------------------------------------- */
+
 int embps_store_open(const embps_store_config *cfg, embps_store **out)
 {
     if (!cfg || !cfg->dir || !cfg->dir[0])
@@ -142,8 +165,8 @@ int embps_store_open(const embps_store_config *cfg, embps_store **out)
     int rc = EMBPS_OK;
     if ((size_t)snprintf(s->dir, sizeof(s->dir), "%s", cfg->dir) >= sizeof(s->dir))
         rc = fail(EMBPS_E_INVALID_ARGUMENT, "store directory path too long");
-    else if (mkdir(s->dir, 0755) && errno != EEXIST)
-        rc = fail(EMBPS_E_IO, "cannot create %s: %s", s->dir, strerror(errno));
+    else
+        rc = make_dirs(s->dir);
     if (!rc)
         rc = lock_store(s);
     if (!rc && cfg->crash_sim)
@@ -193,6 +216,8 @@ const char *embps_store_table_name(embps_store *s, size_t i)
     pthread_mutex_unlock(&s->lock);
     return name;
 }
+
+/* ---- its tables ---------------------------------------------------------- */
 
 static ssize_t find_table(embps_store *s, const char *name)
 {

@@ -1,3 +1,4 @@
+/* table.c -- one table: its file, recovery, lock-free reads and copy-on-write writes. */
 #include "table.h"
 
 #include "optimizer.h"
@@ -19,6 +20,8 @@
 #define PAGE 4096u
 #define MAX_LOAD 0.85
 #define CHUNK_ROWS 1024   /* rows persisted per round of a write; bounds the slabs in flight */
+
+/* ---- the file: layout, creation, recovery -------------------------------- */
 
 /* Written once at creation, never modified: everything needed to read the file. */
 typedef struct {
@@ -88,7 +91,7 @@ static void plan_layout(const char *name, const embps_table_spec *spec, table_he
     h->header_bytes = HEADER_BYTES;
     strncpy(h->name, name, EMBPS_NAME_MAX);
     h->spec = *spec;
-    h->state_floats = embps_state_floats(spec->optimizer, spec->dim);
+    h->state_floats = embps_optimizer_state_floats(spec->optimizer, spec->dim);
     h->slab_bytes = (uint32_t)round_up(((uint64_t)spec->dim + h->state_floats) * sizeof(float), 16);
     h->n_buckets = next_pow2((uint64_t)(spec->capacity / (PH_SLOTS * MAX_LOAD)) + 1);
     /* Headroom for copy-on-write: new slabs exist before the old ones are reclaimed. */
@@ -102,14 +105,12 @@ static void plan_layout(const char *name, const embps_table_spec *spec, table_he
 
 int table_create_file(const char *path, const char *name, const embps_table_spec *spec)
 {
-    int rc = spec_is_valid(spec);
-    if (rc)
-        return rc;
     table_header h;
     plan_layout(name, spec, &h);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
         return fail(EMBPS_E_IO, "cannot create %s: %s", path, strerror(errno));
+    int rc = EMBPS_OK;
     /* A sparse file reads as zeros: an empty index and an unused pool, no writes needed. */
     if (ftruncate(fd, (off_t)h.file_bytes) || pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(fd))
         rc = fail(EMBPS_E_IO, "cannot write %s: %s", path, strerror(errno));
@@ -156,7 +157,8 @@ static int recover(embps_table *t)
         }
     }
     atomic_store(&t->rows, rows);
-    return slab_pool_finish_recovery(&t->pool);
+    slab_pool_finish_recovery(&t->pool);
+    return EMBPS_OK;
 }
 
 static double now_seconds(void)
@@ -225,6 +227,8 @@ void table_close(embps_table *t)
     free(t);
 }
 
+/* ---- what a table is ----------------------------------------------------- */
+
 const char *table_name(const embps_table *t)
 {
     return t->name;
@@ -259,13 +263,13 @@ void table_missing_row(const embps_table *t, uint64_t key, float *row)
         init_row(&t->spec, key, row);
 }
 
-void embps_pool_region(embps_table *t, void **base, size_t *len)
+void embps_table_pool_region(embps_table *t, void **base, size_t *len)
 {
     *base = t->pool.base;
     *len = t->pool.n_slabs * t->pool.slab_bytes;
 }
 
-/* ---- reads (lock-free) ------------------------------------------------ */
+/* ---- reads (lock-free) --------------------------------------------------- */
 
 static int check_len(const char *what, size_t got, size_t n, size_t width)
 {
@@ -286,8 +290,8 @@ static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
         __builtin_prefetch((const void *)line);
 }
 
-int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
-                 float *state_out, size_t state_len, uint8_t *found_out)
+int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
+                       float *state_out, size_t state_len, uint8_t *found_out)
 {
     const size_t dim = t->dim, sf = t->state_floats;
     int rc = check_len("rows", rows_len, n, dim);
@@ -336,8 +340,8 @@ int embps_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out
     return EMBPS_OK;
 }
 
-int embps_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int with_state, embps_sge *sge_out,
-                       uint64_t *guard_out)
+int embps_table_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int with_state, embps_sge *sge_out,
+                             uint64_t *guard_out)
 {
     const uint32_t len = (uint32_t)((t->dim + (with_state ? t->state_floats : 0)) * sizeof(float));
     uint64_t hash[PF_RING];
@@ -362,13 +366,13 @@ int embps_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int with_
     return EMBPS_OK;
 }
 
-void embps_gather_end(embps_table *t, uint64_t guard)
+void embps_table_gather_end(embps_table *t, uint64_t guard)
 {
     epoch_exit(&t->pool, guard);
 }
 
-int embps_export(embps_table *t, uint64_t *cursor, size_t max, uint64_t *keys_out, float *rows_out,
-                 float *state_out, size_t *n_out)
+int embps_table_export(embps_table *t, uint64_t *cursor, size_t max, uint64_t *keys_out, float *rows_out,
+                       float *state_out, size_t *n_out)
 {
     if (max < PH_SLOTS)
         return fail(EMBPS_E_INVALID_ARGUMENT, "export needs room for at least %d rows per call", PH_SLOTS);
@@ -409,7 +413,7 @@ int embps_export(embps_table *t, uint64_t *cursor, size_t max, uint64_t *keys_ou
     return EMBPS_OK;
 }
 
-/* ---- writes (one writer per table) -------------------------------------- */
+/* ---- writes (one writer per table) --------------------------------------- */
 
 static int grow_scratch(embps_table *t, size_t n)
 {
@@ -436,8 +440,9 @@ static int grow_scratch(embps_table *t, size_t n)
     return ok ? EMBPS_OK : fail(EMBPS_E_NOMEM, "out of memory for a batch of %zu keys", n);
 }
 
-/* Collapses repeated keys.  sum_into: gradients of a key are added up there;
- * otherwise uindex remembers each key's last position.  Returns the unique count. */
+/* Collapses repeated keys into ukeys and uhash, in the order they first appear; uindex remembers
+ * each one's last input position (the row an assign writes) and, given grads, ugrads holds its
+ * summed gradients.  Returns the unique count. */
 static size_t dedupe(embps_table *t, const uint64_t *keys, size_t n, const float *grads)
 {
     write_scratch *ws = &t->ws;
@@ -597,7 +602,7 @@ out:
     return rc;
 }
 
-int embps_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads, size_t grads_len)
+int embps_table_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads, size_t grads_len)
 {
     int rc = check_len("gradient", grads_len, n, t->dim);
     if (rc)
@@ -607,8 +612,8 @@ int embps_update(embps_table *t, const uint64_t *keys, size_t n, const float *gr
     return write_rows(t, keys, n, grads, NULL);
 }
 
-int embps_assign(embps_table *t, const uint64_t *keys, size_t n, const float *rows, size_t rows_len,
-                 const float *state, size_t state_len)
+int embps_table_assign(embps_table *t, const uint64_t *keys, size_t n, const float *rows, size_t rows_len,
+                       const float *state, size_t state_len)
 {
     int rc = check_len("rows", rows_len, n, t->dim);
     if (!rc && state)
@@ -621,7 +626,7 @@ int embps_assign(embps_table *t, const uint64_t *keys, size_t n, const float *ro
     return write_rows(t, keys, n, NULL, &src);
 }
 
-int embps_delete(embps_table *t, const uint64_t *keys, size_t n, uint64_t *deleted_out)
+int embps_table_delete(embps_table *t, const uint64_t *keys, size_t n, uint64_t *deleted_out)
 {
     pthread_mutex_lock(&t->write_lock);
     int rc = grow_scratch(t, n);

@@ -5,7 +5,7 @@
 #include "embps_store.h"
 #include "pm_region.h"
 
-/* Creates a table file with an empty index (zeroed pages) and its header. */
+/* Creates a table file with an empty index (zeroed pages) and its header; spec has been validated. */
 int table_create_file(const char *path, const char *name, const embps_table_spec *spec);
 /* Maps a table file and rebuilds its DRAM state from PM (recovery). */
 int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out);

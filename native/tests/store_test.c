@@ -1,8 +1,10 @@
 /*
- * Native store tests, built with AddressSanitizer and UBSan by `make test-native`.
+ * store_test.c -- the native core's tests, built with AddressSanitizer and UBSan by `make test-native`.
+ *
  * Python tests cover the numerics; these cover memory safety, invariants,
  * crash recovery and lock-free reads racing a writer.
  */
+#include "embps_data_server.h"
 #include "embps_store.h"
 
 #include <arpa/inet.h>
@@ -70,19 +72,19 @@ static void test_round_trip_and_reopen(void)
         keys[i] = i * 0x9E3779B97F4A7C15ull;
         fill(rows + i * DIM, DIM, (float)i);
     }
-    EXPECT_OK(embps_assign(t, keys, N, rows, N * DIM, NULL, 0));
-    EXPECT_OK(embps_lookup(t, keys, N, out, N * DIM, state, N * DIM, found));
+    EXPECT_OK(embps_table_assign(t, keys, N, rows, N * DIM, NULL, 0));
+    EXPECT_OK(embps_table_lookup(t, keys, N, out, N * DIM, state, N * DIM, found));
     EXPECT(memcmp(rows, out, sizeof(rows)) == 0);
     EXPECT(found[0] && found[N - 1] && state[5] == 0.0f);
     /* a repeated key: its gradients are summed, then Adagrad runs once */
     uint64_t twice[2] = {keys[3], keys[3]};
     float g[2 * DIM];
     fill(g, 2 * DIM, 1.0f);
-    EXPECT_OK(embps_update(t, twice, 2, g, 2 * DIM));
-    EXPECT_OK(embps_lookup(t, twice, 1, out, DIM, state, DIM, found));
+    EXPECT_OK(embps_table_update(t, twice, 2, g, 2 * DIM));
+    EXPECT_OK(embps_table_lookup(t, twice, 1, out, DIM, state, DIM, found));
     EXPECT(state[0] == 4.0f && fabsf(out[0] - (3.0f - 0.1f * 2.0f / (2.0f + 1e-8f))) < 1e-6f);
     uint64_t deleted = 0;
-    EXPECT_OK(embps_delete(t, keys, N / 2, &deleted));
+    EXPECT_OK(embps_table_delete(t, keys, N / 2, &deleted));
     EXPECT(deleted == N / 2);
     EXPECT_OK(embps_table_check(t));
     embps_store_close(s);
@@ -93,12 +95,12 @@ static void test_round_trip_and_reopen(void)
     embps_table_stats st;
     embps_table_describe(t, NULL, &st);
     EXPECT(st.rows == N - N / 2 && st.slabs_used == st.rows);
-    EXPECT_OK(embps_lookup(t, keys, N, out, N * DIM, NULL, 0, found));
+    EXPECT_OK(embps_table_lookup(t, keys, N, out, N * DIM, NULL, 0, found));
     EXPECT(!found[0] && found[N / 2] && out[(N - 1) * DIM] == (float)(N - 1));
     uint64_t cursor = 0, seen = 0;
     while (cursor != UINT64_MAX) {
         size_t n;
-        EXPECT_OK(embps_export(t, &cursor, 64, keys, out, state, &n));
+        EXPECT_OK(embps_table_export(t, &cursor, 64, keys, out, state, &n));
         seen += n;
     }
     EXPECT(seen == st.rows);
@@ -122,18 +124,18 @@ static void test_bad_input_changes_nothing(void)
     for (int i = 0; i < 12; i++)
         keys[i] = (uint64_t)i;
     fill(rows, 48, 1.0f);
-    EXPECT_OK(embps_assign(t, keys, 5, rows, 20, NULL, 0));
-    EXPECT(embps_assign(t, keys, 5, rows, 19, NULL, 0) == EMBPS_E_INVALID_ARGUMENT);
-    EXPECT(embps_assign(t, keys, 12, rows, 48, NULL, 0) == EMBPS_E_CAPACITY);
+    EXPECT_OK(embps_table_assign(t, keys, 5, rows, 20, NULL, 0));
+    EXPECT(embps_table_assign(t, keys, 5, rows, 19, NULL, 0) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT(embps_table_assign(t, keys, 12, rows, 48, NULL, 0) == EMBPS_E_CAPACITY);
     rows[7] = NAN;
-    EXPECT(embps_update(t, keys, 5, rows, 20) == EMBPS_E_NONFINITE);
+    EXPECT(embps_table_update(t, keys, 5, rows, 20) == EMBPS_E_NONFINITE);
     rows[7] = INFINITY;
-    EXPECT(embps_assign(t, keys, 5, rows, 20, NULL, 0) == EMBPS_E_NONFINITE);
+    EXPECT(embps_table_assign(t, keys, 5, rows, 20, NULL, 0) == EMBPS_E_NONFINITE);
     uint64_t reserved = EMBPS_RESERVED_KEY;
-    EXPECT(embps_assign(t, &reserved, 1, rows, 4, NULL, 0) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT(embps_table_assign(t, &reserved, 1, rows, 4, NULL, 0) == EMBPS_E_INVALID_ARGUMENT);
     float out[20];
-    EXPECT(embps_lookup(t, keys, 5, out, 21, NULL, 0, NULL) == EMBPS_E_INVALID_ARGUMENT);
-    EXPECT_OK(embps_lookup(t, keys, 5, out, 20, NULL, 0, NULL));
+    EXPECT(embps_table_lookup(t, keys, 5, out, 21, NULL, 0, NULL) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT_OK(embps_table_lookup(t, keys, 5, out, 20, NULL, 0, NULL));
     for (int i = 0; i < 20; i++)
         EXPECT(out[i] == 1.0f);
     embps_table_stats st;
@@ -153,6 +155,19 @@ static void test_bad_input_changes_nothing(void)
     snprintf(dir, sizeof(dir), "%s/bad_input", root);
     embps_store_config cfg = {.dir = dir};
     EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_CORRUPT);
+}
+
+static void test_store_creates_parent_directories(void)
+{
+    embps_store *s = open_store("parents/of/a/store", 0, 0, 0);
+    EXPECT(s != NULL);
+    embps_store_close(s);
+    char file[512], dir[600];
+    snprintf(file, sizeof(file), "%s/a_file", root);
+    fclose(fopen(file, "w"));
+    snprintf(dir, sizeof(dir), "%s/store", file);
+    embps_store_config cfg = {.dir = dir};
+    EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_IO);   /* a parent that is a file */
 }
 
 /* Crash at every persist point of an assign/delete workload whose values encode (key, version). */
@@ -184,7 +199,8 @@ static void test_crash_sweep(void)
                 fill(rows + i * DIM, DIM, (float)(op * 1000 + (int)keys[i]));
             }
             int deleting = op % 5 == 4;
-            int rc = deleting ? embps_delete(t, keys, BATCH, NULL) : embps_assign(t, keys, BATCH, rows, BATCH * DIM, NULL, 0);
+            int rc = deleting ? embps_table_delete(t, keys, BATCH, NULL)
+                              : embps_table_assign(t, keys, BATCH, rows, BATCH * DIM, NULL, 0);
             for (int i = 0; i < BATCH; i++)
                 inflight[keys[i]] = deleting ? -1.0f : rows[i * DIM];
             if (rc == EMBPS_E_CRASHED)
@@ -203,7 +219,7 @@ static void test_crash_sweep(void)
         for (uint64_t k = 0; k < KEYS; k++) {
             float row[DIM];
             uint8_t found;
-            EXPECT_OK(embps_lookup(t, &k, 1, row, DIM, NULL, 0, &found));
+            EXPECT_OK(embps_table_lookup(t, &k, 1, row, DIM, NULL, 0, &found));
             float got = found ? row[0] : -1.0f;
             for (int j = 1; j < DIM && found; j++)
                 EXPECT(row[j] == row[0]);   /* not torn */
@@ -231,7 +247,7 @@ static void *reader(void *arg)
         keys[i] = (uint64_t)i;
     while (!r->stop) {
         uint8_t found[64];
-        embps_lookup(r->t, keys, 64, out, 64 * 16, NULL, 0, found);
+        embps_table_lookup(r->t, keys, 64, out, 64 * 16, NULL, 0, found);
         for (int i = 0; i < 64; i++)
             for (int j = 1; j < 16 && found[i]; j++)
                 r->torn |= out[i * 16 + j] != out[i * 16];
@@ -256,9 +272,9 @@ static void test_lock_free_reads_race_writer(void)
             keys[i] = (uint64_t)((v * 8 + i) % 64);
         fill(rows, 8 * 16, (float)v);
         if (v % 7 == 6)
-            EXPECT_OK(embps_delete(t, keys, 8, NULL));
+            EXPECT_OK(embps_table_delete(t, keys, 8, NULL));
         else
-            EXPECT_OK(embps_assign(t, keys, 8, rows, 8 * 16, NULL, 0));
+            EXPECT_OK(embps_table_assign(t, keys, 8, rows, 8 * 16, NULL, 0));
     }
     r.stop = 1;
     for (int i = 0; i < 2; i++)
@@ -277,17 +293,17 @@ static void test_gather_points_at_rows(void)
     uint64_t keys[3] = {10, 20, 30};
     float rows[3 * 8];
     fill(rows, 24, 2.5f);
-    EXPECT_OK(embps_assign(t, keys, 2, rows, 16, NULL, 0));
+    EXPECT_OK(embps_table_assign(t, keys, 2, rows, 16, NULL, 0));
     embps_sge sge[3];
     uint64_t guard;
-    EXPECT_OK(embps_gather_begin(t, keys, 3, 1, sge, &guard));
+    EXPECT_OK(embps_table_gather_begin(t, keys, 3, 1, sge, &guard));
     EXPECT(sge[0].found && sge[1].found && !sge[2].found && sge[0].len == 9 * sizeof(float));
     EXPECT(((float *)(uintptr_t)sge[1].addr)[7] == 2.5f);
     void *base;
     size_t len;
-    embps_pool_region(t, &base, &len);
+    embps_table_pool_region(t, &base, &len);
     EXPECT(sge[0].addr >= (uint64_t)(uintptr_t)base && sge[0].addr + sge[0].len <= (uint64_t)(uintptr_t)base + len);
-    embps_gather_end(t, guard);
+    embps_table_gather_end(t, guard);
     embps_store_close(s);
 }
 
@@ -346,16 +362,17 @@ static void test_data_server_over_loopback(void)
     uint64_t keys[65] = {5, 6, 7};
     float grads[2 * 4], out[3 * 4 + 3];
     fill(grads, 8, 1.0f);
-    EXPECT(wire_call(fd, EMBPS_OP_UPDATE, 0, "t", keys, 2, 4, grads, NULL, 0).status == EMBPS_OK);
-    embps_wire_reply r = wire_call(fd, EMBPS_OP_LOOKUP, 0, "t", keys, 3, 4, NULL, out, sizeof(out));
+    EXPECT(wire_call(fd, EMBPS_WIRE_OP_UPDATE, 0, "t", keys, 2, 4, grads, NULL, 0).status == EMBPS_OK);
+    embps_wire_reply r = wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "t", keys, 3, 4, NULL, out, sizeof(out));
     EXPECT(r.status == EMBPS_OK && r.payload_bytes == 3 * (16 + 1));
     EXPECT(out[0] == -0.1f && out[7] == -0.1f && out[8] == 0.0f);   /* key 7 missing: its zero initial row */
     const uint8_t *found = (const uint8_t *)&out[12];
     EXPECT(found[0] == 1 && found[1] == 1 && found[2] == 0);
-    EXPECT(wire_call(fd, EMBPS_OP_LOOKUP, 0, "nope", keys, 1, 4, NULL, out, sizeof(out)).status == EMBPS_E_NOT_FOUND);
+    EXPECT(wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "nope", keys, 1, 4, NULL, out, sizeof(out)).status ==
+           EMBPS_E_NOT_FOUND);
     grads[0] = NAN;
-    EXPECT(wire_call(fd, EMBPS_OP_UPDATE, 0, "t", keys, 1, 4, grads, NULL, 0).status == EMBPS_E_NONFINITE);
-    EXPECT(wire_call(fd, EMBPS_OP_LOOKUP, 0, "t", keys, 65, 4, NULL, NULL, 0).status == EMBPS_E_TOO_LARGE);
+    EXPECT(wire_call(fd, EMBPS_WIRE_OP_UPDATE, 0, "t", keys, 1, 4, grads, NULL, 0).status == EMBPS_E_NONFINITE);
+    EXPECT(wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "t", keys, 65, 4, NULL, NULL, 0).status == EMBPS_E_TOO_LARGE);
     char probe;
     EXPECT(recv(fd, &probe, 1, 0) == 0);   /* an oversized request closes the connection */
     close(fd);
@@ -374,6 +391,7 @@ int main(void)
     mkdir(root, 0755);
     test_round_trip_and_reopen();
     test_bad_input_changes_nothing();
+    test_store_creates_parent_directories();
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from embps.store import (CapacityExhausted, InvalidArgument, NonFiniteValues, OptimizerSpec, Store,
-                         StoreCorrupted, StoreError, TableExists, TableNotFound, TableSpec)
+                         StoreCorrupted, StoreError, StoreIOError, TableExists, TableNotFound, TableSpec)
 
 
 @pytest.fixture
@@ -84,6 +84,12 @@ def test_persist_mode_is_one_per_process(table, tmp_path):
         Store(tmp_path / "other", persist="native")
     with pytest.raises(InvalidArgument, match="persist must be"):
         Store(tmp_path / "other", persist="fast")
+
+
+def test_store_below_a_file_is_an_io_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreIOError, match="cannot create .*/file/store: Not a directory"):
+        Store(tmp_path / "file" / "store")
 
 
 def test_corrupt_table_file_refuses_to_open(tmp_path):

@@ -42,6 +42,15 @@ def test_assign_lookup_round_trip_survives_reopen(tmp_path):
         t.check()
 
 
+def test_store_creates_missing_parent_directories(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with Store("data/shard0") as s:   # relative, from an empty directory, as the README's example
+        make_table(s).assign([1], np.ones((1, 8)))
+    assert (tmp_path / "data" / "shard0" / "emb.table").is_file()
+    with Store(tmp_path / "data" / "shard0") as s:
+        np.testing.assert_array_equal(s.table("emb").lookup([1]), np.ones((1, 8)))
+
+
 @pytest.mark.parametrize("kind", OPTIMIZERS)
 def test_fused_optimizer_matches_numpy_reference(store, kind):
     dim = 8

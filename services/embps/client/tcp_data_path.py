@@ -1,11 +1,10 @@
-"""Client side of the native TCP data path (wire format in native/embps_store.h): lookups and updates
-as one request and one reply per batch on a pooled connection."""
+"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups and
+updates as one request and one reply per batch on a pooled connection."""
 
 from __future__ import annotations
 
 import queue
 import socket
-import struct
 
 import grpc
 import numpy as np
@@ -13,11 +12,10 @@ import numpy as np
 from embps.common.addresses import split_host_port
 from embps.common.status_codes import GRPC_CODE_BY_STATUS
 from embps.store._native import ffi, lib
+from embps.store.data_server import WIRE_REPLY, WIRE_REQUEST
 
 from .errors import ShardError
 
-_REQUEST = struct.Struct("<IBBBBII")   # magic, op, flags, name_len, reserved, n_keys, dim
-_REPLY = struct.Struct("<IIQ")         # status, msg_len, payload_bytes
 _CLOSES_CONNECTION = {lib.EMBPS_E_TOO_LARGE, lib.EMBPS_E_PROTOCOL}
 
 
@@ -35,7 +33,7 @@ class TcpDataPath:
                timeout: float | None = None):
         """(rows, state or None, found); dim 0 lets the server's dim stand (not allowed with state)."""
         flags = lib.EMBPS_WIRE_WITH_STATE if with_state else 0
-        payload = self._call(lib.EMBPS_OP_LOOKUP, flags, table, keys, dim, (), timeout)
+        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, flags, table, keys, dim, (), timeout)
         n = len(keys)
         if n == 0:
             return np.empty((0, dim), np.float32), np.empty((0, state_floats), np.float32) if with_state else None, \
@@ -47,7 +45,7 @@ class TcpDataPath:
         return matrix, None, found
 
     def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None) -> None:
-        self._call(lib.EMBPS_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout)
+        self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout)
 
     def close(self) -> None:
         while True:
@@ -67,7 +65,7 @@ class TcpDataPath:
     def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple,
               timeout: float | None) -> np.ndarray:
         name = table.encode()
-        header = _REQUEST.pack(lib.EMBPS_WIRE_MAGIC, op, flags, len(name), 0, len(keys), dim)
+        header = WIRE_REQUEST.pack(lib.EMBPS_WIRE_MAGIC, op, flags, len(name), 0, len(keys), dim)
         try:
             sock = self._connection(timeout or self._timeout)
         except OSError as error:
@@ -75,7 +73,7 @@ class TcpDataPath:
         try:
             sock.settimeout(timeout or self._timeout)
             _send_all(sock, [header, name, keys, *body])
-            status, msg_len, payload_bytes = _REPLY.unpack(_recv_exact(sock, _REPLY.size))
+            status, msg_len, payload_bytes = WIRE_REPLY.unpack(_recv_exact(sock, WIRE_REPLY.size))
             message = _recv_exact(sock, msg_len).decode(errors="replace") if msg_len else ""
             payload = np.empty(payload_bytes, np.uint8)
             _recv_into(sock, memoryview(payload))

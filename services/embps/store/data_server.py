@@ -1,13 +1,36 @@
-"""The native TCP data path (see embps_store.h): started by the PS shard beside its gRPC server."""
+"""The native TCP data path (see native/embps_data_server.h): started by the PS shard beside its gRPC
+server; its wire structs as the client packs them."""
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from ._native import ffi, lib
 from .store import Store, check_status
 
-LATENCY_BOUNDS_SECONDS = tuple(b / 1e6 for b in lib.embps_latency_bounds_us)
+# The wire structs of embps_data_server.h, field by field (little-endian, no padding).
+WIRE_REQUEST = struct.Struct("<IBBBBII")
+WIRE_REQUEST_FIELDS = ("magic", "op", "flags", "name_len", "reserved", "n_keys", "dim")
+WIRE_REPLY = struct.Struct("<IIQ")
+WIRE_REPLY_FIELDS = ("status", "msg_len", "payload_bytes")
+
+
+def check_wire_layout(ctype: str, packer: struct.Struct, fields: tuple[str, ...]) -> None:
+    """What Python packs must be what C reads: the same fields at the same offsets and sizes."""
+    codes = packer.format.lstrip("<")
+    packed = [(name, struct.calcsize("<" + codes[:i]), struct.calcsize("<" + code))
+              for i, (name, code) in enumerate(zip(fields, codes))]
+    native = [(name, field.offset, ffi.sizeof(field.type)) for name, field in ffi.typeof(ctype).fields]
+    if packed != native or len(codes) != len(fields) or packer.size != ffi.sizeof(ctype):
+        raise ImportError(f"{ctype} is {native} ({ffi.sizeof(ctype)} bytes) in the native core, but Python packs "
+                          f"{packed} ({packer.size} bytes)")
+
+
+check_wire_layout("embps_wire_request", WIRE_REQUEST, WIRE_REQUEST_FIELDS)
+check_wire_layout("embps_wire_reply", WIRE_REPLY, WIRE_REPLY_FIELDS)
+
+LATENCY_BOUNDS_SECONDS = tuple(b / 1e6 for b in lib.embps_data_server_latency_bounds_us)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,6 @@ def initial_rows(spec: TableSpec, keys) -> np.ndarray:
     """The rows a table returns for keys it does not hold."""
     keys = as_keys(keys)
     rows = np.empty((len(keys), spec.dim), np.float32)
-    check_status(lib.embps_init_rows(spec_to_c(spec), ffi.from_buffer("uint64_t[]", keys), len(keys),
-                                     ffi.from_buffer("float[]", rows, require_writable=True), rows.size))
+    check_status(lib.embps_initializer_fill(spec_to_c(spec), ffi.from_buffer("uint64_t[]", keys), len(keys),
+                                            ffi.from_buffer("float[]", rows, require_writable=True), rows.size))
     return rows

@@ -5,11 +5,7 @@ from typing import Literal
 
 OptimizerKind = Literal["sgd", "adagrad", "rowwise_adagrad", "adam"]
 InitializerKind = Literal["zeros", "uniform", "normal"]
-
-OPTIMIZER_CODES: dict[str, int] = {"sgd": 0, "adagrad": 1, "rowwise_adagrad": 2, "adam": 3}
-INITIALIZER_CODES: dict[str, int] = {"zeros": 0, "uniform": 1, "normal": 2}
 MissingKeys = Literal["initialize", "report"]
-MISSING_KEYS_CODES: dict[str, int] = {"initialize": 0, "report": 1}
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,38 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _native
 from ._native import ffi, lib
 from .errors import InvalidArgument, StoreError, TableNotFound, error_for
-from .spec import INITIALIZER_CODES, MISSING_KEYS_CODES, OPTIMIZER_CODES, InitializerSpec, OptimizerSpec, TableSpec
+from .spec import InitializerSpec, OptimizerSpec, TableSpec
 
+# native_version() of the public declarations in native/*.h this binding is written against (see
+# native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
+NATIVE_VERSION = "abi-4cb8befa672eabd2"
+
+
+def check_native_version(built: str) -> None:
+    """An extension built from other declarations than the ones this binding calls must not load."""
+    if built != NATIVE_VERSION:
+        raise ImportError(f"the native core {Path(_native.__file__).name} is stale: it was built as {built}, "
+                          f"this source expects {NATIVE_VERSION}; rebuild: pip install -e .")
+
+
+def _built_version() -> str:
+    try:
+        return ffi.string(lib.embps_version()).decode()
+    except AttributeError:   # built before the core had a version stamp
+        return "unstamped"
+
+
+check_native_version(_built_version())
+
+# Each kind's code is the header's enum (embps_optimizer, embps_init, embps_missing).
+OPTIMIZER_CODES = {"sgd": lib.EMBPS_OPT_SGD, "adagrad": lib.EMBPS_OPT_ADAGRAD,
+                   "rowwise_adagrad": lib.EMBPS_OPT_ROWWISE_ADAGRAD, "adam": lib.EMBPS_OPT_ADAM}
+INITIALIZER_CODES = {"zeros": lib.EMBPS_INIT_ZEROS, "uniform": lib.EMBPS_INIT_UNIFORM,
+                     "normal": lib.EMBPS_INIT_NORMAL}
+MISSING_KEYS_CODES = {"initialize": lib.EMBPS_MISSING_INITIALIZE, "report": lib.EMBPS_MISSING_REPORT}
 _OPTIMIZER_NAMES = {code: name for name, code in OPTIMIZER_CODES.items()}
 _INITIALIZER_NAMES = {code: name for name, code in INITIALIZER_CODES.items()}
 _MISSING_KEYS_NAMES = {code: name for name, code in MISSING_KEYS_CODES.items()}
@@ -85,7 +113,7 @@ def _spec_from_c(c) -> TableSpec:
 
 def state_floats(optimizer: str, dim: int) -> int:
     """Optimizer state stored beside each row."""
-    return lib.embps_state_floats(OPTIMIZER_CODES[optimizer], dim)
+    return lib.embps_optimizer_state_floats(OPTIMIZER_CODES[optimizer], dim)
 
 
 @dataclass(frozen=True)
@@ -139,9 +167,9 @@ class Table:
             if found.shape != (n,) or found.dtype != np.bool_ or not found.flags.c_contiguous:
                 raise InvalidArgument(f"found must be a contiguous bool array of shape ({n},)")
             found_ptr = ffi.from_buffer("uint8_t[]", found, require_writable=True)
-        check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                      ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                      ffi.NULL, 0, found_ptr))
+        check_status(lib.embps_table_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+                                            ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
+                                            ffi.NULL, 0, found_ptr))
         return rows
 
     def lookup_with_state(self, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,18 +179,18 @@ class Table:
         rows = np.empty((n, self.dim), np.float32)
         state = np.empty((n, self.state_floats), np.float32)
         found = np.empty(n, np.bool_)
-        check_status(lib.embps_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                      ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                      ffi.from_buffer("float[]", state, require_writable=True), state.size,
-                                      ffi.from_buffer("uint8_t[]", found, require_writable=True)))
+        check_status(lib.embps_table_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+                                            ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
+                                            ffi.from_buffer("float[]", state, require_writable=True), state.size,
+                                            ffi.from_buffer("uint8_t[]", found, require_writable=True)))
         return rows, state, found
 
     def update(self, keys, grads) -> None:
         """Applies the table's optimizer; gradients of repeated keys are summed.  Persistent on return."""
         keys = as_keys(keys)
         grads = _as_matrix(grads, len(keys), self.dim, "gradients")
-        check_status(lib.embps_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
-                                      ffi.from_buffer("float[]", grads), grads.size))
+        check_status(lib.embps_table_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
+                                            ffi.from_buffer("float[]", grads), grads.size))
 
     def assign(self, keys, rows, state=None) -> None:
         """Overwrites rows and optimizer state (zero if not given).  Persistent on return."""
@@ -173,13 +201,13 @@ class Table:
         if state is not None:
             state = _as_matrix(state, n, self.state_floats, "state")
             state_ptr, state_len = ffi.from_buffer("float[]", state), state.size
-        check_status(lib.embps_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                      ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
+        check_status(lib.embps_table_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
+                                            ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
 
     def delete(self, keys) -> int:
         keys = as_keys(keys)
         deleted = ffi.new("uint64_t *")
-        check_status(lib.embps_delete(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), deleted))
+        check_status(lib.embps_table_delete(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys), deleted))
         return int(deleted[0])
 
     def export(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -194,7 +222,7 @@ class Table:
                 ffi.from_buffer("float[]", rows, require_writable=True),
                 ffi.from_buffer("float[]", state, require_writable=True))
         while cursor[0] != 2**64 - 1:
-            check_status(lib.embps_export(self.handle, cursor, batch, *bufs, count))
+            check_status(lib.embps_table_export(self.handle, cursor, batch, *bufs, count))
             n = count[0]
             if n:
                 yield keys[:n].copy(), rows[:n].copy(), state[:n].copy()
@@ -205,14 +233,14 @@ class Table:
         sges = np.empty(len(keys), SGE_DTYPE)
         guard = ffi.new("uint64_t *")
         entries = ffi.cast("embps_sge *", ffi.from_buffer(sges, require_writable=True))
-        check_status(lib.embps_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
-                                            int(with_state), entries, guard))
+        check_status(lib.embps_table_gather_begin(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
+                                                  int(with_state), entries, guard))
         return GatherList(self, sges, guard[0])
 
     def pool_region(self) -> tuple[int, int]:
         """(address, length) of the slab pool: the memory region an RDMA NIC registers."""
         base, length = ffi.new("void **"), ffi.new("size_t *")
-        lib.embps_pool_region(self.handle, base, length)
+        lib.embps_table_pool_region(self.handle, base, length)
         return int(ffi.cast("uintptr_t", base[0])), int(length[0])
 
     def stats(self) -> TableStats:
@@ -235,7 +263,7 @@ class GatherList:
 
     def release(self) -> None:
         if self._guard is not None:
-            lib.embps_gather_end(self._table.handle, self._guard)
+            lib.embps_table_gather_end(self._table.handle, self._guard)
             self._guard = None
 
     def __enter__(self) -> GatherList:
