@@ -27,7 +27,7 @@ import numpy as np
 from embps.client import PSClient, ShardError
 from embps.common import structured_log, wire
 from embps.common.grpc_channels import channel_options
-from embps.common.grpc_service import GrpcService, wait_for_stop_signal
+from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig, feature_keys
 from embps.common.spec_messages import spec_from_message
 from embps.v1 import training_pb2 as pb
@@ -41,6 +41,7 @@ COMMAND = "trainer-gateway"
 HELP = "cache rows for one trainer and sum its gradients with the other gateways"
 SERVICE_NAMES = (pb.DESCRIPTOR.services_by_name["TrainerGateway"].full_name,
                  pb.DESCRIPTOR.services_by_name["GatewayPeer"].full_name)
+GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.trainer_gateway")
 
 
@@ -362,25 +363,15 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             self.cache.close()
 
 
-def serve(job: JobConfig, trainer: int, cache_dir: Path) -> tuple[GrpcService, Gateway]:
-    service = GrpcService(job.addresses.gateways[trainer], job.security, SERVICE_NAMES, 8 + 2 * job.trainers,
-                          MAX_MESSAGE_BYTES)
-    gateway = Gateway(job, trainer, cache_dir)
-    pb_grpc.add_TrainerGatewayServicer_to_server(gateway, service.server)
-    pb_grpc.add_GatewayPeerServicer_to_server(gateway, service.server)
-    service.start()
-    return service, gateway
-
-
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
     cache_dir = Path(args.cache_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
-    service, gateway = serve(job, args.trainer, cache_dir)
-    log.info("gateway serving", extra={"trainer": args.trainer, "mode": job.mode,
-                                       "address": job.addresses.gateways[args.trainer]})
-    wait_for_stop_signal()
-    gateway.shutdown()
-    service.stop(2)
-    gateway.close()
-    return 0
+    service = GrpcService(job.addresses.gateways[args.trainer], job.security, SERVICE_NAMES, 8 + 2 * job.trainers,
+                          MAX_MESSAGE_BYTES)
+    gateway = Gateway(job, args.trainer, cache_dir)
+    pb_grpc.add_TrainerGatewayServicer_to_server(gateway, service.server)
+    pb_grpc.add_GatewayPeerServicer_to_server(gateway, service.server)
+    serving = {"trainer": args.trainer, "mode": job.mode, "address": job.addresses.gateways[args.trainer]}
+    return run_service(service, GRACE_SECONDS, started=lambda: log.info("gateway serving", extra=serving),
+                       stopping=gateway.shutdown, stopped=gateway.close)
