@@ -1,10 +1,13 @@
 """What every embps gRPC server has: a thread pool, deliberate message limits, the [security] settings,
-standard health checking and server reflection; and how its process waits for SIGTERM."""
+standard health checking and server reflection; and run_service, how every server's process starts it,
+serves until SIGTERM and stops."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -13,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from .grpc_channels import channel_options
 from .security import Security
+
+log = logging.getLogger("embps.grpc_service")
 
 
 class GrpcService:
@@ -43,9 +48,21 @@ class GrpcService:
             self.health.set(service, status)
 
 
-def wait_for_stop_signal() -> None:
-    """Blocks until SIGTERM or SIGINT."""
+def run_service(service: GrpcService, grace_seconds: float, *, started: Callable[[], None] = lambda: None,
+                stopping: Callable[[], None] = lambda: None, stopped: Callable[[], None] = lambda: None) -> int:
+    """Starts service (its servicers added) and serves until SIGTERM or SIGINT, then stops it: `started` runs
+    once it serves (announce it), `stopping` before calls in flight get grace_seconds (wake the ones that
+    wait), `stopped` after they are done (release the rest).  Returns the process's exit code."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    service.start()
+    try:
+        started()
+        stop.wait()
+        log.info("stopping", extra={"reason": "signal"})
+    finally:
+        stopping()
+        service.stop(grace_seconds)
+        stopped()
+    return 0

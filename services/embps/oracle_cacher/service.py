@@ -17,7 +17,7 @@ import numpy as np
 
 from embps.client import PSClient
 from embps.common import structured_log
-from embps.common.grpc_service import GrpcService, wait_for_stop_signal
+from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
@@ -29,6 +29,7 @@ COMMAND = "oracle-cacher"
 HELP = "plan caching over the training stream and feed the trainer gateways"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OracleCacher"].full_name
 MAX_MESSAGE_BYTES = 256 << 20
+GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.oracle_cacher")
 
 
@@ -127,21 +128,13 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
             yield plan
 
 
-def serve(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, OracleCacher]:
-    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
-    oracle = OracleCacher(job, queue_batches)
-    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
-    service.start()
-    return service, oracle
-
-
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
-    service, oracle = serve(job, args.queue_batches)
-    log.info("oracle serving", extra={"address": job.addresses.oracle, "steps": job.steps,
-                                      "lookahead": job.lookahead, "cleanup_every": job.cleanup_every})
-    wait_for_stop_signal()
-    oracle.stopping.set()
-    service.stop(2)
-    return 0
+    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
+    oracle = OracleCacher(job, args.queue_batches)
+    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
+    serving = {"address": job.addresses.oracle, "steps": job.steps, "lookahead": job.lookahead,
+               "cleanup_every": job.cleanup_every}
+    return run_service(service, GRACE_SECONDS, started=lambda: log.info("oracle serving", extra=serving),
+                       stopping=oracle.stopping.set)

@@ -14,7 +14,7 @@ from prometheus_client import start_http_server
 
 from embps.common import structured_log
 from embps.common.addresses import split_host_port
-from embps.common.grpc_service import GrpcService, wait_for_stop_signal
+from embps.common.grpc_service import GrpcService, run_service
 from embps.rdma.config import RdmaPathConfig
 from embps.rdma.server import start_rdma_path
 from embps.store import Store
@@ -44,7 +44,7 @@ def _rdma_config(config: ShardConfig) -> RdmaPathConfig:
 
 
 class ShardServer:
-    """One shard: store, gRPC server, data server and metrics endpoint, started and stopped together."""
+    """One shard: store, data server, metrics endpoint and the gRPC service that run_service serves."""
 
     def __init__(self, config: ShardConfig):
         self.config = config
@@ -57,8 +57,7 @@ class ShardServer:
         self.rdma, self.rdma_choice = start_rdma_path(self.store, config.id, _rdma_config(config))
         self.metrics.watch(self.store, self.data_server, self.rdma, self.rdma_choice)
         self.metrics_port = self._start_metrics()
-        self.grpc = self._start_grpc()
-        log.info("shard serving", extra=self.addresses())
+        self.grpc = self._make_grpc()
 
     def _start_data_server(self) -> DataServer | None:
         if not self.config.data_listen:
@@ -78,14 +77,13 @@ class ShardServer:
         self._metrics_httpd = httpd
         return httpd.server_port
 
-    def _start_grpc(self) -> GrpcService:
+    def _make_grpc(self) -> GrpcService:
         service = GrpcService(self.config.listen, self.config.security, (SERVICE_NAME,), self.config.grpc_workers,
                               self.config.max_message_bytes)
         servicer = ParameterShardServicer(self.store, self.metrics, self.config.max_batch_keys,
                                           self.config.max_message_bytes, stats_extra=self._fill_stats,
                                           drop_guard=self.rdma.table_drop_guard if self.rdma else None)
         pb_grpc.add_ParameterShardServicer_to_server(servicer, service.server)
-        service.start()
         return service
 
     def addresses(self) -> dict:
@@ -129,8 +127,16 @@ class ShardServer:
                 ops[sample.labels["method"]].keys = int(sample.value)
         return sorted(ops.values(), key=lambda op: op.operation)
 
-    def stop(self) -> None:
-        self.grpc.stop(self.config.grace_seconds)
+    def announce(self) -> None:
+        """Once gRPC serves: logs the addresses and writes them to the ready file, if the config names one."""
+        log.info("shard serving", extra=self.addresses())
+        if self.config.ready_file:
+            tmp = Path(self.config.ready_file + ".tmp")
+            tmp.write_text(json.dumps(self.addresses()))
+            tmp.rename(self.config.ready_file)   # readers never see a partial file
+
+    def close(self) -> None:
+        """Once gRPC has stopped: stops the other paths and closes the store."""
         if self.rdma:
             self.rdma.stop()
         if self.data_server:
@@ -145,11 +151,4 @@ def run(args) -> int:
     config = ShardConfig.load(args.config)
     structured_log.configure(config.log_level, config.log_format == "json")
     server = ShardServer(config)
-    if config.ready_file:
-        tmp = Path(config.ready_file + ".tmp")
-        tmp.write_text(json.dumps(server.addresses()))
-        tmp.rename(config.ready_file)   # readers never see a partial file
-    wait_for_stop_signal()
-    log.info("stopping", extra={"reason": "signal"})
-    server.stop()
-    return 0
+    return run_service(server.grpc, config.grace_seconds, started=server.announce, stopped=server.close)

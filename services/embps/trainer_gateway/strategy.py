@@ -1,0 +1,90 @@
+"""What a gateway mode is: the Strategy that the one Gateway servicer delegates its mode's work to, and
+the GatewayContext every strategy works with.
+
+The servicer keeps the order of calls, the plans, the failures and the counters; a strategy decides
+which rows NextBatch serves, what the trainer's gradients change, what Finish writes back, and which
+background threads keep it ahead of the trainer.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from embps.client import PSClient
+from embps.common import wire
+from embps.common.job_config import JobConfig
+from embps.store import TableSpec
+from embps.v1 import training_pb2 as pb
+
+from .peer_exchange import PeerExchange, sum_contributions
+from .progress import Progress
+from .traffic import Traffic
+
+
+@dataclass
+class GatewayContext:
+    """One gateway's parts, shared by its servicer and its strategy."""
+    job: JobConfig
+    me: int                  # the trainer this gateway serves
+    ps: PSClient
+    peers: PeerExchange
+    progress: Progress
+    traffic: Traffic
+    spec: TableSpec          # the job's table, as the shards describe it
+    state_floats: int        # optimizer state per row
+    cache_dir: Path          # where a strategy that caches rows keeps them
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def summed_gradients(self, b: int, plan: pb.BatchPlan, keys: np.ndarray,
+                         grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every trainer's gradients of batch b, summed with the peers': the batch's keys (sorted, the same on
+        every gateway) and their sums."""
+        self.peers.contribute(b, keys, grads)
+        batch_keys = wire.keys_from_bytes(plan.keys)
+        return batch_keys, sum_contributions(batch_keys, self.peers.gather(b), self.dim)
+
+    def update_shards(self, keys: np.ndarray, summed: np.ndarray) -> None:
+        """The shards apply the summed gradients, each gateway sending its share (every gateway has the
+        same keys in the same order)."""
+        mine = np.arange(len(keys)) % self.peers.n == self.me
+        if mine.any():
+            self.ps.update(self.job.table, keys[mine], summed[mine])
+            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * self.dim))
+
+
+class Strategy(ABC):
+    """A gateway mode.  The servicer calls rows(b) and push(b) in turn for b = 0, 1, ..., then finish() once
+    the trainer is done, and close() when the process stops; the background threads run from the start,
+    and any GatewayError they raise fails the gateway."""
+
+    initial_round: ClassVar[int]   # the round every gateway has passed before batch 0 (see PeerExchange)
+
+    def __init__(self, context: GatewayContext):
+        self.context = context
+
+    def background(self) -> dict[str, Callable[[], None]]:
+        """The threads to run beside the gRPC handlers, by name."""
+        return {}
+
+    @abstractmethod
+    def rows(self, b: int, plan: pb.BatchPlan, keys: np.ndarray) -> np.ndarray:
+        """The rows of keys (this trainer's distinct keys of batch b, sorted) that NextBatch serves."""
+
+    @abstractmethod
+    def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:
+        """Takes the trainer's gradients of batch b (finite, one row per key of keys)."""
+
+    def finish(self) -> None:
+        """After the last push: puts on the shards whatever the strategy still holds."""
+
+    def close(self) -> None:
+        """Releases what the strategy holds (its cache)."""
