@@ -29,6 +29,7 @@ from embps.common import structured_log, wire
 from embps.common.grpc_channels import channel_options
 from embps.common.grpc_service import GrpcService, wait_for_stop_signal
 from embps.common.job_config import JobConfig, feature_keys
+from embps.common.job_messages import GATEWAY_MODES
 from embps.common.spec_messages import spec_from_message
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
@@ -156,7 +157,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
                                                                     channel_options(MAX_MESSAGE_BYTES)))
         count = 0
         try:
-            for plan in oracle.StreamPlans(pb.SubscribeRequest(trainer=self.me)):
+            for reply in oracle.StreamPlans(pb.StreamPlansRequest(trainer=self.me)):
+                plan = reply.plan
                 # Back-pressure: keep at most L + C plans beyond what the trainer has reached.
                 self._wait(lambda: plan.batch <= self.next_batch + self.job.lookahead + self.job.cleanup_every,
                            "the trainer to catch up")
@@ -225,7 +227,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self._wait(lambda: b in self.plans or (self.plans_end is not None and b >= self.plans_end),
                    f"the plan of batch {b}")
         if b not in self.plans:
-            return pb.TrainingBatch(batch=b, done=True)
+            return pb.NextBatchResponse(done=True)
         plan = self.plans[b]
         keys, inverse = self.local[b]
         if self.job.mode == "sync":
@@ -240,8 +242,9 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             del self.local[b]   # the prefetcher is past b: rows are in hand
             self.next_batch = b + 1
             self.cond.notify_all()
-        return pb.TrainingBatch(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
-                                inverse=inverse.astype(np.int32).tobytes())
+        batch = dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
+                     inverse=inverse.astype(np.int32).tobytes())   # a dict: a built message would be copied again
+        return pb.NextBatchResponse(batch=batch)
 
     @staticmethod
     def _local_keys(plan: pb.BatchPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +302,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             self.pushed = b
             self.steps += 1
             self.plans.pop(b - 1, None)
-        return pb.PushAck()
+        return pb.PushGradientsResponse()
 
     @_reported
     def Finish(self, request, context):
@@ -311,7 +314,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.peers.round_done(FINAL_ROUND)
         self.peers.wait_round(FINAL_ROUND)
         log.info("gateway finished", extra={"trainer": self.me, "steps": self.steps})
-        return self.Stats(request, context)
+        return pb.FinishResponse(stats=self._stats())
 
     def _update_shards(self, keys: np.ndarray, summed: np.ndarray) -> None:
         """The shards apply the summed gradients, each gateway sending its share (every gateway has the
@@ -330,11 +333,14 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             self.ps.assign(self.job.table, keys[part], rows[part], state[part])
         self.traffic.add(bytes_out=len(mine) * (8 + 4 * (self.dim + self.state_floats)))
 
-    def Stats(self, request, context):
+    def GetGatewayStats(self, request, context):
+        return self._stats()
+
+    def _stats(self) -> pb.GatewayStats:
         t = self.traffic
         return pb.GatewayStats(steps=self.steps, rows_used=t.rows_used, rows_fetched=t.rows_fetched,
-                               ps_bytes_in=t.bytes_in, ps_bytes_out=t.bytes_out, mode=self.job.mode,
-                               wait_seconds=self.wait_seconds)
+                               ps_bytes_in=t.bytes_in, ps_bytes_out=t.bytes_out,
+                               mode=GATEWAY_MODES.to_message(self.job.mode), wait_seconds=self.wait_seconds)
 
     # ---- GatewayPeer -----------------------------------------------------------------------
 
@@ -342,11 +348,11 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         keys = wire.keys_from_bytes(request.keys)
         self.peers.receive(request.batch, request.trainer, keys,
                            wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"))
-        return pb.PeerAck()
+        return pb.ContributeResponse()
 
     def NotifyRound(self, request, context):
         self.peers.receive_round(request.trainer, request.round)
-        return pb.PeerAck()
+        return pb.NotifyRoundResponse()
 
     def shutdown(self) -> None:
         """Wakes every waiting call with an error, so the process can stop now rather than at a timeout."""
