@@ -342,7 +342,9 @@ def client_path_kind(client) -> str:
     kinds = getattr(client, "data_path_kinds", None)
     if callable(kinds):
         return ",".join(kinds())
-    return "?(" + ",".join(p.kind for p in client.stats()[0].data_paths) + " offered)"
+    from embps.common.spec_messages import DATA_PATH_KINDS
+    offered = client.stats()[0].data_paths
+    return "?(" + ",".join(DATA_PATH_KINDS.from_message(p.kind) for p in offered) + " offered)"
 
 
 class ShardSide:
@@ -405,7 +407,7 @@ def path_traffic(side: ShardSide, call: Call, calls: int) -> dict[str, dict[str,
         call(0, i)
     time.sleep(0.05)  # the TCP data server counts a request just after sending its reply
     delta = counts_delta(before, operation_counts(side.clients[0]))
-    delta.pop("Stats", None)  # the counting itself
+    delta.pop("GetShardStats", None)  # the counting itself
     return delta
 
 
@@ -463,6 +465,7 @@ def run(cfg: Config, started: float) -> Report:
                 return report
 
             from embps.common.local_cluster import LocalShard
+            from embps.common.spec_messages import DATA_PATH_KINDS
             shard = stack.enter_context(LocalShard(os.path.join(tmp, "shard")))
             report.info["shard_address"] = shard.address
             ours = ShardSide(shard.address, "auto", cfg, wl)
@@ -471,7 +474,8 @@ def run(cfg: Config, started: float) -> Report:
             sides_to_close.append(grpc)
             report.info["default_data_path"] = ours.kind
             report.info["grpc_data_path"] = grpc.kind
-            report.info["offered_data_paths"] = [[p.kind, p.address] for s in ours.clients[0].stats() for p in s.data_paths]
+            report.info["offered_data_paths"] = [[DATA_PATH_KINDS.from_message(p.kind), p.address]
+                                                 for s in ours.clients[0].stats() for p in s.data_paths]
             progress.console.print(f"shard at {shard.address}; default client path: {ours.kind}, "
                                    f"forced: {grpc.kind}; offered: {report.info['offered_data_paths']}")
             load_shard(ours, progress, report)

@@ -85,12 +85,17 @@ int main(int argc, char** argv) {
     v1::TableSpec* spec = req.mutable_spec();
     spec->set_dim(kDim);
     spec->set_capacity(1000);
-    spec->mutable_optimizer()->set_kind("sgd");
+    spec->mutable_optimizer()->set_kind(v1::OPTIMIZER_KIND_SGD);
     spec->mutable_optimizer()->set_lr(kLr);
-    spec->mutable_initializer()->set_kind("zeros");
+    spec->mutable_initializer()->set_kind(v1::INITIALIZER_KIND_ZEROS);
     v1::TableInfo info;
     if (!Ok(stub->CreateTable(Context().get(), req, &info), "CreateTable")) return 1;
     if (info.spec().dim() != kDim) Fail("CreateTable returned dim " + std::to_string(info.spec().dim()));
+    if (info.spec().optimizer().kind() != v1::OPTIMIZER_KIND_SGD)
+      Fail("CreateTable returned optimizer " + v1::OptimizerKind_Name(info.spec().optimizer().kind()));
+    // missing_keys was left UNSPECIFIED: the shard took the default and says which it is.
+    if (info.spec().missing_keys() != v1::MISSING_KEYS_INITIALIZE)
+      Fail("CreateTable returned missing_keys " + v1::MissingKeys_Name(info.spec().missing_keys()));
   }
 
   // Assign keys 1, 2, 3.
@@ -153,7 +158,7 @@ int main(int argc, char** argv) {
 
   // DescribeTable: the lookup of key 99 must not have added a row.
   {
-    v1::TableRequest req;
+    v1::DescribeTableRequest req;
     req.set_table(kTable);
     v1::TableInfo info;
     if (Ok(stub->DescribeTable(Context().get(), req, &info), "DescribeTable") && info.rows() != 3)

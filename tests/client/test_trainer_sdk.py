@@ -3,6 +3,7 @@ order with their rows, get_emb takes the batch or its ids, backward pushes the g
 finish() the shards hold the updated rows."""
 
 
+import grpc
 import numpy as np
 import pytest
 
@@ -11,6 +12,8 @@ from embps.client.trainer_sdk import RemoteEmbeddings, init_cache
 from embps.common.job_config import JobConfig, feature_keys
 from embps.store import initial_rows
 from embps.trainer.local_job import local_services
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
 
 
 def test_sdk_round_trip(tmp_path):
@@ -37,6 +40,9 @@ def test_sdk_round_trip(tmp_path):
         assert cache.next_batch() is None
         stats = cache.finish()
         assert stats.steps == job.steps and stats.rows_fetched <= stats.rows_used
+        assert stats.mode == pb.GATEWAY_MODE_SYNC
+        with grpc.insecure_channel(job.addresses.gateways[0]) as channel:
+            assert pb_grpc.TrainerGatewayStub(channel).GetGatewayStats(pb.GetGatewayStatsRequest(), timeout=30) == stats
         cache.close()
         with PSClient(job.cluster_config()) as ps:
             keys = np.array(sorted(touched), np.uint64)

@@ -1,5 +1,5 @@
 """Bad input to every RPC and to the native data path: a precise status and message, then the shard
-still serves with its data unchanged."""
+still serves with its data unchanged.  Also what the unset (UNSPECIFIED) enums that are not refused mean."""
 
 import socket
 import struct
@@ -56,7 +56,7 @@ def assert_intact(stub, rows):
     reply = stub.Lookup(pb.LookupRequest(table="guarded", keys=KEYS.tobytes(), with_state=True))
     np.testing.assert_array_equal(np.frombuffer(reply.rows, np.float32).reshape(-1, DIM), rows)
     assert not np.frombuffer(reply.state, np.float32).any()
-    assert stub.DescribeTable(pb.TableRequest(table="guarded")).rows == len(KEYS)
+    assert stub.DescribeTable(pb.DescribeTableRequest(table="guarded")).rows == len(KEYS)
 
 
 def spec_with(**changes):
@@ -77,15 +77,24 @@ BAD_CALLS = {
                         pb.CreateTableRequest(name="guarded\0x", spec=spec_to_message(SPEC))),
     "create_dim_zero": (C.INVALID_ARGUMENT, "dim must be an integer in [1, 4294967296), got 0", "CreateTable",
                         pb.CreateTableRequest(name="t2", spec=spec_with(dim=0))),
-    "create_unknown_optimizer": (C.INVALID_ARGUMENT, "unknown optimizer 'lion'", "CreateTable",
-                                 pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind="lion"))),
+    "create_unknown_optimizer": (C.INVALID_ARGUMENT, "unknown optimizer 99", "CreateTable",
+                                 pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind=99))),
+    "create_unspecified_optimizer": (C.INVALID_ARGUMENT, "optimizer is unspecified", "CreateTable",
+                                     pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind=0))),
+    "create_unknown_initializer": (C.INVALID_ARGUMENT, "unknown initializer 7", "CreateTable",
+                                   pb.CreateTableRequest(name="t2", spec=spec_with(initializer__kind=7))),
+    "create_unspecified_initializer": (C.INVALID_ARGUMENT, "initializer is unspecified", "CreateTable",
+                                       pb.CreateTableRequest(name="t2", spec=spec_with(initializer__kind=0))),
+    "create_unknown_missing_keys": (C.INVALID_ARGUMENT, "unknown missing_keys 3", "CreateTable",
+                                    pb.CreateTableRequest(name="t2", spec=spec_with(missing_keys=3))),
     "create_nan_lr": (C.INVALID_ARGUMENT, "lr, eps and init_scale must be finite", "CreateTable",
                       pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__lr=float("nan")))),
     "create_exists": (C.ALREADY_EXISTS, "already exists", "CreateTable",
                       pb.CreateTableRequest(name="guarded", spec=spec_to_message(SPEC))),
-    "describe_unknown": (C.NOT_FOUND, "no table named 'nope'", "DescribeTable", pb.TableRequest(table="nope")),
-    "drop_unknown": (C.NOT_FOUND, "no table named 'nope'", "DropTable", pb.TableRequest(table="nope")),
-    "drop_nul_name": (C.INVALID_ARGUMENT, "without NUL", "DropTable", pb.TableRequest(table="guarded\0")),
+    "describe_unknown": (C.NOT_FOUND, "no table named 'nope'", "DescribeTable",
+                         pb.DescribeTableRequest(table="nope")),
+    "drop_unknown": (C.NOT_FOUND, "no table named 'nope'", "DropTable", pb.DropTableRequest(table="nope")),
+    "drop_nul_name": (C.INVALID_ARGUMENT, "without NUL", "DropTable", pb.DropTableRequest(table="guarded\0")),
     "lookup_unknown": (C.NOT_FOUND, "no table named 'nope'", "Lookup",
                        pb.LookupRequest(table="nope", keys=keys_bytes(1))),
     "lookup_malformed_keys": (C.INVALID_ARGUMENT, "got 13 bytes, not a multiple of 8", "Lookup",
@@ -129,13 +138,24 @@ def test_bad_unary_calls(stub, table, case):
 
 def test_bad_streams(stub, table):
     raises(C.NOT_FOUND, "no table named 'nope'", lambda: list(stub.Export(pb.ExportRequest(table="nope"))))
-    raises(C.INVALID_ARGUMENT, "must name its table", stub.Import, iter([pb.RowChunk(keys=keys_bytes(1))]))
-    good = pb.RowChunk(table="other", keys=keys_bytes(900), rows=floats(1))
-    bad = pb.RowChunk(keys=keys_bytes(901), rows=floats(1, value=np.nan))
+    raises(C.INVALID_ARGUMENT, "must name its table", stub.Import, iter([pb.ImportRequest(keys=keys_bytes(1))]))
+    good = pb.ImportRequest(table="other", keys=keys_bytes(900), rows=floats(1))
+    bad = pb.ImportRequest(keys=keys_bytes(901), rows=floats(1, value=np.nan))
     stub.CreateTable(pb.CreateTableRequest(name="other", spec=spec_to_message(SPEC)))
     raises(C.INVALID_ARGUMENT, "(after 1 rows were imported)", stub.Import, iter([good, bad]))
-    assert stub.DescribeTable(pb.TableRequest(table="other")).rows == 1
-    stub.DropTable(pb.TableRequest(table="other"))
+    assert stub.DescribeTable(pb.DescribeTableRequest(table="other")).rows == 1
+    stub.DropTable(pb.DropTableRequest(table="other"))
+    assert_intact(stub, table)
+
+
+def test_unspecified_missing_keys_and_absent_optimizer_take_the_defaults(stub, table):
+    message = pb.TableSpec(dim=4, capacity=100)   # no optimizer, no initializer, missing_keys UNSPECIFIED
+    info = stub.CreateTable(pb.CreateTableRequest(name="defaults", spec=message))
+    assert info.spec.missing_keys == pb.MISSING_KEYS_INITIALIZE
+    assert info.spec.optimizer.kind == pb.OPTIMIZER_KIND_ADAGRAD and info.spec.optimizer.lr == pytest.approx(0.01)
+    assert info.spec.initializer.kind == pb.INITIALIZER_KIND_UNIFORM
+    assert stub.DescribeTable(pb.DescribeTableRequest(table="defaults")).spec == info.spec
+    stub.DropTable(pb.DropTableRequest(table="defaults"))
     assert_intact(stub, table)
 
 

@@ -1,4 +1,4 @@
-"""What operators rely on: health, reflection, metrics, Stats, logs, config overrides and SIGTERM."""
+"""What operators rely on: health, reflection, metrics, GetShardStats, logs, config overrides and SIGTERM."""
 
 import json
 import time
@@ -14,6 +14,7 @@ from embps.client import PSClient
 from embps.common.local_cluster import LocalShard
 from embps.ps_shard.config import ShardConfig
 from embps.store import TableSpec
+from embps.v1 import ps_shard_pb2 as pb
 
 
 def test_health_and_reflection(shard):
@@ -46,7 +47,7 @@ def test_metrics_and_stats_count_both_paths(shard):
                 break
             time.sleep(0.05)
         client.drop_table("metered")
-    assert [p.kind for p in stats.data_paths] == ["tcp", "grpc"]
+    assert [p.kind for p in stats.data_paths] == [pb.DATA_PATH_KIND_TCP, pb.DATA_PATH_KIND_GRPC]
     assert ops["tcp.lookup"].keys >= 10 and ops["tcp.update"].keys >= 3 and ops["Assign"].keys >= 5
     assert stats.max_batch_keys == 4096 and stats.uptime_seconds > 0
     text = urllib.request.urlopen(f"http://{shard.addresses['metrics']}/metrics", timeout=5).read().decode()

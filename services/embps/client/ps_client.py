@@ -58,9 +58,10 @@ class _Shard:
         """Asks the shard what it offers, once."""
         with self._lock:
             if self.path_kind is None:
-                stats = _grpc_call(self, lambda t: self.stub.Stats(pb.StatsRequest(), timeout=t), timeout)
+                stats = _grpc_call(self, lambda t: self.stub.GetShardStats(pb.GetShardStatsRequest(), timeout=t),
+                                   timeout)
                 self._connect_rdma(stats, wanted)
-                tcp = next((p for p in stats.data_paths if p.kind == "tcp"), None)
+                tcp = next((p for p in stats.data_paths if p.kind == pb.DATA_PATH_KIND_TCP), None)
                 if self._secure:   # the TCP path is plaintext: never with TLS or tokens
                     tcp = None
                 if tcp is not None:
@@ -76,8 +77,8 @@ class _Shard:
                                                     "lookups": "rdma" if self.rdma else self.path_kind})
             return self.path_kind
 
-    def _connect_rdma(self, stats: pb.StatsResponse, wanted: str) -> None:
-        offered = next((p for p in stats.data_paths if p.kind == "rdma"), None)
+    def _connect_rdma(self, stats: pb.ShardStats, wanted: str) -> None:
+        offered = next((p for p in stats.data_paths if p.kind == pb.DATA_PATH_KIND_RDMA), None)
         if offered is None or wanted not in ("auto", "rdma") or self._secure:
             if wanted == "rdma":
                 raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, "the shard offers no RDMA data path",
@@ -141,7 +142,8 @@ class PSClient:
 
     def describe_table(self, name: str) -> pb.TableInfo:
         """The table as shard 0 describes it, with rows summed over all shards."""
-        infos = self._on_every_shard(lambda s, t: s.stub.DescribeTable(pb.TableRequest(table=name), timeout=t))
+        request = pb.DescribeTableRequest(table=name)
+        infos = self._on_every_shard(lambda s, t: s.stub.DescribeTable(request, timeout=t))
         info = infos[0]
         info.rows = sum(i.rows for i in infos)
         return info
@@ -155,11 +157,11 @@ class PSClient:
 
     def drop_table(self, name: str) -> None:
         self._dims.pop(name, None)
-        self._on_every_shard(lambda s, t: s.stub.DropTable(pb.TableRequest(table=name), timeout=t),
+        self._on_every_shard(lambda s, t: s.stub.DropTable(pb.DropTableRequest(table=name), timeout=t),
                              idempotent=False)
 
-    def stats(self) -> list[pb.StatsResponse]:
-        return self._on_every_shard(lambda s, t: s.stub.Stats(pb.StatsRequest(), timeout=t))
+    def stats(self) -> list[pb.ShardStats]:
+        return self._on_every_shard(lambda s, t: s.stub.GetShardStats(pb.GetShardStatsRequest(), timeout=t))
 
     def data_path_kinds(self) -> list[str]:
         """The path lookups take to each shard ("rdma", "tcp" or "grpc")."""
@@ -270,9 +272,9 @@ class PSClient:
                 for i, q in enumerate(streams):
                     pos = np.flatnonzero(owner == i)
                     if len(pos):
-                        q.put(pb.RowChunk(table=table, keys=keys[pos].tobytes(),
-                                          rows=np.ascontiguousarray(rows[pos], np.float32).tobytes(),
-                                          state=np.ascontiguousarray(state[pos], np.float32).tobytes()))
+                        q.put(pb.ImportRequest(table=table, keys=keys[pos].tobytes(),
+                                               rows=np.ascontiguousarray(rows[pos], np.float32).tobytes(),
+                                               state=np.ascontiguousarray(state[pos], np.float32).tobytes()))
         finally:
             for q in streams:
                 q.put(None)

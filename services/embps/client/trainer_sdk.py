@@ -66,11 +66,12 @@ class GatewayCache:
         reply = self._call(self._stub.NextBatch, pb.NextBatchRequest())
         if reply.done:
             return None
-        f = reply.features
-        keys = wire.keys_from_bytes(reply.keys)
-        rows = torch.from_numpy(wire.rows_from_bytes(reply.rows, len(keys)).copy()).requires_grad_()
-        inverse = torch.from_numpy(np.frombuffer(reply.inverse, np.int32).reshape(f.samples, -1).astype(np.int64))
-        batch = Batch(number=reply.batch,
+        got = reply.batch
+        f = got.features
+        keys = wire.keys_from_bytes(got.keys)
+        rows = torch.from_numpy(wire.rows_from_bytes(got.rows, len(keys)).copy()).requires_grad_()
+        inverse = torch.from_numpy(np.frombuffer(got.inverse, np.int32).reshape(f.samples, -1).astype(np.int64))
+        batch = Batch(number=got.batch,
                       dense=torch.from_numpy(np.frombuffer(f.dense, np.float32).reshape(f.samples, -1).copy()),
                       sparse=np.frombuffer(f.sparse, np.int64).reshape(f.samples, -1),
                       labels=torch.from_numpy(np.frombuffer(f.labels, np.float32).copy()),
@@ -94,7 +95,7 @@ class GatewayCache:
 
     def _start_push(self, batch: Batch, grad: torch.Tensor) -> None:
         grads = (grad.detach() * self.grad_scale).numpy().astype(np.float32, copy=False)
-        request = pb.GradientPush(batch=batch.number, keys=batch.keys.tobytes(), grads=grads.tobytes())
+        request = pb.PushGradientsRequest(batch=batch.number, keys=batch.keys.tobytes(), grads=grads.tobytes())
         self._push = self._pusher.submit(self._call, self._stub.PushGradients, request)
 
     def _finish_push(self) -> None:
@@ -105,7 +106,7 @@ class GatewayCache:
     def finish(self) -> pb.GatewayStats:
         """Writes every cached row back to the shards (all gateways); returns this gateway's traffic."""
         self._finish_push()
-        return self._call(self._stub.Finish, pb.FinishRequest())
+        return self._call(self._stub.Finish, pb.FinishRequest()).stats
 
     def close(self) -> None:
         self._pusher.shutdown(wait=True)

@@ -19,6 +19,7 @@ from embps.client import PSClient
 from embps.common import structured_log
 from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig
+from embps.common.job_messages import job_to_message
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
@@ -82,7 +83,9 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
                               evict=plan.evict.tobytes(),
                               fetch_after_round=plan.fetch_after_round)
                 for trainer, q in enumerate(self.queues):
-                    self._put(q, pb.BatchPlan(features=slice_message(batch, trainer, job.local_batch), **common))
+                    # A dict, not a BatchPlan: wrapping a built message would copy it again.
+                    plan = dict(features=slice_message(batch, trainer, job.local_batch), **common)
+                    self._put(q, pb.StreamPlansResponse(plan=plan))
             for q in self.queues:
                 self._put(q, None)   # end of stream
             log.info("planning finished", extra={"batches": job.steps})
@@ -102,7 +105,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
                     raise RuntimeError("the oracle is stopping") from None
 
     def GetJob(self, request, context):
-        return pb.JobResponse(job_toml=self.job.to_toml())
+        return job_to_message(self.job)
 
     def StreamPlans(self, request, context):
         trainer = request.trainer

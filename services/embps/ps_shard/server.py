@@ -97,21 +97,21 @@ class ShardServer:
             result["metrics"] = f"{split_host_port(self.config.metrics_listen)[0]}:{self.metrics_port}"
         return result
 
-    def _fill_stats(self, response: pb.StatsResponse) -> None:
+    def _fill_stats(self, response: pb.ShardStats) -> None:
         response.shard_id = self.config.id
         response.uptime_seconds = time.monotonic() - self.started
         if self.rdma:
-            response.data_paths.append(pb.DataPath(kind="rdma", address=self.rdma.data_path_address()))
+            response.data_paths.append(pb.DataPath(kind=pb.DATA_PATH_KIND_RDMA, address=self.rdma.data_path_address()))
             rdma = self.rdma.stats()
             response.operations.append(pb.OperationStats(operation="rdma.lookup", requests=rdma.requests,
                                                          errors=rdma.errors, keys=rdma.keys))
         if self.data_server:
-            response.data_paths.append(pb.DataPath(kind="tcp", address=self.addresses()["tcp"]))
+            response.data_paths.append(pb.DataPath(kind=pb.DATA_PATH_KIND_TCP, address=self.addresses()["tcp"]))
             stats = self.data_server.stats()
             for name, op in (("tcp.lookup", stats.lookup), ("tcp.update", stats.update)):
                 response.operations.append(pb.OperationStats(operation=name, requests=op.requests,
                                                              errors=op.errors, keys=op.keys))
-        response.data_paths.append(pb.DataPath(kind="grpc", address=""))
+        response.data_paths.append(pb.DataPath(kind=pb.DATA_PATH_KIND_GRPC, address=""))
         response.operations.extend(self._grpc_operation_stats())
 
     def _grpc_operation_stats(self) -> list[pb.OperationStats]:

@@ -60,7 +60,7 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
         self.store, self.metrics = store, metrics
         self._drop_guard = drop_guard or (lambda name: nullcontext())   # RDMA: no NIC still reading the table
         self.max_batch_keys, self.max_message_bytes = max_batch_keys, max_message_bytes
-        self._stats_extra = stats_extra   # fills data paths and data-path counters into StatsResponse
+        self._stats_extra = stats_extra   # fills data paths and data-path counters into ShardStats
 
     def _keys(self, data: bytes) -> np.ndarray:
         keys = wire.keys_from_bytes(data)
@@ -162,8 +162,7 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
                 chunk_rows = min(request.chunk_rows or limit, limit)
                 for keys, values, state in table.export(chunk_rows):
                     rows += len(keys)
-                    yield pb.RowChunk(table=request.table, keys=keys.tobytes(), rows=values.tobytes(),
-                                      state=state.tobytes())
+                    yield pb.ExportResponse(keys=keys.tobytes(), rows=values.tobytes(), state=state.tobytes())
         except _EXPECTED_ERRORS as error:
             code = grpc_code_for(error)
             context.abort(code, str(error))
@@ -191,9 +190,9 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
             self.metrics.observe("Import", code.name, rows, started)
 
     @_rpc
-    def Stats(self, request, context):
-        response = pb.StatsResponse(max_batch_keys=self.max_batch_keys, max_message_bytes=self.max_message_bytes,
-                                    tables=self._table_infos())
+    def GetShardStats(self, request, context):
+        response = pb.ShardStats(max_batch_keys=self.max_batch_keys, max_message_bytes=self.max_message_bytes,
+                                 tables=self._table_infos())
         if self._stats_extra:
             self._stats_extra(response)
         return response

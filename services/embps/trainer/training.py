@@ -22,6 +22,7 @@ from embps.client import PSClient
 from embps.client.trainer_sdk import RemoteEmbeddings, init_cache
 from embps.common import structured_log
 from embps.common.job_config import JobConfig, feature_keys
+from embps.common.job_messages import GATEWAY_MODES
 from embps.models import build_model
 from embps.models.metrics import auc, evaluate
 from embps.datasets import open_dataset
@@ -75,7 +76,8 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     stats = cache.finish()
     cache.close()
     all_stats = [None] * job.trainers
-    dist.all_gather_object(all_stats, {f.name: v for f, v in stats.ListFields()})
+    gateway = {**{f.name: v for f, v in stats.ListFields()}, "mode": GATEWAY_MODES.from_message(stats.mode)}
+    dist.all_gather_object(all_stats, gateway)
     result = {"losses": losses, "batch_aucs": batch_aucs, "step_end_seconds": step_seconds, "gateways": all_stats}
     if rank == 0:
         result["eval"] = evaluate_on_shards(job, model, dataset)

@@ -44,12 +44,12 @@ class PeerExchange:
 
     def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray) -> None:
         self.receive(batch, self.me, keys, grads)
-        message = pb.PeerGradients(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes())
+        message = pb.ContributeRequest(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes())
         self._broadcast(lambda stub: stub.Contribute(message, timeout=self.timeout), f"gradients of batch {batch}")
 
     def round_done(self, round_: int) -> None:
         self.receive_round(self.me, round_)
-        message = pb.RoundDone(round=round_, trainer=self.me)
+        message = pb.NotifyRoundRequest(round=round_, trainer=self.me)
         self._broadcast(lambda stub: stub.NotifyRound(message, timeout=self.timeout), f"round {round_}")
 
     def _broadcast(self, call, what: str) -> None:

@@ -20,6 +20,7 @@ from embps.common import structured_log, wire
 from embps.common.grpc_channels import channel_options
 from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig, feature_keys
+from embps.common.job_messages import GATEWAY_MODES
 from embps.common.spec_messages import spec_from_message
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
@@ -105,7 +106,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
                                                                     channel_options(MAX_MESSAGE_BYTES)))
         count = 0
         try:
-            for plan in oracle.StreamPlans(pb.SubscribeRequest(trainer=self.me)):
+            for reply in oracle.StreamPlans(pb.StreamPlansRequest(trainer=self.me)):
+                plan = reply.plan
                 # Back-pressure: keep at most L + C plans beyond what the trainer has reached.
                 progress.wait(lambda: plan.batch <= progress.next_batch + ahead, "the trainer to catch up")
                 local = self._local_keys(plan)   # here, off the trainer's critical path
@@ -138,15 +140,16 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         started = time.monotonic()
         plan = progress.plan(b)
         if plan is None:
-            return pb.TrainingBatch(batch=b, done=True)
+            return pb.NextBatchResponse(done=True)
         keys, inverse = progress.local[b]
         rows = self.strategy.rows(b, plan, keys)
         self.wait_seconds += time.monotonic() - started
         with progress.changing():
             del progress.local[b]   # the strategy is past b: rows are in hand
             progress.next_batch = b + 1
-        return pb.TrainingBatch(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
-                                inverse=inverse.astype(np.int32).tobytes())
+        batch = dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
+                     inverse=inverse.astype(np.int32).tobytes())   # a dict: a built message would be copied again
+        return pb.NextBatchResponse(batch=batch)
 
     @_reported
     def PushGradients(self, request, context):
@@ -164,7 +167,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             progress.pushed = b
             self.steps += 1
             progress.plans.pop(b - 1, None)
-        return pb.PushAck()
+        return pb.PushGradientsResponse()
 
     @_reported
     def Finish(self, request, context):
@@ -172,13 +175,16 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.peers.round_done(FINAL_ROUND)
         self.peers.wait_round(FINAL_ROUND)
         log.info("gateway finished", extra={"trainer": self.me, "steps": self.steps})
-        return self.Stats(request, context)
+        return pb.FinishResponse(stats=self._stats())
 
-    def Stats(self, request, context):
+    def GetGatewayStats(self, request, context):
+        return self._stats()
+
+    def _stats(self) -> pb.GatewayStats:
         t = self.traffic
         return pb.GatewayStats(steps=self.steps, rows_used=t.rows_used, rows_fetched=t.rows_fetched,
-                               ps_bytes_in=t.bytes_in, ps_bytes_out=t.bytes_out, mode=self.job.mode,
-                               wait_seconds=self.wait_seconds)
+                               ps_bytes_in=t.bytes_in, ps_bytes_out=t.bytes_out,
+                               mode=GATEWAY_MODES.to_message(self.job.mode), wait_seconds=self.wait_seconds)
 
     # ---- GatewayPeer -----------------------------------------------------------------------
 
@@ -186,11 +192,11 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         keys = wire.keys_from_bytes(request.keys)
         self.peers.receive(request.batch, request.trainer, keys,
                            wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"))
-        return pb.PeerAck()
+        return pb.ContributeResponse()
 
     def NotifyRound(self, request, context):
         self.peers.receive_round(request.trainer, request.round)
-        return pb.PeerAck()
+        return pb.NotifyRoundResponse()
 
     def shutdown(self) -> None:
         """Wakes every waiting call with an error, so the process can stop now rather than at a timeout."""

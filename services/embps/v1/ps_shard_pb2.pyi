@@ -7,12 +7,49 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class OptimizerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPTIMIZER_KIND_UNSPECIFIED: _ClassVar[OptimizerKind]
+    OPTIMIZER_KIND_SGD: _ClassVar[OptimizerKind]
+    OPTIMIZER_KIND_ADAGRAD: _ClassVar[OptimizerKind]
+    OPTIMIZER_KIND_ROWWISE_ADAGRAD: _ClassVar[OptimizerKind]
+    OPTIMIZER_KIND_ADAM: _ClassVar[OptimizerKind]
+
+class InitializerKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INITIALIZER_KIND_UNSPECIFIED: _ClassVar[InitializerKind]
+    INITIALIZER_KIND_ZEROS: _ClassVar[InitializerKind]
+    INITIALIZER_KIND_UNIFORM: _ClassVar[InitializerKind]
+    INITIALIZER_KIND_NORMAL: _ClassVar[InitializerKind]
+
 class MissingKeys(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
+    MISSING_KEYS_UNSPECIFIED: _ClassVar[MissingKeys]
     MISSING_KEYS_INITIALIZE: _ClassVar[MissingKeys]
     MISSING_KEYS_REPORT: _ClassVar[MissingKeys]
+
+class DataPathKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DATA_PATH_KIND_UNSPECIFIED: _ClassVar[DataPathKind]
+    DATA_PATH_KIND_GRPC: _ClassVar[DataPathKind]
+    DATA_PATH_KIND_TCP: _ClassVar[DataPathKind]
+    DATA_PATH_KIND_RDMA: _ClassVar[DataPathKind]
+OPTIMIZER_KIND_UNSPECIFIED: OptimizerKind
+OPTIMIZER_KIND_SGD: OptimizerKind
+OPTIMIZER_KIND_ADAGRAD: OptimizerKind
+OPTIMIZER_KIND_ROWWISE_ADAGRAD: OptimizerKind
+OPTIMIZER_KIND_ADAM: OptimizerKind
+INITIALIZER_KIND_UNSPECIFIED: InitializerKind
+INITIALIZER_KIND_ZEROS: InitializerKind
+INITIALIZER_KIND_UNIFORM: InitializerKind
+INITIALIZER_KIND_NORMAL: InitializerKind
+MISSING_KEYS_UNSPECIFIED: MissingKeys
 MISSING_KEYS_INITIALIZE: MissingKeys
 MISSING_KEYS_REPORT: MissingKeys
+DATA_PATH_KIND_UNSPECIFIED: DataPathKind
+DATA_PATH_KIND_GRPC: DataPathKind
+DATA_PATH_KIND_TCP: DataPathKind
+DATA_PATH_KIND_RDMA: DataPathKind
 
 class OptimizerSpec(_message.Message):
     __slots__ = ("kind", "lr", "eps", "beta1", "beta2")
@@ -21,22 +58,22 @@ class OptimizerSpec(_message.Message):
     EPS_FIELD_NUMBER: _ClassVar[int]
     BETA1_FIELD_NUMBER: _ClassVar[int]
     BETA2_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: OptimizerKind
     lr: float
     eps: float
     beta1: float
     beta2: float
-    def __init__(self, kind: _Optional[str] = ..., lr: _Optional[float] = ..., eps: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[OptimizerKind, str]] = ..., lr: _Optional[float] = ..., eps: _Optional[float] = ..., beta1: _Optional[float] = ..., beta2: _Optional[float] = ...) -> None: ...
 
 class InitializerSpec(_message.Message):
     __slots__ = ("kind", "scale", "seed")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: InitializerKind
     scale: float
     seed: int
-    def __init__(self, kind: _Optional[str] = ..., scale: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[InitializerKind, str]] = ..., scale: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class TableSpec(_message.Message):
     __slots__ = ("dim", "capacity", "optimizer", "initializer", "missing_keys")
@@ -78,7 +115,7 @@ class CreateTableRequest(_message.Message):
     if_not_exists: bool
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[_Union[TableSpec, _Mapping]] = ..., if_not_exists: _Optional[bool] = ...) -> None: ...
 
-class TableRequest(_message.Message):
+class DescribeTableRequest(_message.Message):
     __slots__ = ("table",)
     TABLE_FIELD_NUMBER: _ClassVar[int]
     table: str
@@ -93,6 +130,12 @@ class ListTablesResponse(_message.Message):
     TABLES_FIELD_NUMBER: _ClassVar[int]
     tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
     def __init__(self, tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ...) -> None: ...
+
+class DropTableRequest(_message.Message):
+    __slots__ = ("table",)
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    def __init__(self, table: _Optional[str] = ...) -> None: ...
 
 class DropTableResponse(_message.Message):
     __slots__ = ()
@@ -170,7 +213,17 @@ class ExportRequest(_message.Message):
     chunk_rows: int
     def __init__(self, table: _Optional[str] = ..., chunk_rows: _Optional[int] = ...) -> None: ...
 
-class RowChunk(_message.Message):
+class ExportResponse(_message.Message):
+    __slots__ = ("keys", "rows", "state")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    keys: bytes
+    rows: bytes
+    state: bytes
+    def __init__(self, keys: _Optional[bytes] = ..., rows: _Optional[bytes] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class ImportRequest(_message.Message):
     __slots__ = ("table", "keys", "rows", "state")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
@@ -188,7 +241,7 @@ class ImportResponse(_message.Message):
     rows: int
     def __init__(self, rows: _Optional[int] = ...) -> None: ...
 
-class StatsRequest(_message.Message):
+class GetShardStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
@@ -196,9 +249,9 @@ class DataPath(_message.Message):
     __slots__ = ("kind", "address")
     KIND_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    kind: str
+    kind: DataPathKind
     address: str
-    def __init__(self, kind: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[DataPathKind, str]] = ..., address: _Optional[str] = ...) -> None: ...
 
 class OperationStats(_message.Message):
     __slots__ = ("operation", "requests", "errors", "keys")
@@ -212,7 +265,7 @@ class OperationStats(_message.Message):
     keys: int
     def __init__(self, operation: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
 
-class StatsResponse(_message.Message):
+class ShardStats(_message.Message):
     __slots__ = ("shard_id", "data_paths", "tables", "operations", "uptime_seconds", "max_batch_keys", "max_message_bytes")
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_PATHS_FIELD_NUMBER: _ClassVar[int]

@@ -41,7 +41,7 @@ class ParameterShardStub:
                 _registered_method=True)
         self.DescribeTable = channel.unary_unary(
                 '/embps.v1.ParameterShard/DescribeTable',
-                request_serializer=embps_dot_v1_dot_ps__shard__pb2.TableRequest.SerializeToString,
+                request_serializer=embps_dot_v1_dot_ps__shard__pb2.DescribeTableRequest.SerializeToString,
                 response_deserializer=embps_dot_v1_dot_ps__shard__pb2.TableInfo.FromString,
                 _registered_method=True)
         self.ListTables = channel.unary_unary(
@@ -51,7 +51,7 @@ class ParameterShardStub:
                 _registered_method=True)
         self.DropTable = channel.unary_unary(
                 '/embps.v1.ParameterShard/DropTable',
-                request_serializer=embps_dot_v1_dot_ps__shard__pb2.TableRequest.SerializeToString,
+                request_serializer=embps_dot_v1_dot_ps__shard__pb2.DropTableRequest.SerializeToString,
                 response_deserializer=embps_dot_v1_dot_ps__shard__pb2.DropTableResponse.FromString,
                 _registered_method=True)
         self.Lookup = channel.unary_unary(
@@ -77,17 +77,17 @@ class ParameterShardStub:
         self.Export = channel.unary_stream(
                 '/embps.v1.ParameterShard/Export',
                 request_serializer=embps_dot_v1_dot_ps__shard__pb2.ExportRequest.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_ps__shard__pb2.RowChunk.FromString,
+                response_deserializer=embps_dot_v1_dot_ps__shard__pb2.ExportResponse.FromString,
                 _registered_method=True)
         self.Import = channel.stream_unary(
                 '/embps.v1.ParameterShard/Import',
-                request_serializer=embps_dot_v1_dot_ps__shard__pb2.RowChunk.SerializeToString,
+                request_serializer=embps_dot_v1_dot_ps__shard__pb2.ImportRequest.SerializeToString,
                 response_deserializer=embps_dot_v1_dot_ps__shard__pb2.ImportResponse.FromString,
                 _registered_method=True)
-        self.Stats = channel.unary_unary(
-                '/embps.v1.ParameterShard/Stats',
-                request_serializer=embps_dot_v1_dot_ps__shard__pb2.StatsRequest.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_ps__shard__pb2.StatsResponse.FromString,
+        self.GetShardStats = channel.unary_unary(
+                '/embps.v1.ParameterShard/GetShardStats',
+                request_serializer=embps_dot_v1_dot_ps__shard__pb2.GetShardStatsRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_ps__shard__pb2.ShardStats.FromString,
                 _registered_method=True)
 
 
@@ -155,7 +155,7 @@ class ParameterShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Stats(self, request, context):
+    def GetShardStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,7 +171,7 @@ def add_ParameterShardServicer_to_server(servicer, server):
             ),
             'DescribeTable': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeTable,
-                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.TableRequest.FromString,
+                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.DescribeTableRequest.FromString,
                     response_serializer=embps_dot_v1_dot_ps__shard__pb2.TableInfo.SerializeToString,
             ),
             'ListTables': grpc.unary_unary_rpc_method_handler(
@@ -181,7 +181,7 @@ def add_ParameterShardServicer_to_server(servicer, server):
             ),
             'DropTable': grpc.unary_unary_rpc_method_handler(
                     servicer.DropTable,
-                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.TableRequest.FromString,
+                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.DropTableRequest.FromString,
                     response_serializer=embps_dot_v1_dot_ps__shard__pb2.DropTableResponse.SerializeToString,
             ),
             'Lookup': grpc.unary_unary_rpc_method_handler(
@@ -207,17 +207,17 @@ def add_ParameterShardServicer_to_server(servicer, server):
             'Export': grpc.unary_stream_rpc_method_handler(
                     servicer.Export,
                     request_deserializer=embps_dot_v1_dot_ps__shard__pb2.ExportRequest.FromString,
-                    response_serializer=embps_dot_v1_dot_ps__shard__pb2.RowChunk.SerializeToString,
+                    response_serializer=embps_dot_v1_dot_ps__shard__pb2.ExportResponse.SerializeToString,
             ),
             'Import': grpc.stream_unary_rpc_method_handler(
                     servicer.Import,
-                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.RowChunk.FromString,
+                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.ImportRequest.FromString,
                     response_serializer=embps_dot_v1_dot_ps__shard__pb2.ImportResponse.SerializeToString,
             ),
-            'Stats': grpc.unary_unary_rpc_method_handler(
-                    servicer.Stats,
-                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.StatsRequest.FromString,
-                    response_serializer=embps_dot_v1_dot_ps__shard__pb2.StatsResponse.SerializeToString,
+            'GetShardStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShardStats,
+                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.GetShardStatsRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_ps__shard__pb2.ShardStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -272,7 +272,7 @@ class ParameterShard:
             request,
             target,
             '/embps.v1.ParameterShard/DescribeTable',
-            embps_dot_v1_dot_ps__shard__pb2.TableRequest.SerializeToString,
+            embps_dot_v1_dot_ps__shard__pb2.DescribeTableRequest.SerializeToString,
             embps_dot_v1_dot_ps__shard__pb2.TableInfo.FromString,
             options,
             channel_credentials,
@@ -326,7 +326,7 @@ class ParameterShard:
             request,
             target,
             '/embps.v1.ParameterShard/DropTable',
-            embps_dot_v1_dot_ps__shard__pb2.TableRequest.SerializeToString,
+            embps_dot_v1_dot_ps__shard__pb2.DropTableRequest.SerializeToString,
             embps_dot_v1_dot_ps__shard__pb2.DropTableResponse.FromString,
             options,
             channel_credentials,
@@ -462,7 +462,7 @@ class ParameterShard:
             target,
             '/embps.v1.ParameterShard/Export',
             embps_dot_v1_dot_ps__shard__pb2.ExportRequest.SerializeToString,
-            embps_dot_v1_dot_ps__shard__pb2.RowChunk.FromString,
+            embps_dot_v1_dot_ps__shard__pb2.ExportResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -488,7 +488,7 @@ class ParameterShard:
             request_iterator,
             target,
             '/embps.v1.ParameterShard/Import',
-            embps_dot_v1_dot_ps__shard__pb2.RowChunk.SerializeToString,
+            embps_dot_v1_dot_ps__shard__pb2.ImportRequest.SerializeToString,
             embps_dot_v1_dot_ps__shard__pb2.ImportResponse.FromString,
             options,
             channel_credentials,
@@ -501,7 +501,7 @@ class ParameterShard:
             _registered_method=True)
 
     @staticmethod
-    def Stats(request,
+    def GetShardStats(request,
             target,
             options=(),
             channel_credentials=None,
@@ -514,9 +514,9 @@ class ParameterShard:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/embps.v1.ParameterShard/Stats',
-            embps_dot_v1_dot_ps__shard__pb2.StatsRequest.SerializeToString,
-            embps_dot_v1_dot_ps__shard__pb2.StatsResponse.FromString,
+            '/embps.v1.ParameterShard/GetShardStats',
+            embps_dot_v1_dot_ps__shard__pb2.GetShardStatsRequest.SerializeToString,
+            embps_dot_v1_dot_ps__shard__pb2.ShardStats.FromString,
             options,
             channel_credentials,
             insecure,

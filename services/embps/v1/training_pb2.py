@@ -22,47 +22,72 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from embps.v1 import ps_shard_pb2 as embps_dot_v1_dot_ps__shard__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbps/v1/training.proto\x12\x08\x65mbps.v1\"N\n\x0c\x46\x65\x61tureSlice\x12\x0f\n\x07samples\x18\x01 \x01(\r\x12\r\n\x05\x64\x65nse\x18\x02 \x01(\x0c\x12\x0e\n\x06sparse\x18\x03 \x01(\x0c\x12\x0e\n\x06labels\x18\x04 \x01(\x0c\"\xb0\x01\n\tBatchPlan\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x10\n\x08sync_now\x18\x04 \x01(\x0c\x12\x10\n\x08prefetch\x18\x05 \x01(\x0c\x12\x0e\n\x06stream\x18\x08 \x01(\x0c\x12\r\n\x05\x65vict\x18\x06 \x01(\x0c\x12\x19\n\x11\x66\x65tch_after_round\x18\x07 \x01(\x04\"#\n\x10SubscribeRequest\x12\x0f\n\x07trainer\x18\x01 \x01(\r\"\x0c\n\nJobRequest\"\x1f\n\x0bJobResponse\x12\x10\n\x08job_toml\x18\x01 \x01(\t\"\x12\n\x10NextBatchRequest\"\x83\x01\n\rTrainingBatch\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x0c\n\x04rows\x18\x04 \x01(\x0c\x12\x0f\n\x07inverse\x18\x05 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\":\n\x0cGradientPush\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\"\t\n\x07PushAck\"\x0f\n\rFinishRequest\"\x95\x01\n\x0cGatewayStats\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x11\n\trows_used\x18\x02 \x01(\x04\x12\x14\n\x0crows_fetched\x18\x03 \x01(\x04\x12\x13\n\x0bps_bytes_in\x18\x04 \x01(\x04\x12\x14\n\x0cps_bytes_out\x18\x05 \x01(\x04\x12\x0c\n\x04mode\x18\x06 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x07 \x01(\x01\"L\n\rPeerGradients\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\r\n\x05grads\x18\x04 \x01(\x0c\"+\n\tRoundDone\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\"\t\n\x07PeerAck2\x87\x01\n\x0cOracleCacher\x12\x35\n\x06GetJob\x12\x14.embps.v1.JobRequest\x1a\x15.embps.v1.JobResponse\x12@\n\x0bStreamPlans\x12\x1a.embps.v1.SubscribeRequest\x1a\x13.embps.v1.BatchPlan0\x01\x32\x83\x02\n\x0eTrainerGateway\x12@\n\tNextBatch\x12\x1a.embps.v1.NextBatchRequest\x1a\x17.embps.v1.TrainingBatch\x12:\n\rPushGradients\x12\x16.embps.v1.GradientPush\x1a\x11.embps.v1.PushAck\x12\x39\n\x06\x46inish\x12\x17.embps.v1.FinishRequest\x1a\x16.embps.v1.GatewayStats\x12\x38\n\x05Stats\x12\x17.embps.v1.FinishRequest\x1a\x16.embps.v1.GatewayStats2~\n\x0bGatewayPeer\x12\x38\n\nContribute\x12\x17.embps.v1.PeerGradients\x1a\x11.embps.v1.PeerAck\x12\x35\n\x0bNotifyRound\x12\x13.embps.v1.RoundDone\x1a\x11.embps.v1.PeerAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbps/v1/training.proto\x12\x08\x65mbps.v1\x1a\x17\x65mbps/v1/ps_shard.proto\"\xe5\x08\n\tJobConfig\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12@\n\x0f\x64\x61taset_options\x18\x02 \x03(\x0b\x32\'.embps.v1.JobConfig.DatasetOptionsEntry\x12\r\n\x05model\x18\x03 \x01(\t\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.embps.v1.GatewayMode\x12\x10\n\x08trainers\x18\x05 \x01(\r\x12\x14\n\x0cglobal_batch\x18\x06 \x01(\r\x12\r\n\x05steps\x18\x07 \x01(\x04\x12\x14\n\x0c\x65val_batches\x18\x08 \x01(\r\x12\x0b\n\x03\x64im\x18\t \x01(\r\x12.\n\remb_optimizer\x18\n \x01(\x0e\x32\x17.embps.v1.OptimizerKind\x12\x0e\n\x06\x65mb_lr\x18\x0b \x01(\x01\x12\x0f\n\x07\x65mb_eps\x18\x0c \x01(\x01\x12\x30\n\x0f\x64\x65nse_optimizer\x18\r \x01(\x0e\x32\x17.embps.v1.OptimizerKind\x12\x10\n\x08\x64\x65nse_lr\x18\x0e \x01(\x01\x12\x11\n\tlookahead\x18\x0f \x01(\r\x12\x1a\n\x12\x63leanup_proportion\x18\x10 \x01(\x01\x12\x0c\n\x04seed\x18\x11 \x01(\x04\x12\r\n\x05table\x18\x12 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x13 \x01(\x01\x12\x30\n\taddresses\x18\x14 \x01(\x0b\x32\x1d.embps.v1.JobConfig.Addresses\x12.\n\x08security\x18\x15 \x01(\x0b\x32\x1c.embps.v1.JobConfig.Security\x1a\xa7\x01\n\x0bOptionValue\x12\x14\n\nbool_value\x18\x01 \x01(\x08H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x34\n\nlist_value\x18\x05 \x01(\x0b\x32\x1e.embps.v1.JobConfig.OptionListH\x00\x42\x07\n\x05value\x1a=\n\nOptionList\x12/\n\x06values\x18\x01 \x03(\x0b\x32\x1f.embps.v1.JobConfig.OptionValue\x1aO\n\tAddresses\x12\x0e\n\x06oracle\x18\x01 \x01(\t\x12\x10\n\x08gateways\x18\x02 \x03(\t\x12\x0e\n\x06shards\x18\x03 \x03(\t\x12\x10\n\x08trainers\x18\x04 \x01(\t\x1a\x88\x01\n\x08Security\x12\x10\n\x08tls_cert\x18\x01 \x01(\t\x12\x0f\n\x07tls_key\x18\x02 \x01(\t\x12\x0e\n\x06tls_ca\x18\x03 \x01(\t\x12\x17\n\x0ftls_client_auth\x18\x04 \x01(\x08\x12\x17\n\x0ftls_server_name\x18\x05 \x01(\t\x12\x17\n\x0f\x61uth_token_file\x18\x06 \x01(\t\x1aV\n\x13\x44\x61tasetOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.embps.v1.JobConfig.OptionValue:\x02\x38\x01\"N\n\x0c\x46\x65\x61tureSlice\x12\x0f\n\x07samples\x18\x01 \x01(\r\x12\r\n\x05\x64\x65nse\x18\x02 \x01(\x0c\x12\x0e\n\x06sparse\x18\x03 \x01(\x0c\x12\x0e\n\x06labels\x18\x04 \x01(\x0c\"\xb0\x01\n\tBatchPlan\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x10\n\x08sync_now\x18\x04 \x01(\x0c\x12\x10\n\x08prefetch\x18\x05 \x01(\x0c\x12\x0e\n\x06stream\x18\x08 \x01(\x0c\x12\r\n\x05\x65vict\x18\x06 \x01(\x0c\x12\x19\n\x11\x66\x65tch_after_round\x18\x07 \x01(\x04\"\x0f\n\rGetJobRequest\"%\n\x12StreamPlansRequest\x12\x0f\n\x07trainer\x18\x01 \x01(\r\"8\n\x13StreamPlansResponse\x12!\n\x04plan\x18\x01 \x01(\x0b\x32\x13.embps.v1.BatchPlan\"u\n\rTrainingBatch\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12(\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x16.embps.v1.FeatureSlice\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\x0c\n\x04rows\x18\x04 \x01(\x0c\x12\x0f\n\x07inverse\x18\x05 \x01(\x0c\"\x12\n\x10NextBatchRequest\"I\n\x11NextBatchResponse\x12&\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x17.embps.v1.TrainingBatch\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"B\n\x14PushGradientsRequest\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\"\x17\n\x15PushGradientsResponse\"\x0f\n\rFinishRequest\"7\n\x0e\x46inishResponse\x12%\n\x05stats\x18\x01 \x01(\x0b\x32\x16.embps.v1.GatewayStats\"\x18\n\x16GetGatewayStatsRequest\"\xac\x01\n\x0cGatewayStats\x12\r\n\x05steps\x18\x01 \x01(\x04\x12\x11\n\trows_used\x18\x02 \x01(\x04\x12\x14\n\x0crows_fetched\x18\x03 \x01(\x04\x12\x13\n\x0bps_bytes_in\x18\x04 \x01(\x04\x12\x14\n\x0cps_bytes_out\x18\x05 \x01(\x04\x12#\n\x04mode\x18\x06 \x01(\x0e\x32\x15.embps.v1.GatewayMode\x12\x14\n\x0cwait_seconds\x18\x07 \x01(\x01\"P\n\x11\x43ontributeRequest\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\x12\x0c\n\x04keys\x18\x03 \x01(\x0c\x12\r\n\x05grads\x18\x04 \x01(\x0c\"\x14\n\x12\x43ontributeResponse\"4\n\x12NotifyRoundRequest\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0f\n\x07trainer\x18\x02 \x01(\r\"\x15\n\x13NotifyRoundResponse*[\n\x0bGatewayMode\x12\x1c\n\x18GATEWAY_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11GATEWAY_MODE_SYNC\x10\x01\x12\x17\n\x13GATEWAY_MODE_DIRECT\x10\x02\x32\x94\x01\n\x0cOracleCacher\x12\x36\n\x06GetJob\x12\x17.embps.v1.GetJobRequest\x1a\x13.embps.v1.JobConfig\x12L\n\x0bStreamPlans\x12\x1c.embps.v1.StreamPlansRequest\x1a\x1d.embps.v1.StreamPlansResponse0\x01\x32\xb2\x02\n\x0eTrainerGateway\x12\x44\n\tNextBatch\x12\x1a.embps.v1.NextBatchRequest\x1a\x1b.embps.v1.NextBatchResponse\x12P\n\rPushGradients\x12\x1e.embps.v1.PushGradientsRequest\x1a\x1f.embps.v1.PushGradientsResponse\x12;\n\x06\x46inish\x12\x17.embps.v1.FinishRequest\x1a\x18.embps.v1.FinishResponse\x12K\n\x0fGetGatewayStats\x12 .embps.v1.GetGatewayStatsRequest\x1a\x16.embps.v1.GatewayStats2\xa2\x01\n\x0bGatewayPeer\x12G\n\nContribute\x12\x1b.embps.v1.ContributeRequest\x1a\x1c.embps.v1.ContributeResponse\x12J\n\x0bNotifyRound\x12\x1c.embps.v1.NotifyRoundRequest\x1a\x1d.embps.v1.NotifyRoundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'embps.v1.training_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATURESLICE']._serialized_start=37
-  _globals['_FEATURESLICE']._serialized_end=115
-  _globals['_BATCHPLAN']._serialized_start=118
-  _globals['_BATCHPLAN']._serialized_end=294
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=296
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=331
-  _globals['_JOBREQUEST']._serialized_start=333
-  _globals['_JOBREQUEST']._serialized_end=345
-  _globals['_JOBRESPONSE']._serialized_start=347
-  _globals['_JOBRESPONSE']._serialized_end=378
-  _globals['_NEXTBATCHREQUEST']._serialized_start=380
-  _globals['_NEXTBATCHREQUEST']._serialized_end=398
-  _globals['_TRAININGBATCH']._serialized_start=401
-  _globals['_TRAININGBATCH']._serialized_end=532
-  _globals['_GRADIENTPUSH']._serialized_start=534
-  _globals['_GRADIENTPUSH']._serialized_end=592
-  _globals['_PUSHACK']._serialized_start=594
-  _globals['_PUSHACK']._serialized_end=603
-  _globals['_FINISHREQUEST']._serialized_start=605
-  _globals['_FINISHREQUEST']._serialized_end=620
-  _globals['_GATEWAYSTATS']._serialized_start=623
-  _globals['_GATEWAYSTATS']._serialized_end=772
-  _globals['_PEERGRADIENTS']._serialized_start=774
-  _globals['_PEERGRADIENTS']._serialized_end=850
-  _globals['_ROUNDDONE']._serialized_start=852
-  _globals['_ROUNDDONE']._serialized_end=895
-  _globals['_PEERACK']._serialized_start=897
-  _globals['_PEERACK']._serialized_end=906
-  _globals['_ORACLECACHER']._serialized_start=909
-  _globals['_ORACLECACHER']._serialized_end=1044
-  _globals['_TRAINERGATEWAY']._serialized_start=1047
-  _globals['_TRAINERGATEWAY']._serialized_end=1306
-  _globals['_GATEWAYPEER']._serialized_start=1308
-  _globals['_GATEWAYPEER']._serialized_end=1434
+  _globals['_JOBCONFIG_DATASETOPTIONSENTRY']._loaded_options = None
+  _globals['_JOBCONFIG_DATASETOPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_GATEWAYMODE']._serialized_start=2326
+  _globals['_GATEWAYMODE']._serialized_end=2417
+  _globals['_JOBCONFIG']._serialized_start=63
+  _globals['_JOBCONFIG']._serialized_end=1188
+  _globals['_JOBCONFIG_OPTIONVALUE']._serialized_start=650
+  _globals['_JOBCONFIG_OPTIONVALUE']._serialized_end=817
+  _globals['_JOBCONFIG_OPTIONLIST']._serialized_start=819
+  _globals['_JOBCONFIG_OPTIONLIST']._serialized_end=880
+  _globals['_JOBCONFIG_ADDRESSES']._serialized_start=882
+  _globals['_JOBCONFIG_ADDRESSES']._serialized_end=961
+  _globals['_JOBCONFIG_SECURITY']._serialized_start=964
+  _globals['_JOBCONFIG_SECURITY']._serialized_end=1100
+  _globals['_JOBCONFIG_DATASETOPTIONSENTRY']._serialized_start=1102
+  _globals['_JOBCONFIG_DATASETOPTIONSENTRY']._serialized_end=1188
+  _globals['_FEATURESLICE']._serialized_start=1190
+  _globals['_FEATURESLICE']._serialized_end=1268
+  _globals['_BATCHPLAN']._serialized_start=1271
+  _globals['_BATCHPLAN']._serialized_end=1447
+  _globals['_GETJOBREQUEST']._serialized_start=1449
+  _globals['_GETJOBREQUEST']._serialized_end=1464
+  _globals['_STREAMPLANSREQUEST']._serialized_start=1466
+  _globals['_STREAMPLANSREQUEST']._serialized_end=1503
+  _globals['_STREAMPLANSRESPONSE']._serialized_start=1505
+  _globals['_STREAMPLANSRESPONSE']._serialized_end=1561
+  _globals['_TRAININGBATCH']._serialized_start=1563
+  _globals['_TRAININGBATCH']._serialized_end=1680
+  _globals['_NEXTBATCHREQUEST']._serialized_start=1682
+  _globals['_NEXTBATCHREQUEST']._serialized_end=1700
+  _globals['_NEXTBATCHRESPONSE']._serialized_start=1702
+  _globals['_NEXTBATCHRESPONSE']._serialized_end=1775
+  _globals['_PUSHGRADIENTSREQUEST']._serialized_start=1777
+  _globals['_PUSHGRADIENTSREQUEST']._serialized_end=1843
+  _globals['_PUSHGRADIENTSRESPONSE']._serialized_start=1845
+  _globals['_PUSHGRADIENTSRESPONSE']._serialized_end=1868
+  _globals['_FINISHREQUEST']._serialized_start=1870
+  _globals['_FINISHREQUEST']._serialized_end=1885
+  _globals['_FINISHRESPONSE']._serialized_start=1887
+  _globals['_FINISHRESPONSE']._serialized_end=1942
+  _globals['_GETGATEWAYSTATSREQUEST']._serialized_start=1944
+  _globals['_GETGATEWAYSTATSREQUEST']._serialized_end=1968
+  _globals['_GATEWAYSTATS']._serialized_start=1971
+  _globals['_GATEWAYSTATS']._serialized_end=2143
+  _globals['_CONTRIBUTEREQUEST']._serialized_start=2145
+  _globals['_CONTRIBUTEREQUEST']._serialized_end=2225
+  _globals['_CONTRIBUTERESPONSE']._serialized_start=2227
+  _globals['_CONTRIBUTERESPONSE']._serialized_end=2247
+  _globals['_NOTIFYROUNDREQUEST']._serialized_start=2249
+  _globals['_NOTIFYROUNDREQUEST']._serialized_end=2301
+  _globals['_NOTIFYROUNDRESPONSE']._serialized_start=2303
+  _globals['_NOTIFYROUNDRESPONSE']._serialized_end=2324
+  _globals['_ORACLECACHER']._serialized_start=2420
+  _globals['_ORACLECACHER']._serialized_end=2568
+  _globals['_TRAINERGATEWAY']._serialized_start=2571
+  _globals['_TRAINERGATEWAY']._serialized_end=2877
+  _globals['_GATEWAYPEER']._serialized_start=2880
+  _globals['_GATEWAYPEER']._serialized_end=3042
 # @@protoc_insertion_point(module_scope)

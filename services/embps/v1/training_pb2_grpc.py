@@ -36,13 +36,13 @@ class OracleCacherStub:
         """
         self.GetJob = channel.unary_unary(
                 '/embps.v1.OracleCacher/GetJob',
-                request_serializer=embps_dot_v1_dot_training__pb2.JobRequest.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.JobResponse.FromString,
+                request_serializer=embps_dot_v1_dot_training__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.JobConfig.FromString,
                 _registered_method=True)
         self.StreamPlans = channel.unary_stream(
                 '/embps.v1.OracleCacher/StreamPlans',
-                request_serializer=embps_dot_v1_dot_training__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.BatchPlan.FromString,
+                request_serializer=embps_dot_v1_dot_training__pb2.StreamPlansRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.StreamPlansResponse.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_OracleCacherServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
-                    request_deserializer=embps_dot_v1_dot_training__pb2.JobRequest.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.JobResponse.SerializeToString,
+                    request_deserializer=embps_dot_v1_dot_training__pb2.GetJobRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.JobConfig.SerializeToString,
             ),
             'StreamPlans': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamPlans,
-                    request_deserializer=embps_dot_v1_dot_training__pb2.SubscribeRequest.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.BatchPlan.SerializeToString,
+                    request_deserializer=embps_dot_v1_dot_training__pb2.StreamPlansRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.StreamPlansResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class OracleCacher:
             request,
             target,
             '/embps.v1.OracleCacher/GetJob',
-            embps_dot_v1_dot_training__pb2.JobRequest.SerializeToString,
-            embps_dot_v1_dot_training__pb2.JobResponse.FromString,
+            embps_dot_v1_dot_training__pb2.GetJobRequest.SerializeToString,
+            embps_dot_v1_dot_training__pb2.JobConfig.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class OracleCacher:
             request,
             target,
             '/embps.v1.OracleCacher/StreamPlans',
-            embps_dot_v1_dot_training__pb2.SubscribeRequest.SerializeToString,
-            embps_dot_v1_dot_training__pb2.BatchPlan.FromString,
+            embps_dot_v1_dot_training__pb2.StreamPlansRequest.SerializeToString,
+            embps_dot_v1_dot_training__pb2.StreamPlansResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -154,21 +154,21 @@ class TrainerGatewayStub:
         self.NextBatch = channel.unary_unary(
                 '/embps.v1.TrainerGateway/NextBatch',
                 request_serializer=embps_dot_v1_dot_training__pb2.NextBatchRequest.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.TrainingBatch.FromString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.NextBatchResponse.FromString,
                 _registered_method=True)
         self.PushGradients = channel.unary_unary(
                 '/embps.v1.TrainerGateway/PushGradients',
-                request_serializer=embps_dot_v1_dot_training__pb2.GradientPush.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.PushAck.FromString,
+                request_serializer=embps_dot_v1_dot_training__pb2.PushGradientsRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.PushGradientsResponse.FromString,
                 _registered_method=True)
         self.Finish = channel.unary_unary(
                 '/embps.v1.TrainerGateway/Finish',
                 request_serializer=embps_dot_v1_dot_training__pb2.FinishRequest.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.GatewayStats.FromString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.FinishResponse.FromString,
                 _registered_method=True)
-        self.Stats = channel.unary_unary(
-                '/embps.v1.TrainerGateway/Stats',
-                request_serializer=embps_dot_v1_dot_training__pb2.FinishRequest.SerializeToString,
+        self.GetGatewayStats = channel.unary_unary(
+                '/embps.v1.TrainerGateway/GetGatewayStats',
+                request_serializer=embps_dot_v1_dot_training__pb2.GetGatewayStatsRequest.SerializeToString,
                 response_deserializer=embps_dot_v1_dot_training__pb2.GatewayStats.FromString,
                 _registered_method=True)
 
@@ -196,7 +196,7 @@ class TrainerGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Stats(self, request, context):
+    def GetGatewayStats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,21 +208,21 @@ def add_TrainerGatewayServicer_to_server(servicer, server):
             'NextBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.NextBatch,
                     request_deserializer=embps_dot_v1_dot_training__pb2.NextBatchRequest.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.TrainingBatch.SerializeToString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.NextBatchResponse.SerializeToString,
             ),
             'PushGradients': grpc.unary_unary_rpc_method_handler(
                     servicer.PushGradients,
-                    request_deserializer=embps_dot_v1_dot_training__pb2.GradientPush.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.PushAck.SerializeToString,
+                    request_deserializer=embps_dot_v1_dot_training__pb2.PushGradientsRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.PushGradientsResponse.SerializeToString,
             ),
             'Finish': grpc.unary_unary_rpc_method_handler(
                     servicer.Finish,
                     request_deserializer=embps_dot_v1_dot_training__pb2.FinishRequest.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.GatewayStats.SerializeToString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.FinishResponse.SerializeToString,
             ),
-            'Stats': grpc.unary_unary_rpc_method_handler(
-                    servicer.Stats,
-                    request_deserializer=embps_dot_v1_dot_training__pb2.FinishRequest.FromString,
+            'GetGatewayStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGatewayStats,
+                    request_deserializer=embps_dot_v1_dot_training__pb2.GetGatewayStatsRequest.FromString,
                     response_serializer=embps_dot_v1_dot_training__pb2.GatewayStats.SerializeToString,
             ),
     }
@@ -252,7 +252,7 @@ class TrainerGateway:
             target,
             '/embps.v1.TrainerGateway/NextBatch',
             embps_dot_v1_dot_training__pb2.NextBatchRequest.SerializeToString,
-            embps_dot_v1_dot_training__pb2.TrainingBatch.FromString,
+            embps_dot_v1_dot_training__pb2.NextBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -278,8 +278,8 @@ class TrainerGateway:
             request,
             target,
             '/embps.v1.TrainerGateway/PushGradients',
-            embps_dot_v1_dot_training__pb2.GradientPush.SerializeToString,
-            embps_dot_v1_dot_training__pb2.PushAck.FromString,
+            embps_dot_v1_dot_training__pb2.PushGradientsRequest.SerializeToString,
+            embps_dot_v1_dot_training__pb2.PushGradientsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -306,7 +306,7 @@ class TrainerGateway:
             target,
             '/embps.v1.TrainerGateway/Finish',
             embps_dot_v1_dot_training__pb2.FinishRequest.SerializeToString,
-            embps_dot_v1_dot_training__pb2.GatewayStats.FromString,
+            embps_dot_v1_dot_training__pb2.FinishResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -318,7 +318,7 @@ class TrainerGateway:
             _registered_method=True)
 
     @staticmethod
-    def Stats(request,
+    def GetGatewayStats(request,
             target,
             options=(),
             channel_credentials=None,
@@ -331,8 +331,8 @@ class TrainerGateway:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/embps.v1.TrainerGateway/Stats',
-            embps_dot_v1_dot_training__pb2.FinishRequest.SerializeToString,
+            '/embps.v1.TrainerGateway/GetGatewayStats',
+            embps_dot_v1_dot_training__pb2.GetGatewayStatsRequest.SerializeToString,
             embps_dot_v1_dot_training__pb2.GatewayStats.FromString,
             options,
             channel_credentials,
@@ -356,13 +356,13 @@ class GatewayPeerStub:
         """
         self.Contribute = channel.unary_unary(
                 '/embps.v1.GatewayPeer/Contribute',
-                request_serializer=embps_dot_v1_dot_training__pb2.PeerGradients.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.PeerAck.FromString,
+                request_serializer=embps_dot_v1_dot_training__pb2.ContributeRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.ContributeResponse.FromString,
                 _registered_method=True)
         self.NotifyRound = channel.unary_unary(
                 '/embps.v1.GatewayPeer/NotifyRound',
-                request_serializer=embps_dot_v1_dot_training__pb2.RoundDone.SerializeToString,
-                response_deserializer=embps_dot_v1_dot_training__pb2.PeerAck.FromString,
+                request_serializer=embps_dot_v1_dot_training__pb2.NotifyRoundRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_training__pb2.NotifyRoundResponse.FromString,
                 _registered_method=True)
 
 
@@ -386,13 +386,13 @@ def add_GatewayPeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Contribute': grpc.unary_unary_rpc_method_handler(
                     servicer.Contribute,
-                    request_deserializer=embps_dot_v1_dot_training__pb2.PeerGradients.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.PeerAck.SerializeToString,
+                    request_deserializer=embps_dot_v1_dot_training__pb2.ContributeRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.ContributeResponse.SerializeToString,
             ),
             'NotifyRound': grpc.unary_unary_rpc_method_handler(
                     servicer.NotifyRound,
-                    request_deserializer=embps_dot_v1_dot_training__pb2.RoundDone.FromString,
-                    response_serializer=embps_dot_v1_dot_training__pb2.PeerAck.SerializeToString,
+                    request_deserializer=embps_dot_v1_dot_training__pb2.NotifyRoundRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_training__pb2.NotifyRoundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -420,8 +420,8 @@ class GatewayPeer:
             request,
             target,
             '/embps.v1.GatewayPeer/Contribute',
-            embps_dot_v1_dot_training__pb2.PeerGradients.SerializeToString,
-            embps_dot_v1_dot_training__pb2.PeerAck.FromString,
+            embps_dot_v1_dot_training__pb2.ContributeRequest.SerializeToString,
+            embps_dot_v1_dot_training__pb2.ContributeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -447,8 +447,8 @@ class GatewayPeer:
             request,
             target,
             '/embps.v1.GatewayPeer/NotifyRound',
-            embps_dot_v1_dot_training__pb2.RoundDone.SerializeToString,
-            embps_dot_v1_dot_training__pb2.PeerAck.FromString,
+            embps_dot_v1_dot_training__pb2.NotifyRoundRequest.SerializeToString,
+            embps_dot_v1_dot_training__pb2.NotifyRoundResponse.FromString,
             options,
             channel_credentials,
             insecure,

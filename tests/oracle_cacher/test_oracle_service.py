@@ -1,0 +1,48 @@
+"""The oracle cacher's API against a real shard: GetJob returns the job as a message, StreamPlans
+streams one plan per batch to a trainer of the job and refuses anyone else."""
+
+import grpc
+import numpy as np
+import pytest
+
+from embps.common.job_config import Addresses, JobConfig
+from embps.common.job_messages import job_from_message
+from embps.common.local_cluster import LocalShard, free_port
+from embps.oracle_cacher.service import serve
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    with LocalShard(tmp_path_factory.mktemp("shard")) as shard:
+        job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 3}, trainers=1,
+                        global_batch=16, steps=3, dim=4, lookahead=2, timeout_seconds=30,
+                        addresses=Addresses(oracle=f"127.0.0.1:{free_port()}", shards=(shard.address,)))
+        service, cacher = serve(job)
+        try:
+            with grpc.insecure_channel(job.addresses.oracle) as channel:
+                yield job, pb_grpc.OracleCacherStub(channel)
+        finally:
+            cacher.stopping.set()
+            service.stop(0)
+
+
+def test_get_job_returns_the_oracles_job(oracle):
+    job, stub = oracle
+    assert job_from_message(stub.GetJob(pb.GetJobRequest(), timeout=10)) == job
+
+
+def test_stream_plans_sends_every_batch_to_a_trainer_of_the_job(oracle):
+    job, stub = oracle
+    plans = [reply.plan for reply in stub.StreamPlans(pb.StreamPlansRequest(trainer=0), timeout=30)]
+    assert [plan.batch for plan in plans] == list(range(job.steps))
+    assert all(plan.features.samples == job.local_batch and len(plan.keys) for plan in plans)
+    keys = np.frombuffer(plans[0].keys, np.uint64)
+    np.testing.assert_array_equal(keys, np.unique(keys))   # distinct and sorted
+    with pytest.raises(grpc.RpcError) as info:
+        next(stub.StreamPlans(pb.StreamPlansRequest(trainer=0), timeout=10))
+    assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.RpcError) as info:
+        next(stub.StreamPlans(pb.StreamPlansRequest(trainer=job.trainers), timeout=10))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not in this job" in info.value.details()
