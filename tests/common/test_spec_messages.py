@@ -7,13 +7,15 @@ from embps.common.spec_messages import (DATA_PATH_KINDS, INITIALIZER_KINDS, MISS
                                         spec_from_message, spec_to_message)
 from embps.store import InitializerSpec, OptimizerSpec, TableSpec
 from embps.store.errors import InvalidArgument
-from embps.store.spec import INITIALIZER_CODES, MISSING_KEYS_CODES, OPTIMIZER_CODES
+from typing import get_args
+
+from embps.store.spec import InitializerKind, MissingKeys, OptimizerKind
 from embps.v1 import ps_shard_pb2 as pb
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZER_CODES))
-@pytest.mark.parametrize("initializer", sorted(INITIALIZER_CODES))
-@pytest.mark.parametrize("missing_keys", sorted(MISSING_KEYS_CODES))
+@pytest.mark.parametrize("optimizer", sorted(get_args(OptimizerKind)))
+@pytest.mark.parametrize("initializer", sorted(get_args(InitializerKind)))
+@pytest.mark.parametrize("missing_keys", sorted(get_args(MissingKeys)))
 def test_every_spec_round_trips(optimizer, initializer, missing_keys):
     spec = TableSpec(dim=7, capacity=123, optimizer=OptimizerSpec(optimizer, lr=0.0, eps=0.5, beta1=0.25, beta2=0.75),
                      initializer=InitializerSpec(initializer, scale=2.0, seed=2**63), missing_keys=missing_keys)

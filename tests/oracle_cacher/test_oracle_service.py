@@ -8,7 +8,7 @@ import pytest
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.job_messages import job_from_message
 from embps.common.local_cluster import LocalShard, free_port
-from embps.oracle_cacher.service import serve
+from embps.oracle_cacher.service import make_service
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
@@ -19,7 +19,8 @@ def oracle(tmp_path_factory):
         job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 3}, trainers=1,
                         global_batch=16, steps=3, dim=4, lookahead=2, timeout_seconds=30,
                         addresses=Addresses(oracle=f"127.0.0.1:{free_port()}", shards=(shard.address,)))
-        service, cacher = serve(job)
+        service, cacher = make_service(job)
+        service.start()
         try:
             with grpc.insecure_channel(job.addresses.oracle) as channel:
                 yield job, pb_grpc.OracleCacherStub(channel)

@@ -131,12 +131,18 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
             yield plan
 
 
+def make_service(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, OracleCacher]:
+    """The oracle's gRPC service, not yet started."""
+    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
+    oracle = OracleCacher(job, queue_batches)
+    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
+    return service, oracle
+
+
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
-    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
-    oracle = OracleCacher(job, args.queue_batches)
-    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
+    service, oracle = make_service(job, args.queue_batches)
     serving = {"address": job.addresses.oracle, "steps": job.steps, "lookahead": job.lookahead,
                "cleanup_every": job.cleanup_every}
     return run_service(service, GRACE_SECONDS, started=lambda: log.info("oracle serving", extra=serving),
