@@ -8,10 +8,10 @@ import grpc
 import numpy as np
 import pytest
 
+from embps.api import OptimizerSpec, TableSpec
 from embps.client import PSClient, ShardError
 from embps.common.addresses import split_host_port
 from embps.common.spec_messages import spec_to_message
-from embps.store import OptimizerSpec, TableSpec
 from embps.store._native import ffi, lib
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc

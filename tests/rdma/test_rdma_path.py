@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from embps.api import OptimizerSpec, TableSpec
 from embps.common import rdma_exchange as rx
 from embps.common.rdma_exchange import (FAILED_PRECONDITION, IMM_ERROR, INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
                                         EndpointInfo, ExchangeError, ExchangeTimeout, LookupRequest, ProtocolViolation,
@@ -27,7 +28,7 @@ from embps.common.rdma_exchange import (FAILED_PRECONDITION, IMM_ERROR, INVALID_
 from embps.ps_shard.rdma_path import (OP_WRITE, OP_WRITE_WITH_IMM, RdmaPathConfig, ScratchArea, ScratchTooSmall,
                                       build_write_requests, collect_metrics, error_reply_spec, plan_lookup_reply,
                                       start_rdma_path, to_send_wrs)
-from embps.store import OptimizerSpec, Store, TableSpec
+from embps.store import Store
 
 POOL_LKEY, SCRATCH_LKEY, RKEY = 0x1111, 0x2222, 0x3333
 REMOTE_BASE = 0x7F00_0000_0000

@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
-from embps.common import wire
+from embps.api import TableSpec, as_keys, wire
+from embps.api.status import grpc_code_from_number
 from embps.common.addresses import split_host_port
 from embps.common.cluster_config import ClusterConfig
 from embps.common.grpc_channels import channel_options
 from embps.common.spec_messages import spec_from_message, spec_to_message
-from embps.store import TableSpec, as_keys
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
@@ -101,7 +101,7 @@ class _Shard:
             self.rdma = None   # lookups are idempotent: this one, and the next, go another way
             return None
         except RdmaShardError as error:
-            code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+            code = grpc_code_from_number(error.code)
             if code == grpc.StatusCode.UNAVAILABLE:
                 return None
             raise ShardError(code, error.message, self.address) from None

@@ -10,8 +10,8 @@ import struct
 import grpc
 import numpy as np
 
+from embps.api.status import grpc_code
 from embps.common.addresses import split_host_port
-from embps.common.status_codes import GRPC_CODE_BY_STATUS
 from embps.store._native import ffi, lib
 
 from .errors import ShardError
@@ -91,8 +91,7 @@ class TcpDataPath:
         else:
             self._idle.put(sock)
         if status != lib.EMBPS_OK:
-            code = GRPC_CODE_BY_STATUS.get(_status_name(status), grpc.StatusCode.INTERNAL)
-            raise ShardError(code, message, self.address)
+            raise ShardError(grpc_code(_status_name(status)), message, self.address)
         return payload
 
 

@@ -1,7 +1,6 @@
 """TableSpec <-> its protobuf message (embps.v1.TableSpec)."""
 
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
-from embps.store.errors import InvalidArgument
+from embps.api import InitializerSpec, InvalidArgument, OptimizerSpec, TableSpec
 from embps.v1 import ps_shard_pb2 as pb
 
 _MISSING_TO_MESSAGE = {"initialize": pb.MISSING_KEYS_INITIALIZE, "report": pb.MISSING_KEYS_REPORT}

@@ -41,8 +41,9 @@ from embps.common.rdma_exchange import (BATCH_ID_MASK, FAILED_PRECONDITION, IMM_
                                         choose_data_path, connect_rc_qp, create_rc_qp, decode_request, encode_error,
                                         imm_from_wire, imm_to_wire, post_recvs, rdma_devices, reply_bytes,
                                         set_qp_error, split_memcached)
-from embps.common.status_codes import grpc_code_for
-from embps.store import GatherList, Store, StoreError, Table, TableNotFound, initial_rows
+from embps.api import StoreError, TableNotFound
+from embps.api.status import grpc_code_for
+from embps.store import GatherList, Store, Table, initial_rows
 
 __all__ = ["OP_WRITE", "OP_WRITE_WITH_IMM", "LookupReply", "RdmaPathConfig", "RdmaPathStats", "RdmaShardPath",
            "ScratchArea", "ScratchTooSmall", "WorkRequestSpec", "build_write_requests", "choose_data_path",

@@ -10,11 +10,10 @@ import time
 import grpc
 import numpy as np
 
-from embps.common import wire
+from embps.api import BatchTooLarge, InvalidArgument, StoreError, TableExists, wire
+from embps.api.status import grpc_code_for
 from embps.common.spec_messages import spec_from_message, spec_to_message
-from embps.common.status_codes import grpc_code_for
-from embps.store import Store, Table, TableExists
-from embps.store.errors import BatchTooLarge, InvalidArgument, StoreError
+from embps.store import Store, Table
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from embps.api import wire
 from embps.client import PSClient, ShardError
-from embps.common import structured_log, wire
+from embps.common import structured_log
 from embps.common.grpc_channels import channel_options
 from embps.common.grpc_service import GrpcService, wait_for_stop_signal
 from embps.common.job_config import JobConfig, feature_keys
