@@ -91,7 +91,8 @@ class TcpDataPath:
         else:
             self._idle.put(sock)
         if status != lib.EMBPS_OK:
-            raise ShardError(grpc_code(_status_name(status)), message, self.address)
+            reason = _status_name(status)
+            raise ShardError(grpc_code(reason), message, self.address, reason)
         return payload
 
 

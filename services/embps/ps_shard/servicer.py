@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from embps.api import BatchTooLarge, InvalidArgument, StoreError, TableExists, wire
-from embps.api.status import grpc_code_for
+from embps.api.status import abort, grpc_code_for, reason_of
 from embps.common.spec_messages import spec_from_message, spec_to_message
 from embps.store import Store, Table
 from embps.v1 import ps_shard_pb2 as pb
@@ -34,7 +34,7 @@ def _rpc(method):
             return method(self, request, context)
         except _EXPECTED_ERRORS as error:
             code = grpc_code_for(error)
-            context.abort(code, str(error))
+            abort(context, code, str(error), reason_of(error))
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("internal error", extra={"method": name})
@@ -165,7 +165,7 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
                                       state=state.tobytes())
         except _EXPECTED_ERRORS as error:
             code = grpc_code_for(error)
-            context.abort(code, str(error))
+            abort(context, code, str(error), reason_of(error))
         finally:
             self.metrics.observe("Export", code.name, rows, started)
 
@@ -185,7 +185,7 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
             return pb.ImportResponse(rows=rows)
         except _EXPECTED_ERRORS as error:
             code = grpc_code_for(error)
-            context.abort(code, f"{error} (after {rows} rows were imported)")
+            abort(context, code, f"{error} (after {rows} rows were imported)", reason_of(error))
         finally:
             self.metrics.observe("Import", code.name, rows, started)
 

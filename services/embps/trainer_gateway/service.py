@@ -24,7 +24,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from embps.api import wire
+from embps.api import StoreError, wire
+from embps.api.status import abort, grpc_code_for, reason_of
 from embps.client import PSClient, ShardError
 from embps.common import structured_log
 from embps.common.grpc_channels import channel_options
@@ -52,7 +53,7 @@ def add_arguments(parser) -> None:
 
 
 def _reported(method):
-    """Turns gateway, shard and planning failures into gRPC statuses with their message."""
+    """Turns gateway, shard and planning failures into gRPC statuses with their message (and reason)."""
     @functools.wraps(method)
     def handler(self, request, context):
         try:
@@ -60,7 +61,9 @@ def _reported(method):
         except GatewayError as error:
             context.abort(error.code, str(error))
         except ShardError as error:
-            context.abort(error.code, f"parameter shard: {error}")
+            abort(context, error.code, f"parameter shard: {error}", error.reason)
+        except StoreError as error:   # malformed bytes in the request
+            abort(context, grpc_code_for(error), str(error), reason_of(error))
     return handler
 
 
