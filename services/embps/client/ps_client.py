@@ -2,8 +2,8 @@
 
 Routes each key to its shard, splits a batch per shard, runs the shard calls concurrently and
 merges the answers back in the caller's order as numpy arrays.  Row traffic (lookups, updates)
-takes the best data path each shard offers (the native TCP path when the shard runs one, else gRPC);
-everything else is gRPC.  Calls that are safe to repeat (all but Update) are retried while a shard
+takes the best data path each shard offers (the native TCP path when the shard runs one and this
+process has the native core, else gRPC); everything else is gRPC, which needs no native code.  Calls that are safe to repeat (all but Update) are retried while a shard
 is UNAVAILABLE, within the call's deadline.  Thread-safe: share one client between threads.
 """
 
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -33,7 +34,9 @@ from embps.common.rdma_exchange import ExchangeError, RdmaUnavailable
 from .errors import ShardError
 from .rdma_client import RdmaClientConfig, RdmaConnectionError, RdmaError, RdmaShardConnection, RdmaShardError
 from .routing import JumpHashRouter, Router
-from .tcp_data_path import TcpDataPath
+
+if TYPE_CHECKING:
+    from .tcp_data_path import TcpDataPath
 
 log = logging.getLogger("embps.client")
 _RETRY_FIRST_SLEEP, _RETRY_MAX_SLEEP = 0.05, 1.0
@@ -63,8 +66,8 @@ class _Shard:
                 if self._secure:   # the TCP path is plaintext: never with TLS or tokens
                     tcp = None
                 if tcp is not None:
-                    host, port = split_host_port(tcp.address)
-                    self.tcp = TcpDataPath(f"{host or split_host_port(self.address)[0]}:{port}", timeout)
+                    self.tcp = self._open_tcp(tcp.address, wanted, timeout)
+                if self.tcp is not None:
                     self.path_kind = "tcp"
                 elif wanted == "tcp":
                     raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, "the shard offers no TCP data path",
@@ -74,6 +77,20 @@ class _Shard:
                 log.info("data path chosen", extra={"shard": self.address, "path": self.path_kind,
                                                     "lookups": "rdma" if self.rdma else self.path_kind})
             return self.path_kind
+
+    def _open_tcp(self, offered: str, wanted: str, timeout: float) -> TcpDataPath | None:
+        """The native TCP path to the shard; None (take gRPC) when this process has no native core."""
+        try:
+            from .tcp_data_path import TcpDataPath
+        except ImportError as error:
+            if wanted == "tcp":
+                raise ShardError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"the TCP data path needs the native core: {error}", self.address) from None
+            log.warning("TCP data path offered but the native core is not importable here; using gRPC",
+                        extra={"shard": self.address, "reason": str(error)})
+            return None
+        host, port = split_host_port(offered)
+        return TcpDataPath(f"{host or split_host_port(self.address)[0]}:{port}", timeout)
 
     def _connect_rdma(self, stats: pb.StatsResponse, wanted: str) -> None:
         offered = next((p for p in stats.data_paths if p.kind == "rdma"), None)

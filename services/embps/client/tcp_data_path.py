@@ -1,5 +1,6 @@
 """Client side of the native TCP data path (wire format in native/embps_store.h): lookups and updates
-as one request and one reply per batch on a pooled connection."""
+as one request and one reply per batch on a pooled connection.  Needs the native core (PSClient
+imports this module only for a shard that offers the path)."""
 
 from __future__ import annotations
 
