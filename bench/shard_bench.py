@@ -368,7 +368,7 @@ class ShardSide:
 
 
 def table_spec(cfg: Config):
-    from embps.store import OptimizerSpec, TableSpec
+    from embps.api import OptimizerSpec, TableSpec
     return TableSpec(dim=cfg.dim, capacity=cfg.rows, optimizer=OptimizerSpec("adagrad", lr=cfg.lr, eps=cfg.eps))
 
 
@@ -388,7 +388,8 @@ def load_shard(side: ShardSide, progress: Progress, report: Report) -> None:
 
 def check_update(side: ShardSide, distinct_rows: np.ndarray) -> None:
     """An update of keys still at zero optimizer state gives what the store's kernel computes."""
-    from embps.store import apply_optimizer, state_floats
+    from embps.api import state_floats
+    from embps.store import apply_optimizer
     cfg, wl = side.cfg, side.wl
     spec = table_spec(cfg)
     expected = wl.dense[distinct_rows].copy()

@@ -35,7 +35,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
-from embps.store import OptimizerSpec, Store, TableSpec  # noqa: E402
+from embps.api import OptimizerSpec, TableSpec  # noqa: E402
+from embps.store import Store  # noqa: E402
 from bench_common import Report, save_results, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

@@ -5,17 +5,14 @@ import pytest
 
 from embps.common.spec_messages import (DATA_PATH_KINDS, INITIALIZER_KINDS, MISSING_KEYS, OPTIMIZER_KINDS, WireEnum,
                                         spec_from_message, spec_to_message)
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
-from embps.store.errors import InvalidArgument
-from typing import get_args
-
-from embps.store.spec import InitializerKind, MissingKeys, OptimizerKind
+from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
+                       TableSpec)
 from embps.v1 import ps_shard_pb2 as pb
 
 
-@pytest.mark.parametrize("optimizer", sorted(get_args(OptimizerKind)))
-@pytest.mark.parametrize("initializer", sorted(get_args(InitializerKind)))
-@pytest.mark.parametrize("missing_keys", sorted(get_args(MissingKeys)))
+@pytest.mark.parametrize("optimizer", sorted(member.value for member in OptimizerKind))
+@pytest.mark.parametrize("initializer", sorted(member.value for member in InitializerKind))
+@pytest.mark.parametrize("missing_keys", sorted(member.value for member in MissingKeys))
 def test_every_spec_round_trips(optimizer, initializer, missing_keys):
     spec = TableSpec(dim=7, capacity=123, optimizer=OptimizerSpec(optimizer, lr=0.0, eps=0.5, beta1=0.25, beta2=0.75),
                      initializer=InitializerSpec(initializer, scale=2.0, seed=2**63), missing_keys=missing_keys)

@@ -9,11 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
+from embps.api import TableSpec
 from embps.client import PSClient, ShardError
 from embps.common.job_config import JobConfig
 from embps.common.local_cluster import LocalShard, wait_serving
 from embps.common.security import Security
-from embps.store import TableSpec
 from embps.trainer.local_job import run_local_job
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make certificates")

@@ -17,9 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 from embps.client import ClusterConfig, PSClient, ShardError, jump_hash
 from embps.common.local_cluster import wait_serving
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec, initial_rows
+from embps.store import initial_rows
 
 N_SHARDS = 2
 GRPC_PORT, DATA_PORT = 50051, 50061

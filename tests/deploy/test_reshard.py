@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 from embps.client import ClusterConfig, PSClient, jump_hash
 from embps.common.local_cluster import LocalShard
 from embps.deploy import reshard_command
 from embps.deploy.reshard import ReshardError, checksum, reshard, row_hashes
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
 
 TABLES = {
     "user": TableSpec(dim=8, capacity=50_000, optimizer=OptimizerSpec("adagrad", lr=0.1, eps=1e-8),

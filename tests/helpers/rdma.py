@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embps.store import OptimizerSpec, TableSpec
+from embps.api import OptimizerSpec, TableSpec
 
 POOL_LKEY, SCRATCH_LKEY, RKEY = 0x1111, 0x2222, 0x3333
 REMOTE_BASE = 0x7F00_0000_0000

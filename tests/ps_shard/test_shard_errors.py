@@ -1,17 +1,20 @@
 """Bad input to every RPC and to the native data path: a precise status and message, then the shard
 still serves with its data unchanged.  Also what the unset (UNSPECIFIED) enums that are not refused mean."""
 
+import dataclasses
 import socket
 import struct
 
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
+from embps.api import OptimizerSpec, TableSpec
 from embps.client import PSClient, ShardError
 from embps.common.addresses import split_host_port
 from embps.common.spec_messages import spec_to_message
-from embps.store import OptimizerSpec, TableSpec
 from embps.store._native import ffi, lib
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
@@ -45,11 +48,27 @@ def floats(n, width=DIM, value=1.0):
     return np.full((n, width), value, np.float32).tobytes()
 
 
-def raises(code, pattern, call, *args):
+def raises(code, pattern, call, *args, reason):
+    """The call fails with code and a message holding pattern; reason is the ErrorInfo the status
+    details carry ("" for none: a failure gRPC itself reports)."""
     with pytest.raises(grpc.RpcError) as info:
         call(*args)
     assert info.value.code() == code, info.value.details()
     assert pattern in info.value.details(), info.value.details()
+    assert error_info(info.value) == (reason and ("embps.dev", reason))
+
+
+def error_info(error: grpc.RpcError):
+    """(domain, reason) of the google.rpc.ErrorInfo in the call's trailing metadata, "" if it has none."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        return ""
+    assert status.code == error.code().value[0] and status.message == error.details()
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert len(infos) == 1, status
+    info = error_details_pb2.ErrorInfo()
+    infos[0].Unpack(info)
+    return info.domain, info.reason
 
 
 def assert_intact(stub, rows):
@@ -71,78 +90,84 @@ def spec_with(**changes):
 
 
 BAD_CALLS = {
-    "create_bad_name": (C.INVALID_ARGUMENT, "table name must be", "CreateTable",
+    "create_bad_name": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "table name must be", "CreateTable",
                         pb.CreateTableRequest(name="no/slash", spec=spec_to_message(SPEC))),
-    "create_nul_name": (C.INVALID_ARGUMENT, "without NUL", "CreateTable",
+    "create_nul_name": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "without NUL", "CreateTable",
                         pb.CreateTableRequest(name="guarded\0x", spec=spec_to_message(SPEC))),
-    "create_dim_zero": (C.INVALID_ARGUMENT, "dim must be an integer in [1, 4294967296), got 0", "CreateTable",
-                        pb.CreateTableRequest(name="t2", spec=spec_with(dim=0))),
-    "create_unknown_optimizer": (C.INVALID_ARGUMENT, "unknown optimizer 99", "CreateTable",
+    "create_dim_zero": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "dim must be an integer in [1, 4294967296), got 0",
+                        "CreateTable", pb.CreateTableRequest(name="t2", spec=spec_with(dim=0))),
+    "create_unknown_optimizer": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "unknown optimizer 99", "CreateTable",
                                  pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind=99))),
-    "create_unspecified_optimizer": (C.INVALID_ARGUMENT, "optimizer is unspecified", "CreateTable",
+    "create_unspecified_optimizer": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "optimizer is unspecified", "CreateTable",
                                      pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind=0))),
-    "create_unknown_initializer": (C.INVALID_ARGUMENT, "unknown initializer 7", "CreateTable",
+    "create_unknown_initializer": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "unknown initializer 7", "CreateTable",
                                    pb.CreateTableRequest(name="t2", spec=spec_with(initializer__kind=7))),
-    "create_unspecified_initializer": (C.INVALID_ARGUMENT, "initializer is unspecified", "CreateTable",
+    "create_unspecified_initializer": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "initializer is unspecified",
+                                       "CreateTable",
                                        pb.CreateTableRequest(name="t2", spec=spec_with(initializer__kind=0))),
-    "create_unknown_missing_keys": (C.INVALID_ARGUMENT, "unknown missing_keys 3", "CreateTable",
+    "create_unknown_missing_keys": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "unknown missing_keys 3", "CreateTable",
                                     pb.CreateTableRequest(name="t2", spec=spec_with(missing_keys=3))),
-    "create_nan_lr": (C.INVALID_ARGUMENT, "lr, eps and init_scale must be finite", "CreateTable",
+    "create_nan_lr": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "lr, eps and init_scale must be finite", "CreateTable",
                       pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__lr=float("nan")))),
-    "create_exists": (C.ALREADY_EXISTS, "already exists", "CreateTable",
+    "create_exists": (C.ALREADY_EXISTS, "EXISTS", "already exists", "CreateTable",
                       pb.CreateTableRequest(name="guarded", spec=spec_to_message(SPEC))),
-    "describe_unknown": (C.NOT_FOUND, "no table named 'nope'", "DescribeTable",
+    "describe_unknown": (C.NOT_FOUND, "NOT_FOUND", "no table named 'nope'", "DescribeTable",
                          pb.DescribeTableRequest(table="nope")),
-    "drop_unknown": (C.NOT_FOUND, "no table named 'nope'", "DropTable", pb.DropTableRequest(table="nope")),
-    "drop_nul_name": (C.INVALID_ARGUMENT, "without NUL", "DropTable", pb.DropTableRequest(table="guarded\0")),
-    "lookup_unknown": (C.NOT_FOUND, "no table named 'nope'", "Lookup",
+    "drop_unknown": (C.NOT_FOUND, "NOT_FOUND", "no table named 'nope'", "DropTable",
+                     pb.DropTableRequest(table="nope")),
+    "drop_nul_name": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "without NUL", "DropTable",
+                      pb.DropTableRequest(table="guarded\0")),
+    "lookup_unknown": (C.NOT_FOUND, "NOT_FOUND", "no table named 'nope'", "Lookup",
                        pb.LookupRequest(table="nope", keys=keys_bytes(1))),
-    "lookup_malformed_keys": (C.INVALID_ARGUMENT, "got 13 bytes, not a multiple of 8", "Lookup",
+    "lookup_malformed_keys": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "got 13 bytes, not a multiple of 8", "Lookup",
                               pb.LookupRequest(table="guarded", keys=b"x" * 13)),
-    "lookup_oversized": (C.RESOURCE_EXHAUSTED, "batch of 5000 keys exceeds the shard's limit of 4096", "Lookup",
-                         pb.LookupRequest(table="guarded", keys=np.arange(5000, dtype=np.uint64).tobytes())),
-    "lookup_message_too_large": (C.RESOURCE_EXHAUSTED, "", "Lookup",
+    "lookup_oversized": (C.RESOURCE_EXHAUSTED, "TOO_LARGE", "batch of 5000 keys exceeds the shard's limit of 4096",
+                         "Lookup", pb.LookupRequest(table="guarded", keys=np.arange(5000, dtype=np.uint64).tobytes())),
+    "lookup_message_too_large": (C.RESOURCE_EXHAUSTED, "", "", "Lookup",
                                  pb.LookupRequest(table="guarded", keys=b"\0" * (2 << 20))),
-    "update_wrong_dim": (C.INVALID_ARGUMENT, "grads must hold 2 x 8 float32", "Update",
+    "update_wrong_dim": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "grads must hold 2 x 8 float32", "Update",
                          pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, 7))),
-    "update_nan": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Update",
+    "update_nan": (C.INVALID_ARGUMENT, "NONFINITE", "contain NaN or Inf", "Update",
                    pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=np.nan))),
-    "update_inf": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Update",
+    "update_inf": (C.INVALID_ARGUMENT, "NONFINITE", "contain NaN or Inf", "Update",
                    pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=np.inf))),
-    "update_reserved_key": (C.INVALID_ARGUMENT, "is reserved", "Update",
+    "update_reserved_key": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "is reserved", "Update",
                             pb.UpdateRequest(table="guarded", keys=keys_bytes(2**64 - 1), grads=floats(1))),
-    "update_unknown": (C.NOT_FOUND, "no table named 'nope'", "Update",
+    "update_unknown": (C.NOT_FOUND, "NOT_FOUND", "no table named 'nope'", "Update",
                        pb.UpdateRequest(table="nope", keys=keys_bytes(1), grads=floats(1))),
-    "assign_wrong_rows": (C.INVALID_ARGUMENT, "rows must hold 2 x 8 float32", "Assign",
+    "assign_wrong_rows": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "rows must hold 2 x 8 float32", "Assign",
                           pb.AssignRequest(table="guarded", keys=keys_bytes(1, 2), rows=floats(1))),
-    "assign_wrong_state": (C.INVALID_ARGUMENT, "state must hold 2 x 8 float32", "Assign",
+    "assign_wrong_state": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "state must hold 2 x 8 float32", "Assign",
                            pb.AssignRequest(table="guarded", keys=keys_bytes(1, 2), rows=floats(2),
                                             state=floats(2, 3))),
-    "assign_nan_rows": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Assign",
+    "assign_nan_rows": (C.INVALID_ARGUMENT, "NONFINITE", "contain NaN or Inf", "Assign",
                         pb.AssignRequest(table="guarded", keys=keys_bytes(1, 2), rows=floats(2, value=np.nan))),
-    "assign_over_capacity": (C.RESOURCE_EXHAUSTED, "capacity", "Assign",
+    "assign_over_capacity": (C.RESOURCE_EXHAUSTED, "CAPACITY", "capacity", "Assign",
                              pb.AssignRequest(table="guarded", keys=np.arange(100, 1100, dtype=np.uint64).tobytes(),
                                               rows=floats(1000))),
-    "delete_malformed_keys": (C.INVALID_ARGUMENT, "not a multiple of 8", "Delete",
+    "delete_malformed_keys": (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "not a multiple of 8", "Delete",
                               pb.DeleteRequest(table="guarded", keys=b"abc")),
-    "delete_unknown": (C.NOT_FOUND, "no table named 'nope'", "Delete", pb.DeleteRequest(table="nope", keys=b"")),
+    "delete_unknown": (C.NOT_FOUND, "NOT_FOUND", "no table named 'nope'", "Delete",
+                       pb.DeleteRequest(table="nope", keys=b"")),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CALLS))
 def test_bad_unary_calls(stub, table, case):
-    code, pattern, method, request = BAD_CALLS[case]
-    raises(code, pattern, getattr(stub, method), request)
+    code, reason, pattern, method, request = BAD_CALLS[case]
+    raises(code, pattern, getattr(stub, method), request, reason=reason)
     assert_intact(stub, table)
 
 
 def test_bad_streams(stub, table):
-    raises(C.NOT_FOUND, "no table named 'nope'", lambda: list(stub.Export(pb.ExportRequest(table="nope"))))
-    raises(C.INVALID_ARGUMENT, "must name its table", stub.Import, iter([pb.ImportRequest(keys=keys_bytes(1))]))
+    raises(C.NOT_FOUND, "no table named 'nope'", lambda: list(stub.Export(pb.ExportRequest(table="nope"))),
+           reason="NOT_FOUND")
+    raises(C.INVALID_ARGUMENT, "must name its table", stub.Import, iter([pb.ImportRequest(keys=keys_bytes(1))]),
+           reason="INVALID_ARGUMENT")
     good = pb.ImportRequest(table="other", keys=keys_bytes(900), rows=floats(1))
     bad = pb.ImportRequest(keys=keys_bytes(901), rows=floats(1, value=np.nan))
     stub.CreateTable(pb.CreateTableRequest(name="other", spec=spec_to_message(SPEC)))
-    raises(C.INVALID_ARGUMENT, "(after 1 rows were imported)", stub.Import, iter([good, bad]))
+    raises(C.INVALID_ARGUMENT, "(after 1 rows were imported)", stub.Import, iter([good, bad]), reason="NONFINITE")
     assert stub.DescribeTable(pb.DescribeTableRequest(table="other")).rows == 1
     stub.DropTable(pb.DropTableRequest(table="other"))
     assert_intact(stub, table)
@@ -209,10 +234,35 @@ def test_client_maps_data_path_errors_to_grpc_codes(shard, table):
         with pytest.raises(ShardError) as info:
             client.update("guarded", [1], np.full((1, DIM), np.nan, np.float32))
         assert info.value.code == C.INVALID_ARGUMENT and "contain NaN or Inf" in info.value.details
+        assert info.value.reason == "NONFINITE"
         with pytest.raises(ShardError) as info:
             client.lookup("nope", [1])
-        assert info.value.code == C.NOT_FOUND
+        assert info.value.code == C.NOT_FOUND and info.value.reason == "NOT_FOUND"
         with pytest.raises(ShardError) as info:
             client.lookup("guarded", np.arange(5000))
-        assert info.value.code == C.RESOURCE_EXHAUSTED
+        assert info.value.code == C.RESOURCE_EXHAUSTED and info.value.reason == "TOO_LARGE"
         np.testing.assert_array_equal(client.lookup("guarded", KEYS), table)   # a fresh connection serves
+
+
+@pytest.mark.parametrize("path", ["tcp", "grpc"])
+def test_client_errors_keep_their_reason_on_both_paths(shard, stub, table, path):
+    """RESOURCE_EXHAUSTED is a full table or an oversized batch, INVALID_ARGUMENT a NaN or a bad shape:
+    the reason tells them apart, whichever path the rows took."""
+    full = TableSpec(dim=DIM, capacity=100, optimizer=OptimizerSpec("sgd"))
+    with PSClient(dataclasses.replace(shard.cluster_config, data_path=path)) as client:
+        client.create_table(f"full-{path}", full)
+        client.update(f"full-{path}", np.arange(100), np.ones((100, DIM), np.float32))
+        cases = [(C.INVALID_ARGUMENT, "NONFINITE", "guarded", [1], np.full((1, DIM), np.nan, np.float32)),
+                 (C.INVALID_ARGUMENT, "INVALID_ARGUMENT", "guarded", [1], np.ones((1, DIM - 1), np.float32)),
+                 (C.RESOURCE_EXHAUSTED, "TOO_LARGE", "guarded", np.arange(5000), np.ones((5000, DIM), np.float32)),
+                 (C.RESOURCE_EXHAUSTED, "CAPACITY", f"full-{path}", np.arange(100, 2100),
+                  np.ones((2000, DIM), np.float32))]
+        for code, reason, name, keys, grads in cases:
+            with pytest.raises(ShardError) as info:
+                client.update(name, keys, grads)
+            assert (info.value.code, info.value.reason) == (code, reason), info.value
+            assert reason in str(info.value)
+        assert client.data_path_kinds() == [path]
+        assert client.describe_table(f"full-{path}").rows == 100
+        client.drop_table(f"full-{path}")
+    assert_intact(stub, table)

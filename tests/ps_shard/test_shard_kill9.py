@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from helpers.reference_optimizers import step, sum_repeated
 
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 from embps.client import ClusterConfig, PSClient, ShardError
 from embps.common.local_cluster import LocalShard
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec, initial_rows
+from embps.store import initial_rows
 
 DIM = 8
 HYPER = {"lr": 0.05, "eps": 1e-8}

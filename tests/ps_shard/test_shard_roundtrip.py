@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from helpers.reference_optimizers import step, sum_repeated
 
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec, state_floats
 from embps.client import PSClient
 from embps.common.local_cluster import LocalCluster
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec, initial_rows, state_floats
+from embps.store import initial_rows
 
 DIM = 16
 HYPER = {"sgd": {"lr": 0.3}, "adagrad": {"lr": 0.1, "eps": 1e-8}, "rowwise_adagrad": {"lr": 0.1, "eps": 1e-8},

@@ -10,10 +10,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from embps.api import TableSpec
 from embps.client import PSClient
 from embps.common.local_cluster import LocalShard
 from embps.ps_shard.config import ShardConfig
-from embps.store import TableSpec
 from embps.v1 import ps_shard_pb2 as pb
 
 

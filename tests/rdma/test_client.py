@@ -17,7 +17,7 @@ from embps.rdma.discovery import DataPathChoice, probe_rdma
 from embps.rdma.exchange import RdmaExchange
 from embps.rdma.server import RdmaShardPath, collect_metrics
 from embps.rdma.verbs import VerbsDevice
-from embps.store import OptimizerSpec, TableSpec
+from embps.api import OptimizerSpec, TableSpec
 from helpers.rdma import request_keys, sgd_table
 
 

@@ -13,7 +13,7 @@ from embps.rdma.planner import (OP_WRITE, OP_WRITE_WITH_IMM, ScratchArea, Scratc
                                 error_reply_spec, plan_lookup_reply)
 from embps.rdma.wire import (FAILED_PRECONDITION, IMM_ERROR, RESOURCE_EXHAUSTED, LookupRequest, ProtocolViolation,
                              decode_error, reply_bytes)
-from embps.store import OptimizerSpec, TableSpec
+from embps.api import OptimizerSpec, TableSpec
 from helpers.rdma import POOL_LKEY, REMOTE_BASE, RKEY, SCRATCH_LKEY, request_keys, sgd_table
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from helpers.reference_optimizers import sum_repeated
-from embps.store import (CrashSimulation, InitializerSpec, OptimizerSpec, SimulatedCrash, Store, TableSpec,
-                         apply_optimizer, initial_rows, state_floats)
+from embps.api import InitializerSpec, OptimizerSpec, SimulatedCrash, TableSpec, state_floats
+from embps.store import CrashSimulation, Store, apply_optimizer, initial_rows
 
 N_KEYS = 96
 KEY_STRIDE = 0x9E3779B97F4A7C15 >> 8          # spreads keys over the hash space

@@ -9,7 +9,8 @@ import pytest
 
 from helpers.crash_writer import DIM, N_KEYS, batch
 from helpers.reference_optimizers import sum_repeated
-from embps.store import OptimizerSpec, Store, TableSpec, apply_optimizer, initial_rows
+from embps.api import OptimizerSpec, TableSpec
+from embps.store import Store, apply_optimizer, initial_rows
 
 SPEC = TableSpec(DIM, N_KEYS, OptimizerSpec("adagrad", lr=0.05))
 

@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from embps.store import (InitializerSpec, OptimizerSpec, Store, TableSpec, apply_optimizer, initial_rows,
-                         state_floats)
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec, state_floats
+from embps.store import Store, apply_optimizer, initial_rows
 from helpers.reference_optimizers import step
 
 OPTIMIZERS = ["sgd", "adagrad", "rowwise_adagrad", "adam"]
@@ -155,3 +155,11 @@ def test_concurrent_readers_and_writer_see_whole_rows(store):
         r.join()
     assert torn and sum(torn) == 0
     t.check()
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_the_api_state_width_is_the_cores(store, kind):
+    """embps.api computes it without the native core; every table the core makes has that width."""
+    for dim in (1, 2, 31, 256):
+        table = store.create_table(f"{kind}-{dim}", TableSpec(dim, 16, OptimizerSpec(kind)))
+        assert table.stats().state_floats == state_floats(kind, dim)

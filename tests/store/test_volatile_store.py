@@ -4,7 +4,8 @@ bit-identical to a persistent store's, and the index and allocator must stay con
 import numpy as np
 import pytest
 
-from embps.store import OptimizerSpec, Store, TableSpec
+from embps.api import OptimizerSpec, TableSpec
+from embps.store import Store
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adagrad", "rowwise_adagrad", "adam"])

@@ -2,8 +2,8 @@
 
 Routes each key to its shard, splits a batch per shard, runs the shard calls concurrently and
 merges the answers back in the caller's order as numpy arrays.  Row traffic (lookups, updates)
-takes the best data path each shard offers (the native TCP path when the shard runs one, else gRPC);
-everything else is gRPC.  Calls that are safe to repeat (all but Update) are retried while a shard
+takes the best data path each shard offers (the native TCP path when the shard runs one and this
+process has the native core, else gRPC); everything else is gRPC, which needs no native code.  Calls that are safe to repeat (all but Update) are retried while a shard
 is UNAVAILABLE, within the call's deadline.  Thread-safe: share one client between threads.
 """
 
@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 
-from embps.common import wire
+from embps.api import TableSpec, as_keys, wire
+from embps.api.status import grpc_code_from_number
 from embps.common.addresses import split_host_port
 from embps.common.cluster_config import ClusterConfig
 from embps.common.grpc_channels import channel_options
@@ -28,13 +30,14 @@ from embps.rdma.client import RdmaConnectionError, RdmaError, RdmaShardConnectio
 from embps.rdma.config import RdmaClientConfig
 from embps.rdma.discovery import RdmaUnavailable
 from embps.rdma.exchange import ExchangeError
-from embps.store import TableSpec, as_keys
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
 from .errors import ShardError
 from .routing import JumpHashRouter, Router
-from .tcp_data_path import TcpDataPath
+
+if TYPE_CHECKING:
+    from .tcp_data_path import TcpDataPath
 
 log = logging.getLogger("embps.client")
 _RETRY_FIRST_SLEEP, _RETRY_MAX_SLEEP = 0.05, 1.0
@@ -65,8 +68,8 @@ class _Shard:
                 if self._secure:   # the TCP path is plaintext: never with TLS or tokens
                     tcp = None
                 if tcp is not None:
-                    host, port = split_host_port(tcp.address)
-                    self.tcp = TcpDataPath(f"{host or split_host_port(self.address)[0]}:{port}", timeout)
+                    self.tcp = self._open_tcp(tcp.address, wanted, timeout)
+                if self.tcp is not None:
                     self.path_kind = "tcp"
                 elif wanted == "tcp":
                     raise ShardError(grpc.StatusCode.FAILED_PRECONDITION, "the shard offers no TCP data path",
@@ -77,7 +80,21 @@ class _Shard:
                                                     "lookups": "rdma" if self.rdma else self.path_kind})
             return self.path_kind
 
-    def _connect_rdma(self, stats: pb.ShardStats, wanted: str) -> None:
+    def _open_tcp(self, offered: str, wanted: str, timeout: float) -> TcpDataPath | None:
+        """The native TCP path to the shard; None (take gRPC) when this process has no native core."""
+        try:
+            from .tcp_data_path import TcpDataPath
+        except ImportError as error:
+            if wanted == "tcp":
+                raise ShardError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f"the TCP data path needs the native core: {error}", self.address) from None
+            log.warning("TCP data path offered but the native core is not importable here; using gRPC",
+                        extra={"shard": self.address, "reason": str(error)})
+            return None
+        host, port = split_host_port(offered)
+        return TcpDataPath(f"{host or split_host_port(self.address)[0]}:{port}", timeout)
+
+        def _connect_rdma(self, stats: pb.ShardStats, wanted: str) -> None:
         offered = next((p for p in stats.data_paths if p.kind == pb.DATA_PATH_KIND_RDMA), None)
         if offered is None or wanted not in ("auto", "rdma") or self._secure:
             if wanted == "rdma":
@@ -103,7 +120,7 @@ class _Shard:
             self.rdma = None   # lookups are idempotent: this one, and the next, go another way
             return None
         except RdmaShardError as error:
-            code = next((c for c in grpc.StatusCode if c.value[0] == error.code), grpc.StatusCode.UNKNOWN)
+            code = grpc_code_from_number(error.code)
             if code == grpc.StatusCode.UNAVAILABLE:
                 return None
             raise ShardError(code, error.message, self.address) from None

@@ -1,5 +1,6 @@
-"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups and
-updates as one request and one reply per batch on a pooled connection."""
+"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups and updates
+as one request and one reply per batch on a pooled connection.  Needs the native core (PSClient
+imports this module only for a shard that offers the path)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import socket
 import grpc
 import numpy as np
 
+from embps.api.status import grpc_code
 from embps.common.addresses import split_host_port
-from embps.common.status_codes import GRPC_CODE_BY_STATUS
 from embps.store._native import ffi, lib
 from embps.store.data_server import WIRE_REPLY, WIRE_REQUEST
 
@@ -89,8 +90,8 @@ class TcpDataPath:
         else:
             self._idle.put(sock)
         if status != lib.EMBPS_OK:
-            code = GRPC_CODE_BY_STATUS.get(_status_name(status), grpc.StatusCode.INTERNAL)
-            raise ShardError(code, message, self.address)
+            reason = _status_name(status)
+            raise ShardError(grpc_code(reason), message, self.address, reason)
         return payload
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embps.common import wire
+from embps.api import wire
 from embps.common.grpc_channels import channel_options
 from embps.common.job_config import feature_keys
 from embps.common.security import NO_SECURITY, Security

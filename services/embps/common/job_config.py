@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
+from embps.api import InitializerKind, InitializerSpec, OptimizerKind, OptimizerSpec, TableSpec
 
 from .cluster_config import ClusterConfig
 from .security import NO_SECURITY, Security
@@ -85,9 +85,9 @@ class JobConfig:
     def table_spec(self, n_rows: int) -> TableSpec:
         """The shards' table: one row per (feature, id); rows start as DLRM does, uniform in
         ±sqrt(1/rows), here from (seed, key) so every process agrees."""
-        optimizer = OptimizerSpec(self.emb_optimizer, lr=self.emb_lr, eps=self.emb_eps)
+        optimizer = OptimizerSpec(OptimizerKind(self.emb_optimizer), lr=self.emb_lr, eps=self.emb_eps)
         return TableSpec(dim=self.dim, capacity=max(n_rows, 1024), optimizer=optimizer,
-                         initializer=InitializerSpec("uniform", scale=0.05, seed=self.seed))
+                         initializer=InitializerSpec(InitializerKind.UNIFORM, scale=0.05, seed=self.seed))
 
     def cluster_config(self) -> ClusterConfig:
         return ClusterConfig.from_addresses(self.addresses.shards, deadline_seconds=self.timeout_seconds,

@@ -4,11 +4,9 @@ their proto enums."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import get_args
 
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
-from embps.store.errors import InvalidArgument
-from embps.store.spec import InitializerKind, MissingKeys, OptimizerKind
+from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
+                       TableSpec)
 from embps.v1 import ps_shard_pb2 as pb
 
 
@@ -41,9 +39,9 @@ class WireEnum:
         return self.names[value]
 
 
-OPTIMIZER_KINDS = WireEnum(pb.OptimizerKind, "OPTIMIZER_KIND_", get_args(OptimizerKind), "optimizer")
-INITIALIZER_KINDS = WireEnum(pb.InitializerKind, "INITIALIZER_KIND_", get_args(InitializerKind), "initializer")
-MISSING_KEYS = WireEnum(pb.MissingKeys, "MISSING_KEYS_", get_args(MissingKeys), "missing_keys")
+OPTIMIZER_KINDS = WireEnum(pb.OptimizerKind, "OPTIMIZER_KIND_", [member.value for member in OptimizerKind], "optimizer")
+INITIALIZER_KINDS = WireEnum(pb.InitializerKind, "INITIALIZER_KIND_", [member.value for member in InitializerKind], "initializer")
+MISSING_KEYS = WireEnum(pb.MissingKeys, "MISSING_KEYS_", [member.value for member in MissingKeys], "missing_keys")
 DATA_PATH_KINDS = WireEnum(pb.DataPathKind, "DATA_PATH_KIND_", ("grpc", "tcp", "rdma"), "data path")
 
 

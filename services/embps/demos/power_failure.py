@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embps.store import CrashSimulation, OptimizerSpec, SimulatedCrash, Store, TableSpec, apply_optimizer
+from embps.api import OptimizerKind, OptimizerSpec, SimulatedCrash, TableSpec
+from embps.store import CrashSimulation, Store, apply_optimizer
 
 from .verify import Check, RowImage, check_invariants, check_recovered_rows, check_row_count
 from .workload import random_keys
@@ -30,7 +31,7 @@ class PowerTrial:
 def run(path: Path, rows: int, dim: int, trials: int, rng: np.random.Generator) -> list[PowerTrial]:
     """trials power failures in a row on one table of rows rows (plus 10% new keys the updates insert)."""
     pool = np.concatenate([random_keys(rng, rows), random_keys(rng, rows // 10 + 1, fresh=True)])
-    spec = TableSpec(dim=dim, capacity=len(pool), optimizer=OptimizerSpec("rowwise_adagrad", lr=0.05))
+    spec = TableSpec(dim=dim, capacity=len(pool), optimizer=OptimizerSpec(OptimizerKind.ROWWISE_ADAGRAD, lr=0.05))
     with Store(path) as store:
         table = store.create_table(TABLE, spec)
         table.assign(pool[:rows], rng.random((rows, dim), dtype=np.float32))

@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
-from embps.store import OptimizerSpec, Store, Table, TableSpec
+from embps.api import OptimizerKind, OptimizerSpec, TableSpec
+from embps.store import Store, Table
 
 from . import power_failure, process_crash
 from .process_crash import ProcessCrashResult
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     console.rule("1. Build")
     # Capacity leaves room for the new keys the crash writer inserts.
     spec = TableSpec(dim=args.dim, capacity=args.rows + pool_size,
-                     optimizer=OptimizerSpec("rowwise_adagrad", lr=0.05))
+                     optimizer=OptimizerSpec(OptimizerKind.ROWWISE_ADAGRAD, lr=0.05))
     with Store(paths.store) as store:
         table = store.create_table(TABLE, spec)
         keys, build_rate = _build(table, args.rows, rng, console)

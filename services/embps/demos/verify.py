@@ -6,7 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from embps.store import StoreError, Table
+from embps.api import StoreError
+from embps.store import Table
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import numpy as np
 from embps.client import PSClient, ShardError, jump_hash
 from embps.common.cluster_config import ClusterConfig
 from embps.common.spec_messages import spec_from_message
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
+from embps.api import InitializerKind, InitializerSpec, OptimizerKind, OptimizerSpec, TableSpec
 
 PROBE_PREFIX = "_embps_reshard_probe_"
 DEFAULT_BATCH_ROWS = 4096
@@ -149,7 +149,7 @@ def _physical_shards(configs: dict[str, ClusterConfig]) -> dict[str, str]:
     clients = {a: PSClient(dataclasses.replace(configs[a], shards=(a,))) for a in addresses}
     probes: dict[str, str] = {}
     try:
-        spec = TableSpec(dim=1, capacity=1, optimizer=OptimizerSpec("sgd"), initializer=InitializerSpec("zeros"))
+        spec = TableSpec(dim=1, capacity=1, optimizer=OptimizerSpec(OptimizerKind.SGD), initializer=InitializerSpec(InitializerKind.ZEROS))
         for i, address in enumerate(addresses):
             name = f"{PROBE_PREFIX}{token}_{i}"
             try:

@@ -1,48 +1,35 @@
-"""ParameterShard over one store: decodes requests, calls the native store, maps errors to statuses."""
+"""ParameterShard over one store: decodes requests and calls the native store (each call's failure
+becomes its gRPC status in call_outcome)."""
 
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
 import logging
-import time
+from contextlib import nullcontext
 
-import grpc
 import numpy as np
 
-from embps.common import wire
+from embps.api import BatchTooLarge, InvalidArgument, StoreError, TableExists, wire
 from embps.common.spec_messages import spec_from_message, spec_to_message
-from embps.common.status_codes import grpc_code_for
-from embps.store import Store, Table, TableExists
-from embps.store.errors import BatchTooLarge, InvalidArgument, StoreError
+from embps.store import Store, Table
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
+from .call_outcome import CallOutcome
 from .metrics import ShardMetrics
 
 log = logging.getLogger("embps.ps_shard")
-_EXPECTED_ERRORS = (StoreError, MemoryError)
 
 
 def _rpc(method):
-    """Counts the call and turns store errors into their gRPC status; the shard keeps serving."""
+    """A unary call, counted, its failure turned into its gRPC status; the shard keeps serving."""
     name = method.__name__
 
     @functools.wraps(method)
     def handler(self, request, context):
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        try:
+        with CallOutcome(self.metrics, name, context) as call:
+            call.count = len(getattr(request, "keys", b"")) // 8
             return method(self, request, context)
-        except _EXPECTED_ERRORS as error:
-            code = grpc_code_for(error)
-            context.abort(code, str(error))
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("internal error", extra={"method": name})
-            context.abort(code, f"internal error in {name}; see the shard's log")
-        finally:
-            keys = len(getattr(request, "keys", b"")) // 8
-            self.metrics.observe(name, code.name, keys, started)
 
     return handler
 
@@ -154,25 +141,17 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
 
     def Export(self, request, context):
         """Holds the table (a drop waits) until the stream ends."""
-        started, code, rows = time.perf_counter(), grpc.StatusCode.OK, 0
-        try:
-            with self.store.acquire(request.table) as table:
-                row_bytes = 8 + 4 * (table.dim + table.state_floats)
-                limit = max(16, (self.max_message_bytes // 2) // row_bytes)
-                chunk_rows = min(request.chunk_rows or limit, limit)
-                for keys, values, state in table.export(chunk_rows):
-                    rows += len(keys)
-                    yield pb.ExportResponse(keys=keys.tobytes(), rows=values.tobytes(), state=state.tobytes())
-        except _EXPECTED_ERRORS as error:
-            code = grpc_code_for(error)
-            context.abort(code, str(error))
-        finally:
-            self.metrics.observe("Export", code.name, rows, started)
+        with CallOutcome(self.metrics, "Export", context) as call, self.store.acquire(request.table) as table:
+            row_bytes = 8 + 4 * (table.dim + table.state_floats)
+            limit = max(16, (self.max_message_bytes // 2) // row_bytes)
+            chunk_rows = min(request.chunk_rows or limit, limit)
+            for keys, values, state in table.export(chunk_rows):
+                call.count += len(keys)
+                yield pb.ExportResponse(keys=keys.tobytes(), rows=values.tobytes(), state=state.tobytes())
 
     def Import(self, request_iterator, context):
         """Assigns each chunk as it arrives; a failed import may be retried (assign is idempotent)."""
-        started, code, rows = time.perf_counter(), grpc.StatusCode.OK, 0
-        try:
+        with CallOutcome(self.metrics, "Import", context, " (after {count} rows were imported)") as call:
             name = None
             for chunk in request_iterator:
                 name = chunk.table or name
@@ -181,13 +160,8 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
                 keys = self._keys(chunk.keys)
                 with self.store.acquire(name) as table:
                     self._assign(table, keys, chunk.rows, chunk.state)
-                rows += len(keys)
-            return pb.ImportResponse(rows=rows)
-        except _EXPECTED_ERRORS as error:
-            code = grpc_code_for(error)
-            context.abort(code, f"{error} (after {rows} rows were imported)")
-        finally:
-            self.metrics.observe("Import", code.name, rows, started)
+                call.count += len(keys)
+            return pb.ImportResponse(rows=call.count)
 
     @_rpc
     def GetShardStats(self, request, context):

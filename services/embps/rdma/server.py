@@ -25,8 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from embps.common.status_codes import grpc_code_for
-from embps.store import Store, StoreError, Table, TableNotFound
+from embps.api import StoreError, TableNotFound
+from embps.api.status import grpc_code_for
+from embps.store import Store, Table
 
 from .config import RdmaPathConfig
 from .discovery import DataPathChoice, RdmaUnavailable, choose_data_path

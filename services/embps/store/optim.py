@@ -2,9 +2,10 @@
 
 import numpy as np
 
+from embps.api import TableSpec, as_keys, state_floats
+
 from ._native import ffi, lib
-from .store import as_keys, check_status, spec_to_c, state_floats
-from .spec import TableSpec
+from .store import check_status, spec_to_c
 
 
 def apply_optimizer(spec: TableSpec, rows: np.ndarray, state: np.ndarray, grads: np.ndarray) -> None:

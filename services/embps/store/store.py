@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
+                       StoreError, TableNotFound, TableSpec, as_keys, state_floats)
+from embps.api.status import GRPC_CODES, error_for
+
 from . import _native
 from ._native import ffi, lib
-from .errors import InvalidArgument, StoreError, TableNotFound, error_for
-from .spec import InitializerSpec, OptimizerSpec, TableSpec
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
@@ -36,16 +38,30 @@ def _built_version() -> str:
 
 check_native_version(_built_version())
 
-# Each kind's code is the header's enum (embps_optimizer, embps_init, embps_missing).
-OPTIMIZER_CODES = {"sgd": lib.EMBPS_OPT_SGD, "adagrad": lib.EMBPS_OPT_ADAGRAD,
-                   "rowwise_adagrad": lib.EMBPS_OPT_ROWWISE_ADAGRAD, "adam": lib.EMBPS_OPT_ADAM}
-INITIALIZER_CODES = {"zeros": lib.EMBPS_INIT_ZEROS, "uniform": lib.EMBPS_INIT_UNIFORM,
-                     "normal": lib.EMBPS_INIT_NORMAL}
-MISSING_KEYS_CODES = {"initialize": lib.EMBPS_MISSING_INITIALIZE, "report": lib.EMBPS_MISSING_REPORT}
-_OPTIMIZER_NAMES = {code: name for name, code in OPTIMIZER_CODES.items()}
-_INITIALIZER_NAMES = {code: name for name, code in INITIALIZER_CODES.items()}
-_MISSING_KEYS_NAMES = {code: name for name, code in MISSING_KEYS_CODES.items()}
+# The api's enums name the C core's: EMBPS_OPT_ADAGRAD is OptimizerKind.ADAGRAD.
+_OPTIMIZER_CODES = {kind: getattr(lib, f"EMBPS_OPT_{kind.name}") for kind in OptimizerKind}
+_INITIALIZER_CODES = {kind: getattr(lib, f"EMBPS_INIT_{kind.name}") for kind in InitializerKind}
+_MISSING_KEYS_CODES = {policy: getattr(lib, f"EMBPS_MISSING_{policy.name}") for policy in MissingKeys}
+_OPTIMIZER_KINDS = {code: kind for kind, code in _OPTIMIZER_CODES.items()}
+_INITIALIZER_KINDS = {code: kind for kind, code in _INITIALIZER_CODES.items()}
+_MISSING_KEYS_POLICIES = {code: policy for policy, code in _MISSING_KEYS_CODES.items()}
 SGE_DTYPE = np.dtype([("addr", "<u8"), ("len", "<u4"), ("found", "<u4")])
+
+
+def _check_api_agrees_with_core() -> None:
+    """embps.api answers in pure Python what the C core decides: a core that disagrees must not load."""
+    for kind, code in _OPTIMIZER_CODES.items():
+        for dim in (1, 7, 64):
+            if lib.embps_optimizer_state_floats(code, dim) != state_floats(kind, dim):
+                raise ImportError(f"embps.api.state_floats({kind!r}, {dim}) disagrees with the native core")
+    for name in dir(lib):
+        if name.startswith("EMBPS_E_"):
+            reason = ffi.string(lib.embps_status_name(getattr(lib, name))).decode()
+            if reason not in GRPC_CODES:
+                raise ImportError(f"the native status {reason} has no place in embps.api.status")
+
+
+_check_api_agrees_with_core()
 
 
 def check_status(status: int) -> None:
@@ -53,24 +69,6 @@ def check_status(status: int) -> None:
     if status != lib.EMBPS_OK:
         name = ffi.string(lib.embps_status_name(status)).decode()
         raise error_for(name, ffi.string(lib.embps_errormsg()).decode(errors="replace"))
-
-
-def as_keys(keys) -> np.ndarray:
-    """Keys as a contiguous uint64 vector; signed 64-bit ids keep their bits."""
-    if type(keys) is np.ndarray and keys.dtype == np.uint64 and keys.ndim == 1 and keys.flags.c_contiguous:
-        return keys   # the hot path of services passing decoded wire bytes
-    arr = np.asarray(keys)
-    if arr.ndim != 1:
-        raise InvalidArgument(f"keys must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype == np.int64:
-        arr = arr.view(np.uint64)
-    elif arr.dtype != np.uint64:
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise InvalidArgument(f"keys must be integers, got {arr.dtype}")
-        if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
-            arr = arr.astype(np.int64).view(np.uint64)
-        arr = arr.astype(np.uint64)
-    return np.ascontiguousarray(arr)
 
 
 def _as_matrix(values, n: int, width: int, what: str) -> np.ndarray:
@@ -82,22 +80,16 @@ def _as_matrix(values, n: int, width: int, what: str) -> np.ndarray:
 
 def spec_to_c(spec: TableSpec):
     c = ffi.new("embps_table_spec *")
-    if spec.optimizer.kind not in OPTIMIZER_CODES:
-        raise InvalidArgument(f"unknown optimizer {spec.optimizer.kind!r}; one of {sorted(OPTIMIZER_CODES)}")
-    if spec.initializer.kind not in INITIALIZER_CODES:
-        raise InvalidArgument(f"unknown initializer {spec.initializer.kind!r}; one of {sorted(INITIALIZER_CODES)}")
-    if spec.missing_keys not in MISSING_KEYS_CODES:
-        raise InvalidArgument(f"unknown missing_keys {spec.missing_keys!r}; one of {sorted(MISSING_KEYS_CODES)}")
     for what, value, low, high in (("dim", spec.dim, 1, 2**32), ("capacity", spec.capacity, 1, 2**64),
                                    ("initializer seed", spec.initializer.seed, 0, 2**64)):
         if not low <= value < high:
             raise InvalidArgument(f"{what} must be an integer in [{low}, {high}), got {value}")
     c.dim, c.capacity = spec.dim, spec.capacity
-    c.optimizer = OPTIMIZER_CODES[spec.optimizer.kind]
+    c.optimizer = _OPTIMIZER_CODES[spec.optimizer.kind]
     c.lr, c.eps, c.beta1, c.beta2 = spec.optimizer.lr, spec.optimizer.eps, spec.optimizer.beta1, spec.optimizer.beta2
-    c.init = INITIALIZER_CODES[spec.initializer.kind]
+    c.init = _INITIALIZER_CODES[spec.initializer.kind]
     c.init_scale, c.init_seed = spec.initializer.scale, spec.initializer.seed
-    c.missing = MISSING_KEYS_CODES[spec.missing_keys]
+    c.missing = _MISSING_KEYS_CODES[spec.missing_keys]
     return c
 
 
@@ -105,15 +97,10 @@ def _spec_from_c(c) -> TableSpec:
     return TableSpec(
         dim=c.dim,
         capacity=c.capacity,
-        optimizer=OptimizerSpec(_OPTIMIZER_NAMES[c.optimizer], c.lr, c.eps, c.beta1, c.beta2),
-        initializer=InitializerSpec(_INITIALIZER_NAMES[c.init], c.init_scale, c.init_seed),
-        missing_keys=_MISSING_KEYS_NAMES[c.missing],
+        optimizer=OptimizerSpec(_OPTIMIZER_KINDS[c.optimizer], c.lr, c.eps, c.beta1, c.beta2),
+        initializer=InitializerSpec(_INITIALIZER_KINDS[c.init], c.init_scale, c.init_seed),
+        missing_keys=_MISSING_KEYS_POLICIES[c.missing],
     )
-
-
-def state_floats(optimizer: str, dim: int) -> int:
-    """Optimizer state stored beside each row."""
-    return lib.embps_optimizer_state_floats(OPTIMIZER_CODES[optimizer], dim)
 
 
 @dataclass(frozen=True)

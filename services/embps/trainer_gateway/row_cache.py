@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from embps.store import CapacityExhausted, Store, TableSpec
+from embps.api import CapacityExhausted, MissingKeys, TableSpec
+from embps.store import Store
 
 from .errors import GatewayError
 
@@ -20,7 +21,7 @@ class RowCache:
     def __init__(self, directory: Path, spec: TableSpec, capacity: int):
         self.store = Store(directory, persist="none")
         self.table = self.store.create_table("cache", dataclasses.replace(spec, capacity=capacity,
-                                                                          missing_keys="report"))
+                                                                          missing_keys=MissingKeys.REPORT))
 
     def insert(self, keys: np.ndarray, rows: np.ndarray, state: np.ndarray) -> None:
         try:

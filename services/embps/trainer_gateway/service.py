@@ -15,8 +15,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from embps.api import StoreError, wire
+from embps.api.status import abort, grpc_code_for, reason_of
 from embps.client import PSClient, ShardError
-from embps.common import structured_log, wire
+from embps.common import structured_log
 from embps.common.grpc_channels import channel_options
 from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig, feature_keys
@@ -49,7 +51,9 @@ def add_arguments(parser) -> None:
 
 
 def _reported(method):
-    """Turns gateway, shard and planning failures into gRPC statuses with their message."""
+    """Turns gateway, shard and planning failures into gRPC statuses with their message (and reason).
+    Anything else is a bug that may have left the gateway half-way through a step: it is logged, and
+    fails the gateway, so that every later call, and so the job, stops with it."""
     @functools.wraps(method)
     def handler(self, request, context):
         try:
@@ -57,7 +61,13 @@ def _reported(method):
         except GatewayError as error:
             context.abort(error.code, str(error))
         except ShardError as error:
-            context.abort(error.code, f"parameter shard: {error}")
+            abort(context, error.code, f"parameter shard: {error}", error.reason)
+        except StoreError as error:   # malformed bytes in the request
+            abort(context, grpc_code_for(error), str(error), reason_of(error))
+        except Exception as error:
+            log.exception("internal error", extra={"method": method.__name__, "trainer": self.me})
+            self._fail(GatewayError(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: {error!r}"))
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the gateway's log")
     return handler
 
 
@@ -188,12 +198,14 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 
     # ---- GatewayPeer -----------------------------------------------------------------------
 
+    @_reported
     def Contribute(self, request, context):
         keys = wire.keys_from_bytes(request.keys)
         self.peers.receive(request.batch, request.trainer, keys,
                            wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"))
         return pb.ContributeResponse()
 
+    @_reported
     def NotifyRound(self, request, context):
         self.peers.receive_round(request.trainer, request.round)
         return pb.NotifyRoundResponse()

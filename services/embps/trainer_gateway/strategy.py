@@ -19,7 +19,7 @@ import numpy as np
 from embps.client import PSClient
 from embps.common import wire
 from embps.common.job_config import JobConfig
-from embps.store import TableSpec
+from embps.api import TableSpec
 from embps.v1 import training_pb2 as pb
 
 from .peer_exchange import PeerExchange, sum_contributions

@@ -1,8 +1,8 @@
-"""Exceptions for native store status codes; each service maps them onto its own protocol errors."""
+"""The exceptions of embps: one per native status, named by `status` (the reason servers send)."""
 
 
 class StoreError(Exception):
-    """A failed store call; `status` is the native status name (e.g. "CAPACITY")."""
+    """A failed store or shard call; `status` is the native status name (e.g. "CAPACITY")."""
 
     status = "UNKNOWN"
 
@@ -54,15 +54,3 @@ class SimulatedCrash(StoreError):
     """The crash simulator's power failure happened; the store must be reopened."""
 
     status = "CRASHED"
-
-
-_BY_STATUS = {
-    cls.status: cls
-    for cls in (InvalidArgument, TableNotFound, TableExists, CapacityExhausted, NonFiniteValues,
-                StoreIOError, StoreCorrupted, SimulatedCrash, BatchTooLarge, ProtocolError)
-}
-_BY_STATUS["NOMEM"] = MemoryError
-
-
-def error_for(status_name: str, message: str) -> Exception:
-    return _BY_STATUS.get(status_name, StoreError)(message)

@@ -1,11 +1,30 @@
-"""Keys and rows on the wire: little-endian uint64 keys and float32 rows in `bytes`, row after row."""
+"""Keys and rows as numpy arrays and on the wire: little-endian uint64 keys and float32 rows in
+`bytes`, row after row."""
 
 import numpy as np
 
-from embps.store.errors import InvalidArgument
+from .errors import InvalidArgument
 
 KEY_DTYPE = np.dtype("<u8")
 FLOAT_DTYPE = np.dtype("<f4")
+
+
+def as_keys(keys) -> np.ndarray:
+    """Keys as a contiguous uint64 vector; signed 64-bit ids keep their bits."""
+    if type(keys) is np.ndarray and keys.dtype == np.uint64 and keys.ndim == 1 and keys.flags.c_contiguous:
+        return keys   # the hot path of services passing decoded wire bytes
+    arr = np.asarray(keys)
+    if arr.ndim != 1:
+        raise InvalidArgument(f"keys must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype == np.int64:
+        arr = arr.view(np.uint64)
+    elif arr.dtype != np.uint64:
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InvalidArgument(f"keys must be integers, got {arr.dtype}")
+        if arr.size and np.issubdtype(arr.dtype, np.signedinteger) and arr.min() < 0:
+            arr = arr.astype(np.int64).view(np.uint64)
+        arr = arr.astype(np.uint64)
+    return np.ascontiguousarray(arr)
 
 
 def keys_from_bytes(data: bytes) -> np.ndarray:
@@ -30,11 +49,3 @@ def rows_from_bytes(data: bytes, n: int, what: str = "rows") -> np.ndarray:
     if len(data) % (n * FLOAT_DTYPE.itemsize):
         raise InvalidArgument(f"{what}: {len(data)} bytes do not divide into {n} float32 rows")
     return np.frombuffer(data, FLOAT_DTYPE).reshape(n, -1)
-
-
-def keys_to_bytes(keys: np.ndarray) -> bytes:
-    return np.ascontiguousarray(keys, KEY_DTYPE).tobytes()
-
-
-def floats_to_bytes(values: np.ndarray) -> bytes:
-    return np.ascontiguousarray(values, FLOAT_DTYPE).tobytes()

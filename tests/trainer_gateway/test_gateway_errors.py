@@ -1,0 +1,43 @@
+"""A gateway answers malformed peer input with its status and reason; an unexpected exception in a
+handler is logged with its traceback and fails the gateway, so the job stops instead of going on
+from a half-done step."""
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from embps.api.status import reason_of_rpc_error
+from embps.common.job_config import JobConfig
+from embps.trainer.local_job import local_services
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
+
+
+def test_peer_input_errors(tmp_path):
+    job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005}, trainers=2, global_batch=128, steps=4,
+                    dim=8, lookahead=4, timeout_seconds=30)
+    with local_services(job, tmp_path, n_shards=1) as (job, _), \
+            grpc.insecure_channel(job.addresses.gateways[0]) as channel:
+        peer, gateway = pb_grpc.GatewayPeerStub(channel), pb_grpc.TrainerGatewayStub(channel)
+        with pytest.raises(grpc.RpcError) as info:   # keys not a multiple of 8 bytes: bad input, not a bug
+            peer.Contribute(pb.PeerGradients(batch=0, trainer=1, keys=b"abc"), timeout=10)
+        assert (info.value.code(), reason_of_rpc_error(info.value)) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                                         "INVALID_ARGUMENT")
+        assert "not a multiple of 8" in info.value.details()
+        peer.Contribute(pb.PeerGradients(batch=0, trainer=1, keys=np.arange(2, dtype=np.uint64).tobytes(),
+                                         grads=np.zeros((2, 8), np.float32).tobytes()), timeout=10)
+
+        with pytest.raises(grpc.RpcError) as info:   # a trainer the job does not have: an IndexError inside
+            peer.NotifyRound(pb.RoundDone(round=0, trainer=99), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert info.value.details() == "internal error in NotifyRound; see the gateway's log"
+        with pytest.raises(grpc.RpcError) as info:   # the gateway has failed: its trainer hears why
+            gateway.NextBatch(pb.NextBatchRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "NotifyRound failed: IndexError" in info.value.details()
+    log = [json.loads(line) for line in (tmp_path / "logs" / "gateway-0.log").read_text().splitlines()
+           if line.startswith("{")]
+    [entry] = [e for e in log if e["msg"] == "internal error"]
+    assert entry["method"] == "NotifyRound" and entry["level"] == "error" and "IndexError" in entry["exc"]
