@@ -34,11 +34,12 @@ system-deps:
 bench-deps:
 	@$(call apt_install,$(BENCH_APT_PACKAGES))
 
-# recbole is installed without its dependencies: MovieLens-100k ships inside its wheel.
+# The package with every extra (pyproject.toml): train (PyTorch, matplotlib), rdma (pymemcache), bench,
+# test.  recbole is installed without its dependencies: MovieLens-100k ships inside its wheel.
 $(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/pip install -q -e '.[train,rdma,bench,test]'
 	$(VENV)/bin/pip install -q --no-deps recbole==1.2.1
 	$(MAKE) --no-print-directory pyverbs-link
 	touch $@

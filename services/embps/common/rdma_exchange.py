@@ -30,6 +30,7 @@ with the top bit of the immediate set and an error record in the response slot.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -122,6 +123,9 @@ def choose_data_path(mode: str = "auto", device: str = "", memcached: str = "", 
                                     f"device {device!r} not found (present: {', '.join(probe.devices)})")
         elif not memcached:
             choice, what = (DataPathChoice("fallback", None, "no memcached address for the queue-pair exchange"),
+                            "RDMA data path unavailable")
+        elif importlib.util.find_spec("pymemcache") is None:
+            choice, what = (DataPathChoice("fallback", None, "pymemcache is not installed: pip install 'embps[rdma]'"),
                             "RDMA data path unavailable")
         else:
             choice = DataPathChoice("rdma", device or probe.devices[0], "")
