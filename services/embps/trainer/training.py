@@ -76,7 +76,8 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     cache.close()
     all_stats = [None] * job.trainers
     dist.all_gather_object(all_stats, {f.name: v for f, v in stats.ListFields()})
-    result = {"losses": losses, "batch_aucs": batch_aucs, "step_end_seconds": step_seconds, "gateways": all_stats}
+    result: dict[str, object] = {"losses": losses, "batch_aucs": batch_aucs, "step_end_seconds": step_seconds,
+                                 "gateways": all_stats}
     if rank == 0:
         result["eval"] = evaluate_on_shards(job, model, dataset)
         torch.save(model.state_dict(), out / "dense.pt")
