@@ -1,5 +1,6 @@
 # Every target installs what it needs on first use: apt packages, a venv, the package (which compiles
-# the native core through cffi).  `make test` and `make demo` are the two commands a newcomer needs.
+# the native core through cffi).  `make test` and `make demo` are the two commands a newcomer needs;
+# `make check` runs the same tests on a tree that is already installed.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,8 +17,8 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
 DATA_DIR ?= data
 
-.PHONY: install system-deps bench-deps proto test test-native test-python demo store-demo bench bench-quick \
-	compose image up up-training down pyverbs-link clean
+.PHONY: install system-deps bench-deps proto test test-native test-python typecheck check check-native check-python \
+	check-types demo store-demo bench bench-quick compose image up up-training down pyverbs-link clean
 
 install: $(STAMP)
 
@@ -34,11 +35,12 @@ system-deps:
 bench-deps:
 	@$(call apt_install,$(BENCH_APT_PACKAGES))
 
-# recbole is installed without its dependencies: MovieLens-100k ships inside its wheel.
+# The package with every extra (pyproject.toml): train (PyTorch, matplotlib), rdma (pymemcache), bench,
+# test (pytest, mypy).  recbole is installed without its dependencies: MovieLens-100k ships inside its wheel.
 $(STAMP): pyproject.toml setup.py native/build_store.py $(NATIVE_SRC) | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/pip install -q -e '.[train,rdma,bench,test]'
 	$(VENV)/bin/pip install -q --no-deps recbole==1.2.1
 	$(MAKE) --no-print-directory pyverbs-link
 	touch $@
@@ -57,8 +59,9 @@ pyverbs-link:
 		echo "note: Debian's pyverbs does not match this Python ($$suffix); the RDMA data path stays off"; \
 	fi
 
-# The same C sources under AddressSanitizer and UBSan, driven by a C test program.
-$(ASAN_TEST): $(NATIVE_SRC) native/tests/store_test.c | system-deps
+# The same C sources under AddressSanitizer and UBSan, driven by a C test program (gcc and libpmem2-dev
+# come from system-deps).
+$(ASAN_TEST): $(NATIVE_SRC) native/tests/store_test.c
 	mkdir -p $(@D)
 	gcc -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
 		-fno-sanitize-recover=all -Inative native/*.c native/tests/store_test.c -lpmem2 -lm -lpthread -o $@
@@ -69,8 +72,8 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=services --pyi_out=services \
 		--grpc_python_out=services protos/embps/v1/*.proto
 
-test-native: $(ASAN_TEST)
-	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)
+test-native: system-deps
+	@$(MAKE) --no-print-directory check-native
 
 # TorchRec, the training baseline: torchrec 1.8 loads on torch 2.13 only without its declared deps.
 TORCHREC_STAMP := $(VENV)/.torchrec
@@ -80,9 +83,27 @@ $(TORCHREC_STAMP): $(STAMP)
 	touch $@
 
 test-python: $(STAMP) $(TORCHREC_STAMP)
+	@$(MAKE) --no-print-directory check-python
+
+typecheck: $(STAMP)
+	@$(MAKE) --no-print-directory check-types
+
+# The one command for a fresh machine: installs what the tests need, then the native test, pytest, mypy.
+test: system-deps $(STAMP) $(TORCHREC_STAMP)
+	@$(MAKE) --no-print-directory check
+
+# The tests and the type check on an installed tree: installs nothing and never calls apt or pip.  PY
+# names the interpreter that has the package and its test extra (default: the venv of `make install`).
+check: check-native check-python check-types
+
+check-native: $(ASAN_TEST)
+	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)
+
+check-python:
 	$(PY) -m pytest tests
 
-test: test-native test-python
+check-types:
+	$(PY) -m mypy
 
 # The main job: DLRM on synthetic Criteo-like data, 2 shards, the oracle cacher, 2 gateways, 2 trainers.
 demo: $(STAMP)

@@ -238,6 +238,7 @@ def test_dockerfile_has_its_stages_and_pieces():
         assert re.search(rf"\s{package}(\s|$)", runtime, re.MULTILINE), package
     assert "libpmem2-dev" not in runtime and "gcc" not in runtime
     assert "--system-site-packages" in runtime   # pyverbs comes from Debian
+    assert "'.[train,rdma]'" in build and "'embps[train,rdma]'" in runtime   # trainers run from the image too
     user = re.findall(r"^USER\s+(\S+)", runtime, re.MULTILINE)
     assert user and user[-1] not in ("root", "0")
     assert re.search(r'^ENTRYPOINT \["embps"\]\s*$', runtime, re.MULTILINE)

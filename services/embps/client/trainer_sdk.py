@@ -87,6 +87,8 @@ class GatewayCache:
         if isinstance(ids, Batch):
             return ids.rows[ids.inverse]
         batch = self._current
+        if batch is None:
+            raise RuntimeError("get_emb: no current batch (call next_batch first)")
         keys = feature_keys(np.asarray(ids, np.int64))
         pos = np.searchsorted(batch.keys, keys).clip(max=len(batch.keys) - 1)
         if not np.array_equal(batch.keys[pos], keys):

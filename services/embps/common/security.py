@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class Security:
     auth_token_file: str = ""
 
     @classmethod
-    def from_table(cls, table: dict, environ: dict[str, str] | None = None) -> Security:
+    def from_table(cls, table: dict, environ: Mapping[str, str] | None = None) -> Security:
         environ = os.environ if environ is None else environ
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(table) - fields

@@ -83,8 +83,8 @@ def parse_lines(data: bytes, table_sizes: Sequence[int], first_line: int = 1
     n = int(is_newline.sum())
     if len(seps) != n * N_FIELDS or is_newline.reshape(n, N_FIELDS)[:, :-1].any():
         fields = np.bincount(np.cumsum(is_newline) - is_newline, minlength=n)
-        bad = int(np.flatnonzero(fields != N_FIELDS)[0])
-        raise CriteoFormatError(first_line + bad, f"expected {N_FIELDS} tab-separated fields, got {fields[bad]}")
+        line = int(np.flatnonzero(fields != N_FIELDS)[0])
+        raise CriteoFormatError(first_line + line, f"expected {N_FIELDS} tab-separated fields, got {fields[line]}")
     ends = seps.reshape(n, N_FIELDS)
     starts = np.empty_like(ends)
     starts.flat[0], starts.flat[1:] = 0, seps[:-1] + 1

@@ -109,6 +109,7 @@ class MovieLens100k:
     def batches(self, batch_size: int, split: str = "train", start_batch: int = 0,
                 epochs: int | None = None) -> Iterator[Batch]:
         def make(epoch: int, j: int) -> Batch:
+            index: np.ndarray | slice
             if split == "train":
                 index = self._epoch_order(epoch)[j * batch_size:(j + 1) * batch_size]
             else:

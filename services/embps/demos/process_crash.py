@@ -94,6 +94,7 @@ def _stream_and_kill(plan: WriterPlan, kill_after: int, rng: np.random.Generator
     """Runs the writer and SIGKILLs it inside the first assign() it begins after kill_after acks, at a
     random point of it; returns every ack the writer sent."""
     proc = subprocess.Popen(plan.command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None   # both are pipes
     log.info("writer pid %d: %s", proc.pid, " ".join(plan.command()))
     watchdog = threading.Timer(WRITER_TIMEOUT_S, proc.kill)
     watchdog.start()

@@ -72,5 +72,5 @@ def table_digest(table: Table, keys: np.ndarray, chunk: int = 1 << 18) -> str:
     digest = hashlib.sha256()
     for lo in range(0, len(keys), chunk):
         for part in RowImage.read(table, keys[lo:lo + chunk]):
-            digest.update(part)
+            digest.update(part.data)
     return digest.hexdigest()

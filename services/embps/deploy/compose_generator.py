@@ -88,7 +88,7 @@ def compose(cluster: ClusterConfig, options: ComposeOptions = ComposeOptions()) 
     if len(options.pm) not in (0, 1, len(shards)):
         raise ValueError(f"give one PM path for all shards or one per shard ({len(shards)}), got {len(options.pm)}")
     services = {"memcached": _memcached()}
-    volumes = {}
+    volumes: dict[str, dict] = {}
     for i, (name, port) in enumerate(shards):
         if name in services or name == ORACLE or name.startswith(("gateway-", "trainer-")):
             raise ValueError(f"shard service name {name!r} is taken by another service")
@@ -178,7 +178,7 @@ def _shard(name: str, port: int, pm_source: str, options: ComposeOptions) -> dic
 
 def _training(options: ComposeOptions, shards: list[str]) -> dict:
     job = [f"{options.job_file}:{JOB_PATH}:ro"]
-    training = {"profiles": [TRAINING_PROFILE]}
+    training: dict[str, object] = {"profiles": [TRAINING_PROFILE]}
     gateways = [f"gateway-{i}" for i in range(options.trainers)]
     services = {ORACLE: _embps(options, ["oracle-cacher", "--job", JOB_PATH], f"{ORACLE}:{ORACLE_PORT}", **training,
                                expose=[str(ORACLE_PORT)], volumes=job, depends_on=_healthy(*shards))}
@@ -191,6 +191,6 @@ def _training(options: ComposeOptions, shards: list[str]) -> dict:
     for rank in range(options.trainers):
         rendezvous = {"expose": [str(RENDEZVOUS_PORT)]} if rank == 0 else {}   # torch.distributed's
         services[f"trainer-{rank}"] = _embps(
-            options, ["trainer", "--job", JOB_PATH, "--rank", str(rank), "--out", OUT_DIR], **training, **rendezvous,
-            volumes=job + [f"training-out:{OUT_DIR}"], depends_on=_healthy(*gateways))
+            options, ["trainer", "--job", JOB_PATH, "--rank", str(rank), "--out", OUT_DIR], None, **training,
+            **rendezvous, volumes=job + [f"training-out:{OUT_DIR}"], depends_on=_healthy(*gateways))
     return services

@@ -277,8 +277,9 @@ class _Progress:
     def task(self, description: str, total: int) -> Callable[[int], None]:
         if not self._bar:
             return lambda n: None
-        task = self._bar.add_task(description, total=max(total, 0))
-        return lambda n: self._bar.advance(task, n)
+        bar = self._bar
+        task = bar.add_task(description, total=max(total, 0))
+        return lambda n: bar.advance(task, n)
 
 
 def _base_config(old: ClusterConfig, new: ClusterConfig) -> dict[str, ClusterConfig]:

@@ -13,6 +13,9 @@ class DLRM(nn.Module):
     among the n_tables + 1 vectors (strictly lower triangle, no self-products), concatenated with that
     vector, feed the top MLP whose last layer gives the logit."""
 
+    pair_rows: torch.Tensor   # buffers: the (row, column) indices of the pairs
+    pair_cols: torch.Tensor
+
     def __init__(self, n_dense: int, n_tables: int, dim: int,
                  bottom: Sequence[int] = (128, 64), top: Sequence[int] = (256, 128)):
         super().__init__()

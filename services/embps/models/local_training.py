@@ -42,11 +42,10 @@ class LocalTrainer:
             torch.set_num_threads(threads)
         self.model = model
         self.emb_optimizer_name = emb_optimizer
-        self.embeddings = nn.ModuleList()
-        for t in tables:
-            weight = torch.tensor(np.asarray(t, dtype=np.float32))  # a copy: the caller's array stays as it is
-            self.embeddings.append(nn.Embedding.from_pretrained(weight, freeze=False, sparse=True))
-        emb_params = list(self.embeddings.parameters())
+        # torch.tensor copies: the caller's arrays stay as they are
+        self.embeddings = [nn.Embedding.from_pretrained(torch.tensor(np.asarray(t, dtype=np.float32)), freeze=False,
+                                                        sparse=True) for t in tables]
+        emb_params = [emb.weight for emb in self.embeddings]
         if emb_optimizer == "sgd":
             self.emb_opt: torch.optim.Optimizer = torch.optim.SGD(emb_params, lr=emb_lr)
         else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ class ShardConfig:
                 raise ValueError(f"{name} must be host:port, got {value!r}")
 
     @classmethod
-    def load(cls, path: str | Path | None, environ: dict[str, str] | None = None) -> ShardConfig:
+    def load(cls, path: str | Path | None, environ: Mapping[str, str] | None = None) -> ShardConfig:
         doc = tomllib.loads(Path(path).read_text()) if path else {}
         values = dict(doc.get("shard", {}))
         environ = os.environ if environ is None else environ
@@ -72,7 +73,7 @@ class ShardConfig:
         for name, f in fields.items():
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
-                values[name] = _parse(raw, f.type, ENV_PREFIX + name.upper())
+                values[name] = _parse(raw, str(f.type), ENV_PREFIX + name.upper())
         if "data_dir" not in values:
             raise ValueError("the shard needs a data_dir (config [shard] data_dir or EMBPS_SHARD_DATA_DIR)")
         return cls(**values, security=Security.from_table(doc.get("security", {}), environ))

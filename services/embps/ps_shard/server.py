@@ -116,13 +116,13 @@ class ShardServer:
 
     def _grpc_operation_stats(self) -> list[pb.OperationStats]:
         ops: dict[str, pb.OperationStats] = {}
-        for sample in self.metrics.requests.collect()[0].samples:
+        for sample in list(self.metrics.requests.collect())[0].samples:
             if sample.name.endswith("_total"):
                 op = ops.setdefault(sample.labels["method"], pb.OperationStats(operation=sample.labels["method"]))
                 op.requests += int(sample.value)
                 if sample.labels["code"] != "OK":
                     op.errors += int(sample.value)
-        for sample in self.metrics.keys.collect()[0].samples:
+        for sample in list(self.metrics.keys.collect())[0].samples:
             if sample.name.endswith("_total") and sample.labels["method"] in ops:
                 ops[sample.labels["method"]].keys = int(sample.value)
         return sorted(ops.values(), key=lambda op: op.operation)

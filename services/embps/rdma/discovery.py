@@ -8,6 +8,7 @@ The caller keeps the returned choice: its reason goes to Stats and metrics.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ def _decide(mode: str, device: str, memcached: str, probe: RdmaProbe | None) -> 
                 "no RDMA device")
     if not memcached:
         return (DataPathChoice("fallback", None, "no memcached address for the queue-pair exchange"),
+                "RDMA data path unavailable")
+    if importlib.util.find_spec("pymemcache") is None:
+        return (DataPathChoice("fallback", None, "pymemcache is not installed: pip install 'embps[rdma]'"),
                 "RDMA data path unavailable")
     return DataPathChoice("rdma", device or probe.devices[0], ""), ""
 

@@ -15,6 +15,7 @@ from embps.common.job_config import MODES, JobConfig
 
 COMMAND = "train"
 HELP = "run a training job on a local cluster (the demo)"
+EXTRA = "train"
 
 
 def add_arguments(parser) -> None:

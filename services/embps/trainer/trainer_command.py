@@ -3,6 +3,7 @@ embps.trainer.training; PyTorch is imported only when a trainer runs)."""
 
 COMMAND = "trainer"
 HELP = "one data-parallel trainer of a training job"
+EXTRA = "train"
 
 
 def add_arguments(parser) -> None:

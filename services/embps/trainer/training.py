@@ -78,7 +78,8 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     all_stats = [None] * job.trainers
     gateway = {**{f.name: v for f, v in stats.ListFields()}, "mode": GATEWAY_MODES.from_message(stats.mode)}
     dist.all_gather_object(all_stats, gateway)
-    result = {"losses": losses, "batch_aucs": batch_aucs, "step_end_seconds": step_seconds, "gateways": all_stats}
+    result: dict[str, object] = {"losses": losses, "batch_aucs": batch_aucs, "step_end_seconds": step_seconds,
+                                 "gateways": all_stats}
     if rank == 0:
         result["eval"] = evaluate_on_shards(job, model, dataset)
         torch.save(model.state_dict(), out / "dense.pt")
