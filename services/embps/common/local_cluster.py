@@ -4,6 +4,7 @@ kernel at first start and kept across restarts, so a client survives a restart o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -157,11 +158,18 @@ class LocalProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free right now on loopback (the kernel's picks, all held open together so no
+    two are the same; another process could still take one first)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
 def free_port() -> int:
-    """A port free right now on loopback (the kernel's pick; another process could take it first)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_serving(address: str, timeout: float, security: Security = NO_SECURITY) -> None:

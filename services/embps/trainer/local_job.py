@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from embps.client import PSClient
 from embps.common.job_config import Addresses, JobConfig
-from embps.common.local_cluster import LocalCluster, LocalProcess, free_port, wait_serving
+from embps.common.local_cluster import LocalCluster, LocalProcess, free_ports, wait_serving
 
 
 class JobFailed(RuntimeError):
@@ -32,10 +32,8 @@ class JobResult:
 
 
 def _addresses(job: JobConfig, shards: tuple[str, ...]) -> Addresses:
-    local = "127.0.0.1"
-    return Addresses(oracle=f"{local}:{free_port()}",
-                     gateways=tuple(f"{local}:{free_port()}" for _ in range(job.trainers)),
-                     shards=shards, trainers=f"{local}:{free_port()}")
+    oracle, trainers, *gateways = (f"127.0.0.1:{port}" for port in free_ports(2 + job.trainers))
+    return Addresses(oracle=oracle, gateways=tuple(gateways), shards=shards, trainers=trainers)
 
 
 @contextmanager
