@@ -27,8 +27,9 @@ class RowCache:
         try:
             self.table.assign(keys, rows, state)
         except CapacityExhausted as error:
-            raise GatewayError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"cache full ({error}); raise the gateway's cache_rows") from None
+            # The cache is sized for every distinct row of the lookahead window: full means a planning bug.
+            raise GatewayError(grpc.StatusCode.INTERNAL,
+                               f"cache full ({error}): the window needs more rows than it can hold") from None
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         found = np.empty(len(keys), np.bool_)
