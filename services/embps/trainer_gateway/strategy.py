@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from embps.client import PSClient
-from embps.common import wire
+from embps.api import wire
 from embps.common.job_config import JobConfig
 from embps.api import TableSpec
 from embps.v1 import training_pb2 as pb
