@@ -299,7 +299,8 @@ static int serve_one(connection *c)
     op_counters *op = rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update;
     embps_table *t;
     int sent;
-    if ((rc = embps_table_acquire(d->store, name, &t))) {
+    /* A NUL inside must not name a shorter table. */
+    if ((rc = table_name_check(name, rq.name_len)) || (rc = embps_table_acquire(d->store, name, &t))) {
         sent = send_error(c, rc);
     } else {
         embps_table_spec spec;
