@@ -49,7 +49,7 @@ enum embps_status {
     EMBPS_E_CORRUPT = 7,           /* file is not a valid table */
     EMBPS_E_NOMEM = 8,
     EMBPS_E_CRASHED = 9,           /* crash simulator: the simulated power failure happened */
-    EMBPS_E_TOO_LARGE = 10,        /* data path: a request above the server's limits */
+    EMBPS_E_TOO_LARGE = 10,        /* data path: a request or a connection above the server's limits */
     EMBPS_E_PROTOCOL = 11,         /* data path: malformed request bytes */
 };
 

@@ -402,7 +402,8 @@ static void test_data_server_over_loopback(void)
     embps_table *t;
     EXPECT_OK(embps_table_create(s, "t", &spec, &t));
     embps_data_server_config cfg = {.host = "127.0.0.1", .port = 0, .max_batch_keys = 64,
-                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 1000};
+                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 1000,
+                                    .receive_timeout_ms = 1000, .idle_timeout_ms = 60000};
     embps_data_server *d;
     EXPECT_OK(embps_data_server_start(s, &cfg, &d));
     int fd = connect_to(embps_data_server_port(d)), idle = connect_to(embps_data_server_port(d));

@@ -17,7 +17,7 @@ from .spec import InitializerSpec, OptimizerSpec, TableSpec
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-7b6c8f2c5b33aa3e"
+NATIVE_VERSION = "abi-8d37cffa6d310173"
 
 
 def check_native_version(built: str) -> None:
