@@ -2,7 +2,8 @@
  *
  * One thread per connection.  Lookup replies go out with sendmsg straight from the rows in the
  * pool, pinned by the gather guard until the kernel has copied them (the software twin of NIC
- * gathering). */
+ * gathering).  Every wait on a client has a deadline (see embps_data_server_config), so a client
+ * that stalls holds a guard, a table and a connection slot for a bounded time only. */
 #include "embps_data_server.h"
 #include "status.h"
 #include "table.h"
@@ -44,6 +45,7 @@ typedef struct connection {
     int fd;
     pthread_t thread;
     _Atomic int finished;
+    int cut;                    /* a reply passed its deadline: reset, dropping what the kernel still holds */
     struct connection *next;
     /* Per-connection buffers, grown to the largest request seen. */
     void *in;
@@ -64,39 +66,71 @@ struct embps_data_server {
     pthread_mutex_t lock;       /* guards conns */
     connection *conns;
     op_counters lookup, update;
-    _Atomic uint64_t connections_total, connections_open, bytes_in, bytes_out;
+    _Atomic uint64_t connections_total, connections_open, connections_refused, connections_timed_out;
+    _Atomic uint64_t bytes_in, bytes_out;
 };
 
 /* ---- socket helpers ------------------------------------------------------ */
 
-static int read_full(int fd, void *buf, size_t len)
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* The deadline of one exchange (receiving a request, sending a reply): it starts at the exchange's
+ * first wait and holds for the rest of it, however the bytes trickle.  Calls that never wait (the
+ * hot path, where the socket buffers have room) never read the clock. */
+typedef struct {
+    uint32_t timeout_ms;
+    uint64_t at_ns;             /* 0 until the first wait */
+} deadline;
+
+/* Waits until fd is ready for events; -1 once the deadline has passed. */
+static int wait_ready(int fd, short events, deadline *dl)
+{
+    uint64_t now = now_ns();
+    if (!dl->at_ns)
+        dl->at_ns = now + (uint64_t)dl->timeout_ms * 1000000u;
+    if (now >= dl->at_ns)
+        return -1;
+    uint64_t ms = (dl->at_ns - now + 999999) / 1000000;
+    struct pollfd p = {.fd = fd, .events = events};
+    int ready = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms);
+    return ready > 0 || (ready < 0 && errno == EINTR) ? 0 : -1;
+}
+
+static int would_block(void)
+{
+    return errno == EAGAIN || errno == EWOULDBLOCK;
+}
+
+static int recv_all(int fd, void *buf, size_t len, deadline *dl)
 {
     char *p = buf;
     while (len) {
-        ssize_t got = recv(fd, p, len, 0);
-        if (got == 0)
-            return -1;
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
+        ssize_t got = recv(fd, p, len, MSG_DONTWAIT);
+        if (got > 0) {
+            p += got;
+            len -= (size_t)got;
+        } else if (got == 0 || (errno != EINTR && (!would_block() || wait_ready(fd, POLLIN, dl)))) {
             return -1;
         }
-        p += got;
-        len -= (size_t)got;
     }
     return 0;
 }
 
 /* Sends every byte described by iov (which it consumes), at most IOV_MAX entries per call. */
-static int send_iov(int fd, struct iovec *iov, size_t n)
+static int send_iov(int fd, struct iovec *iov, size_t n, deadline *dl)
 {
     while (n) {
         struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n < IOV_MAX ? n : IOV_MAX};
-        ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (sent < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
+            if (errno != EINTR && (!would_block() || wait_ready(fd, POLLOUT, dl)))
+                return -1;
+            continue;
         }
         while (n && (size_t)sent >= iov->iov_len) {
             sent -= (ssize_t)iov->iov_len;
@@ -111,14 +145,41 @@ static int send_iov(int fd, struct iovec *iov, size_t n)
     return 0;
 }
 
+static int deadline_passed(const deadline *dl)
+{
+    return dl->at_ns && now_ns() >= dl->at_ns;
+}
+
+/* The reply of a failed call, its status and embps_errormsg(), in reply and iov[2]; returns its bytes. */
+static uint64_t error_reply(int status, embps_wire_reply *reply, struct iovec *iov)
+{
+    const char *msg = embps_errormsg();
+    *reply = (embps_wire_reply){.status = (uint32_t)status, .msg_len = (uint32_t)strlen(msg)};
+    iov[0] = (struct iovec){reply, sizeof(*reply)};
+    iov[1] = (struct iovec){(void *)msg, reply->msg_len};
+    return sizeof(*reply) + reply->msg_len;
+}
+
+/* A reply within the send timeout; 0 once sent, -1 if the connection broke or the deadline passed. */
+static int send_reply(connection *c, struct iovec *iov, size_t n, uint64_t bytes)
+{
+    deadline dl = {.timeout_ms = c->server->cfg.send_timeout_ms};
+    atomic_fetch_add(&c->server->bytes_out, bytes);
+    if (!send_iov(c->fd, iov, n, &dl))
+        return 0;
+    c->cut = deadline_passed(&dl);
+    if (c->cut)
+        atomic_fetch_add(&c->server->connections_timed_out, 1);
+    return -1;
+}
+
 /* Returns status once sent, or -1 if the connection broke. */
 static int send_error(connection *c, int status)
 {
-    const char *msg = embps_errormsg();
-    embps_wire_reply reply = {.status = (uint32_t)status, .msg_len = (uint32_t)strlen(msg)};
-    struct iovec iov[2] = {{&reply, sizeof(reply)}, {(void *)msg, reply.msg_len}};
-    atomic_fetch_add(&c->server->bytes_out, sizeof(reply) + reply.msg_len);
-    return send_iov(c->fd, iov, 2) ? -1 : status;
+    embps_wire_reply reply;
+    struct iovec iov[2];
+    uint64_t bytes = error_reply(status, &reply, iov);
+    return send_reply(c, iov, 2, bytes) ? -1 : status;
 }
 
 /* ---- buffers ------------------------------------------------------------- */
@@ -155,13 +216,6 @@ static int reserve_batch(connection *c, size_t n)
 }
 
 /* ---- operations ---------------------------------------------------------- */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void count(op_counters *op, uint64_t keys, uint64_t start_ns, int failed)
 {
@@ -230,9 +284,8 @@ static int lookup(connection *c, embps_table *t, const embps_table_spec *spec, c
             c->iov[k++] = (struct iovec){src, row_bytes};
     }
     c->iov[k++] = (struct iovec){c->found, n};
-    int sent = send_iov(c->fd, c->iov, k);
+    int sent = send_reply(c, c->iov, k, sizeof(reply) + reply.payload_bytes);
     embps_table_gather_end(t, guard);   /* sendmsg returned: the kernel holds its own copy */
-    atomic_fetch_add(&c->server->bytes_out, sizeof(reply) + reply.payload_bytes);
     return sent ? -1 : EMBPS_OK;
 }
 
@@ -242,8 +295,8 @@ static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n,
     if (rc)
         return send_error(c, rc);
     embps_wire_reply reply = {.status = EMBPS_OK};
-    atomic_fetch_add(&c->server->bytes_out, sizeof(reply));
-    return send(c->fd, &reply, sizeof(reply), MSG_NOSIGNAL) == (ssize_t)sizeof(reply) ? EMBPS_OK : -1;
+    struct iovec iov = {&reply, sizeof(reply)};
+    return send_reply(c, &iov, 1, sizeof(reply)) ? -1 : EMBPS_OK;
 }
 
 /* Checks the header before reading the body: the body's size must be bounded first. */
@@ -266,12 +319,61 @@ static int check_request(const embps_data_server *d, const embps_wire_request *r
     return EMBPS_OK;
 }
 
+/* Request bytes within the request's deadline; -1 when the connection must close. */
+static int recv_request(connection *c, void *buf, size_t len, deadline *dl)
+{
+    if (!recv_all(c->fd, buf, len, dl))
+        return 0;
+    if (deadline_passed(dl))
+        atomic_fetch_add(&c->server->connections_timed_out, 1);
+    return -1;
+}
+
+/* A request's first bytes may take the idle timeout to come (the socket's SO_RCVTIMEO), the rest of
+ * it the receive timeout. */
+static int recv_header(connection *c, embps_wire_request *rq, deadline *dl)
+{
+    ssize_t got;
+    do
+        got = recv(c->fd, rq, sizeof(*rq), 0);
+    while (got < 0 && errno == EINTR);
+    if (got < 0 && would_block())
+        atomic_fetch_add(&c->server->connections_timed_out, 1);   /* idle */
+    if (got <= 0)
+        return -1;
+    return recv_request(c, (char *)rq + got, sizeof(*rq) - (size_t)got, dl);
+}
+
+/* Answers a request received whole; returns the status sent, or -1 if the connection broke. */
+static int answer(connection *c, const embps_wire_request *rq, const char *name, const uint64_t *keys,
+                  const float *grads)
+{
+    embps_data_server *d = c->server;
+    embps_table *t;
+    int rc = table_name_check(name, rq->name_len);   /* a NUL inside must not name a shorter table */
+    if (rc || (rc = embps_table_acquire(d->store, name, &t)))
+        return send_error(c, rc);
+    embps_table_spec spec;
+    embps_table_describe(t, &spec, NULL);
+    int sent;
+    if (rq->dim != spec.dim && (rq->op == EMBPS_WIRE_OP_UPDATE || rq->dim != 0))
+        sent = send_error(c, fail(EMBPS_E_INVALID_ARGUMENT, "table '%s' has dim %u, the request says %u", name,
+                                  spec.dim, rq->dim));
+    else if (rq->op == EMBPS_WIRE_OP_LOOKUP)
+        sent = lookup(c, t, &spec, keys, rq->n_keys, rq->flags & EMBPS_WIRE_WITH_STATE);
+    else
+        sent = update(c, t, keys, rq->n_keys, grads, rq->dim);
+    embps_table_release(d->store);
+    return sent;
+}
+
 /* One request; returns -1 when the connection must close. */
 static int serve_one(connection *c)
 {
     embps_data_server *d = c->server;
+    deadline dl = {.timeout_ms = d->cfg.receive_timeout_ms};
     embps_wire_request rq;
-    if (read_full(c->fd, &rq, sizeof(rq)))
+    if (recv_header(c, &rq, &dl))
         return -1;
     uint64_t start = now_ns();
     size_t body = 0;
@@ -289,31 +391,13 @@ static int serve_one(connection *c)
         return -1;
     }
     uint64_t *keys = c->in;
-    float *grads = (float *)(keys + rq.n_keys);
     char *name = (char *)c->in + data_bytes;
-    if (read_full(c->fd, name, rq.name_len) || read_full(c->fd, keys, data_bytes))
+    if (recv_request(c, name, rq.name_len, &dl) || recv_request(c, keys, data_bytes, &dl))
         return -1;
     name[rq.name_len] = '\0';
     atomic_fetch_add(&d->bytes_in, sizeof(rq) + body);
-
-    op_counters *op = rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update;
-    embps_table *t;
-    int sent;
-    if ((rc = embps_table_acquire(d->store, name, &t))) {
-        sent = send_error(c, rc);
-    } else {
-        embps_table_spec spec;
-        embps_table_describe(t, &spec, NULL);
-        if (rq.dim != spec.dim && (rq.op == EMBPS_WIRE_OP_UPDATE || rq.dim != 0))
-            sent = send_error(c, fail(EMBPS_E_INVALID_ARGUMENT, "table '%s' has dim %u, the request says %u", name,
-                                      spec.dim, rq.dim));
-        else if (rq.op == EMBPS_WIRE_OP_LOOKUP)
-            sent = lookup(c, t, &spec, keys, rq.n_keys, rq.flags & EMBPS_WIRE_WITH_STATE);
-        else
-            sent = update(c, t, keys, rq.n_keys, grads, rq.dim);
-        embps_table_release(d->store);
-    }
-    count(op, rq.n_keys, start, sent != EMBPS_OK);
+    int sent = answer(c, &rq, name, keys, (const float *)(keys + rq.n_keys));
+    count(rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update, rq.n_keys, start, sent != EMBPS_OK);
     return sent < 0 ? -1 : 0;
 }
 
@@ -322,7 +406,14 @@ static void *connection_main(void *arg)
     connection *c = arg;
     while (serve_one(c) == 0)
         ;
-    shutdown(c->fd, SHUT_RDWR);
+    if (c->cut) {
+        /* Connecting to AF_UNSPEC resets the connection: the kernel drops the reply bytes it still
+         * holds for a client that does not read them, instead of keeping them until it does. */
+        struct sockaddr reset = {.sa_family = AF_UNSPEC};
+        connect(c->fd, &reset, sizeof(reset));
+    } else {
+        shutdown(c->fd, SHUT_RDWR);
+    }
     atomic_fetch_sub(&c->server->connections_open, 1);
     atomic_store(&c->finished, 1);
     return NULL;
@@ -361,12 +452,27 @@ static size_t reap_finished(embps_data_server *d)
     return open;
 }
 
+/* Waiting for a request's first byte is a blocking recv bounded by SO_RCVTIMEO, the idle timeout;
+ * every other wait polls until its exchange's deadline. */
 static void configure_socket(const embps_data_server *d, int fd)
 {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct timeval tv = {.tv_sec = d->cfg.send_timeout_ms / 1000, .tv_usec = d->cfg.send_timeout_ms % 1000 * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    struct timeval tv = {.tv_sec = d->cfg.idle_timeout_ms / 1000, .tv_usec = d->cfg.idle_timeout_ms % 1000 * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+/* A client beyond max_connections is told why before the connection closes. */
+static void refuse(embps_data_server *d, int fd)
+{
+    embps_wire_reply reply;
+    struct iovec iov[2];
+    error_reply(fail(EMBPS_E_TOO_LARGE, "too many connections: the data server serves at most %u",
+                     d->cfg.max_connections), &reply, iov);
+    deadline now = {.timeout_ms = 0};   /* never waits: a new connection's send buffer has room */
+    send_iov(fd, iov, 2, &now);
+    atomic_fetch_add(&d->connections_refused, 1);
+    close(fd);
 }
 
 static void accept_one(embps_data_server *d)
@@ -375,7 +481,7 @@ static void accept_one(embps_data_server *d)
     if (fd < 0)
         return;
     if (reap_finished(d) >= d->cfg.max_connections) {
-        close(fd);
+        refuse(d, fd);
         return;
     }
     configure_socket(d, fd);
@@ -446,8 +552,12 @@ static int listen_on(embps_data_server *d)
 
 int embps_data_server_start(embps_store *s, const embps_data_server_config *cfg, embps_data_server **out)
 {
-    if (!cfg || !cfg->host || !cfg->max_batch_keys || !cfg->max_request_bytes || !cfg->max_connections)
-        return fail(EMBPS_E_INVALID_ARGUMENT, "data server needs a host and non-zero limits");
+    if (!cfg || !cfg->host || !cfg->max_batch_keys || !cfg->max_request_bytes || !cfg->max_connections ||
+        !cfg->send_timeout_ms || !cfg->receive_timeout_ms || !cfg->idle_timeout_ms)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "data server needs a host and non-zero limits and timeouts");
+    if (cfg->send_timeout_ms >= EMBPS_WRITE_WAIT_MS)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "send timeout of %u ms: it must be below %u ms, the longest a "
+                    "write waits for the rows a reply is sent from", cfg->send_timeout_ms, EMBPS_WRITE_WAIT_MS);
     embps_data_server *d = calloc(1, sizeof(*d));
     if (!d)
         return fail(EMBPS_E_NOMEM, "out of memory starting the data server");
@@ -496,6 +606,8 @@ void embps_data_server_stats_get(embps_data_server *d, embps_data_server_stats *
     read_op(&d->update, &out->update);
     out->connections_total = atomic_load(&d->connections_total);
     out->connections_open = atomic_load(&d->connections_open);
+    out->connections_refused = atomic_load(&d->connections_refused);
+    out->connections_timed_out = atomic_load(&d->connections_timed_out);
     out->bytes_in = atomic_load(&d->bytes_in);
     out->bytes_out = atomic_load(&d->bytes_out);
 }

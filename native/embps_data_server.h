@@ -23,7 +23,8 @@
  * Reply: embps_wire_reply, msg_len bytes of error message, then payload_bytes of payload; a
  * lookup's payload is n_keys rows of dim (with_state: dim + state_floats) float32, then n_keys
  * found bytes.
- * A malformed or oversized request is answered with its status and the connection is closed. */
+ * A malformed or oversized request is answered with its status and the connection is closed; so is
+ * a connection beyond the server's limit, before it sends anything (TOO_LARGE). */
 #define EMBPS_WIRE_MAGIC 0x31424d45u  /* "EMB1" */
 
 enum embps_wire_op { EMBPS_WIRE_OP_LOOKUP = 1, EMBPS_WIRE_OP_UPDATE = 2 };
@@ -57,13 +58,22 @@ _Static_assert(offsetof(embps_wire_reply, payload_bytes) == 8, "embps_wire_reply
 
 typedef struct embps_data_server embps_data_server;
 
+/* Every wait on a client is bounded, so that no client holds a thread, a connection slot, a table or
+ * the rows a reply is sent from for longer than these (all non-zero). */
 typedef struct {
     const char *host;           /* address to bind, e.g. "127.0.0.1" or "0.0.0.0" */
     uint16_t port;              /* 0: any free port (see embps_data_server_port) */
     uint32_t max_batch_keys;
     uint64_t max_request_bytes;
+    /* A client beyond it is answered TOO_LARGE "too many connections" and closed. */
     uint32_t max_connections;
-    uint32_t send_timeout_ms;   /* a client that stops reading is disconnected after this */
+    /* A reply not sent within this (counted from its first wait for the client) cuts the connection.
+     * Below EMBPS_WRITE_WAIT_MS: writers wait that long for the rows a reply pins. */
+    uint32_t send_timeout_ms;
+    /* A request not received within this (counted from its first wait) closes the connection. */
+    uint32_t receive_timeout_ms;
+    /* A connection that starts no request for this long is closed. */
+    uint32_t idle_timeout_ms;
 } embps_data_server_config;
 
 #define EMBPS_LATENCY_BUCKETS 12
@@ -79,6 +89,8 @@ typedef struct {
 typedef struct {
     embps_data_server_op_stats lookup, update;
     uint64_t connections_total, connections_open;
+    uint64_t connections_refused;   /* beyond max_connections */
+    uint64_t connections_timed_out; /* idle, a request or a reply past its timeout */
     uint64_t bytes_in, bytes_out;
 } embps_data_server_stats;
 

@@ -34,6 +34,9 @@
 
 #define EMBPS_NAME_MAX 63          /* table names: [A-Za-z0-9_.-]{1,63} */
 #define EMBPS_RESERVED_KEY UINT64_MAX
+/* The longest a write waits for readers to release the retired slabs it needs (a lookup holds them
+ * for its batch; the data server's replies for at most their send timeout, which is shorter). */
+#define EMBPS_WRITE_WAIT_MS 60000u
 
 enum embps_status {
     EMBPS_OK = 0,
@@ -46,7 +49,7 @@ enum embps_status {
     EMBPS_E_CORRUPT = 7,           /* file is not a valid table */
     EMBPS_E_NOMEM = 8,
     EMBPS_E_CRASHED = 9,           /* crash simulator: the simulated power failure happened */
-    EMBPS_E_TOO_LARGE = 10,        /* data path: a request above the server's limits */
+    EMBPS_E_TOO_LARGE = 10,        /* data path: a request or a connection above the server's limits */
     EMBPS_E_PROTOCOL = 11,         /* data path: malformed request bytes */
 };
 

@@ -5,6 +5,7 @@
 
 #include <sched.h>
 #include <stdlib.h>
+#include <time.h>
 
 int slab_pool_init(slab_pool *p, void *base, uint64_t n_slabs, uint32_t slab_bytes)
 {
@@ -110,20 +111,47 @@ static int take_free(slab_pool *p, uint64_t *ref)
     return 1;
 }
 
-int slab_alloc(slab_pool *p, uint64_t *ref)
+static uint64_t now_ms(void)
 {
-    /* The pool only runs dry when readers pin many retired slabs; they leave within a batch. */
-    for (int attempt = 0; attempt < 10000; attempt++) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The pool runs dry only while readers pin retired slabs: a lookup for the length of its batch, a
+ * data-path reply for at most its send timeout.  Waiting for them (yielding at first, then napping)
+ * slows a writer down behind a slow reader instead of failing it. */
+static int wait_for_reclamation(slab_pool *p, uint64_t *ref)
+{
+    if (!p->n_retired)
+        return fail(EMBPS_E_CAPACITY, "slab pool exhausted: %llu slabs in use", (unsigned long long)p->n_used);
+    uint64_t give_up_ms = 0;
+    struct timespec nap = {0, 50000};
+    for (int attempt = 0;; attempt++) {
+        slab_reclaim(p);
         if (take_free(p, ref))
             return EMBPS_OK;
-        if (!p->n_retired)
-            break;
-        slab_reclaim(p);
-        if (attempt)
+        if (attempt < 100) {
             sched_yield();
+            continue;
+        }
+        uint64_t now = now_ms();
+        if (!give_up_ms)
+            give_up_ms = now + EMBPS_WRITE_WAIT_MS;
+        else if (now >= give_up_ms)
+            break;
+        nanosleep(&nap, NULL);
+        if (nap.tv_nsec < 10000000)
+            nap.tv_nsec *= 2;
     }
-    return fail(EMBPS_E_CAPACITY, "slab pool exhausted: %llu slabs in use, %llu awaiting reclamation",
-                (unsigned long long)p->n_used, (unsigned long long)p->n_retired);
+    return fail(EMBPS_E_CAPACITY, "slab pool exhausted: %llu slabs in use, %llu awaiting reclamation by readers "
+                "that kept them beyond %u ms", (unsigned long long)p->n_used, (unsigned long long)p->n_retired,
+                EMBPS_WRITE_WAIT_MS);
+}
+
+int slab_alloc(slab_pool *p, uint64_t *ref)
+{
+    return take_free(p, ref) ? EMBPS_OK : wait_for_reclamation(p, ref);
 }
 
 void slab_unalloc(slab_pool *p, uint64_t ref)

@@ -33,20 +33,6 @@ struct embps_store {
 
 /* ---- the directory ------------------------------------------------------- */
 
-static int name_is_valid(const char *name)
-{
-    size_t len = name ? strlen(name) : 0;
-    if (len == 0 || len > EMBPS_NAME_MAX || name[0] == '.')
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = name[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-' || c == '.'))
-            return 0;
-    }
-    return 1;
-}
-
 static int table_path(const embps_store *s, const char *name, const char *suffix, char *out)
 {
     if ((size_t)snprintf(out, PATH_MAX, "%s/%s%s", s->dir, name, suffix) >= PATH_MAX)
@@ -254,10 +240,9 @@ void embps_table_release(embps_store *s)
 /* The file is complete and synced before its rename makes the table exist. */
 int embps_table_create(embps_store *s, const char *name, const embps_table_spec *spec, embps_table **out)
 {
-    if (!name_is_valid(name))
-        return fail(EMBPS_E_INVALID_ARGUMENT, "table name must be 1-%d characters of [A-Za-z0-9_.-], not "
-                    "starting with '.'", EMBPS_NAME_MAX);
-    int rc = spec_is_valid(spec);
+    int rc = table_name_check(name, name ? strlen(name) : 0);
+    if (!rc)
+        rc = spec_is_valid(spec);
     if (rc)
         return rc;
     char tmp[PATH_MAX], path[PATH_MAX];

@@ -234,6 +234,19 @@ const char *table_name(const embps_table *t)
     return t->name;
 }
 
+int table_name_check(const char *name, size_t len)
+{
+    int valid = len > 0 && len <= EMBPS_NAME_MAX && name[0] != '.';
+    for (size_t i = 0; valid && i < len; i++) {
+        char c = name[i];
+        valid = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                c == '-' || c == '.';
+    }
+    return valid ? EMBPS_OK
+                 : fail(EMBPS_E_INVALID_ARGUMENT, "table name must be 1-%d characters of [A-Za-z0-9_.-], not "
+                        "starting with '.'", EMBPS_NAME_MAX);
+}
+
 void embps_table_describe(embps_table *t, embps_table_spec *spec, embps_table_stats *stats)
 {
     if (spec)

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +308,52 @@ static void test_gather_points_at_rows(void)
     embps_store_close(s);
 }
 
+typedef struct {
+    embps_table *t;
+    _Atomic int pinned, released;
+} pin;
+
+/* Holds a gather guard for a second, as a data-path reply to a slow client does. */
+static void *pin_rows(void *arg)
+{
+    pin *p = arg;
+    uint64_t key = 1, guard;
+    embps_sge sge;
+    EXPECT_OK(embps_table_gather_begin(p->t, &key, 1, 0, &sge, &guard));
+    atomic_store(&p->pinned, 1);
+    sleep(1);
+    atomic_store(&p->released, 1);
+    embps_table_gather_end(p->t, guard);
+    return NULL;
+}
+
+/* Each update of a 64-row table retires 64 slabs, and the pool has 4096 to spare: from the 65th on,
+ * updates need the slabs the guard pins, and wait for it instead of failing. */
+static void test_writers_wait_for_pinned_slabs(void)
+{
+    embps_store *s = open_store("pinned", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 64);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+    uint64_t keys[64];
+    float grads[64 * 4];
+    for (int i = 0; i < 64; i++)
+        keys[i] = (uint64_t)i;
+    fill(grads, 64 * 4, 1.0f);
+    EXPECT_OK(embps_table_update(t, keys, 64, grads, 64 * 4));
+    pin p = {.t = t};
+    pthread_t thread;
+    pthread_create(&thread, NULL, pin_rows, &p);
+    while (!atomic_load(&p.pinned))
+        usleep(1000);
+    for (int v = 0; v < 100; v++)
+        EXPECT_OK(embps_table_update(t, keys, 64, grads, 64 * 4));
+    EXPECT(atomic_load(&p.released));   /* the 65th update cannot have finished before the guard ended */
+    pthread_join(thread, NULL);
+    EXPECT_OK(embps_table_check(t));
+    embps_store_close(s);
+}
+
 static int connect_to(uint16_t port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -355,7 +402,8 @@ static void test_data_server_over_loopback(void)
     embps_table *t;
     EXPECT_OK(embps_table_create(s, "t", &spec, &t));
     embps_data_server_config cfg = {.host = "127.0.0.1", .port = 0, .max_batch_keys = 64,
-                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 1000};
+                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 1000,
+                                    .receive_timeout_ms = 1000, .idle_timeout_ms = 60000};
     embps_data_server *d;
     EXPECT_OK(embps_data_server_start(s, &cfg, &d));
     int fd = connect_to(embps_data_server_port(d)), idle = connect_to(embps_data_server_port(d));
@@ -395,6 +443,7 @@ int main(void)
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
+    test_writers_wait_for_pinned_slabs();
     test_data_server_over_loopback();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);

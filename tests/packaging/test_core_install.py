@@ -30,7 +30,7 @@ import numpy as np
 import embps
 from embps.client import ClusterConfig, PSClient
 from embps.common.rdma_exchange import RdmaProbe, choose_data_path
-from embps.store import InitializerSpec, OptimizerSpec, TableSpec
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 
 address = sys.argv[1]
 keys = np.array([7, 9, 7], np.uint64)

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from helpers.data_wire import header, keys_bytes, read_reply, tcp_address
 
 from embps.api import OptimizerSpec, TableSpec
 from embps.client import PSClient, ShardError
-from embps.common.addresses import split_host_port
 from embps.common.spec_messages import spec_to_message
-from embps.store._native import ffi, lib
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
@@ -38,10 +37,6 @@ def table(shard, stub):
     rows = np.random.default_rng(0).normal(size=(len(KEYS), DIM)).astype(np.float32)
     stub.Assign(pb.AssignRequest(table="guarded", keys=KEYS.tobytes(), rows=rows.tobytes()))
     yield rows
-
-
-def keys_bytes(*keys):
-    return np.array(keys, np.uint64).tobytes()
 
 
 def floats(n, width=DIM, value=1.0):
@@ -184,29 +179,18 @@ def test_unspecified_missing_keys_and_absent_optimizer_take_the_defaults(stub, t
     assert_intact(stub, table)
 
 
-def wire_reply(sock):
-    status, msg_len, payload = struct.unpack("<IIQ", sock.recv(16, socket.MSG_WAITALL))
-    message = sock.recv(msg_len, socket.MSG_WAITALL).decode() if msg_len else ""
-    sock.recv(payload, socket.MSG_WAITALL)
-    return ffi.string(lib.embps_status_name(status)).decode(), message
-
-
 def wire_call(address, request_bytes):
     """One raw request on the native data path, then a good lookup on the same connection if it
     stays open; returns (status name, message, whether the connection was closed)."""
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(request_bytes)
-        status, message = wire_reply(sock)
+        status, message, _ = read_reply(sock)
         try:
             sock.sendall(header() + keys_bytes(1))
-            closed = wire_reply(sock)[0] != "OK"
+            closed = read_reply(sock)[0] != "OK"
         except (ConnectionError, struct.error):
             closed = True
         return status, message, closed
-
-
-def header(op=1, name=b"guarded", n=1, dim=DIM, magic=lib.EMBPS_WIRE_MAGIC):
-    return struct.pack("<IBBBBII", magic, op, 0, len(name), 0, n, dim) + name
 
 
 @pytest.mark.parametrize("case, request_bytes, status, pattern, closes", [
@@ -219,10 +203,14 @@ def header(op=1, name=b"guarded", n=1, dim=DIM, magic=lib.EMBPS_WIRE_MAGIC):
     ("wrong_dim", header(op=2, dim=4) + keys_bytes(1) + floats(1, 4), "INVALID_ARGUMENT", "has dim 8", False),
     ("nan_grads", header(op=2) + keys_bytes(1) + floats(1, value=np.nan), "NONFINITE", "contain NaN or Inf", False),
     ("reserved_key", header(op=2) + keys_bytes(2**64 - 1) + floats(1), "INVALID_ARGUMENT", "reserved", False),
+    ("nul_in_name", header(name=b"guarded\0zz") + keys_bytes(1), "INVALID_ARGUMENT", "table name must be", False),
+    ("nul_in_update_name", header(op=2, name=b"guarded\0evil") + keys_bytes(51) + floats(1), "INVALID_ARGUMENT",
+     "table name must be", False),
+    ("slash_in_name", header(name=b"no/slash") + keys_bytes(1), "INVALID_ARGUMENT", "table name must be", False),
+    ("dot_first_name", header(name=b".guarded") + keys_bytes(1), "INVALID_ARGUMENT", "table name must be", False),
 ])
 def test_bad_data_path_requests(shard, stub, table, case, request_bytes, status, pattern, closes):
-    host, port = split_host_port(shard.addresses["tcp"])
-    got_status, message, closed = wire_call((host or "127.0.0.1", int(port)), request_bytes)
+    got_status, message, closed = wire_call(tcp_address(shard), request_bytes)
     assert (got_status, closed) == (status, closes), message
     assert pattern in message
     assert_intact(stub, table)

@@ -5,6 +5,7 @@ imports this module only for a shard that offers the path)."""
 from __future__ import annotations
 
 import queue
+import select
 import socket
 
 import grpc
@@ -56,12 +57,16 @@ class TcpDataPath:
                 return
 
     def _connection(self, timeout: float) -> socket.socket:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            sock = socket.create_connection(self._target, timeout=timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
+        while True:
+            try:
+                sock = self._idle.get_nowait()
+            except queue.Empty:
+                sock = socket.create_connection(self._target, timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock
+            if _still_open(sock):
+                return sock
+            sock.close()
 
     def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple,
               timeout: float | None) -> np.ndarray:
@@ -73,7 +78,10 @@ class TcpDataPath:
             raise ShardError(grpc.StatusCode.UNAVAILABLE, f"cannot connect: {error}", self.address) from None
         try:
             sock.settimeout(timeout or self._timeout)
-            _send_all(sock, [header, name, keys, *body])
+            try:
+                _send_all(sock, [header, name, keys, *body])
+            except (BrokenPipeError, ConnectionResetError):
+                pass   # a shard refusing the connection answers before it reads: the reply says why
             status, msg_len, payload_bytes = WIRE_REPLY.unpack(_recv_exact(sock, WIRE_REPLY.size))
             message = _recv_exact(sock, msg_len).decode(errors="replace") if msg_len else ""
             payload = np.empty(payload_bytes, np.uint8)
@@ -93,6 +101,14 @@ class TcpDataPath:
             reason = _status_name(status)
             raise ShardError(grpc_code(reason), message, self.address, reason)
         return payload
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """A pooled connection has nothing to read between calls; readable means the shard closed it
+    (its idle timeout), so it must not carry a request the shard would never see."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)
 
 
 def _send_all(sock: socket.socket, parts: list) -> None:

@@ -38,7 +38,14 @@ class ShardConfig:
     max_batch_keys: int = 65536
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grpc_workers: int = 16
+    # The native TCP data path's limits: a client beyond data_max_connections is refused; one whose
+    # reply is not sent within data_send_timeout_seconds is cut (below 60 s: writers wait up to that
+    # long for the rows a reply pins), as is a request not received within data_receive_timeout_seconds
+    # and a connection idle for data_idle_timeout_seconds.
+    data_max_connections: int = 256
     data_send_timeout_seconds: float = 30.0
+    data_receive_timeout_seconds: float = 30.0
+    data_idle_timeout_seconds: float = 300.0
     grace_seconds: float = 5.0
     persist: str = "cache_line"   # see embps.store.Store
     log_format: str = "json"      # or "text"
@@ -56,6 +63,11 @@ class ShardConfig:
     def __post_init__(self):
         if self.max_batch_keys < 1 or self.max_message_bytes < 1024 or self.grpc_workers < 1:
             raise ValueError("max_batch_keys, max_message_bytes (>= 1024) and grpc_workers must be positive")
+        if not 1 <= self.data_max_connections <= 65536:
+            raise ValueError(f"data_max_connections must be in [1, 65536], got {self.data_max_connections}")
+        for name in ("data_send_timeout_seconds", "data_receive_timeout_seconds", "data_idle_timeout_seconds"):
+            if not 0.001 <= getattr(self, name) <= 86400:
+                raise ValueError(f"{name} must be in [0.001, 86400], got {getattr(self, name)}")
         for name in ("listen", "data_listen", "metrics_listen"):
             value = getattr(self, name)
             if value and not split_host_port(value)[0]:

@@ -78,3 +78,8 @@ class _StoreCollector:
         connections = GaugeMetricFamily("embps_shard_data_connections", "open native data-path connections")
         connections.add_metric([], stats.connections_open)
         yield connections
+        closed = CounterMetricFamily("embps_shard_data_connections_closed",
+                                     "native data-path connections the shard refused or timed out", labels=["reason"])
+        closed.add_metric(["refused"], stats.connections_refused)
+        closed.add_metric(["timed_out"], stats.connections_timed_out)
+        yield closed

@@ -67,7 +67,10 @@ class ShardServer:
             return None
         host, port = split_host_port(self.config.data_listen)
         return DataServer(self.store, host, port, self.config.max_batch_keys, self.config.max_message_bytes,
-                          send_timeout_seconds=self.config.data_send_timeout_seconds)
+                          max_connections=self.config.data_max_connections,
+                          send_timeout_seconds=self.config.data_send_timeout_seconds,
+                          receive_timeout_seconds=self.config.data_receive_timeout_seconds,
+                          idle_timeout_seconds=self.config.data_idle_timeout_seconds)
 
     def _start_metrics(self) -> int | None:
         if not self.config.metrics_listen:

@@ -48,6 +48,8 @@ class DataServerStats:
     update: OpStats
     connections_total: int
     connections_open: int
+    connections_refused: int     # beyond max_connections
+    connections_timed_out: int   # idle, or a request or reply past its timeout
     bytes_in: int
     bytes_out: int
 
@@ -56,14 +58,22 @@ def _op(c) -> OpStats:
     return OpStats(c.requests, c.errors, c.keys, c.latency_sum_ns / 1e9, tuple(c.latency_buckets))
 
 
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
 class DataServer:
     def __init__(self, store: Store, host: str, port: int, max_batch_keys: int, max_request_bytes: int,
-                 max_connections: int = 256, send_timeout_seconds: float = 30.0):
+                 max_connections: int = 256, send_timeout_seconds: float = 30.0,
+                 receive_timeout_seconds: float = 30.0, idle_timeout_seconds: float = 300.0):
+        """The timeouts bound every wait on a client (see embps_data_server_config)."""
         cfg = ffi.new("embps_data_server_config *")
         host_bytes = ffi.new("char[]", host.encode())
         cfg.host, cfg.port = host_bytes, port
-        cfg.max_batch_keys, cfg.max_request_bytes = max_batch_keys, max_request_bytes
-        cfg.max_connections, cfg.send_timeout_ms = max_connections, int(send_timeout_seconds * 1000)
+        cfg.max_batch_keys, cfg.max_request_bytes, cfg.max_connections = max_batch_keys, max_request_bytes, \
+            max_connections
+        cfg.send_timeout_ms, cfg.receive_timeout_ms, cfg.idle_timeout_ms = \
+            _ms(send_timeout_seconds), _ms(receive_timeout_seconds), _ms(idle_timeout_seconds)
         out = ffi.new("embps_data_server **")
         check_status(lib.embps_data_server_start(store.handle, cfg, out))
         self._handle = out[0]
@@ -74,7 +84,7 @@ class DataServer:
         s = ffi.new("embps_data_server_stats *")
         lib.embps_data_server_stats_get(self._handle, s)
         return DataServerStats(_op(s.lookup), _op(s.update), s.connections_total, s.connections_open,
-                               s.bytes_in, s.bytes_out)
+                               s.connections_refused, s.connections_timed_out, s.bytes_in, s.bytes_out)
 
     def stop(self) -> None:
         if self._handle is not None:

@@ -19,7 +19,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-4cb8befa672eabd2"
+NATIVE_VERSION = "abi-8d37cffa6d310173"
 
 
 def check_native_version(built: str) -> None:
