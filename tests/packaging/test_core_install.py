@@ -29,7 +29,7 @@ import json, sys
 import numpy as np
 import embps
 from embps.client import ClusterConfig, PSClient
-from embps.common.rdma_exchange import RdmaProbe, choose_data_path
+from embps.rdma.discovery import RdmaProbe, choose_data_path
 from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 
 address = sys.argv[1]
