@@ -32,7 +32,7 @@ class MissingKeys(enum.StrEnum):
 _Kind = TypeVar("_Kind", OptimizerKind, InitializerKind, MissingKeys)
 
 
-def _member(kind: type[_Kind], value: object, what: str) -> _Kind:
+def _member(kind: type[_Kind], value: str, what: str) -> _Kind:
     """value as a member of kind: the lowercase names people write ("adagrad") are members too."""
     try:
         return kind(value)

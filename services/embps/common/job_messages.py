@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from embps.v1 import training_pb2 as pb
 
@@ -47,7 +48,8 @@ def _option_to_message(name: str, value) -> pb.JobConfig.OptionValue:
     # bool before int: True is an int too.
     for kind, field in ((bool, "bool_value"), (int, "int_value"), (float, "double_value"), (str, "string_value")):
         if isinstance(value, kind):
-            return pb.JobConfig.OptionValue(**{field: value})
+            fields: dict[str, Any] = {field: value}
+            return pb.JobConfig.OptionValue(**fields)
     if isinstance(value, (list, tuple)):
         items = [_option_to_message(name, item) for item in value]
         return pb.JobConfig.OptionValue(list_value=pb.JobConfig.OptionList(values=items))

@@ -4,6 +4,7 @@ their proto enums."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
                        TableSpec)
@@ -22,7 +23,7 @@ class WireEnum:
         if unnamed:
             raise ImportError(f"{enum.DESCRIPTOR.full_name} values {unnamed} have no Python name")
 
-    def to_message(self, name: str) -> int:
+    def to_message(self, name: str) -> Any:   # the proto enum's value type, which the stubs name per enum
         if name not in self.values:
             raise InvalidArgument(f"unknown {self.what} {name!r}; one of {sorted(self.values)}")
         return self.values[name]

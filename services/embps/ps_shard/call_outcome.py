@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Literal
 
 import grpc
 
@@ -29,7 +30,7 @@ class CallOutcome:
         self.started = time.perf_counter()
         return self
 
-    def __exit__(self, kind, error, traceback) -> bool:
+    def __exit__(self, kind, error, traceback) -> Literal[False]:
         code = self._code(error)
         self.metrics.observe(self.method, code.name, self.count, self.started)
         if isinstance(error, _EXPECTED_ERRORS):

@@ -30,11 +30,17 @@ class SyncStrategy(Strategy):
 
     def __init__(self, context: GatewayContext):
         super().__init__(context)
-        self.cache: RowCache | None = None   # made when the first plan tells the batch shape
+        self._cache: RowCache | None = None   # made when the first plan tells the batch shape
         self.prefetched = -1                 # last batch whose rows are in the cache
         self.streamed: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # batch -> (keys, rows) read for it
         self.later_applied = -1              # last batch whose deferred gradients are applied
         self.later: queue.Queue = queue.Queue()
+
+    @property
+    def cache(self) -> RowCache:
+        """The cache; every use of it follows the prefetch of batch 0, which made it."""
+        assert self._cache is not None, "the cache is used before the first plan made it"
+        return self._cache
 
     def background(self) -> dict[str, Callable[[], None]]:
         return {"prefetcher": self._prefetch_all, "later-applier": self._apply_later}
@@ -57,8 +63,8 @@ class SyncStrategy(Strategy):
         while (plan := progress.plan(b)) is not None:
             # Stay within the window: rows for batches more than L ahead would overfill the cache.
             progress.wait(lambda: b <= progress.next_batch + c.job.lookahead, "the trainer to advance")
-            if self.cache is None:
-                self.cache = self._make_cache(plan)
+            if self._cache is None:
+                self._cache = self._make_cache(plan)
             stream = wire.keys_from_bytes(plan.stream)
             keys = np.setdiff1d(wire.keys_from_bytes(plan.prefetch), stream, assume_unique=True)
             mine = np.intersect1d(stream, progress.local[b][0], assume_unique=True)
@@ -123,7 +129,7 @@ class SyncStrategy(Strategy):
         self.later.put((None, None, None))
         self.context.progress.wait(lambda: self.later_applied >= self.context.progress.pushed,
                                    "deferred gradient updates")
-        if self.cache is not None:
+        if self._cache is not None:
             self._write_back_all()
 
     def _write_back_all(self) -> None:
@@ -137,5 +143,5 @@ class SyncStrategy(Strategy):
         c.traffic.add(bytes_out=len(mine) * (8 + 4 * (c.dim + c.state_floats)))
 
     def close(self) -> None:
-        if self.cache is not None:
+        if self._cache is not None:
             self.cache.close()
