@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from embps.api import wire
-from embps.common.grpc_channels import channel_options
+from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES, channel_options
 from embps.common.job_config import feature_keys
 from embps.common.security import NO_SECURITY, Security
 from embps.v1 import training_pb2 as pb
@@ -31,7 +31,6 @@ from embps.v1 import training_pb2_grpc as pb_grpc
 
 from .errors import ShardError
 
-MAX_MESSAGE_BYTES = 256 << 20
 
 
 @dataclass
@@ -48,7 +47,7 @@ class Batch:
 class GatewayCache:
     def __init__(self, address: str, grad_scale: float, timeout: float = 300.0, security: Security = NO_SECURITY):
         self.address, self.grad_scale, self.timeout = address, grad_scale, timeout
-        self._channel = security.channel(address, channel_options(MAX_MESSAGE_BYTES))
+        self._channel = security.channel(address, channel_options(TRAINING_MAX_MESSAGE_BYTES))
         self._stub = pb_grpc.TrainerGatewayStub(self._channel)
         self._pusher = ThreadPoolExecutor(1, thread_name_prefix="push")
         self._push: Future | None = None

@@ -17,6 +17,7 @@ import numpy as np
 
 from embps.client import PSClient
 from embps.common import structured_log
+from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES
 from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig
 from embps.common.job_messages import job_to_message
@@ -29,7 +30,6 @@ from .lookahead_planner import LookaheadPlanner
 COMMAND = "oracle-cacher"
 HELP = "plan caching over the training stream and feed the trainer gateways"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OracleCacher"].full_name
-MAX_MESSAGE_BYTES = 256 << 20
 GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.oracle_cacher")
 
@@ -133,7 +133,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
 
 def make_service(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, OracleCacher]:
     """The oracle's gRPC service, not yet started."""
-    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
+    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, TRAINING_MAX_MESSAGE_BYTES)
     oracle = OracleCacher(job, queue_batches)
     pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
     return service, oracle

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
-from embps.common.grpc_channels import channel_options
+from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES, channel_options
 from embps.common.security import Security
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
@@ -24,7 +24,6 @@ from embps.v1 import training_pb2_grpc as pb_grpc
 from .errors import GatewayError
 
 FINAL_ROUND = 1 << 62
-MAX_MESSAGE_BYTES = 256 << 20
 
 
 class PeerExchange:
@@ -35,7 +34,7 @@ class PeerExchange:
         self._contributions: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self._rounds = [initial_round] * self.n
         self._stopping = False
-        self._channels = {t: security.channel(a, channel_options(MAX_MESSAGE_BYTES))
+        self._channels = {t: security.channel(a, channel_options(TRAINING_MAX_MESSAGE_BYTES))
                           for t, a in enumerate(addresses) if t != me}
         self._stubs = {t: pb_grpc.GatewayPeerStub(c) for t, c in self._channels.items()}
         self._pool = ThreadPoolExecutor(max(1, self.n - 1), thread_name_prefix="peers")

@@ -19,7 +19,7 @@ from embps.api import StoreError, wire
 from embps.api.status import abort, grpc_code_for, reason_of
 from embps.client import PSClient, ShardError
 from embps.common import structured_log
-from embps.common.grpc_channels import channel_options
+from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES, channel_options
 from embps.common.grpc_service import GrpcService, run_service
 from embps.common.job_config import JobConfig, feature_keys
 from embps.common.job_messages import GATEWAY_MODES
@@ -29,7 +29,7 @@ from embps.v1 import training_pb2_grpc as pb_grpc
 
 from .direct_strategy import DirectStrategy
 from .errors import GatewayError
-from .peer_exchange import FINAL_ROUND, MAX_MESSAGE_BYTES, PeerExchange
+from .peer_exchange import FINAL_ROUND, PeerExchange
 from .progress import Progress
 from .strategy import GatewayContext, Strategy
 from .sync_strategy import SyncStrategy
@@ -113,7 +113,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
     def _read_plans(self) -> None:
         progress, ahead = self.progress, self.job.lookahead + self.job.cleanup_every
         oracle = pb_grpc.OracleCacherStub(self.job.security.channel(self.job.addresses.oracle,
-                                                                    channel_options(MAX_MESSAGE_BYTES)))
+                                                                    channel_options(TRAINING_MAX_MESSAGE_BYTES)))
         count = 0
         try:
             for reply in oracle.StreamPlans(pb.StreamPlansRequest(trainer=self.me)):
@@ -226,7 +226,7 @@ def run(args) -> int:
     structured_log.configure("INFO")
     cache_dir = Path(args.cache_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
     service = GrpcService(job.addresses.gateways[args.trainer], job.security, SERVICE_NAMES, 8 + 2 * job.trainers,
-                          MAX_MESSAGE_BYTES)
+                          TRAINING_MAX_MESSAGE_BYTES)
     gateway = Gateway(job, args.trainer, cache_dir)
     pb_grpc.add_TrainerGatewayServicer_to_server(gateway, service.server)
     pb_grpc.add_GatewayPeerServicer_to_server(gateway, service.server)
