@@ -12,7 +12,8 @@ import pytest
 from embps.api import TableSpec
 from embps.client import PSClient, ShardError
 from embps.common.job_config import JobConfig
-from embps.common.local_cluster import LocalShard, wait_serving
+from embps.common.health import wait_serving
+from embps.common.local_cluster import LocalShard
 from embps.common.security import Security
 from embps.trainer.local_job import run_local_job
 

@@ -19,7 +19,7 @@ import pytest
 
 from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 from embps.client import ClusterConfig, PSClient, ShardError, jump_hash
-from embps.common.local_cluster import wait_serving
+from embps.common.health import wait_serving
 from embps.store import initial_rows
 
 N_SHARDS = 2

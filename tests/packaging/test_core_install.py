@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embps.common.local_cluster import wait_serving
+from embps.common.health import wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "native", "services")   # as deploy/Dockerfile copies

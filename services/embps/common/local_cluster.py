@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from .addresses import split_host_port
 from .cluster_config import ClusterConfig
+from .health import wait_serving
 from .security import NO_SECURITY, Security
 
 START_TIMEOUT_SECONDS = 60.0
@@ -170,19 +168,3 @@ def free_ports(n: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def wait_serving(address: str, timeout: float, security: Security = NO_SECURITY) -> None:
-    """Blocks until the gRPC health service at address says SERVING."""
-    with security.channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0, wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.02)

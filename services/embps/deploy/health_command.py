@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from embps.common.health import health_status
 from embps.common.security import Security
 
 COMMAND = "health"
@@ -26,12 +24,7 @@ def add_arguments(parser) -> None:
 def check(address: str, service: str = "", timeout: float = 3.0) -> str:
     """The status name the server reports (SERVING, NOT_SERVING, ...), or the gRPC error's code name."""
     with Security.from_table({}, os.environ).channel(address) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                             timeout=timeout)
-        except grpc.RpcError as error:
-            return error.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return health_status(channel, service, timeout)
 
 
 def run(args) -> int:

@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from embps.client import PSClient
 from embps.common.job_config import Addresses, JobConfig
-from embps.common.local_cluster import LocalCluster, LocalProcess, free_ports, wait_serving
+from embps.common.health import wait_serving
+from embps.common.local_cluster import LocalCluster, LocalProcess, free_ports
 
 
 class JobFailed(RuntimeError):
