@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -103,23 +104,44 @@ static void plan_layout(const char *name, const embps_table_spec *spec, table_he
     h->checksum = header_checksum(h);
 }
 
+/* The file's blocks are reserved now, so a full disk fails the create instead of a later store
+ * through the mapping (which would kill the process with SIGBUS).  Reserved blocks read as zeros: an
+ * empty index and an unused pool, no writes needed. */
+static int reserve_blocks(int fd, const char *path, const table_header *h)
+{
+    const unsigned long long bytes = h->file_bytes;
+    struct statvfs fs;
+    /* Checked first so that a table far too large fails at once, without filling the disk for a
+     * moment; f_blocks is 0 where the file system does not say (an unlimited tmpfs). */
+    int err = fstatvfs(fd, &fs) == 0 && fs.f_blocks && bytes / fs.f_frsize >= fs.f_bavail ? ENOSPC
+              : posix_fallocate(fd, 0, (off_t)bytes);
+    if (err == ENOSPC || err == EDQUOT)
+        return fail(EMBPS_E_CAPACITY, "not enough storage for table %s: its file needs %llu bytes", h->name, bytes);
+    if (err == EFBIG)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "table %s needs a file of %llu bytes, more than the store's file "
+                    "system allows", h->name, bytes);
+    if (err)
+        return fail(EMBPS_E_IO, "cannot reserve %llu bytes for %s: %s", bytes, file_label(path), strerror(err));
+    return EMBPS_OK;
+}
+
 int table_create_file(const char *path, const char *name, const embps_table_spec *spec)
 {
     table_header h;
     plan_layout(name, spec, &h);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
-        return fail(EMBPS_E_IO, "cannot create %s: %s", path, strerror(errno));
-    int rc = EMBPS_OK;
-    /* A sparse file reads as zeros: an empty index and an unused pool, no writes needed. */
-    if (ftruncate(fd, (off_t)h.file_bytes) || pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(fd))
-        rc = fail(EMBPS_E_IO, "cannot write %s: %s", path, strerror(errno));
+        return fail(EMBPS_E_IO, "cannot create %s: %s", file_label(path), strerror(errno));
+    int rc = reserve_blocks(fd, path, &h);
+    if (!rc && (pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(fd)))
+        rc = fail(EMBPS_E_IO, "cannot write %s: %s", file_label(path), strerror(errno));
     close(fd);
     return rc;
 }
 
 static int header_is_valid(const table_header *h, size_t file_bytes, const char *path)
 {
+    path = file_label(path);
     if (file_bytes < HEADER_BYTES || h->magic != TABLE_MAGIC)
         return fail(EMBPS_E_CORRUPT, "%s is not an embps table", path);
     if (h->layout_version != LAYOUT_VERSION)
@@ -173,7 +195,7 @@ int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out)
     double start = now_seconds();
     embps_table *t = calloc(1, sizeof(*t));
     if (!t)
-        return fail(EMBPS_E_NOMEM, "out of memory opening %s", path);
+        return fail(EMBPS_E_NOMEM, "out of memory opening %s", file_label(path));
     t->volatile_ = volatile_;
     pthread_mutex_init(&t->write_lock, NULL);
     int rc = pm_region_map(path, sim, volatile_, &t->pm);
