@@ -311,7 +311,7 @@ static int serve_one(connection *c)
             sent = lookup(c, t, &spec, keys, rq.n_keys, rq.flags & EMBPS_WIRE_WITH_STATE);
         else
             sent = update(c, t, keys, rq.n_keys, grads, rq.dim);
-        embps_table_release(d->store);
+        embps_table_release(d->store, t);
     }
     count(op, rq.n_keys, start, sent != EMBPS_OK);
     return sent < 0 ? -1 : 0;

@@ -92,15 +92,29 @@ def test_store_below_a_file_is_an_io_error(tmp_path):
         Store(tmp_path / "file" / "store")
 
 
-def test_corrupt_table_file_refuses_to_open(tmp_path):
+def test_corrupt_table_file_is_refused_and_the_others_served(tmp_path):
+    """The store opens; the corrupt table is reported, refused with the reason, and keeps its name."""
     with Store(tmp_path / "s") as store:
         store.create_table("emb", TableSpec(4, 10))
+        store.create_table("good", TableSpec(4, 10)).assign([1], np.ones((1, 4)))
     path = tmp_path / "s" / "emb.table"
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF    # inside the header: the checksum catches it
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreCorrupted, match="checksum"):
-        Store(tmp_path / "s")
+    with Store(tmp_path / "s") as store:
+        with pytest.raises(StoreCorrupted, match="checksum"):
+            store.table("emb")
+        assert list(store.unopenable) == ["emb"] and "checksum" in store.unopenable["emb"]
+        assert str(tmp_path) not in store.unopenable["emb"]   # it reaches clients: no server paths
+        assert store.tables() == ["good"]
+        np.testing.assert_array_equal(store.table("good").lookup([1]), np.ones((1, 4)))
+        with pytest.raises(TableExists, match="could not be opened"):
+            store.create_table("emb", TableSpec(4, 10))
+        assert path.read_bytes() == data   # a create never replaces the file
     path.write_bytes(bytes(data[:5000]))
-    with pytest.raises(StoreCorrupted):
-        Store(tmp_path / "s")
+    with Store(tmp_path / "s") as store:
+        with pytest.raises(StoreCorrupted):
+            store.table("emb")
+        store.drop_table("emb")   # what an operator does with it: the file goes
+        assert not path.exists() and store.unopenable == {}
+        store.create_table("emb", TableSpec(4, 10))
