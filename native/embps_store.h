@@ -146,7 +146,8 @@ EMBPS_API void embps_table_describe(embps_table *t, embps_table_spec *spec, embp
 EMBPS_API int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
                                  float *state_out, size_t state_len, uint8_t *found_out);
 /* Applies the table's optimizer; repeated keys have their gradients summed.
- * Missing keys start from their initial row. */
+ * Missing keys start from their initial row.  An update that would store NaN or Inf (finite inputs
+ * can overflow) fails with NONFINITE and changes nothing. */
 EMBPS_API int embps_table_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads,
                                  size_t grads_len);
 /* Overwrites rows (and state, or zero state if NULL); the last of repeated keys wins. */
@@ -173,7 +174,8 @@ EMBPS_API int embps_table_check(embps_table *t);
 
 /* Optimizer state floats stored beside each row of dim. */
 EMBPS_API uint32_t embps_optimizer_state_floats(uint32_t optimizer, uint32_t dim);
-/* The fused optimizer step a table's update applies, on n rows of dim (state_floats each). */
+/* The fused optimizer step a table's update applies, on n rows of dim (state_floats each); like an
+ * update, it fails with NONFINITE and changes nothing if a step would give NaN or Inf. */
 EMBPS_API int embps_optimizer_apply(const embps_table_spec *spec, float *rows, float *state, const float *grads,
                                     size_t n);
 /* Deterministic initial rows, as lookups of missing keys return them. */

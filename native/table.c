@@ -20,7 +20,7 @@
 #define HEADER_BYTES 4096u
 #define PAGE 4096u
 #define MAX_LOAD 0.85
-#define CHUNK_ROWS 1024   /* rows persisted per round of a write; bounds the slabs in flight */
+#define CHUNK_ROWS 1024   /* rows computed per round of a write (see write_all) */
 
 /* ---- the file: layout, creation, recovery -------------------------------- */
 
@@ -47,6 +47,7 @@ typedef struct {
     uint64_t *old_ref, *new_ref;
     float *ugrads;
     float *init_slab;           /* initial row + zero state of a missing key */
+    float *trial_slab;          /* a new row and state computed only to be checked */
     size_t cap;
 } write_scratch;
 
@@ -242,6 +243,7 @@ void table_close(embps_table *t)
     free(ws->new_ref);
     free(ws->ugrads);
     free(ws->init_slab);
+    free(ws->trial_slab);
     pethash_free(&t->index);
     slab_pool_free(&t->pool);
     pm_region_unmap(t->pm);
@@ -456,7 +458,8 @@ static int grow_scratch(embps_table *t, size_t n)
         return EMBPS_OK;
 #define GROW(field, count) (free(ws->field), (ws->field = malloc(((count) + 1) * sizeof(*ws->field))) != NULL)
     int ok = GROW(ukeys, n) & GROW(uhash, n) & GROW(uindex, n) & GROW(upos, n) & GROW(old_ref, n) &
-             GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats);
+             GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats) &
+             GROW(trial_slab, t->dim + t->state_floats);
 #undef GROW
     ws->cap = ok ? n : 0;
     return ok ? EMBPS_OK : fail(EMBPS_E_NOMEM, "out of memory for a batch of %zu keys", n);
@@ -514,10 +517,24 @@ static void fill_slab(embps_table *t, size_t u, const float *old, const assign_s
         memset(slab + dim, 0, sf * sizeof(float));
 }
 
-/* Copy-on-write of rows [lo, hi): new slabs persisted, then published, then the old retired.  A
- * volatile table (a cache, whose owner never reads a row it is updating) updates present rows in
- * place instead: new_ref 0 marks them. */
-static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *src)
+static int nonfinite(const embps_table *t, uint64_t key)
+{
+    return fail(EMBPS_E_NONFINITE, "the update would store NaN or Inf in row %llu of table %s (a sum, square or "
+                "step overflowed); nothing was applied", (unsigned long long)key, t->name);
+}
+
+static void free_new_slabs(embps_table *t, size_t lo, size_t hi)
+{
+    for (size_t u = lo; u < hi; u++)
+        if (t->ws.new_ref[u])
+            slab_unalloc(&t->pool, t->ws.new_ref[u]);
+}
+
+/* Copy-on-write, first half: new slabs for rows [lo, hi), filled from the current ones and flushed;
+ * an update's are checked as they are computed (finite inputs can overflow).  A volatile table (a
+ * cache, whose owner never reads a row it is updating) updates present rows in place instead: new_ref
+ * 0 marks them.  On failure the round's new slabs are freed. */
+static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *src)
 {
     write_scratch *ws = &t->ws;
     slab_pool *pool = &t->pool;
@@ -529,28 +546,38 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
             prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
     }
     for (size_t u = lo; u < hi; u++) {
+        ws->new_ref[u] = 0;
         if (in_place && ws->old_ref[u]) {
             float *slab = (float *)slab_at(pool, ws->old_ref[u]);
             optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
-            ws->new_ref[u] = 0;
             continue;
         }
         int rc = slab_alloc(pool, &ws->new_ref[u]);
+        if (!rc) {
+            const float *old = ws->init_slab;
+            if (ws->old_ref[u])
+                old = (const float *)slab_at(pool, ws->old_ref[u]);
+            else if (!src)
+                init_row(&t->spec, ws->ukeys[u], ws->init_slab);
+            float *slab = (float *)slab_at(pool, ws->new_ref[u]);
+            fill_slab(t, u, old, src, slab);
+            if (!src && !all_finite(slab, t->dim + t->state_floats))
+                rc = nonfinite(t, ws->ukeys[u]);
+            pm_flush(t->pm, slab, pool->slab_bytes);
+        }
         if (rc) {
-            while (u-- > lo)
-                if (ws->new_ref[u])
-                    slab_unalloc(pool, ws->new_ref[u]);
+            free_new_slabs(t, lo, u + 1);
             return rc;
         }
-        const float *old = ws->init_slab;
-        if (ws->old_ref[u])
-            old = (const float *)slab_at(pool, ws->old_ref[u]);
-        else if (!src)
-            init_row(&t->spec, ws->ukeys[u], ws->init_slab);
-        float *slab = (float *)slab_at(pool, ws->new_ref[u]);
-        fill_slab(t, u, old, src, slab);
-        pm_flush(t->pm, slab, pool->slab_bytes);
     }
+    return EMBPS_OK;
+}
+
+/* Copy-on-write, second half: once the new slabs of rows [lo, hi) are persistent they are published,
+ * then the old ones retired. */
+static int publish(embps_table *t, size_t lo, size_t hi)
+{
+    write_scratch *ws = &t->ws;
     int rc = pm_drain(t->pm);
     if (rc)
         return rc;
@@ -573,9 +600,54 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
     atomic_fetch_add(&t->rows, added);
     for (size_t u = lo; u < hi; u++)
         if (ws->old_ref[u] && ws->new_ref[u])
-            slab_retire(pool, ws->old_ref[u]);
-    slab_reclaim(pool);
+            slab_retire(&t->pool, ws->old_ref[u]);
+    slab_reclaim(&t->pool);
     return EMBPS_OK;
+}
+
+/* The dry run of an update: every new row and state computed into scratch and checked, changing
+ * nothing.  Finite gradients can still overflow: summed over repeated keys, squared into optimizer
+ * state, or scaled by the learning rate. */
+static int check_update_finite(embps_table *t, size_t nu)
+{
+    write_scratch *ws = &t->ws;
+    const size_t dim = t->dim;
+    for (size_t u = 0; u < nu; u++) {
+        const ph_slot *ahead = u + PF_DIST < nu ? ws->upos[u + PF_DIST].slot : NULL;
+        if (ahead)
+            prefetch_slab(&t->pool, atomic_load(&ahead->ref), t->pool.slab_bytes);
+        const float *old = ws->init_slab;
+        if (ws->upos[u].slot)
+            old = (const float *)slab_at(&t->pool, atomic_load(&ws->upos[u].slot->ref));
+        else
+            init_row(&t->spec, ws->ukeys[u], ws->init_slab);
+        if (!optimizer_step_is_finite(&t->spec, t->state_floats, old, old + dim, ws->ugrads + u * dim,
+                                      ws->trial_slab))
+            return nonfinite(t, ws->ukeys[u]);
+    }
+    return EMBPS_OK;
+}
+
+/* Rows [0, nu) in rounds of CHUNK_ROWS.  When the pool holds every new slab at once, nothing is
+ * published before all are computed, so a row that would not be finite fails the update as a whole.
+ * Otherwise each round is published in turn, bounding the slabs in flight, and an update is checked
+ * beforehand by a dry run (as are a cache's, whose in-place rows cannot be taken back). */
+static int write_all(embps_table *t, size_t nu, const assign_src *src)
+{
+    slab_reclaim(&t->pool);   /* the last write's old slabs, unless a reader may still see them */
+    const int at_once = nu <= t->pool.n_slabs - t->pool.n_used;
+    int rc = !src && (!at_once || t->volatile_) ? check_update_finite(t, nu) : EMBPS_OK;
+    size_t published = 0;
+    for (size_t lo = 0; lo < nu && !rc; lo += CHUNK_ROWS) {
+        size_t hi = lo + CHUNK_ROWS < nu ? lo + CHUNK_ROWS : nu;
+        if ((rc = fill_round(t, lo, hi, src))) {
+            free_new_slabs(t, published, lo);   /* rounds filled but not yet published */
+        } else if (!at_once || hi == nu) {
+            rc = publish(t, published, hi);
+            published = hi;
+        }
+    }
+    return rc;
 }
 
 static int check_keys(const uint64_t *keys, size_t n)
@@ -617,8 +689,7 @@ static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const floa
         memset(ws->init_slab, 0, (t->dim + t->state_floats) * sizeof(float));
     else
         memset(ws->init_slab + t->dim, 0, t->state_floats * sizeof(float));
-    for (size_t lo = 0; lo < nu && !rc; lo += CHUNK_ROWS)
-        rc = write_chunk(t, lo, lo + CHUNK_ROWS < nu ? lo + CHUNK_ROWS : nu, src);
+    rc = write_all(t, nu, src);
 out:
     pthread_mutex_unlock(&t->write_lock);
     return rc;

@@ -81,6 +81,12 @@ BAD_CALLS = {
                                  pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__kind="lion"))),
     "create_nan_lr": (C.INVALID_ARGUMENT, "lr, eps and init_scale must be finite", "CreateTable",
                       pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__lr=float("nan")))),
+    "create_huge_lr": (C.INVALID_ARGUMENT, "lr, eps and init_scale must be finite and in [0, 1e+06]", "CreateTable",
+                       pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__lr=1e39))),   # Inf as a float
+    "create_huge_init_scale": (C.INVALID_ARGUMENT, "must be finite and in [0, 1e+06]", "CreateTable",
+                               pb.CreateTableRequest(name="t2", spec=spec_with(initializer__scale=1e39))),
+    "create_beta_of_one": (C.INVALID_ARGUMENT, "betas must be in [0, 1)", "CreateTable",
+                           pb.CreateTableRequest(name="t2", spec=spec_with(optimizer__beta2=1.0))),
     "create_exists": (C.ALREADY_EXISTS, "already exists", "CreateTable",
                       pb.CreateTableRequest(name="guarded", spec=spec_to_message(SPEC))),
     "describe_unknown": (C.NOT_FOUND, "no table named 'nope'", "DescribeTable", pb.TableRequest(table="nope")),
@@ -100,6 +106,12 @@ BAD_CALLS = {
                    pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=np.nan))),
     "update_inf": (C.INVALID_ARGUMENT, "contain NaN or Inf", "Update",
                    pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=np.inf))),
+    "update_duplicate_sum_overflows": (C.INVALID_ARGUMENT, "would store NaN or Inf in row 1", "Update",
+                                       pb.UpdateRequest(table="guarded", keys=keys_bytes(2, 1, 1),
+                                                        grads=np.repeat([[1.0], [3e38], [3e38]], DIM, 1)
+                                                        .astype(np.float32).tobytes())),
+    "update_state_overflows": (C.INVALID_ARGUMENT, "nothing was applied", "Update",   # Adagrad: 1e20 squared
+                               pb.UpdateRequest(table="guarded", keys=keys_bytes(1, 2), grads=floats(2, value=1e20))),
     "update_reserved_key": (C.INVALID_ARGUMENT, "is reserved", "Update",
                             pb.UpdateRequest(table="guarded", keys=keys_bytes(2**64 - 1), grads=floats(1))),
     "update_unknown": (C.NOT_FOUND, "no table named 'nope'", "Update",
@@ -173,6 +185,8 @@ def header(op=1, name=b"guarded", n=1, dim=DIM, magic=lib.EMBPS_WIRE_MAGIC):
     ("unknown_table", header(name=b"nope") + keys_bytes(1), "NOT_FOUND", "no table named 'nope'", False),
     ("wrong_dim", header(op=2, dim=4) + keys_bytes(1) + floats(1, 4), "INVALID_ARGUMENT", "has dim 8", False),
     ("nan_grads", header(op=2) + keys_bytes(1) + floats(1, value=np.nan), "NONFINITE", "contain NaN or Inf", False),
+    ("overflowing_grads", header(op=2, n=2) + keys_bytes(1, 2) + floats(2, value=1e20), "NONFINITE",
+     "would store NaN or Inf", False),
     ("reserved_key", header(op=2) + keys_bytes(2**64 - 1) + floats(1), "INVALID_ARGUMENT", "reserved", False),
 ])
 def test_bad_data_path_requests(shard, stub, table, case, request_bytes, status, pattern, closes):
