@@ -314,6 +314,15 @@ static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
         __builtin_prefetch((const void *)line);
 }
 
+/* A slab about to be written whole: its lines fetched for writing while other rows are computed. */
+static void prefetch_new_slab(const slab_pool *p, uint64_t ref)
+{
+    uintptr_t first = (uintptr_t)slab_at(p, ref) & ~(uintptr_t)63;
+    uintptr_t end = (uintptr_t)slab_at(p, ref) + p->slab_bytes;
+    for (uintptr_t line = first; line < end; line += 64)
+        __builtin_prefetch((const void *)line, 1);
+}
+
 int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
                        float *state_out, size_t state_len, uint8_t *found_out)
 {
@@ -539,36 +548,39 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
     write_scratch *ws = &t->ws;
     slab_pool *pool = &t->pool;
     const int in_place = t->volatile_ && !src;
-    for (size_t u = lo; u < hi; u++) {   /* current slabs first, so reading them below rarely misses */
+    for (size_t u = lo; u < hi; u++) {   /* every slab touched below, prefetched first */
         ph_slot *slot = ws->upos[u].slot;
         ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
         if (ws->old_ref[u] && !src)
             prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
+        ws->new_ref[u] = 0;
+        if (in_place && ws->old_ref[u])
+            continue;
+        int rc = slab_alloc(pool, &ws->new_ref[u]);
+        if (rc) {
+            free_new_slabs(t, lo, u);
+            return rc;
+        }
+        prefetch_new_slab(pool, ws->new_ref[u]);
     }
     for (size_t u = lo; u < hi; u++) {
-        ws->new_ref[u] = 0;
-        if (in_place && ws->old_ref[u]) {
+        if (!ws->new_ref[u]) {
             float *slab = (float *)slab_at(pool, ws->old_ref[u]);
             optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
             continue;
         }
-        int rc = slab_alloc(pool, &ws->new_ref[u]);
-        if (!rc) {
-            const float *old = ws->init_slab;
-            if (ws->old_ref[u])
-                old = (const float *)slab_at(pool, ws->old_ref[u]);
-            else if (!src)
-                init_row(&t->spec, ws->ukeys[u], ws->init_slab);
-            float *slab = (float *)slab_at(pool, ws->new_ref[u]);
-            fill_slab(t, u, old, src, slab);
-            if (!src && !all_finite(slab, t->dim + t->state_floats))
-                rc = nonfinite(t, ws->ukeys[u]);
-            pm_flush(t->pm, slab, pool->slab_bytes);
+        const float *old = ws->init_slab;
+        if (ws->old_ref[u])
+            old = (const float *)slab_at(pool, ws->old_ref[u]);
+        else if (!src)
+            init_row(&t->spec, ws->ukeys[u], ws->init_slab);
+        float *slab = (float *)slab_at(pool, ws->new_ref[u]);
+        fill_slab(t, u, old, src, slab);
+        if (!src && !all_finite(slab, t->dim + t->state_floats)) {
+            free_new_slabs(t, lo, hi);
+            return nonfinite(t, ws->ukeys[u]);
         }
-        if (rc) {
-            free_new_slabs(t, lo, u + 1);
-            return rc;
-        }
+        pm_flush(t->pm, slab, pool->slab_bytes);
     }
     return EMBPS_OK;
 }
@@ -583,6 +595,8 @@ static int publish(embps_table *t, size_t lo, size_t hi)
         return rc;
     uint64_t added = 0;
     for (size_t u = lo; u < hi; u++) {
+        if (u + PF_DIST < hi && ws->upos[u + PF_DIST].slot)   /* read long ago when the batch is large */
+            __builtin_prefetch(ws->upos[u + PF_DIST].slot, 1);
         ph_slot *slot = ws->upos[u].slot;
         if (!ws->new_ref[u])
             continue;   /* updated in place */
