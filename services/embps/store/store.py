@@ -325,7 +325,7 @@ class Store:
         out = ffi.new("embps_store **")
         check_status(lib.embps_store_open(cfg, out))
         self._handle = out[0]
-        self._lock = threading.Lock()   # guards the three dicts below, never held across a store call
+        self._lock = threading.Lock()   # guards the three dicts below; never held across a call that waits
         self._tables: dict[str, Table] = {}   # the wrapper of each open table
         self._unopenable: dict[str, str] = {}
         self._name_locks: dict[str, list] = {}   # name -> [lock, holders]: see _name_held
@@ -354,7 +354,8 @@ class Store:
         return out[0]
 
     def _wrapper(self, name: str, handle) -> Table:
-        """The one wrapper of an open table's handle (a Table reads its spec once)."""
+        """The one wrapper of an open table's handle (a Table reads its spec once); the caller holds
+        the name or a reference, so no drop can have freed the handle."""
         with self._lock:
             table = self._tables.get(name)
             if table is None or table._handle != handle:
@@ -403,8 +404,12 @@ class Store:
             yield table, created
 
     def table(self, name: str) -> Table:
-        """The table for single-threaded use: a concurrent drop would free it under the caller."""
-        return self._wrapper(name, self._get(name))
+        """The table for single-threaded use: a concurrent drop would free it under the caller.  (So
+        it is not kept as the name's wrapper: only calls that hold the name or a reference keep one.)"""
+        handle = self._get(name)
+        with self._lock:
+            table = self._tables.get(name)
+        return table if table is not None and table._handle == handle else Table(name, handle)
 
     def _acquire(self, name: str):
         out = ffi.new("embps_table **")
