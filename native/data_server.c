@@ -363,7 +363,7 @@ static int answer(connection *c, const embps_wire_request *rq, const char *name,
         sent = lookup(c, t, &spec, keys, rq->n_keys, rq->flags & EMBPS_WIRE_WITH_STATE);
     else
         sent = update(c, t, keys, rq->n_keys, grads, rq->dim);
-    embps_table_release(d->store);
+    embps_table_release(d->store, t);
     return sent;
 }
 

@@ -120,20 +120,25 @@ EMBPS_API const char *embps_version(void);
 EMBPS_API int embps_store_open(const embps_store_config *cfg, embps_store **out);
 EMBPS_API void embps_store_close(embps_store *s);
 EMBPS_API uint64_t embps_store_persist_points(const embps_store *s);  /* crash simulator counter */
-EMBPS_API size_t embps_store_table_count(embps_store *s);
-EMBPS_API const char *embps_store_table_name(embps_store *s, size_t i);
+/* The name of the store's table number i (from 0; NOT_FOUND past the last) into name, which holds
+ * EMBPS_NAME_MAX + 1 bytes.  A table file the store found but could not open is listed too and keeps
+ * its name: embps_table_get and embps_table_acquire fail with the reason, a drop removes the file. */
+EMBPS_API int embps_store_table_at(embps_store *s, size_t i, char *name);
 
 /* ---- tables -------------------------------------------------------------- */
 
+/* The table exists only once its file is made and opened; the file's blocks are reserved, so a
+ * file system without the room fails the create (CAPACITY) rather than a later write. */
 EMBPS_API int embps_table_create(embps_store *s, const char *name, const embps_table_spec *spec,
                                  embps_table **out);
 EMBPS_API int embps_table_get(embps_store *s, const char *name, embps_table **out);
-/* For servers: the handle stays valid until embps_table_release(s); a drop waits for it.
- * On failure nothing is held. */
+/* For servers: a reference to the table, valid until embps_table_release(s, t).  A drop of this table
+ * waits for its references; calls on other tables never wait for them.  On failure nothing is held. */
 EMBPS_API int embps_table_acquire(embps_store *s, const char *name, embps_table **out);
-EMBPS_API void embps_table_release(embps_store *s);
-/* Waits for acquired handles to be released, then invalidates the table's handle: handles taken
- * with embps_table_get or embps_table_create must not be in use. */
+EMBPS_API void embps_table_release(embps_store *s, embps_table *t);
+/* Makes the table unreachable at once (acquire and get answer NOT_FOUND), waits for its references
+ * to be released, then closes it and removes its file: handles taken with embps_table_get or
+ * embps_table_create must not be in use.  The name is free again when the drop returns. */
 EMBPS_API int embps_table_drop(embps_store *s, const char *name);
 EMBPS_API void embps_table_describe(embps_table *t, embps_table_spec *spec, embps_table_stats *stats);
 
@@ -144,7 +149,8 @@ EMBPS_API void embps_table_describe(embps_table *t, embps_table_spec *spec, embp
 EMBPS_API int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
                                  float *state_out, size_t state_len, uint8_t *found_out);
 /* Applies the table's optimizer; repeated keys have their gradients summed.
- * Missing keys start from their initial row. */
+ * Missing keys start from their initial row.  An update that would store NaN or Inf (finite inputs
+ * can overflow) fails with NONFINITE and changes nothing. */
 EMBPS_API int embps_table_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads,
                                  size_t grads_len);
 /* Overwrites rows (and state, or zero state if NULL); the last of repeated keys wins. */
@@ -171,7 +177,8 @@ EMBPS_API int embps_table_check(embps_table *t);
 
 /* Optimizer state floats stored beside each row of dim. */
 EMBPS_API uint32_t embps_optimizer_state_floats(uint32_t optimizer, uint32_t dim);
-/* The fused optimizer step a table's update applies, on n rows of dim (state_floats each). */
+/* The fused optimizer step a table's update applies, on n rows of dim (state_floats each); like an
+ * update, it fails with NONFINITE and changes nothing if a step would give NaN or Inf. */
 EMBPS_API int embps_optimizer_apply(const embps_table_spec *spec, float *rows, float *state, const float *grads,
                                     size_t n);
 /* Deterministic initial rows, as lookups of missing keys return them. */

@@ -4,6 +4,7 @@
 #include "status.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 uint64_t mix64(uint64_t x)
@@ -25,6 +26,15 @@ uint32_t embps_optimizer_state_floats(uint32_t optimizer, uint32_t dim)
     }
 }
 
+/* Far beyond any useful learning rate, epsilon or initial scale, and far below the float range the
+ * kernels compute in (a larger lr, as a float, is Inf). */
+#define HYPER_MAX 1e6
+
+static int in_range(double x)
+{
+    return x >= 0 && x <= HYPER_MAX;   /* false for NaN */
+}
+
 int spec_is_valid(const embps_table_spec *s)
 {
     if (s->dim == 0 || s->dim > 65536)
@@ -38,11 +48,11 @@ int spec_is_valid(const embps_table_spec *s)
         return fail(EMBPS_E_INVALID_ARGUMENT, "unknown initializer %u", s->init);
     if (s->missing > EMBPS_MISSING_REPORT)
         return fail(EMBPS_E_INVALID_ARGUMENT, "unknown missing-keys policy %u", s->missing);
-    if (!isfinite(s->lr) || !isfinite(s->eps) || !isfinite(s->init_scale) || s->lr < 0 || s->eps < 0 ||
-        s->init_scale < 0)
-        return fail(EMBPS_E_INVALID_ARGUMENT, "lr, eps and init_scale must be finite and >= 0");
-    if (s->optimizer == EMBPS_OPT_ADAM && !(s->beta1 >= 0 && s->beta1 < 1 && s->beta2 >= 0 && s->beta2 < 1))
-        return fail(EMBPS_E_INVALID_ARGUMENT, "adam betas must be in [0, 1)");
+    if (!in_range(s->lr) || !in_range(s->eps) || !in_range(s->init_scale))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "lr, eps and init_scale must be finite and in [0, %g], got %g, %g "
+                    "and %g", HYPER_MAX, s->lr, s->eps, s->init_scale);
+    if (!(s->beta1 >= 0 && s->beta1 < 1 && s->beta2 >= 0 && s->beta2 < 1))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "adam betas must be in [0, 1), got %g and %g", s->beta1, s->beta2);
     return EMBPS_OK;
 }
 
@@ -128,6 +138,13 @@ void optimizer_step(const embps_table_spec *spec, const float *row, const float 
     }
 }
 
+int optimizer_step_is_finite(const embps_table_spec *spec, uint32_t state_floats, const float *row,
+                             const float *state, const float *grad, float *trial)
+{
+    optimizer_step(spec, row, state, grad, trial, trial + spec->dim);
+    return all_finite(trial, spec->dim + state_floats);
+}
+
 int embps_initializer_fill(const embps_table_spec *spec, const uint64_t *keys, size_t n, float *rows_out,
                            size_t rows_len)
 {
@@ -150,6 +167,16 @@ int embps_optimizer_apply(const embps_table_spec *spec, float *rows, float *stat
     size_t dim = spec->dim, sf = embps_optimizer_state_floats(spec->optimizer, spec->dim);
     if (!all_finite(grads, n * dim))
         return fail(EMBPS_E_NONFINITE, "gradients contain NaN or Inf; nothing was applied");
+    float *trial = malloc((dim + sf) * sizeof(float));
+    if (!trial)
+        return fail(EMBPS_E_NOMEM, "out of memory for a row of dim %zu", dim);
+    for (size_t i = 0; i < n && !rc; i++)
+        if (!optimizer_step_is_finite(spec, (uint32_t)sf, rows + i * dim, state + i * sf, grads + i * dim, trial))
+            rc = fail(EMBPS_E_NONFINITE, "the step would give row %zu NaN or Inf (a square or step overflowed); "
+                      "nothing was applied", i);
+    free(trial);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < n; i++)
         optimizer_step(spec, rows + i * dim, state + i * sf, grads + i * dim, rows + i * dim, state + i * sf);
     return EMBPS_OK;

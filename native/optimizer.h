@@ -13,5 +13,9 @@ void init_row(const embps_table_spec *spec, uint64_t key, float *row);
 void optimizer_step(const embps_table_spec *spec, const float *row, const float *state,
                     const float *grad, float *new_row, float *new_state);
 int all_finite(const float *v, size_t n);
+/* Whether the step gives a finite row and state (finite inputs can overflow), computed into trial
+ * (dim + state floats) and changing nothing else. */
+int optimizer_step_is_finite(const embps_table_spec *spec, uint32_t state_floats, const float *row,
+                             const float *state, const float *grad, float *trial);
 
 #endif

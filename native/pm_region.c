@@ -106,9 +106,9 @@ static int map_simulated(pm_region *r, pm_sim *sim, const char *path)
     r->base = malloc(r->size);
     r->persisted = malloc(r->size);
     if (!r->base || !r->persisted)
-        return fail(EMBPS_E_NOMEM, "out of memory simulating %s", path);
+        return fail(EMBPS_E_NOMEM, "out of memory simulating %s", file_label(path));
     if (read_whole(r->fd, r->base, r->size))
-        return fail(EMBPS_E_IO, "cannot read %s: %s", path, strerror(errno));
+        return fail(EMBPS_E_IO, "cannot read %s: %s", file_label(path), strerror(errno));
     memcpy(r->persisted, r->base, r->size);
     r->sim = sim;
     pthread_mutex_lock(&sim->lock);
@@ -132,11 +132,13 @@ static int map_pmem2(pm_region *r, const char *path, int volatile_)
 {
     struct pmem2_config *cfg = NULL;
     struct pmem2_source *src = NULL;
-    int rc = EMBPS_OK;
+    int rc = EMBPS_OK, err = 0;
     if (pmem2_config_new(&cfg) || pmem2_source_from_fd(&src, r->fd) ||
         pmem2_config_set_required_store_granularity(cfg, PMEM2_GRANULARITY_PAGE) ||
-        pmem2_map_new(&r->map, cfg, src)) {
-        rc = fail(EMBPS_E_IO, "libpmem2 cannot map %s: %s", path, pmem2_errormsg());
+        (err = pmem2_map_new(&r->map, cfg, src))) {
+        /* Out of address space is the client's too-large table, not the server's fault. */
+        rc = fail(err == -ENOMEM ? EMBPS_E_NOMEM : EMBPS_E_IO, "libpmem2 cannot map %s: %s", file_label(path),
+                  pmem2_errormsg());
     } else {
         r->base = pmem2_map_get_address(r->map);
         r->flush_fn = volatile_ ? no_flush : pmem2_get_flush_fn(r->map);
@@ -153,12 +155,12 @@ int pm_region_map(const char *path, pm_sim *sim, int volatile_, pm_region **out)
 {
     pm_region *r = calloc(1, sizeof(*r));
     if (!r)
-        return fail(EMBPS_E_NOMEM, "out of memory mapping %s", path);
+        return fail(EMBPS_E_NOMEM, "out of memory mapping %s", file_label(path));
     r->fd = open(path, O_RDWR | O_CLOEXEC);
     struct stat st;
     int rc;
     if (r->fd < 0 || fstat(r->fd, &st)) {
-        rc = fail(EMBPS_E_IO, "cannot open %s: %s", path, strerror(errno));
+        rc = fail(EMBPS_E_IO, "cannot open %s: %s", file_label(path), strerror(errno));
     } else {
         r->size = (size_t)st.st_size;
         rc = sim ? map_simulated(r, sim, path) : map_pmem2(r, path, volatile_);

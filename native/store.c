@@ -20,15 +20,26 @@
 #define TMP_SUFFIX ".creating"
 #define LOCK_FILE "LOCK"
 
+/* A name the store holds: a table being created, open, unopenable, or being dropped.  While it is
+ * here no other table can take the name, so its file is this table's alone. */
+typedef struct {
+    char name[EMBPS_NAME_MAX + 1];
+    embps_table *table;         /* NULL while being created, or if the file could not be opened */
+    int open_status;            /* why the file could not be opened at start-up (EMBPS_OK if it was) */
+    char *open_error;
+    uint64_t refs;              /* held by embps_table_acquire */
+    int dropping;
+} table_entry;
+
 struct embps_store {
     char dir[PATH_MAX];
     pm_sim *sim;
     int volatile_;              /* caches: no flushes, nothing survives a crash */
     int lock_fd;                /* flock on LOCK: one process per store */
-    pthread_mutex_t lock;       /* guards the table list */
-    pthread_rwlock_t drop_lock; /* read: a server call holds a table; write: a drop */
-    embps_table **tables;
-    size_t n_tables, cap_tables;
+    pthread_mutex_t lock;       /* guards the entries */
+    pthread_cond_t released;    /* the last reference to a table being dropped went */
+    table_entry **entries;
+    size_t n_entries, cap_entries;
 };
 
 /* ---- the directory ------------------------------------------------------- */
@@ -46,7 +57,7 @@ static int sync_dir(const char *dir)
     int rc = fd < 0 || fsync(fd);
     if (fd >= 0)
         close(fd);
-    return rc ? fail(EMBPS_E_IO, "cannot sync directory %s: %s", dir, strerror(errno)) : EMBPS_OK;
+    return rc ? fail(EMBPS_E_IO, "cannot sync the store's directory: %s", strerror(errno)) : EMBPS_OK;
 }
 
 /* mkdir -p: the store's directory and every missing parent. */
@@ -66,20 +77,6 @@ static int make_dirs(const char *dir)
             return EMBPS_OK;
         *p = end;
     }
-}
-
-static int add_table(embps_store *s, embps_table *t)
-{
-    if (s->n_tables == s->cap_tables) {
-        size_t cap = s->cap_tables ? 2 * s->cap_tables : 8;
-        embps_table **grown = realloc(s->tables, cap * sizeof(*grown));
-        if (!grown)
-            return fail(EMBPS_E_NOMEM, "out of memory adding table %s", table_name(t));
-        s->tables = grown;
-        s->cap_tables = cap;
-    }
-    s->tables[s->n_tables++] = t;
-    return EMBPS_OK;
 }
 
 static int has_suffix(const char *name, const char *suffix)
@@ -103,6 +100,98 @@ static int lock_store(embps_store *s)
     return EMBPS_OK;
 }
 
+/* ---- the entries (called with the lock held) ------------------------------ */
+
+static table_entry *find_entry(const embps_store *s, const char *name)
+{
+    for (size_t i = 0; i < s->n_entries; i++)
+        if (strcmp(s->entries[i]->name, name) == 0)
+            return s->entries[i];
+    return NULL;
+}
+
+/* An open table, or one whose file could not be opened. */
+static int is_listed(const table_entry *e)
+{
+    return !e->dropping && (e->table || e->open_status);
+}
+
+static int add_entry(embps_store *s, const char *name, table_entry **out)
+{
+    if (s->n_entries == s->cap_entries) {
+        size_t cap = s->cap_entries ? 2 * s->cap_entries : 8;
+        table_entry **grown = realloc(s->entries, cap * sizeof(*grown));
+        if (!grown)
+            return fail(EMBPS_E_NOMEM, "out of memory adding table %s", name);
+        s->entries = grown;
+        s->cap_entries = cap;
+    }
+    table_entry *e = calloc(1, sizeof(*e));
+    if (!e)
+        return fail(EMBPS_E_NOMEM, "out of memory adding table %s", name);
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    s->entries[s->n_entries++] = e;
+    *out = e;
+    return EMBPS_OK;
+}
+
+static void remove_entry(embps_store *s, table_entry *e)
+{
+    for (size_t i = 0; i < s->n_entries; i++) {
+        if (s->entries[i] == e) {
+            s->entries[i] = s->entries[--s->n_entries];
+            break;
+        }
+    }
+    free(e->open_error);
+    free(e);
+}
+
+/* The entry of an open table, or the status saying why there is none. */
+static int find_open(embps_store *s, const char *name, table_entry **out)
+{
+    table_entry *e = name ? find_entry(s, name) : NULL;
+    if (e && is_listed(e) && !e->table)
+        return fail(e->open_status, "table '%s' could not be opened: %s", e->name, e->open_error);
+    if (!e || !is_listed(e))
+        return fail(EMBPS_E_NOT_FOUND, "no table named '%s'", name ? name : "");
+    *out = e;
+    return EMBPS_OK;
+}
+
+/* ---- opening and closing ------------------------------------------------- */
+
+/* A table file found at start-up.  One that cannot be opened keeps its name, so that no create
+ * replaces the file, and says why whenever the table is asked for; the store serves the others. */
+static int open_table_file(embps_store *s, const char *file)
+{
+    char name[EMBPS_NAME_MAX + 1], path[PATH_MAX];
+    size_t len = strlen(file) - strlen(TABLE_SUFFIX);
+    if (len > EMBPS_NAME_MAX)
+        return EMBPS_OK;   /* not a file this store made */
+    memcpy(name, file, len);
+    name[len] = '\0';
+    if (table_name_check(name, len))
+        return EMBPS_OK;   /* not a name a create would accept */
+    table_entry *e;
+    int rc = add_entry(s, name, &e);
+    if (rc)
+        return rc;
+    if (!(rc = table_path(s, name, TABLE_SUFFIX, path)))
+        rc = table_open(path, s->sim, s->volatile_, &e->table);
+    if (!rc && strcmp(table_name(e->table), name) != 0) {
+        rc = fail(EMBPS_E_CORRUPT, "%s holds a table named '%s'", file, table_name(e->table));
+        table_close(e->table);
+        e->table = NULL;
+    }
+    if (rc) {
+        e->open_status = rc;
+        if (!(e->open_error = strdup(embps_errormsg())))
+            return fail(EMBPS_E_NOMEM, "out of memory opening store");
+    }
+    return EMBPS_OK;
+}
+
 /* Opens every table file; removes files of table creations a crash interrupted. */
 static int open_tables(embps_store *s)
 {
@@ -112,23 +201,14 @@ static int open_tables(embps_store *s)
     int rc = EMBPS_OK;
     struct dirent *e;
     while (!rc && (e = readdir(d))) {
-        char path[PATH_MAX];
-        if ((size_t)snprintf(path, sizeof(path), "%s/%s", s->dir, e->d_name) >= sizeof(path))
-            continue;
-        if (has_suffix(e->d_name, TMP_SUFFIX)) {
-            unlink(path);
-        } else if (has_suffix(e->d_name, TABLE_SUFFIX)) {
-            embps_table *t;
-            rc = table_open(path, s->sim, s->volatile_, &t);
-            if (!rc && (rc = add_table(s, t)))
-                table_close(t);
-        }
+        if (has_suffix(e->d_name, TMP_SUFFIX))
+            unlinkat(dirfd(d), e->d_name, 0);
+        else if (has_suffix(e->d_name, TABLE_SUFFIX))
+            rc = open_table_file(s, e->d_name);
     }
     closedir(d);
     return rc;
 }
-
-/* ---- opening and closing ------------------------------------------------- */
 
 int embps_store_open(const embps_store_config *cfg, embps_store **out)
 {
@@ -140,12 +220,7 @@ int embps_store_open(const embps_store_config *cfg, embps_store **out)
     if (!s)
         return fail(EMBPS_E_NOMEM, "out of memory opening store");
     pthread_mutex_init(&s->lock, NULL);
-    /* Writer preference: a steady stream of server calls must not starve a drop. */
-    pthread_rwlockattr_t attr;
-    pthread_rwlockattr_init(&attr);
-    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&s->drop_lock, &attr);
-    pthread_rwlockattr_destroy(&attr);
+    pthread_cond_init(&s->released, NULL);
     s->lock_fd = -1;
     s->volatile_ = cfg->volatile_tables;
     int rc = EMBPS_OK;
@@ -171,14 +246,17 @@ void embps_store_close(embps_store *s)
 {
     if (!s)
         return;
-    for (size_t i = 0; i < s->n_tables; i++)
-        table_close(s->tables[i]);
-    free(s->tables);
+    for (size_t i = 0; i < s->n_entries; i++) {
+        table_close(s->entries[i]->table);
+        free(s->entries[i]->open_error);
+        free(s->entries[i]);
+    }
+    free(s->entries);
     pm_sim_free(s->sim);
     if (s->lock_fd >= 0)
         close(s->lock_fd);
     pthread_mutex_destroy(&s->lock);
-    pthread_rwlock_destroy(&s->drop_lock);
+    pthread_cond_destroy(&s->released);
     free(s);
 }
 
@@ -187,111 +265,153 @@ uint64_t embps_store_persist_points(const embps_store *s)
     return pm_sim_points(s->sim);
 }
 
-size_t embps_store_table_count(embps_store *s)
+int embps_store_table_at(embps_store *s, size_t i, char *name)
 {
     pthread_mutex_lock(&s->lock);
-    size_t n = s->n_tables;
+    size_t listed = 0;
+    const table_entry *found = NULL;
+    for (size_t k = 0; k < s->n_entries && !found; k++)
+        if (is_listed(s->entries[k]) && listed++ == i)
+            found = s->entries[k];
+    if (found)
+        memcpy(name, found->name, sizeof(found->name));
     pthread_mutex_unlock(&s->lock);
-    return n;
-}
-
-const char *embps_store_table_name(embps_store *s, size_t i)
-{
-    pthread_mutex_lock(&s->lock);
-    const char *name = i < s->n_tables ? table_name(s->tables[i]) : NULL;
-    pthread_mutex_unlock(&s->lock);
-    return name;
+    return found ? EMBPS_OK : fail(EMBPS_E_NOT_FOUND, "the store lists %zu tables, not %zu", listed, i + 1);
 }
 
 /* ---- its tables ---------------------------------------------------------- */
 
-static ssize_t find_table(embps_store *s, const char *name)
-{
-    for (size_t i = 0; i < s->n_tables; i++)
-        if (strcmp(table_name(s->tables[i]), name) == 0)
-            return (ssize_t)i;
-    return -1;
-}
-
 int embps_table_get(embps_store *s, const char *name, embps_table **out)
 {
     pthread_mutex_lock(&s->lock);
-    ssize_t i = name ? find_table(s, name) : -1;
-    if (i >= 0)
-        *out = s->tables[i];
+    table_entry *e;
+    int rc = find_open(s, name, &e);
+    if (!rc)
+        *out = e->table;
     pthread_mutex_unlock(&s->lock);
-    return i >= 0 ? EMBPS_OK : fail(EMBPS_E_NOT_FOUND, "no table named '%s'", name ? name : "");
+    return rc;
 }
 
 int embps_table_acquire(embps_store *s, const char *name, embps_table **out)
 {
-    pthread_rwlock_rdlock(&s->drop_lock);
-    int rc = embps_table_get(s, name, out);
-    if (rc)
-        pthread_rwlock_unlock(&s->drop_lock);
+    pthread_mutex_lock(&s->lock);
+    table_entry *e;
+    int rc = find_open(s, name, &e);
+    if (!rc) {
+        e->refs++;
+        *out = e->table;
+    }
+    pthread_mutex_unlock(&s->lock);
     return rc;
 }
 
-void embps_table_release(embps_store *s)
+void embps_table_release(embps_store *s, embps_table *t)
 {
-    pthread_rwlock_unlock(&s->drop_lock);
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < s->n_entries; i++) {
+        table_entry *e = s->entries[i];
+        if (e->table == t) {
+            if (--e->refs == 0 && e->dropping)
+                pthread_cond_broadcast(&s->released);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
 }
 
-/* The file is complete and synced before its rename makes the table exist. */
+/* Takes the name for a table about to be created. */
+static int reserve_name(embps_store *s, const char *name, table_entry **out)
+{
+    pthread_mutex_lock(&s->lock);
+    table_entry *e = find_entry(s, name);
+    int rc;
+    if (!e)
+        rc = add_entry(s, name, out);
+    else if (e->dropping || !is_listed(e))
+        rc = fail(EMBPS_E_EXISTS, "table '%s' is being %s", name, e->dropping ? "dropped" : "created");
+    else if (!e->table)
+        rc = fail(EMBPS_E_EXISTS, "table '%s' already exists but could not be opened (a drop removes its file): %s",
+                  name, e->open_error);
+    else
+        rc = fail(EMBPS_E_EXISTS, "table '%s' already exists", name);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+/* The file is complete, synced and opened before its rename makes the table exist: a create that
+ * fails leaves no file behind. */
+static int make_table(embps_store *s, const char *name, const embps_table_spec *spec, embps_table **out)
+{
+    char tmp[PATH_MAX], path[PATH_MAX];
+    int rc;
+    if ((rc = table_path(s, name, TMP_SUFFIX, tmp)) || (rc = table_path(s, name, TABLE_SUFFIX, path)))
+        return rc;
+    unlink(tmp);
+    embps_table *t = NULL;
+    int renamed = 0;
+    rc = table_create_file(tmp, name, spec);
+    if (!rc)
+        rc = table_open(tmp, s->sim, s->volatile_, &t);
+    if (!rc && !(renamed = rename(tmp, path) == 0))
+        rc = fail(EMBPS_E_IO, "cannot publish %s: %s", file_label(path), strerror(errno));
+    if (!rc)
+        rc = sync_dir(s->dir);
+    if (rc) {
+        table_close(t);
+        unlink(renamed ? path : tmp);
+        return rc;
+    }
+    *out = t;
+    return EMBPS_OK;
+}
+
+/* The store's lock is not held while the file is made: calls on other tables go on meanwhile. */
 int embps_table_create(embps_store *s, const char *name, const embps_table_spec *spec, embps_table **out)
 {
     int rc = table_name_check(name, name ? strlen(name) : 0);
     if (!rc)
         rc = spec_is_valid(spec);
-    if (rc)
+    table_entry *e;
+    if (rc || (rc = reserve_name(s, name, &e)))
         return rc;
-    char tmp[PATH_MAX], path[PATH_MAX];
-    if ((rc = table_path(s, name, TMP_SUFFIX, tmp)) || (rc = table_path(s, name, TABLE_SUFFIX, path)))
-        return rc;
-    pthread_mutex_lock(&s->lock);
     embps_table *t = NULL;
-    if (find_table(s, name) >= 0) {
-        rc = fail(EMBPS_E_EXISTS, "table '%s' already exists", name);
-        goto out;
-    }
-    unlink(tmp);
-    rc = table_create_file(tmp, name, spec);
-    if (!rc && rename(tmp, path))
-        rc = fail(EMBPS_E_IO, "cannot publish %s: %s", path, strerror(errno));
-    if (!rc)
-        rc = sync_dir(s->dir);
-    if (!rc)
-        rc = table_open(path, s->sim, s->volatile_, &t);
-    if (!rc && (rc = add_table(s, t)))
-        table_close(t);
+    rc = make_table(s, name, spec, &t);
+    pthread_mutex_lock(&s->lock);
     if (rc)
-        unlink(tmp);
+        remove_entry(s, e);
     else
-        *out = t;
-out:
+        e->table = t;
     pthread_mutex_unlock(&s->lock);
+    if (!rc)
+        *out = t;
     return rc;
 }
 
+/* The entry keeps the name until the file is gone, so that a create cannot publish a new file under it
+ * first; only calls on this table wait for its references. */
 int embps_table_drop(embps_store *s, const char *name)
 {
-    pthread_rwlock_wrlock(&s->drop_lock);
     pthread_mutex_lock(&s->lock);
-    ssize_t i = name ? find_table(s, name) : -1;
-    int rc = EMBPS_OK;
-    if (i < 0) {
-        rc = fail(EMBPS_E_NOT_FOUND, "no table named '%s'", name ? name : "");
-    } else {
-        char path[PATH_MAX];
-        table_path(s, name, TABLE_SUFFIX, path);
-        table_close(s->tables[i]);
-        s->tables[i] = s->tables[--s->n_tables];
-        if (unlink(path))
-            rc = fail(EMBPS_E_IO, "cannot remove %s: %s", path, strerror(errno));
-        else
-            rc = sync_dir(s->dir);
+    table_entry *e = name ? find_entry(s, name) : NULL;
+    if (!e || !is_listed(e)) {
+        pthread_mutex_unlock(&s->lock);
+        return fail(EMBPS_E_NOT_FOUND, "no table named '%s'", name ? name : "");
     }
+    e->dropping = 1;   /* acquire and get answer NOT_FOUND from now on */
+    while (e->refs)
+        pthread_cond_wait(&s->released, &s->lock);
+    embps_table *t = e->table;
+    e->table = NULL;   /* a table allocated later at the same address must not match this entry */
     pthread_mutex_unlock(&s->lock);
-    pthread_rwlock_unlock(&s->drop_lock);
+    table_close(t);
+    char path[PATH_MAX];
+    int rc = table_path(s, e->name, TABLE_SUFFIX, path);
+    if (!rc && unlink(path))
+        rc = fail(EMBPS_E_IO, "cannot remove %s: %s", file_label(path), strerror(errno));
+    if (!rc)
+        rc = sync_dir(s->dir);
+    pthread_mutex_lock(&s->lock);
+    remove_entry(s, e);
+    pthread_mutex_unlock(&s->lock);
     return rc;
 }

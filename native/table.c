@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,7 +20,7 @@
 #define HEADER_BYTES 4096u
 #define PAGE 4096u
 #define MAX_LOAD 0.85
-#define CHUNK_ROWS 1024   /* rows persisted per round of a write; bounds the slabs in flight */
+#define CHUNK_ROWS 1024   /* rows computed per round of a write (see write_all) */
 
 /* ---- the file: layout, creation, recovery -------------------------------- */
 
@@ -46,6 +47,7 @@ typedef struct {
     uint64_t *old_ref, *new_ref;
     float *ugrads;
     float *init_slab;           /* initial row + zero state of a missing key */
+    float *trial_slab;          /* a new row and state computed only to be checked */
     size_t cap;
 } write_scratch;
 
@@ -103,23 +105,44 @@ static void plan_layout(const char *name, const embps_table_spec *spec, table_he
     h->checksum = header_checksum(h);
 }
 
+/* The file's blocks are reserved now, so a full disk fails the create instead of a later store
+ * through the mapping (which would kill the process with SIGBUS).  Reserved blocks read as zeros: an
+ * empty index and an unused pool, no writes needed. */
+static int reserve_blocks(int fd, const char *path, const table_header *h)
+{
+    const unsigned long long bytes = h->file_bytes;
+    struct statvfs fs;
+    /* Checked first so that a table far too large fails at once, without filling the disk for a
+     * moment; f_blocks is 0 where the file system does not say (an unlimited tmpfs). */
+    int err = fstatvfs(fd, &fs) == 0 && fs.f_blocks && bytes / fs.f_frsize >= fs.f_bavail ? ENOSPC
+              : posix_fallocate(fd, 0, (off_t)bytes);
+    if (err == ENOSPC || err == EDQUOT)
+        return fail(EMBPS_E_CAPACITY, "not enough storage for table %s: its file needs %llu bytes", h->name, bytes);
+    if (err == EFBIG)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "table %s needs a file of %llu bytes, more than the store's file "
+                    "system allows", h->name, bytes);
+    if (err)
+        return fail(EMBPS_E_IO, "cannot reserve %llu bytes for %s: %s", bytes, file_label(path), strerror(err));
+    return EMBPS_OK;
+}
+
 int table_create_file(const char *path, const char *name, const embps_table_spec *spec)
 {
     table_header h;
     plan_layout(name, spec, &h);
     int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0)
-        return fail(EMBPS_E_IO, "cannot create %s: %s", path, strerror(errno));
-    int rc = EMBPS_OK;
-    /* A sparse file reads as zeros: an empty index and an unused pool, no writes needed. */
-    if (ftruncate(fd, (off_t)h.file_bytes) || pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(fd))
-        rc = fail(EMBPS_E_IO, "cannot write %s: %s", path, strerror(errno));
+        return fail(EMBPS_E_IO, "cannot create %s: %s", file_label(path), strerror(errno));
+    int rc = reserve_blocks(fd, path, &h);
+    if (!rc && (pwrite(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) || fsync(fd)))
+        rc = fail(EMBPS_E_IO, "cannot write %s: %s", file_label(path), strerror(errno));
     close(fd);
     return rc;
 }
 
 static int header_is_valid(const table_header *h, size_t file_bytes, const char *path)
 {
+    path = file_label(path);
     if (file_bytes < HEADER_BYTES || h->magic != TABLE_MAGIC)
         return fail(EMBPS_E_CORRUPT, "%s is not an embps table", path);
     if (h->layout_version != LAYOUT_VERSION)
@@ -173,7 +196,7 @@ int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out)
     double start = now_seconds();
     embps_table *t = calloc(1, sizeof(*t));
     if (!t)
-        return fail(EMBPS_E_NOMEM, "out of memory opening %s", path);
+        return fail(EMBPS_E_NOMEM, "out of memory opening %s", file_label(path));
     t->volatile_ = volatile_;
     pthread_mutex_init(&t->write_lock, NULL);
     int rc = pm_region_map(path, sim, volatile_, &t->pm);
@@ -220,6 +243,7 @@ void table_close(embps_table *t)
     free(ws->new_ref);
     free(ws->ugrads);
     free(ws->init_slab);
+    free(ws->trial_slab);
     pethash_free(&t->index);
     slab_pool_free(&t->pool);
     pm_region_unmap(t->pm);
@@ -301,6 +325,15 @@ static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
     uintptr_t end = (uintptr_t)slab_at(p, ref) + bytes;
     for (uintptr_t line = first; line < end; line += 64)
         __builtin_prefetch((const void *)line);
+}
+
+/* A slab about to be written whole: its lines fetched for writing while other rows are computed. */
+static void prefetch_new_slab(const slab_pool *p, uint64_t ref)
+{
+    uintptr_t first = (uintptr_t)slab_at(p, ref) & ~(uintptr_t)63;
+    uintptr_t end = (uintptr_t)slab_at(p, ref) + p->slab_bytes;
+    for (uintptr_t line = first; line < end; line += 64)
+        __builtin_prefetch((const void *)line, 1);
 }
 
 int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
@@ -447,7 +480,8 @@ static int grow_scratch(embps_table *t, size_t n)
         return EMBPS_OK;
 #define GROW(field, count) (free(ws->field), (ws->field = malloc(((count) + 1) * sizeof(*ws->field))) != NULL)
     int ok = GROW(ukeys, n) & GROW(uhash, n) & GROW(uindex, n) & GROW(upos, n) & GROW(old_ref, n) &
-             GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats);
+             GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats) &
+             GROW(trial_slab, t->dim + t->state_floats);
 #undef GROW
     ws->cap = ok ? n : 0;
     return ok ? EMBPS_OK : fail(EMBPS_E_NOMEM, "out of memory for a batch of %zu keys", n);
@@ -505,33 +539,48 @@ static void fill_slab(embps_table *t, size_t u, const float *old, const assign_s
         memset(slab + dim, 0, sf * sizeof(float));
 }
 
-/* Copy-on-write of rows [lo, hi): new slabs persisted, then published, then the old retired.  A
- * volatile table (a cache, whose owner never reads a row it is updating) updates present rows in
- * place instead: new_ref 0 marks them. */
-static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *src)
+static int nonfinite(const embps_table *t, uint64_t key)
+{
+    return fail(EMBPS_E_NONFINITE, "the update would store NaN or Inf in row %llu of table %s (a sum, square or "
+                "step overflowed); nothing was applied", (unsigned long long)key, t->name);
+}
+
+static void free_new_slabs(embps_table *t, size_t lo, size_t hi)
+{
+    for (size_t u = lo; u < hi; u++)
+        if (t->ws.new_ref[u])
+            slab_unalloc(&t->pool, t->ws.new_ref[u]);
+}
+
+/* Copy-on-write, first half: new slabs for rows [lo, hi), filled from the current ones and flushed;
+ * an update's are checked as they are computed (finite inputs can overflow).  A volatile table (a
+ * cache, whose owner never reads a row it is updating) updates present rows in place instead: new_ref
+ * 0 marks them.  On failure the round's new slabs are freed. */
+static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *src)
 {
     write_scratch *ws = &t->ws;
     slab_pool *pool = &t->pool;
     const int in_place = t->volatile_ && !src;
-    for (size_t u = lo; u < hi; u++) {   /* current slabs first, so reading them below rarely misses */
+    for (size_t u = lo; u < hi; u++) {   /* every slab touched below, prefetched first */
         ph_slot *slot = ws->upos[u].slot;
         ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
         if (ws->old_ref[u] && !src)
             prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
-    }
-    for (size_t u = lo; u < hi; u++) {
-        if (in_place && ws->old_ref[u]) {
-            float *slab = (float *)slab_at(pool, ws->old_ref[u]);
-            optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
-            ws->new_ref[u] = 0;
+        ws->new_ref[u] = 0;
+        if (in_place && ws->old_ref[u])
             continue;
-        }
         int rc = slab_alloc(pool, &ws->new_ref[u]);
         if (rc) {
-            while (u-- > lo)
-                if (ws->new_ref[u])
-                    slab_unalloc(pool, ws->new_ref[u]);
+            free_new_slabs(t, lo, u);
             return rc;
+        }
+        prefetch_new_slab(pool, ws->new_ref[u]);
+    }
+    for (size_t u = lo; u < hi; u++) {
+        if (!ws->new_ref[u]) {
+            float *slab = (float *)slab_at(pool, ws->old_ref[u]);
+            optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
+            continue;
         }
         const float *old = ws->init_slab;
         if (ws->old_ref[u])
@@ -540,13 +589,27 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
             init_row(&t->spec, ws->ukeys[u], ws->init_slab);
         float *slab = (float *)slab_at(pool, ws->new_ref[u]);
         fill_slab(t, u, old, src, slab);
+        if (!src && !all_finite(slab, t->dim + t->state_floats)) {
+            free_new_slabs(t, lo, hi);
+            return nonfinite(t, ws->ukeys[u]);
+        }
         pm_flush(t->pm, slab, pool->slab_bytes);
     }
+    return EMBPS_OK;
+}
+
+/* Copy-on-write, second half: once the new slabs of rows [lo, hi) are persistent they are published,
+ * then the old ones retired. */
+static int publish(embps_table *t, size_t lo, size_t hi)
+{
+    write_scratch *ws = &t->ws;
     int rc = pm_drain(t->pm);
     if (rc)
         return rc;
     uint64_t added = 0;
     for (size_t u = lo; u < hi; u++) {
+        if (u + PF_DIST < hi && ws->upos[u + PF_DIST].slot)   /* read long ago when the batch is large */
+            __builtin_prefetch(ws->upos[u + PF_DIST].slot, 1);
         ph_slot *slot = ws->upos[u].slot;
         if (!ws->new_ref[u])
             continue;   /* updated in place */
@@ -564,9 +627,54 @@ static int write_chunk(embps_table *t, size_t lo, size_t hi, const assign_src *s
     atomic_fetch_add(&t->rows, added);
     for (size_t u = lo; u < hi; u++)
         if (ws->old_ref[u] && ws->new_ref[u])
-            slab_retire(pool, ws->old_ref[u]);
-    slab_reclaim(pool);
+            slab_retire(&t->pool, ws->old_ref[u]);
+    slab_reclaim(&t->pool);
     return EMBPS_OK;
+}
+
+/* The dry run of an update: every new row and state computed into scratch and checked, changing
+ * nothing.  Finite gradients can still overflow: summed over repeated keys, squared into optimizer
+ * state, or scaled by the learning rate. */
+static int check_update_finite(embps_table *t, size_t nu)
+{
+    write_scratch *ws = &t->ws;
+    const size_t dim = t->dim;
+    for (size_t u = 0; u < nu; u++) {
+        const ph_slot *ahead = u + PF_DIST < nu ? ws->upos[u + PF_DIST].slot : NULL;
+        if (ahead)
+            prefetch_slab(&t->pool, atomic_load(&ahead->ref), t->pool.slab_bytes);
+        const float *old = ws->init_slab;
+        if (ws->upos[u].slot)
+            old = (const float *)slab_at(&t->pool, atomic_load(&ws->upos[u].slot->ref));
+        else
+            init_row(&t->spec, ws->ukeys[u], ws->init_slab);
+        if (!optimizer_step_is_finite(&t->spec, t->state_floats, old, old + dim, ws->ugrads + u * dim,
+                                      ws->trial_slab))
+            return nonfinite(t, ws->ukeys[u]);
+    }
+    return EMBPS_OK;
+}
+
+/* Rows [0, nu) in rounds of CHUNK_ROWS.  When the pool holds every new slab at once, nothing is
+ * published before all are computed, so a row that would not be finite fails the update as a whole.
+ * Otherwise each round is published in turn, bounding the slabs in flight, and an update is checked
+ * beforehand by a dry run (as are a cache's, whose in-place rows cannot be taken back). */
+static int write_all(embps_table *t, size_t nu, const assign_src *src)
+{
+    slab_reclaim(&t->pool);   /* the last write's old slabs, unless a reader may still see them */
+    const int at_once = nu <= t->pool.n_slabs - t->pool.n_used;
+    int rc = !src && (!at_once || t->volatile_) ? check_update_finite(t, nu) : EMBPS_OK;
+    size_t published = 0;
+    for (size_t lo = 0; lo < nu && !rc; lo += CHUNK_ROWS) {
+        size_t hi = lo + CHUNK_ROWS < nu ? lo + CHUNK_ROWS : nu;
+        if ((rc = fill_round(t, lo, hi, src))) {
+            free_new_slabs(t, published, lo);   /* rounds filled but not yet published */
+        } else if (!at_once || hi == nu) {
+            rc = publish(t, published, hi);
+            published = hi;
+        }
+    }
+    return rc;
 }
 
 static int check_keys(const uint64_t *keys, size_t n)
@@ -608,8 +716,7 @@ static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const floa
         memset(ws->init_slab, 0, (t->dim + t->state_floats) * sizeof(float));
     else
         memset(ws->init_slab + t->dim, 0, t->state_floats * sizeof(float));
-    for (size_t lo = 0; lo < nu && !rc; lo += CHUNK_ROWS)
-        rc = write_chunk(t, lo, lo + CHUNK_ROWS < nu ? lo + CHUNK_ROWS : nu, src);
+    rc = write_all(t, nu, src);
 out:
     pthread_mutex_unlock(&t->write_lock);
     return rc;

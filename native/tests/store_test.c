@@ -11,12 +11,14 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int failures;
@@ -146,16 +148,176 @@ static void test_bad_input_changes_nothing(void)
     EXPECT(embps_table_get(s, "missing", &t) == EMBPS_E_NOT_FOUND);
     embps_store_close(s);
 
-    /* a file that is not a table refuses to open instead of being misread */
+    /* a file that is not a table refuses to open instead of being misread; the others are served */
     char path[512];
     snprintf(path, sizeof(path), "%s/bad_input/junk.table", root);
     FILE *f = fopen(path, "w");
     fputs("not a table", f);
     fclose(f);
-    char dir[512];
-    snprintf(dir, sizeof(dir), "%s/bad_input", root);
-    embps_store_config cfg = {.dir = dir};
-    EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_CORRUPT);
+    s = open_store("bad_input", 0, 0, 0);
+    EXPECT(embps_table_get(s, "junk", &t) == EMBPS_E_CORRUPT && strstr(embps_errormsg(), "not an embps table"));
+    EXPECT(embps_table_acquire(s, "junk", &t) == EMBPS_E_CORRUPT && !strstr(embps_errormsg(), root));
+    EXPECT(embps_table_create(s, "junk", &spec, &t) == EMBPS_E_EXISTS);   /* its name stays taken */
+    EXPECT_OK(embps_table_get(s, "t", &t));
+    EXPECT_OK(embps_table_lookup(t, keys, 5, out, 20, NULL, 0, NULL));
+    char names[2][EMBPS_NAME_MAX + 1];
+    EXPECT_OK(embps_store_table_at(s, 0, names[0]));
+    EXPECT_OK(embps_store_table_at(s, 1, names[1]));
+    EXPECT(embps_store_table_at(s, 2, names[0]) == EMBPS_E_NOT_FOUND);
+    EXPECT_OK(embps_table_drop(s, "junk"));   /* removes the file */
+    EXPECT(access(path, F_OK) != 0);
+    embps_store_close(s);
+}
+
+/* A create whose file cannot get its blocks fails with CAPACITY, and leaves no file behind. */
+static void test_failed_create_leaves_nothing(void)
+{
+    embps_store *s = open_store("too_big", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_ADAM, 65536, 1ull << 36);   /* a 57 PB file */
+    embps_table *t;
+    EXPECT(embps_table_create(s, "big", &spec, &t) == EMBPS_E_CAPACITY);
+    EXPECT(!strstr(embps_errormsg(), root));   /* messages reach clients: no server paths */
+    char path[512];
+    snprintf(path, sizeof(path), "%s/too_big/big.table", root);
+    EXPECT(access(path, F_OK) != 0);
+    snprintf(path, sizeof(path), "%s/too_big/big.creating", root);
+    EXPECT(access(path, F_OK) != 0);
+    EXPECT(embps_table_get(s, "big", &t) == EMBPS_E_NOT_FOUND);
+    spec.capacity = 10;
+    EXPECT_OK(embps_table_create(s, "big", &spec, &t));   /* the name was not kept */
+    embps_store_close(s);
+}
+
+/* Every create, drop and call on one name racing each other: no use of a freed table (ASan), and
+ * only the statuses some order of the calls gives. */
+typedef struct {
+    embps_store *s;
+    _Atomic int stop, unexpected, created, dropped;
+} churn;
+
+static void *churn_create(void *arg)
+{
+    churn *c = arg;
+    embps_table_spec spec = spec_of(EMBPS_OPT_ADAGRAD, 4, 100);
+    for (int i = 0; i < 1000000 && c->created < 100; i++) {
+        embps_table *t;
+        int rc = embps_table_create(c->s, "pair", &spec, &t);
+        c->created += rc == EMBPS_OK;
+        c->unexpected += rc != EMBPS_OK && rc != EMBPS_E_EXISTS;
+        if (rc)
+            sched_yield();   /* let a drop in */
+    }
+    c->stop = 1;
+    return NULL;
+}
+
+static void *churn_drop(void *arg)
+{
+    churn *c = arg;
+    while (!c->stop) {
+        int rc = embps_table_drop(c->s, "pair");
+        c->dropped += rc == EMBPS_OK;
+        c->unexpected += rc != EMBPS_OK && rc != EMBPS_E_NOT_FOUND;
+    }
+    return NULL;
+}
+
+static void *churn_use(void *arg)
+{
+    churn *c = arg;
+    uint64_t keys[16] = {1, 2, 3, 4}, cursor;
+    float grads[16], rows[16 * 4];
+    fill(grads, 16, 0.5f);
+    while (!c->stop) {
+        embps_table *t;
+        int rc = embps_table_acquire(c->s, "pair", &t);
+        if (rc) {
+            c->unexpected += rc != EMBPS_E_NOT_FOUND;
+            continue;
+        }
+        embps_table_stats st;
+        size_t n;
+        c->unexpected += embps_table_update(t, keys, 4, grads, 16) != EMBPS_OK;
+        c->unexpected += embps_table_lookup(t, keys, 4, rows, 16, NULL, 0, NULL) != EMBPS_OK;
+        embps_table_describe(t, NULL, &st);
+        cursor = 0;
+        c->unexpected += embps_table_export(t, &cursor, 16, keys + 4, rows, rows + 4 * 4, &n) != EMBPS_OK;
+        embps_table_release(c->s, t);
+    }
+    return NULL;
+}
+
+static void test_concurrent_create_and_drop(void)
+{
+    churn c = {.s = open_store("churn", 0, 0, 0)};
+    pthread_t threads[5];
+    void *(*roles[5])(void *) = {churn_create, churn_drop, churn_drop, churn_use, churn_use};
+    for (int i = 0; i < 5; i++)
+        pthread_create(&threads[i], NULL, roles[i], &c);
+    for (int i = 0; i < 5; i++)
+        pthread_join(threads[i], NULL);
+    EXPECT(c.unexpected == 0);
+    EXPECT(c.created == 100 && c.dropped >= 99);   /* the race was run */
+    embps_store_close(c.s);
+}
+
+typedef struct {
+    embps_store *s;
+    const char *name;
+    int rc;
+} drop_call;
+
+static void *drop_main(void *arg)
+{
+    drop_call *d = arg;
+    d->rc = embps_table_drop(d->s, d->name);
+    return NULL;
+}
+
+/* Bounded: a drop that never returns fails the test instead of hanging it. */
+static int joined_within(pthread_t thread, int seconds)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += seconds;
+    return pthread_timedjoin_np(thread, NULL, &deadline) == 0;
+}
+
+/* A held table keeps only its own drop waiting; that drop makes it unreachable at once. */
+static void test_drop_waits_only_for_its_table(void)
+{
+    embps_store *s = open_store("per_table", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 10);
+    embps_table *t, *held;
+    EXPECT_OK(embps_table_create(s, "held", &spec, &t));
+    EXPECT_OK(embps_table_create(s, "other", &spec, &t));
+    EXPECT_OK(embps_table_acquire(s, "held", &held));
+    drop_call other = {s, "other", -1}, own = {s, "held", -1};
+    pthread_t thread;
+    pthread_create(&thread, NULL, drop_main, &other);
+    int other_returned = joined_within(thread, 60);
+    EXPECT(other_returned && other.rc == EMBPS_OK);
+    if (!other_returned) {   /* the rest would wait behind it */
+        embps_table_release(s, held);
+        pthread_join(thread, NULL);
+        embps_store_close(s);
+        return;
+    }
+    pthread_create(&thread, NULL, drop_main, &own);
+    for (int i = 0; i < 60000 && embps_table_acquire(s, "held", &t) == EMBPS_OK; i++) {
+        embps_table_release(s, t);
+        usleep(1000);
+    }
+    EXPECT(embps_table_get(s, "held", &t) == EMBPS_E_NOT_FOUND);
+    EXPECT(own.rc == -1);   /* still waiting for the reference */
+    uint64_t key = 1;
+    float row[4];
+    EXPECT_OK(embps_table_lookup(held, &key, 1, row, 4, NULL, 0, NULL));   /* the handle is still valid */
+    EXPECT(embps_table_create(s, "held", &spec, &t) == EMBPS_E_EXISTS);   /* until its file is gone */
+    embps_table_release(s, held);
+    EXPECT(joined_within(thread, 60) && own.rc == EMBPS_OK);
+    EXPECT_OK(embps_table_create(s, "held", &spec, &t));
+    embps_store_close(s);
 }
 
 static void test_store_creates_parent_directories(void)
@@ -440,6 +602,9 @@ int main(void)
     test_round_trip_and_reopen();
     test_bad_input_changes_nothing();
     test_store_creates_parent_directories();
+    test_failed_create_leaves_nothing();
+    test_concurrent_create_and_drop();
+    test_drop_waits_only_for_its_table();
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();

@@ -52,6 +52,8 @@ class ShardServer:
         self.store = Store(config.data_dir, persist=config.persist)
         log.info("store opened", extra={"data_dir": config.data_dir, "tables": self.store.tables(),
                                         "recovery_seconds": round(self.store.recovery_seconds(), 6)})
+        for name, why in self.store.unopenable.items():
+            log.error("table file cannot be opened; serving the other tables", extra={"table": name, "error": why})
         self.metrics = ShardMetrics(config.id)
         self.data_server = self._start_data_server()
         self.rdma, self.rdma_choice = start_rdma_path(self.store, config.id, _rdma_config(config))

@@ -60,17 +60,12 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
     @_rpc
     def CreateTable(self, request, context):
         spec = spec_from_message(request.spec)
-        try:
-            table = self.store.create_table(request.name, spec)
-            log.info("table created", extra={"table": request.name, "dim": spec.dim, "capacity": spec.capacity})
-        except TableExists:
-            if not request.if_not_exists:
-                raise
-            with self.store.acquire(request.name) as table:
-                if table.spec != spec:
-                    raise TableExists(f"table '{request.name}' exists with a different spec: {table.spec}")
-                return _table_info(request.name, table)
-        return _table_info(request.name, table)
+        with self.store.create_acquired(request.name, spec, exist_ok=request.if_not_exists) as (table, created):
+            if created:
+                log.info("table created", extra={"table": request.name, "dim": spec.dim, "capacity": spec.capacity})
+            elif table.spec != spec:
+                raise TableExists(f"table '{request.name}' exists with a different spec: {table.spec}")
+            return _table_info(request.name, table)
 
     @_rpc
     def DescribeTable(self, request, context):
@@ -166,7 +161,7 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
     @_rpc
     def GetShardStats(self, request, context):
         response = pb.ShardStats(max_batch_keys=self.max_batch_keys, max_message_bytes=self.max_message_bytes,
-                                 tables=self._table_infos())
+                                 tables=self._table_infos(), unopenable_tables=self.store.unopenable)
         if self._stats_extra:
             self._stats_extra(response)
         return response

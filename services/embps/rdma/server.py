@@ -379,8 +379,8 @@ class RdmaShardPath:
                 self._table_inflight[request.table] = self._table_inflight.get(request.table, 0) + 1
             record.table = request.table
             try:
-                # The drop lock is held only while planning: it is writer-preferring and not recursive,
-                # so holding it until the completion would deadlock this thread behind a waiting drop.
+                # The table is held only while planning: until the completion, table_drop_guard (not
+                # the store) keeps a drop waiting, and can give up on a NIC that never completes.
                 with self.store.acquire(request.table) as table:
                     lkey = self._pool_lkey(table)
                     try:

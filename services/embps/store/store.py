@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
-                       StoreError, TableNotFound, TableSpec, as_keys, state_floats)
+                       StoreError, TableExists, TableNotFound, TableSpec, as_keys, state_floats)
 from embps.api.status import GRPC_CODES, error_for
 
 from . import _native
@@ -19,7 +20,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-8d37cffa6d310173"
+NATIVE_VERSION = "abi-703d6e18915e5747"
 
 
 def check_native_version(built: str) -> None:
@@ -287,7 +288,8 @@ def _set_persist_mode(persist: str) -> None:
 
 
 class Store:
-    """A directory of persistent tables.  Opening it recovers every table."""
+    """A directory of persistent tables.  Opening it recovers every table; a table file it cannot open
+    is reported in `unopenable` and keeps its name, and the others are served."""
 
     def __init__(self, path: str | os.PathLike, crash_simulation: CrashSimulation | None = None,
                  persist: str = "cache_line"):
@@ -310,10 +312,15 @@ class Store:
         out = ffi.new("embps_store **")
         check_status(lib.embps_store_open(cfg, out))
         self._handle = out[0]
-        self._tables: dict[str, Table] = {}
-        for i in range(lib.embps_store_table_count(self._handle)):
-            name = ffi.string(lib.embps_store_table_name(self._handle, i)).decode()
-            self._tables[name] = self._wrap(name)
+        self._lock = threading.Lock()   # guards the three dicts below; never held across a call that waits
+        self._tables: dict[str, Table] = {}   # the wrapper of each open table
+        self._unopenable: dict[str, str] = {}
+        self._name_locks: dict[str, list] = {}   # name -> [lock, holders]: see _name_held
+        for name in self._listed():
+            try:
+                self._wrapper(name, self._get(name))
+            except (StoreError, MemoryError) as error:
+                self._unopenable[name] = str(error)
 
     @property
     def handle(self):
@@ -321,41 +328,116 @@ class Store:
             raise StoreError("store is closed")
         return self._handle
 
-    def _wrap(self, name: str) -> Table:
-        out = ffi.new("embps_table **")
-        check_status(lib.embps_table_get(self.handle, name.encode(), out))
-        return Table(name, out[0])
+    def _listed(self) -> list[str]:
+        name = ffi.new("char[]", lib.EMBPS_NAME_MAX + 1)
+        names = []
+        while lib.embps_store_table_at(self.handle, len(names), name) == lib.EMBPS_OK:
+            names.append(ffi.string(name).decode())
+        return names
 
-    def create_table(self, name: str, spec: TableSpec) -> Table:
+    def _get(self, name: str):
+        out = ffi.new("embps_table **")
+        check_status(lib.embps_table_get(self.handle, _encode_name(name), out))
+        return out[0]
+
+    def _wrapper(self, name: str, handle) -> Table:
+        """The one wrapper of an open table's handle (a Table reads its spec once); the caller holds
+        the name or a reference, so no drop can have freed the handle."""
+        with self._lock:
+            table = self._tables.get(name)
+            if table is None or table._handle != handle:
+                table = self._tables[name] = Table(name, handle)
+            return table
+
+    @contextmanager
+    def _name_held(self, name: str) -> Iterator[None]:
+        """Creates and drops of one name run one at a time, so that the wrappers follow the native
+        store; those of other names, and every other call, go on meanwhile."""
+        with self._lock:
+            held = self._name_locks.setdefault(name, [threading.Lock(), 0])
+            held[1] += 1
+        try:
+            with held[0]:
+                yield
+        finally:
+            with self._lock:
+                held[1] -= 1
+                if not held[1]:
+                    del self._name_locks[name]
+
+    def _create(self, name: str, spec: TableSpec) -> Table:
         out = ffi.new("embps_table **")
         check_status(lib.embps_table_create(self.handle, _encode_name(name), spec_to_c(spec), out))
-        self._tables[name] = Table(name, out[0])
-        return self._tables[name]
+        return self._wrapper(name, out[0])
+
+    def create_table(self, name: str, spec: TableSpec) -> Table:
+        with self._name_held(name):
+            return self._create(name, spec)
+
+    @contextmanager
+    def create_acquired(self, name: str, spec: TableSpec, exist_ok: bool = False) -> Iterator[tuple[Table, bool]]:
+        """(the new table, True), or with exist_ok (the table of that name, False), held as `acquire`
+        holds it: no drop can come between the create and what the block reads."""
+        with self._name_held(name):
+            created = True
+            try:
+                self._create(name, spec)
+            except TableExists:
+                if not exist_ok:
+                    raise
+                created = False
+            handle = self._acquire(name)   # no drop of name can run while the name is held
+        with self._held(name, handle) as table:
+            yield table, created
 
     def table(self, name: str) -> Table:
-        if name not in self._tables:
-            raise TableNotFound(f"no table named '{name}'")
-        return self._tables[name]
+        """The table for single-threaded use: a concurrent drop would free it under the caller.  (So
+        it is not kept as the name's wrapper: only calls that hold the name or a reference keep one.)"""
+        handle = self._get(name)
+        with self._lock:
+            table = self._tables.get(name)
+        return table if table is not None and table._handle == handle else Table(name, handle)
+
+    def _acquire(self, name: str):
+        out = ffi.new("embps_table **")
+        check_status(lib.embps_table_acquire(self.handle, _encode_name(name), out))
+        return out[0]
+
+    @contextmanager
+    def _held(self, name: str, handle) -> Iterator[Table]:
+        try:
+            yield self._wrapper(name, handle)
+        finally:
+            lib.embps_table_release(self._handle, handle)
 
     @contextmanager
     def acquire(self, name: str) -> Iterator[Table]:
-        """The table, kept safe from a concurrent drop until the block ends (what servers use)."""
-        out = ffi.new("embps_table **")
-        check_status(lib.embps_table_acquire(self.handle, _encode_name(name), out))
-        try:
-            table = self._tables.get(name)
-            if table is None:   # created in C a moment ago, not yet wrapped here
-                raise TableNotFound(f"no table named '{name}'")
+        """The table, kept safe from a concurrent drop until the block ends (what servers use); a drop
+        of another table never waits for it."""
+        with self._held(name, self._acquire(name)) as table:
             yield table
-        finally:
-            lib.embps_table_release(self._handle)
 
     def tables(self) -> list[str]:
-        return sorted(self._tables)
+        """The open tables."""
+        with self._lock:
+            return sorted(self._tables)
+
+    @property
+    def unopenable(self) -> dict[str, str]:
+        """Table files found at opening that could not be opened: name -> why.  Their names stay
+        taken; dropping one removes its file."""
+        with self._lock:
+            return dict(self._unopenable)
 
     def drop_table(self, name: str) -> None:
-        check_status(lib.embps_table_drop(self.handle, _encode_name(name)))
-        self._tables.pop(name)._handle = None
+        encoded = _encode_name(name)
+        with self._name_held(name):
+            check_status(lib.embps_table_drop(self.handle, encoded))
+            with self._lock:
+                table = self._tables.pop(name, None)
+                self._unopenable.pop(name, None)
+        if table is not None:
+            table._handle = None
 
     @property
     def persist_points(self) -> int:
@@ -378,8 +460,9 @@ class Store:
 
     def close(self) -> None:
         if self._handle is not None:
-            for table in self._tables.values():
-                table._handle = None
+            with self._lock:
+                for table in self._tables.values():
+                    table._handle = None
             lib.embps_store_close(self._handle)
             self._handle = None
 

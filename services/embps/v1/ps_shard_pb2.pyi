@@ -266,7 +266,14 @@ class OperationStats(_message.Message):
     def __init__(self, operation: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
 
 class ShardStats(_message.Message):
-    __slots__ = ("shard_id", "data_paths", "tables", "operations", "uptime_seconds", "max_batch_keys", "max_message_bytes")
+    __slots__ = ("shard_id", "data_paths", "tables", "operations", "uptime_seconds", "max_batch_keys", "max_message_bytes", "unopenable_tables")
+    class UnopenableTablesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_PATHS_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +281,7 @@ class ShardStats(_message.Message):
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_KEYS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UNOPENABLE_TABLES_FIELD_NUMBER: _ClassVar[int]
     shard_id: str
     data_paths: _containers.RepeatedCompositeFieldContainer[DataPath]
     tables: _containers.RepeatedCompositeFieldContainer[TableInfo]
@@ -281,4 +289,5 @@ class ShardStats(_message.Message):
     uptime_seconds: float
     max_batch_keys: int
     max_message_bytes: int
-    def __init__(self, shard_id: _Optional[str] = ..., data_paths: _Optional[_Iterable[_Union[DataPath, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationStats, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., max_batch_keys: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    unopenable_tables: _containers.ScalarMap[str, str]
+    def __init__(self, shard_id: _Optional[str] = ..., data_paths: _Optional[_Iterable[_Union[DataPath, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableInfo, _Mapping]]] = ..., operations: _Optional[_Iterable[_Union[OperationStats, _Mapping]]] = ..., uptime_seconds: _Optional[float] = ..., max_batch_keys: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., unopenable_tables: _Optional[_Mapping[str, str]] = ...) -> None: ...
