@@ -306,8 +306,11 @@ EITHER = {C.OK, C.INVALID_ARGUMENT}
 
 
 def _create_cases() -> list:
-    def create(name="fz_limit", **fields):
-        return pb.CreateTableRequest(name=name, spec=spec(**{"dim": 4, "capacity": 16, **fields}))
+    names = (f"fz_limit_{i}" for i in range(1000))   # one each: a file a failed create leaves stays to be seen
+
+    def create(name=None, **fields):
+        return pb.CreateTableRequest(name=next(names) if name is None else name,
+                                     spec=spec(**{"dim": 4, "capacity": 16, **fields}))
 
     def with_field(path: str, value, base=None):
         request = base or create()
@@ -1108,22 +1111,27 @@ def test_idle_connection_flood_locks_nobody_out(fuzz):
 # ---- group 6: a restart ----------------------------------------------------------------------------
 
 def restart(fuzz: Fuzz, findings: Findings) -> None:
-    """SIGTERM stops the shard cleanly, whatever calls it served; no failed create left a file behind (the
-    check after the group sees every acknowledged write survive)."""
+    """SIGTERM stops the shard cleanly, whatever calls it served; no failed create left a file behind, and
+    it starts again (the check after the group sees every acknowledged write survive)."""
     try:
         code = fuzz.shard.stop()
         if code != 0:
             findings.add("restart: the shard did not exit cleanly", f"exit code {code}")
     except subprocess.TimeoutExpired:
         findings.add("restart: the shard did not stop", "still running 20 s after SIGTERM; killed")
+    stray = [p for p in (fuzz.shard.dir / "store").glob("*.table") if p.name[:-len(".table")] not in fuzz.model.tables]
+    if stray:
+        findings.add("restart: files of tables that do not exist", ", ".join(sorted(p.name for p in stray)))
     try:
         fuzz.start()
     except (RuntimeError, TimeoutError) as error:
-        raise ShardDown(f"the shard does not start again: {error}; {fuzz.death()}") from None
-    files = sorted(p.name[:-len(".table")] for p in (fuzz.shard.dir / "store").glob("*.table"))
-    if files != sorted(fuzz.model.tables):
-        findings.add("restart: table files differ from the tables",
-                     f"files {files}, tables {sorted(fuzz.model.tables)}")
+        findings.add("restart: the shard does not start again", f"{error}; {fuzz.death()}")
+        for path in stray:   # so that the groups after this one find a shard to test
+            path.unlink()
+        try:
+            fuzz.start()
+        except (RuntimeError, TimeoutError) as again:
+            raise ShardDown(f"the shard does not start even without the stray files: {again}") from None
 
 
 def test_a_restart_keeps_every_table(fuzz):
