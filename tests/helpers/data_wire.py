@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,3 +47,80 @@ def shard_metric(shard, sample: str) -> float:
 
 def data_connections_open(shard) -> int:
     return int(shard_metric(shard, "embps_shard_data_connections"))
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    """A request as the server reads it from a byte stream (the fields of embps_wire_request)."""
+
+    magic: int
+    op: int
+    flags: int
+    name: bytes
+    n_keys: int
+    dim: int
+    keys: np.ndarray
+    grads: np.ndarray | None   # n_keys x dim, for updates
+
+
+@dataclass(frozen=True)
+class WireReply:
+    status: str
+    message: str
+    payload: bytes
+
+
+def split_requests(data: bytes) -> list[WireRequest]:
+    """The whole requests in data, in order, cut where their headers say (a server answers them in
+    this order; a cut-off last request is left out)."""
+    requests, pos = [], 0
+    while pos + WIRE_REQUEST.size <= len(data):
+        magic, op, flags, name_len, _, n, dim = WIRE_REQUEST.unpack_from(data, pos)
+        grad_bytes = n * dim * 4 if op == lib.EMBPS_WIRE_OP_UPDATE else 0
+        start = pos + WIRE_REQUEST.size
+        pos = start + name_len + n * 8 + grad_bytes
+        if pos > len(data):
+            break
+        keys = np.frombuffer(data, "<u8", n, start + name_len)
+        grads = np.frombuffer(data, "<f4", n * dim, start + name_len + n * 8).reshape(n, dim) if grad_bytes else None
+        requests.append(WireRequest(magic, op, flags, data[start:start + name_len], n, dim, keys, grads))
+    return requests
+
+
+def split_replies(data: bytes, max_message: int = 1 << 16) -> tuple[list[WireReply], str]:
+    """(replies, what is left: "" when data ends at a reply's end, else what is wrong with the rest)."""
+    replies, pos = [], 0
+    while pos + WIRE_REPLY.size <= len(data):
+        status, msg_len, payload_bytes = WIRE_REPLY.unpack_from(data, pos)
+        if msg_len > max_message:
+            return replies, f"a reply with a {msg_len}-byte message"
+        end = pos + WIRE_REPLY.size + msg_len + payload_bytes
+        if end > len(data):
+            return replies, f"a reply cut short ({len(data) - pos} of {end - pos} bytes)"
+        message = data[pos + WIRE_REPLY.size:pos + WIRE_REPLY.size + msg_len].decode(errors="replace")
+        replies.append(WireReply(ffi.string(lib.embps_status_name(status)).decode(), message,
+                                 data[end - payload_bytes:end]))
+        pos = end
+    return replies, f"{len(data) - pos} stray bytes" if pos < len(data) else ""
+
+
+def exchange(address: tuple[str, int], data: bytes, timeout: float) -> tuple[bytes, str]:
+    """Sends data on a fresh connection, ends the sending side, reads until the server closes;
+    returns (what it sent, how it ended: "closed", "reset" or "timeout")."""
+    received = bytearray()
+    with socket.create_connection(address, timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass   # the server may close before taking every byte; what it sent is still readable
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except socket.timeout:
+                return bytes(received), "timeout"
+            except OSError:
+                return bytes(received), "reset"
+            if not chunk:
+                return bytes(received), "closed"
+            received += chunk
