@@ -6,6 +6,7 @@
 #include "embps_data_server.h"
 #include "status.h"
 #include "table.h"
+#include "wire_request.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -246,8 +247,7 @@ static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n,
     return send(c->fd, &reply, sizeof(reply), MSG_NOSIGNAL) == (ssize_t)sizeof(reply) ? EMBPS_OK : -1;
 }
 
-/* Checks the header before reading the body: the body's size must be bounded first. */
-static int check_request(const embps_data_server *d, const embps_wire_request *rq, size_t *body)
+int wire_request_check(const embps_wire_request *rq, const embps_data_server_config *cfg, size_t *body)
 {
     if (rq->magic != EMBPS_WIRE_MAGIC)
         return fail(EMBPS_E_PROTOCOL, "bad magic 0x%08x: not an embps data-path request", rq->magic);
@@ -255,14 +255,14 @@ static int check_request(const embps_data_server *d, const embps_wire_request *r
         return fail(EMBPS_E_PROTOCOL, "unknown operation %u", rq->op);
     if (rq->name_len == 0 || rq->name_len > EMBPS_NAME_MAX)
         return fail(EMBPS_E_PROTOCOL, "table name length %u not in 1..%d", rq->name_len, EMBPS_NAME_MAX);
-    if (rq->n_keys > d->cfg.max_batch_keys)
+    if (rq->n_keys > cfg->max_batch_keys)
         return fail(EMBPS_E_TOO_LARGE, "batch of %u keys exceeds the limit of %u", rq->n_keys,
-                    d->cfg.max_batch_keys);
+                    cfg->max_batch_keys);
     *body = rq->name_len + (size_t)rq->n_keys * 8 +
             (rq->op == EMBPS_WIRE_OP_UPDATE ? (size_t)rq->n_keys * rq->dim * sizeof(float) : 0);
-    if (*body > d->cfg.max_request_bytes)
+    if (*body > cfg->max_request_bytes)
         return fail(EMBPS_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", *body,
-                    (unsigned long long)d->cfg.max_request_bytes);
+                    (unsigned long long)cfg->max_request_bytes);
     return EMBPS_OK;
 }
 
@@ -275,7 +275,7 @@ static int serve_one(connection *c)
         return -1;
     uint64_t start = now_ns();
     size_t body = 0;
-    int rc = check_request(d, &rq, &body);
+    int rc = wire_request_check(&rq, &d->cfg, &body);
     if (rc) {
         if (rq.op == EMBPS_WIRE_OP_LOOKUP || rq.op == EMBPS_WIRE_OP_UPDATE)
             count(rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update, 0, start, 1);
