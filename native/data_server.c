@@ -258,11 +258,16 @@ int wire_request_check(const embps_wire_request *rq, const embps_data_server_con
     if (rq->n_keys > cfg->max_batch_keys)
         return fail(EMBPS_E_TOO_LARGE, "batch of %u keys exceeds the limit of %u", rq->n_keys,
                     cfg->max_batch_keys);
-    *body = rq->name_len + (size_t)rq->n_keys * 8 +
-            (rq->op == EMBPS_WIRE_OP_UPDATE ? (size_t)rq->n_keys * rq->dim * sizeof(float) : 0);
-    if (*body > cfg->max_request_bytes)
-        return fail(EMBPS_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", *body,
+    /* keys x dim < 2^64, but its bytes need not be: an overflow must not pass for a small body. */
+    uint64_t floats = rq->op == EMBPS_WIRE_OP_UPDATE ? (uint64_t)rq->n_keys * rq->dim : 0, bytes;
+    if (__builtin_mul_overflow(floats, sizeof(float), &bytes) ||
+        __builtin_add_overflow(bytes, rq->name_len + (uint64_t)rq->n_keys * 8, &bytes))
+        return fail(EMBPS_E_TOO_LARGE, "request of %u keys x dim %u exceeds the limit of %llu", rq->n_keys, rq->dim,
                     (unsigned long long)cfg->max_request_bytes);
+    if (bytes > cfg->max_request_bytes)
+        return fail(EMBPS_E_TOO_LARGE, "request of %llu bytes exceeds the limit of %llu", (unsigned long long)bytes,
+                    (unsigned long long)cfg->max_request_bytes);
+    *body = bytes;
     return EMBPS_OK;
 }
 
