@@ -138,6 +138,8 @@ static int grow(void **buf, size_t *cap, size_t need)
 
 static int reserve_batch(connection *c, size_t n)
 {
+    if (n == 0)
+        n = 1;   /* a lookup of no keys still sends its reply through iov */
     if (n <= c->batch_cap)
         return EMBPS_OK;
     embps_sge *sge = realloc(c->sge, n * sizeof(*sge));
