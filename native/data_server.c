@@ -245,8 +245,9 @@ static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n,
     if (rc)
         return send_error(c, rc);
     embps_wire_reply reply = {.status = EMBPS_OK};
+    struct iovec iov = {&reply, sizeof(reply)};
     atomic_fetch_add(&c->server->bytes_out, sizeof(reply));
-    return send(c->fd, &reply, sizeof(reply), MSG_NOSIGNAL) == (ssize_t)sizeof(reply) ? EMBPS_OK : -1;
+    return send_iov(c->fd, &iov, 1) ? -1 : EMBPS_OK;   /* which resumes a send a signal interrupts */
 }
 
 int wire_request_check(const embps_wire_request *rq, const embps_data_server_config *cfg, size_t *body)

@@ -8,14 +8,18 @@
 #include "embps_store.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int failures;
@@ -385,6 +389,127 @@ static void test_data_server_over_loopback(void)
     embps_store_close(s);
 }
 
+/* ---- replies survive signals ----------------------------------------------- */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+}
+
+typedef struct {
+    int fd;
+    const char *bytes;
+    size_t len;
+    _Atomic int stop;
+} signal_test;
+
+static void *send_all(void *arg)
+{
+    signal_test *st = arg;
+    for (size_t sent = 0; sent < st->len;) {
+        ssize_t put = send(st->fd, st->bytes + sent, st->len - sent, MSG_NOSIGNAL);
+        if (put <= 0)
+            break;
+        sent += (size_t)put;
+    }
+    return NULL;
+}
+
+static void *signal_storm(void *arg)
+{
+    signal_test *st = arg;
+    while (!atomic_load(&st->stop)) {   /* at every thread: the kernel would pick the same one each time */
+        DIR *tasks = opendir("/proc/self/task");
+        for (struct dirent *e; tasks && (e = readdir(tasks));)
+            if (e->d_name[0] != '.')
+                syscall(SYS_tgkill, getpid(), atoi(e->d_name), SIGUSR1);   /* blocked but by the server's */
+        if (tasks)
+            closedir(tasks);
+        usleep(200);
+    }
+    return NULL;
+}
+
+/* The server's end of a loopback connection: this process holds both. */
+static int server_end_of(int client_fd)
+{
+    struct sockaddr_in mine, peer;
+    socklen_t len = sizeof(mine);
+    getsockname(client_fd, (struct sockaddr *)&mine, &len);
+    for (int tries = 0; tries < 1000; tries++, usleep(1000)) {   /* until the acceptor has taken it */
+        for (int fd = 3; fd < 1024; fd++) {
+            len = sizeof(peer);
+            if (fd != client_fd && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+                peer.sin_port == mine.sin_port && peer.sin_addr.s_addr == mine.sin_addr.s_addr)
+                return fd;
+        }
+    }
+    return -1;
+}
+
+/* A reply whose send a signal interrupts must still reach the client: the handler here has no
+ * SA_RESTART (and socket calls with a timeout fail with EINTR even with it).  The client reads only
+ * once the server's sends block, on small socket buffers, while signals keep coming. */
+static void test_data_server_replies_despite_signals(void)
+{
+    enum { N = 20000, DIM = 4 };
+    embps_store *s = open_store("signals", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, DIM, 100);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "u", &spec, &t));
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGUSR1, &sa, NULL);
+    embps_data_server_config cfg = {.host = "127.0.0.1", .port = 0, .max_batch_keys = 64,
+                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 30000};
+    embps_data_server *d;
+    EXPECT_OK(embps_data_server_start(s, &cfg, &d));
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);   /* threads started below inherit it */
+    const size_t frame = sizeof(embps_wire_request) + 1 + 8 + DIM * sizeof(float);
+    char *bytes = calloc(N, frame);
+    for (size_t i = 0; i < N; i++) {
+        embps_wire_request rq = {EMBPS_WIRE_MAGIC, EMBPS_WIRE_OP_UPDATE, 0, 1, 0, 1, DIM};
+        memcpy(bytes + i * frame, &rq, sizeof(rq));
+        bytes[i * frame + sizeof(rq)] = 'u';   /* key 0, zero gradients */
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0), small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));   /* before connecting: no autotuning */
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(embps_data_server_port(d))};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT(connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+    int server_fd = server_end_of(fd);
+    EXPECT(server_fd >= 0 && setsockopt(server_fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    signal_test st = {.fd = fd, .bytes = bytes, .len = N * frame};
+    pthread_t sender, storm;
+    pthread_create(&sender, NULL, send_all, &st);
+    embps_data_server_stats stats = {0};
+    uint64_t before;
+    do {   /* until the server's sends block: its count of answered requests stops growing */
+        before = stats.update.requests;
+        usleep(100 * 1000);
+        embps_data_server_stats_get(d, &stats);
+    } while (stats.update.requests != before);
+    EXPECT(stats.update.requests < N);
+    pthread_create(&storm, NULL, signal_storm, &st);
+    usleep(300 * 1000);
+    size_t ok = 0;
+    embps_wire_reply reply;
+    while (ok < N && recv(fd, &reply, sizeof(reply), MSG_WAITALL) == sizeof(reply) && reply.status == EMBPS_OK)
+        ok++;
+    EXPECT(ok == N);
+    atomic_store(&st.stop, 1);
+    pthread_join(storm, NULL);
+    shutdown(fd, SHUT_RDWR);
+    pthread_join(sender, NULL);
+    close(fd);
+    free(bytes);
+    embps_data_server_stop(d);
+    pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
+    embps_store_close(s);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/embps-native-test-%d", (int)getpid());
@@ -396,6 +521,7 @@ int main(void)
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
     test_data_server_over_loopback();
+    test_data_server_replies_despite_signals();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
     if (system(cmd) != 0)
