@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -127,6 +128,11 @@ static int header_is_valid(const table_header *h, size_t file_bytes, const char 
                     LAYOUT_VERSION);
     if (h->checksum != header_checksum(h))
         return fail(EMBPS_E_CORRUPT, "%s: header checksum mismatch", path);
+    if (spec_is_valid(&h->spec) != EMBPS_OK) {   /* the layout below is planned from it */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", embps_errormsg());
+        return fail(EMBPS_E_CORRUPT, "%s: invalid spec: %s", path, why);
+    }
     table_header expect;
     plan_layout(h->name, &h->spec, &expect);
     if (memcmp(&expect, h, sizeof(expect)) != 0 || h->file_bytes != file_bytes)
