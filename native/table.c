@@ -137,6 +137,12 @@ static int header_is_valid(const table_header *h, size_t file_bytes, const char 
     plan_layout(h->name, &h->spec, &expect);
     if (memcmp(&expect, h, sizeof(expect)) != 0 || h->file_bytes != file_bytes)
         return fail(EMBPS_E_CORRUPT, "%s: layout does not match its header (truncated file?)", path);
+    /* The store finds a table by the name in its header and drops it by its file's name: the file is
+     * <name>.<suffix>, whatever the suffix (the store's own). */
+    const char *file = strrchr(path, '/') ? strrchr(path, '/') + 1 : path, *suffix = strrchr(file, '.');
+    const size_t n = strlen(h->name);   /* terminated: the name matched plan_layout's copy */
+    if (!suffix || (size_t)(suffix - file) != n || strncmp(file, h->name, n) != 0)
+        return fail(EMBPS_E_CORRUPT, "%s holds table '%s', not the one it is named after", file, h->name);
     return EMBPS_OK;
 }
 

@@ -174,6 +174,33 @@ static void test_store_creates_parent_directories(void)
     EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_IO);   /* a parent that is a file */
 }
 
+/* A table file copied under another name holds the first table's name: opening it as a second table
+ * of that name would let a drop of one unlink the other's file. */
+static void test_store_refuses_a_table_file_under_another_name(void)
+{
+    embps_store *s = open_store("copied", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 100);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "orig", &spec, &t));
+    embps_store_close(s);
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "cp %s/copied/orig.table %s/copied/copy.table", root, root);
+    EXPECT(system(cmd) == 0);
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/copied", root);
+    embps_store_config cfg = {.dir = dir};
+    s = NULL;
+    int rc = embps_store_open(&cfg, &s);   /* refused, or opened with the copy refused */
+    if (rc == EMBPS_OK)
+        rc = embps_table_get(s, "copy", &t);
+    EXPECT(rc == EMBPS_E_CORRUPT && strstr(embps_errormsg(), "copy.table holds table 'orig'"));
+    if (s) {   /* and one table named orig, not two */
+        EXPECT_OK(embps_table_drop(s, "orig"));
+        EXPECT(embps_table_get(s, "orig", &t) == EMBPS_E_NOT_FOUND);
+        embps_store_close(s);
+    }
+}
+
 /* Crash at every persist point of an assign/delete workload whose values encode (key, version). */
 static void test_crash_sweep(void)
 {
@@ -517,6 +544,7 @@ int main(void)
     test_round_trip_and_reopen();
     test_bad_input_changes_nothing();
     test_store_creates_parent_directories();
+    test_store_refuses_a_table_file_under_another_name();
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
