@@ -164,7 +164,10 @@ static int recover(embps_table *t)
             if (!slab_pool_claim(&t->pool, ref))
                 return fail(EMBPS_E_CORRUPT, "table %s: slab %llu is referenced twice", t->name,
                             (unsigned long long)ref);
-            pethash_recover_slot(&t->index, b, i, mix64(key));
+            const uint64_t h = mix64(key);
+            if (pethash_find(&t->index, key, h).slot)   /* one copy would shadow the other */
+                return fail(EMBPS_E_CORRUPT, "table %s: key %llu is held twice", t->name, (unsigned long long)key);
+            pethash_recover_slot(&t->index, b, i, h);
             rows++;
         }
     }
