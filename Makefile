@@ -96,7 +96,7 @@ $(FUZZ_BUILD)/%: native/fuzz/%.c $(NATIVE_SRC) | fuzz-deps
 # $(1): seconds per harness.
 run_fuzzers = for h in $(FUZZ_HARNESSES); do \
 		mkdir -p $(FUZZ_BUILD)/corpus/$$h && \
-		$(FUZZ_BUILD)/$$h -max_total_time=$(1) -timeout=60 -max_len=16384 -print_final_stats=1 \
+		$(FUZZ_BUILD)/$$h -max_total_time=$(1) -timeout=120 -max_len=16384 -print_final_stats=1 \
 			-artifact_prefix=$(FUZZ_BUILD)/$$h- $(FUZZ_BUILD)/corpus/$$h native/fuzz/corpus/$$h || exit 1; \
 	done
 
