@@ -13,12 +13,21 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := libpmem2-dev gcc g++ make pkg-config python3-venv libgrpc++-dev protobuf-compiler-grpc \
 	docker-compose iproute2 openssl memcached python3-pyverbs rdma-core ibverbs-providers
 BENCH_APT_PACKAGES := redis-server
+# The coverage-guided fuzzers: Debian's clang and its libFuzzer runtime, of one version.
+FUZZ_APT_PACKAGES := clang-14 libclang-rt-14-dev
+FUZZ_CC := clang-14
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 ASAN_TEST := build/native-asan/store_test
+FUZZ_HARNESSES := fuzz_wire_request fuzz_table_file
+FUZZ_BUILD := build/native-fuzz
+# Seconds per harness: `make fuzz` runs long, `make test` a bounded while.
+FUZZ_SECONDS ?= 300
+FUZZ_TEST_SECONDS ?= 25
 DATA_DIR ?= data
 
-.PHONY: install system-deps bench-deps proto test test-native test-python typecheck check check-native check-python \
-	check-types demo store-demo bench bench-quick compose image up up-training down pyverbs-link clean
+.PHONY: install system-deps bench-deps fuzz-deps proto test test-native test-fuzz test-python typecheck check \
+	check-native check-fuzz check-python check-types fuzz fuzz-corpus demo store-demo bench bench-quick compose image \
+	up up-training down pyverbs-link clean
 
 install: $(STAMP)
 
@@ -34,6 +43,9 @@ system-deps:
 
 bench-deps:
 	@$(call apt_install,$(BENCH_APT_PACKAGES))
+
+fuzz-deps:
+	@$(call apt_install,$(FUZZ_APT_PACKAGES))
 
 # The package with every extra (pyproject.toml): train (PyTorch, matplotlib), rdma (pymemcache), bench,
 # test (pytest, mypy).  recbole is installed without its dependencies: MovieLens-100k ships inside its wheel.
@@ -75,6 +87,34 @@ proto: $(STAMP)
 test-native: system-deps
 	@$(MAKE) --no-print-directory check-native
 
+# libFuzzer harnesses (native/fuzz/) over the same C sources under ASan and UBSan.  Each run starts
+# from the committed seeds (native/fuzz/corpus/<harness>, written by `make fuzz-corpus`) and keeps
+# what it learns in $(FUZZ_BUILD)/corpus/<harness>; a crash leaves its input in $(FUZZ_BUILD) and
+# fails the target: fix it, and add the input to the seeds as a regression.
+$(FUZZ_BUILD)/%: native/fuzz/%.c $(NATIVE_SRC) | fuzz-deps
+	mkdir -p $(@D)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+		-fno-sanitize-recover=all -Inative native/*.c $< -lpmem2 -lm -lpthread -o $@
+
+# $(1): seconds per harness.
+run_fuzzers = for h in $(FUZZ_HARNESSES); do \
+		mkdir -p $(FUZZ_BUILD)/corpus/$$h && \
+		$(FUZZ_BUILD)/$$h -max_total_time=$(1) -timeout=120 -max_len=16384 -print_final_stats=1 \
+			-artifact_prefix=$(FUZZ_BUILD)/$$h- $(FUZZ_BUILD)/corpus/$$h native/fuzz/corpus/$$h || exit 1; \
+	done
+
+test-fuzz: fuzz-deps
+	@$(MAKE) --no-print-directory check-fuzz
+
+check-fuzz: $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
+	@$(call run_fuzzers,$(FUZZ_TEST_SECONDS))
+
+fuzz: $(addprefix $(FUZZ_BUILD)/,$(FUZZ_HARNESSES))
+	@$(call run_fuzzers,$(FUZZ_SECONDS))
+
+fuzz-corpus: $(STAMP)
+	PYTHONPATH=services $(PY) native/fuzz/make_corpus.py
+
 # TorchRec, the training baseline: torchrec 1.8 loads on torch 2.13 only without its declared deps.
 TORCHREC_STAMP := $(VENV)/.torchrec
 $(TORCHREC_STAMP): $(STAMP)
@@ -88,13 +128,14 @@ test-python: $(STAMP) $(TORCHREC_STAMP)
 typecheck: $(STAMP)
 	@$(MAKE) --no-print-directory check-types
 
-# The one command for a fresh machine: installs what the tests need, then the native test, pytest, mypy.
-test: system-deps $(STAMP) $(TORCHREC_STAMP)
+# The one command for a fresh machine: installs what the tests need, then the native test, the fuzzers
+# (a bounded run), pytest, mypy.
+test: system-deps fuzz-deps $(STAMP) $(TORCHREC_STAMP)
 	@$(MAKE) --no-print-directory check
 
 # The tests and the type check on an installed tree: installs nothing and never calls apt or pip.  PY
 # names the interpreter that has the package and its test extra (default: the venv of `make install`).
-check: check-native check-python check-types
+check: check-native check-fuzz check-python check-types
 
 check-native: $(ASAN_TEST)
 	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)

@@ -7,6 +7,7 @@
 #include "embps_data_server.h"
 #include "status.h"
 #include "table.h"
+#include "wire_request.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -198,6 +199,8 @@ static int grow(void **buf, size_t *cap, size_t need)
 
 static int reserve_batch(connection *c, size_t n)
 {
+    if (n == 0)
+        n = 1;   /* a lookup of no keys still sends its reply through iov */
     if (n <= c->batch_cap)
         return EMBPS_OK;
     embps_sge *sge = realloc(c->sge, n * sizeof(*sge));
@@ -299,8 +302,7 @@ static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n,
     return send_reply(c, &iov, 1, sizeof(reply)) ? -1 : EMBPS_OK;
 }
 
-/* Checks the header before reading the body: the body's size must be bounded first. */
-static int check_request(const embps_data_server *d, const embps_wire_request *rq, size_t *body)
+int wire_request_check(const embps_wire_request *rq, const embps_data_server_config *cfg, size_t *body)
 {
     if (rq->magic != EMBPS_WIRE_MAGIC)
         return fail(EMBPS_E_PROTOCOL, "bad magic 0x%08x: not an embps data-path request", rq->magic);
@@ -308,14 +310,19 @@ static int check_request(const embps_data_server *d, const embps_wire_request *r
         return fail(EMBPS_E_PROTOCOL, "unknown operation %u", rq->op);
     if (rq->name_len == 0 || rq->name_len > EMBPS_NAME_MAX)
         return fail(EMBPS_E_PROTOCOL, "table name length %u not in 1..%d", rq->name_len, EMBPS_NAME_MAX);
-    if (rq->n_keys > d->cfg.max_batch_keys)
+    if (rq->n_keys > cfg->max_batch_keys)
         return fail(EMBPS_E_TOO_LARGE, "batch of %u keys exceeds the limit of %u", rq->n_keys,
-                    d->cfg.max_batch_keys);
-    *body = rq->name_len + (size_t)rq->n_keys * 8 +
-            (rq->op == EMBPS_WIRE_OP_UPDATE ? (size_t)rq->n_keys * rq->dim * sizeof(float) : 0);
-    if (*body > d->cfg.max_request_bytes)
-        return fail(EMBPS_E_TOO_LARGE, "request of %zu bytes exceeds the limit of %llu", *body,
-                    (unsigned long long)d->cfg.max_request_bytes);
+                    cfg->max_batch_keys);
+    /* keys x dim < 2^64, but its bytes need not be: an overflow must not pass for a small body. */
+    uint64_t floats = rq->op == EMBPS_WIRE_OP_UPDATE ? (uint64_t)rq->n_keys * rq->dim : 0, bytes;
+    if (__builtin_mul_overflow(floats, sizeof(float), &bytes) ||
+        __builtin_add_overflow(bytes, rq->name_len + (uint64_t)rq->n_keys * 8, &bytes))
+        return fail(EMBPS_E_TOO_LARGE, "request of %u keys x dim %u exceeds the limit of %llu", rq->n_keys, rq->dim,
+                    (unsigned long long)cfg->max_request_bytes);
+    if (bytes > cfg->max_request_bytes)
+        return fail(EMBPS_E_TOO_LARGE, "request of %llu bytes exceeds the limit of %llu", (unsigned long long)bytes,
+                    (unsigned long long)cfg->max_request_bytes);
+    *body = bytes;
     return EMBPS_OK;
 }
 
@@ -377,7 +384,7 @@ static int serve_one(connection *c)
         return -1;
     uint64_t start = now_ns();
     size_t body = 0;
-    int rc = check_request(d, &rq, &body);
+    int rc = wire_request_check(&rq, &d->cfg, &body);
     if (rc) {
         if (rq.op == EMBPS_WIRE_OP_LOOKUP || rq.op == EMBPS_WIRE_OP_UPDATE)
             count(rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update, 0, start, 1);

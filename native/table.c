@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
@@ -150,10 +151,21 @@ static int header_is_valid(const table_header *h, size_t file_bytes, const char 
                     LAYOUT_VERSION);
     if (h->checksum != header_checksum(h))
         return fail(EMBPS_E_CORRUPT, "%s: header checksum mismatch", path);
+    if (spec_is_valid(&h->spec) != EMBPS_OK) {   /* the layout below is planned from it */
+        char why[256];
+        snprintf(why, sizeof(why), "%s", embps_errormsg());
+        return fail(EMBPS_E_CORRUPT, "%s: invalid spec: %s", path, why);
+    }
     table_header expect;
     plan_layout(h->name, &h->spec, &expect);
     if (memcmp(&expect, h, sizeof(expect)) != 0 || h->file_bytes != file_bytes)
         return fail(EMBPS_E_CORRUPT, "%s: layout does not match its header (truncated file?)", path);
+    /* The store finds a table by the name in its header and drops it by its file's name: the file is
+     * <name>.<suffix>, whatever the suffix (the store's own). */
+    const char *file = strrchr(path, '/') ? strrchr(path, '/') + 1 : path, *suffix = strrchr(file, '.');
+    const size_t n = strlen(h->name);   /* terminated: the name matched plan_layout's copy */
+    if (!suffix || (size_t)(suffix - file) != n || strncmp(file, h->name, n) != 0)
+        return fail(EMBPS_E_CORRUPT, "%s holds table '%s', not the one it is named after", file, h->name);
     return EMBPS_OK;
 }
 
@@ -175,7 +187,10 @@ static int recover(embps_table *t)
             if (!slab_pool_claim(&t->pool, ref))
                 return fail(EMBPS_E_CORRUPT, "table %s: slab %llu is referenced twice", t->name,
                             (unsigned long long)ref);
-            pethash_recover_slot(&t->index, b, i, mix64(key));
+            const uint64_t h = mix64(key);
+            if (pethash_find(&t->index, key, h).slot)   /* one copy would shadow the other */
+                return fail(EMBPS_E_CORRUPT, "table %s: key %llu is held twice", t->name, (unsigned long long)key);
+            pethash_recover_slot(&t->index, b, i, h);
             rows++;
         }
     }

@@ -8,10 +8,12 @@
 #include "embps_store.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +21,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int failures;
@@ -333,6 +336,33 @@ static void test_store_creates_parent_directories(void)
     EXPECT(embps_store_open(&cfg, &s) == EMBPS_E_IO);   /* a parent that is a file */
 }
 
+/* A table file copied under another name holds the first table's name: opening it as a second table
+ * of that name would let a drop of one unlink the other's file. */
+static void test_store_refuses_a_table_file_under_another_name(void)
+{
+    embps_store *s = open_store("copied", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 100);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "orig", &spec, &t));
+    embps_store_close(s);
+    char cmd[700];
+    snprintf(cmd, sizeof(cmd), "cp %s/copied/orig.table %s/copied/copy.table", root, root);
+    EXPECT(system(cmd) == 0);
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/copied", root);
+    embps_store_config cfg = {.dir = dir};
+    s = NULL;
+    int rc = embps_store_open(&cfg, &s);   /* refused, or opened with the copy refused */
+    if (rc == EMBPS_OK)
+        rc = embps_table_get(s, "copy", &t);
+    EXPECT(rc == EMBPS_E_CORRUPT && strstr(embps_errormsg(), "copy.table holds table 'orig'"));
+    if (s) {   /* and one table named orig, not two */
+        EXPECT_OK(embps_table_drop(s, "orig"));
+        EXPECT(embps_table_get(s, "orig", &t) == EMBPS_E_NOT_FOUND);
+        embps_store_close(s);
+    }
+}
+
 /* Crash at every persist point of an assign/delete workload whose values encode (key, version). */
 static void test_crash_sweep(void)
 {
@@ -595,6 +625,128 @@ static void test_data_server_over_loopback(void)
     embps_store_close(s);
 }
 
+/* ---- replies survive signals ----------------------------------------------- */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+}
+
+typedef struct {
+    int fd;
+    const char *bytes;
+    size_t len;
+    _Atomic int stop;
+} signal_test;
+
+static void *send_all(void *arg)
+{
+    signal_test *st = arg;
+    for (size_t sent = 0; sent < st->len;) {
+        ssize_t put = send(st->fd, st->bytes + sent, st->len - sent, MSG_NOSIGNAL);
+        if (put <= 0)
+            break;
+        sent += (size_t)put;
+    }
+    return NULL;
+}
+
+static void *signal_storm(void *arg)
+{
+    signal_test *st = arg;
+    while (!atomic_load(&st->stop)) {   /* at every thread: the kernel would pick the same one each time */
+        DIR *tasks = opendir("/proc/self/task");
+        for (struct dirent *e; tasks && (e = readdir(tasks));)
+            if (e->d_name[0] != '.')
+                syscall(SYS_tgkill, getpid(), atoi(e->d_name), SIGUSR1);   /* blocked but by the server's */
+        if (tasks)
+            closedir(tasks);
+        usleep(200);
+    }
+    return NULL;
+}
+
+/* The server's end of a loopback connection: this process holds both. */
+static int server_end_of(int client_fd)
+{
+    struct sockaddr_in mine, peer;
+    socklen_t len = sizeof(mine);
+    getsockname(client_fd, (struct sockaddr *)&mine, &len);
+    for (int tries = 0; tries < 1000; tries++, usleep(1000)) {   /* until the acceptor has taken it */
+        for (int fd = 3; fd < 1024; fd++) {
+            len = sizeof(peer);
+            if (fd != client_fd && getpeername(fd, (struct sockaddr *)&peer, &len) == 0 &&
+                peer.sin_port == mine.sin_port && peer.sin_addr.s_addr == mine.sin_addr.s_addr)
+                return fd;
+        }
+    }
+    return -1;
+}
+
+/* A reply whose send a signal interrupts must still reach the client: the handler here has no
+ * SA_RESTART (and socket calls with a timeout fail with EINTR even with it).  The client reads only
+ * once the server's sends block, on small socket buffers, while signals keep coming. */
+static void test_data_server_replies_despite_signals(void)
+{
+    enum { N = 20000, DIM = 4 };
+    embps_store *s = open_store("signals", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, DIM, 100);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "u", &spec, &t));
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGUSR1, &sa, NULL);
+    embps_data_server_config cfg = {.host = "127.0.0.1", .port = 0, .max_batch_keys = 64,
+                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 30000,
+                                    .receive_timeout_ms = 30000, .idle_timeout_ms = 60000};
+    embps_data_server *d;
+    EXPECT_OK(embps_data_server_start(s, &cfg, &d));
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);   /* threads started below inherit it */
+    const size_t frame = sizeof(embps_wire_request) + 1 + 8 + DIM * sizeof(float);
+    char *bytes = calloc(N, frame);
+    for (size_t i = 0; i < N; i++) {
+        embps_wire_request rq = {EMBPS_WIRE_MAGIC, EMBPS_WIRE_OP_UPDATE, 0, 1, 0, 1, DIM};
+        memcpy(bytes + i * frame, &rq, sizeof(rq));
+        bytes[i * frame + sizeof(rq)] = 'u';   /* key 0, zero gradients */
+    }
+    int fd = socket(AF_INET, SOCK_STREAM, 0), small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));   /* before connecting: no autotuning */
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(embps_data_server_port(d))};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT(connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
+    int server_fd = server_end_of(fd);
+    EXPECT(server_fd >= 0 && setsockopt(server_fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+    signal_test st = {.fd = fd, .bytes = bytes, .len = N * frame};
+    pthread_t sender, storm;
+    pthread_create(&sender, NULL, send_all, &st);
+    embps_data_server_stats stats = {0};
+    uint64_t before;
+    do {   /* until the server's sends block: its count of answered requests stops growing */
+        before = stats.update.requests;
+        usleep(100 * 1000);
+        embps_data_server_stats_get(d, &stats);
+    } while (stats.update.requests != before);
+    EXPECT(stats.update.requests < N);
+    pthread_create(&storm, NULL, signal_storm, &st);
+    usleep(300 * 1000);
+    size_t ok = 0;
+    embps_wire_reply reply;
+    while (ok < N && recv(fd, &reply, sizeof(reply), MSG_WAITALL) == sizeof(reply) && reply.status == EMBPS_OK)
+        ok++;
+    EXPECT(ok == N);
+    atomic_store(&st.stop, 1);
+    pthread_join(storm, NULL);
+    shutdown(fd, SHUT_RDWR);
+    pthread_join(sender, NULL);
+    close(fd);
+    free(bytes);
+    embps_data_server_stop(d);
+    pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
+    embps_store_close(s);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/embps-native-test-%d", (int)getpid());
@@ -605,11 +757,13 @@ int main(void)
     test_failed_create_leaves_nothing();
     test_concurrent_create_and_drop();
     test_drop_waits_only_for_its_table();
+    test_store_refuses_a_table_file_under_another_name();
     test_crash_sweep();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
     test_writers_wait_for_pinned_slabs();
     test_data_server_over_loopback();
+    test_data_server_replies_despite_signals();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
     if (system(cmd) != 0)

@@ -211,6 +211,7 @@ def wire_call(address, request_bytes):
     ("no_name", header(name=b"") + keys_bytes(1), "PROTOCOL", "name length 0", True),
     ("oversized", header(n=5000), "TOO_LARGE", "batch of 5000 keys exceeds the limit of 4096", True),
     ("too_many_bytes", header(op=2, n=4000, dim=100), "TOO_LARGE", "exceeds the limit of 1048576", True),
+    ("no_keys_first", header(n=0), "OK", "", False),   # once a NULL iovec array: SIGSEGV
     ("unknown_table", header(name=b"nope") + keys_bytes(1), "NOT_FOUND", "no table named 'nope'", False),
     ("wrong_dim", header(op=2, dim=4) + keys_bytes(1) + floats(1, 4), "INVALID_ARGUMENT", "has dim 8", False),
     ("nan_grads", header(op=2) + keys_bytes(1) + floats(1, value=np.nan), "NONFINITE", "contain NaN or Inf", False),
