@@ -94,7 +94,7 @@ class _Shard:
         host, port = split_host_port(offered)
         return TcpDataPath(f"{host or split_host_port(self.address)[0]}:{port}", timeout)
 
-        def _connect_rdma(self, stats: pb.ShardStats, wanted: str) -> None:
+    def _connect_rdma(self, stats: pb.ShardStats, wanted: str) -> None:
         offered = next((p for p in stats.data_paths if p.kind == pb.DATA_PATH_KIND_RDMA), None)
         if offered is None or wanted not in ("auto", "rdma") or self._secure:
             if wanted == "rdma":
