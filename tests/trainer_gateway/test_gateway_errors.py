@@ -22,15 +22,15 @@ def test_peer_input_errors(tmp_path):
             grpc.insecure_channel(job.addresses.gateways[0]) as channel:
         peer, gateway = pb_grpc.GatewayPeerStub(channel), pb_grpc.TrainerGatewayStub(channel)
         with pytest.raises(grpc.RpcError) as info:   # keys not a multiple of 8 bytes: bad input, not a bug
-            peer.Contribute(pb.PeerGradients(batch=0, trainer=1, keys=b"abc"), timeout=10)
+            peer.Contribute(pb.ContributeRequest(batch=0, trainer=1, keys=b"abc"), timeout=10)
         assert (info.value.code(), reason_of_rpc_error(info.value)) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                                          "INVALID_ARGUMENT")
         assert "not a multiple of 8" in info.value.details()
-        peer.Contribute(pb.PeerGradients(batch=0, trainer=1, keys=np.arange(2, dtype=np.uint64).tobytes(),
+        peer.Contribute(pb.ContributeRequest(batch=0, trainer=1, keys=np.arange(2, dtype=np.uint64).tobytes(),
                                          grads=np.zeros((2, 8), np.float32).tobytes()), timeout=10)
 
         with pytest.raises(grpc.RpcError) as info:   # a trainer the job does not have: an IndexError inside
-            peer.NotifyRound(pb.RoundDone(round=0, trainer=99), timeout=10)
+            peer.NotifyRound(pb.NotifyRoundRequest(round=0, trainer=99), timeout=10)
         assert info.value.code() == grpc.StatusCode.INTERNAL
         assert info.value.details() == "internal error in NotifyRound; see the gateway's log"
         with pytest.raises(grpc.RpcError) as info:   # the gateway has failed: its trainer hears why

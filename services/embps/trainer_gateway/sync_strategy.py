@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embps.common import wire
+from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
 from .row_cache import RowCache
