@@ -8,8 +8,6 @@ import struct
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from embps.api import OptimizerSpec, TableSpec
 from embps.client import PSClient, ShardError
@@ -18,6 +16,7 @@ from embps.common.spec_messages import spec_to_message
 from embps.store._native import ffi, lib
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
+from helpers.grpc_calls import error_info
 
 C = grpc.StatusCode
 DIM = 8
@@ -56,19 +55,6 @@ def raises(code, pattern, call, *args, reason):
     assert info.value.code() == code, info.value.details()
     assert pattern in info.value.details(), info.value.details()
     assert error_info(info.value) == (reason and ("embps.dev", reason))
-
-
-def error_info(error: grpc.RpcError):
-    """(domain, reason) of the google.rpc.ErrorInfo in the call's trailing metadata, "" if it has none."""
-    status = rpc_status.from_call(error)
-    if status is None:
-        return ""
-    assert status.code == error.code().value[0] and status.message == error.details()
-    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
-    assert len(infos) == 1, status
-    info = error_details_pb2.ErrorInfo()
-    infos[0].Unpack(info)
-    return info.domain, info.reason
 
 
 def assert_intact(stub, rows):

@@ -17,7 +17,7 @@ import numpy as np
 
 from embps.client import PSClient
 from embps.common import structured_log
-from embps.common.grpc_service import GrpcService, run_service
+from embps.common.grpc_service import GrpcService, ServerLimits, run_service
 from embps.common.job_config import JobConfig
 from embps.common.job_messages import job_to_message
 from embps.v1 import training_pb2 as pb
@@ -28,7 +28,7 @@ from .lookahead_planner import LookaheadPlanner
 
 COMMAND = "oracle-cacher"
 HELP = "plan caching over the training stream and feed the trainer gateways"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OracleCacher"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["OracleCacher"]
 MAX_MESSAGE_BYTES = 256 << 20
 GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.oracle_cacher")
@@ -133,9 +133,12 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
 
 def make_service(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, OracleCacher]:
     """The oracle's gRPC service, not yet started."""
-    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, MAX_MESSAGE_BYTES)
+    # A gateway takes its next plan once its trainer has caught up, which it waits for timeout_seconds at most.
+    limits = ServerLimits(workers=job.trainers + 4, max_message_bytes=MAX_MESSAGE_BYTES,
+                          stream_send_timeout_seconds=job.timeout_seconds)
+    service = GrpcService(job.addresses.oracle, job.security, limits)
     oracle = OracleCacher(job, queue_batches)
-    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
+    service.add(oracle, SERVICE)
     return service, oracle
 
 

@@ -38,6 +38,12 @@ class ShardConfig:
     max_batch_keys: int = 65536
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grpc_workers: int = 16
+    # Limits of the gRPC path (docs/operations.md): calls in flight, streams per connection, how long a
+    # reply stream may wait for its client to read, tables per shard.
+    grpc_max_concurrent_rpcs: int = 256
+    grpc_max_streams_per_connection: int = 100
+    stream_send_timeout_seconds: float = 30.0
+    max_tables: int = 1024
     data_send_timeout_seconds: float = 30.0
     grace_seconds: float = 5.0
     persist: str = "cache_line"   # see embps.store.Store
@@ -56,6 +62,10 @@ class ShardConfig:
     def __post_init__(self):
         if self.max_batch_keys < 1 or self.max_message_bytes < 1024 or self.grpc_workers < 1:
             raise ValueError("max_batch_keys, max_message_bytes (>= 1024) and grpc_workers must be positive")
+        if min(self.grpc_max_concurrent_rpcs, self.grpc_max_streams_per_connection, self.max_tables) < 1 \
+                or not self.stream_send_timeout_seconds > 0:
+            raise ValueError("grpc_max_concurrent_rpcs, grpc_max_streams_per_connection, max_tables and "
+                             "stream_send_timeout_seconds must be positive")
         for name in ("listen", "data_listen", "metrics_listen"):
             value = getattr(self, name)
             if value and not split_host_port(value)[0]:
