@@ -84,7 +84,7 @@ class ShardServer:
             max_streams_per_connection=config.grpc_max_streams_per_connection,
             stream_send_timeout_seconds=config.stream_send_timeout_seconds))
         servicer = ParameterShardServicer(self.store, self.metrics, config.max_batch_keys, config.max_message_bytes,
-                                          stats_extra=self._fill_stats,
+                                          config.max_tables, stats_extra=self._fill_stats,
                                           drop_guard=self.rdma.table_drop_guard if self.rdma else None)
         service.add(servicer, SERVICE)
         return service
