@@ -145,6 +145,27 @@ def test_bad_unary_calls(stub, table, case):
     assert_intact(stub, table)
 
 
+@pytest.mark.parametrize("name", ["n" * 20_000 + "\0", "\u00e9" * 20_000 + "\0"], ids=["ascii", "two_byte_utf8"])
+def test_long_bad_names_are_echoed_shortened(stub, table, name):
+    """Echoed whole, such a name overflowed gRPC's metadata limit: RESOURCE_EXHAUSTED instead of the refusal."""
+    calls = [(stub.CreateTable, pb.CreateTableRequest(name=name, spec=spec_to_message(SPEC))),
+             (stub.DescribeTable, pb.DescribeTableRequest(table=name)),
+             (stub.DropTable, pb.DropTableRequest(table=name)),
+             (stub.Lookup, pb.LookupRequest(table=name, keys=keys_bytes(1))),
+             (stub.Update, pb.UpdateRequest(table=name, keys=keys_bytes(1), grads=floats(1))),
+             (stub.Delete, pb.DeleteRequest(table=name, keys=keys_bytes(1))),
+             (lambda r: list(stub.Export(r)), pb.ExportRequest(table=name)),
+             (stub.Import, iter([pb.ImportRequest(table=name, keys=keys_bytes(1), rows=floats(1))]))]
+    for call, request in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call(request)
+        assert info.value.code() == C.INVALID_ARGUMENT, info.value.details()[:200]
+        assert "without NUL" in info.value.details() and "\u2026" in info.value.details()
+        assert len(info.value.details().encode()) <= 1024
+        assert error_info(info.value) == ("embps.dev", "INVALID_ARGUMENT")
+    assert_intact(stub, table)
+
+
 def test_bad_streams(stub, table):
     raises(C.NOT_FOUND, "no table named 'nope'", lambda: list(stub.Export(pb.ExportRequest(table="nope"))),
            reason="NOT_FOUND")

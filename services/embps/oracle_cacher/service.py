@@ -15,6 +15,7 @@ import threading
 import grpc
 import numpy as np
 
+from embps.api.status import abort
 from embps.client import PSClient
 from embps.common import structured_log
 from embps.common.grpc_service import GrpcService, ServerLimits, run_service
@@ -110,12 +111,12 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def StreamPlans(self, request, context):
         trainer = request.trainer
         if trainer >= self.job.trainers:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"trainer {trainer} is not in this job (trainers 0..{self.job.trainers - 1})")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                  f"trainer {trainer} is not in this job (trainers 0..{self.job.trainers - 1})")
         with self.lock:
             if trainer in self.subscribed:
-                context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                              f"trainer {trainer} already subscribed; trainers join once, at the start")
+                abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                      f"trainer {trainer} already subscribed; trainers join once, at the start")
             self.subscribed.add(trainer)
         log.info("trainer subscribed", extra={"trainer": trainer})
         q = self.queues[trainer]
@@ -126,7 +127,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
                 continue
             if plan is None:
                 if self.failure:
-                    context.abort(grpc.StatusCode.INTERNAL, self.failure)
+                    abort(context, grpc.StatusCode.INTERNAL, self.failure)
                 return
             yield plan
 

@@ -38,7 +38,7 @@ class CallOutcome:
             log.warning("call ended by its client", extra={"method": self.method, "error": repr(error)})
         elif isinstance(error, Exception):
             log.error("internal error", exc_info=error, extra={"method": self.method})
-            self.context.abort(code, f"internal error in {self.method}; see the shard's log")
+            abort(self.context, code, f"internal error in {self.method}; see the shard's log")
         return False
 
     def _code(self, error: BaseException | None) -> grpc.StatusCode:

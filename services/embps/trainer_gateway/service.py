@@ -58,7 +58,7 @@ def _reported(method):
         try:
             return method(self, request, context)
         except GatewayError as error:
-            context.abort(error.code, str(error))
+            abort(context, error.code, str(error))
         except ShardError as error:
             abort(context, error.code, f"parameter shard: {error}", error.reason)
         except StoreError as error:   # malformed bytes in the request
@@ -66,7 +66,7 @@ def _reported(method):
         except Exception as error:
             log.exception("internal error", extra={"method": method.__name__, "trainer": self.me})
             self._fail(GatewayError(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: {error!r}"))
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the gateway's log")
+            abort(context, grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the gateway's log")
     return handler
 
 
