@@ -5,6 +5,7 @@ reading is cut after stream_send_timeout_seconds, releasing its table."""
 
 import threading
 import time
+import urllib.request
 
 import grpc
 import numpy as np
@@ -54,11 +55,16 @@ def fill(stub, name, dim, n):
 
 
 def refused(code, reason, pattern, call, *args):
+    """The call fails with code, a message holding pattern and reason ("": a refusal by gRPC itself)."""
     with pytest.raises(grpc.RpcError) as info:
         call(*args, timeout=30)
     assert info.value.code() == code, info.value.details()
     assert pattern in info.value.details(), info.value.details()
-    assert error_info(info.value) == ("embps.dev", reason)
+    assert error_info(info.value) == (reason and ("embps.dev", reason))
+
+
+def metrics(shard) -> str:
+    return urllib.request.urlopen(f"http://{shard.addresses['metrics']}/metrics", timeout=10).read().decode()
 
 
 def test_a_lookup_whose_reply_exceeds_the_message_limit_is_refused_before_it_is_built(stub):
@@ -147,16 +153,13 @@ def test_calls_beyond_the_concurrency_limit_are_refused(tmp_path):
 
         imports = [stub.Import.future(chunks(key), timeout=180) for key in (1, 2)]
         try:
-            # Until both imports are in, a DescribeTable is the second call in flight; then it is a third.
+            # Both imports are in flight once both rows are in; the metrics endpoint is no gRPC call.
             deadline = time.monotonic() + 60
-            while True:
-                try:
-                    stub.DescribeTable(pb.DescribeTableRequest(table="t"), timeout=30)
-                except grpc.RpcError as error:
-                    assert error.code() == C.RESOURCE_EXHAUSTED, error.details()
-                    break
-                assert time.monotonic() < deadline, "a third call in flight was served"
+            while 'embps_shard_table_rows{table="t"} 2.0' not in metrics(shard):
+                assert time.monotonic() < deadline, "the imports' first chunks did not arrive"
                 time.sleep(0.05)
+            refused(C.RESOURCE_EXHAUSTED, "", "Concurrent RPC limit exceeded", stub.DescribeTable,
+                    pb.DescribeTableRequest(table="t"))
         finally:
             release.set()
         assert [future.result().rows for future in imports] == [1, 1]
