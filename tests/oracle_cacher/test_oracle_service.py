@@ -11,6 +11,7 @@ from embps.common.local_cluster import LocalShard, free_port
 from embps.oracle_cacher.service import make_service
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
+from helpers.grpc_calls import error_info, malformed_requests, raw_call
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +48,17 @@ def test_stream_plans_sends_every_batch_to_a_trainer_of_the_job(oracle):
     with pytest.raises(grpc.RpcError) as info:
         next(stub.StreamPlans(pb.StreamPlansRequest(trainer=job.trainers), timeout=10))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not in this job" in info.value.details()
+
+
+@pytest.mark.parametrize("method, payload", [
+    pytest.param(method, data, id=f"{method.name}-{kind}")
+    for method in pb.DESCRIPTOR.services_by_name["OracleCacher"].methods
+    for kind, data in malformed_requests(method.input_type).items()])
+def test_undecodable_requests_are_invalid_arguments(oracle, method, payload):
+    job, stub = oracle
+    with grpc.insecure_channel(job.addresses.oracle) as channel, pytest.raises(grpc.RpcError) as info:
+        raw_call(channel, method, [payload])
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"not a valid {method.input_type.full_name}" in info.value.details()
+    assert error_info(info.value) == ("embps.dev", "PROTOCOL")
+    assert job_from_message(stub.GetJob(pb.GetJobRequest(), timeout=10)) == job

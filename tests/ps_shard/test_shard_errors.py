@@ -8,8 +8,6 @@ import struct
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from helpers.data_wire import header, keys_bytes, read_reply, tcp_address
 
 from embps.api import OptimizerSpec, TableSpec
@@ -17,6 +15,7 @@ from embps.client import PSClient, ShardError
 from embps.common.spec_messages import spec_to_message
 from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
+from helpers.grpc_calls import error_info
 
 C = grpc.StatusCode
 DIM = 8
@@ -51,19 +50,6 @@ def raises(code, pattern, call, *args, reason):
     assert info.value.code() == code, info.value.details()
     assert pattern in info.value.details(), info.value.details()
     assert error_info(info.value) == (reason and ("embps.dev", reason))
-
-
-def error_info(error: grpc.RpcError):
-    """(domain, reason) of the google.rpc.ErrorInfo in the call's trailing metadata, "" if it has none."""
-    status = rpc_status.from_call(error)
-    if status is None:
-        return ""
-    assert status.code == error.code().value[0] and status.message == error.details()
-    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
-    assert len(infos) == 1, status
-    info = error_details_pb2.ErrorInfo()
-    infos[0].Unpack(info)
-    return info.domain, info.reason
 
 
 def assert_intact(stub, rows):
@@ -163,6 +149,27 @@ BAD_CALLS = {
 def test_bad_unary_calls(stub, table, case):
     code, reason, pattern, method, request = BAD_CALLS[case]
     raises(code, pattern, getattr(stub, method), request, reason=reason)
+    assert_intact(stub, table)
+
+
+@pytest.mark.parametrize("name", ["n" * 20_000 + "\0", "\u00e9" * 20_000 + "\0"], ids=["ascii", "two_byte_utf8"])
+def test_long_bad_names_are_echoed_shortened(stub, table, name):
+    """Echoed whole, such a name overflowed gRPC's metadata limit: RESOURCE_EXHAUSTED instead of the refusal."""
+    calls = [(stub.CreateTable, pb.CreateTableRequest(name=name, spec=spec_to_message(SPEC))),
+             (stub.DescribeTable, pb.DescribeTableRequest(table=name)),
+             (stub.DropTable, pb.DropTableRequest(table=name)),
+             (stub.Lookup, pb.LookupRequest(table=name, keys=keys_bytes(1))),
+             (stub.Update, pb.UpdateRequest(table=name, keys=keys_bytes(1), grads=floats(1))),
+             (stub.Delete, pb.DeleteRequest(table=name, keys=keys_bytes(1))),
+             (lambda r: list(stub.Export(r)), pb.ExportRequest(table=name)),
+             (stub.Import, iter([pb.ImportRequest(table=name, keys=keys_bytes(1), rows=floats(1))]))]
+    for call, request in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call(request)
+        assert info.value.code() == C.INVALID_ARGUMENT, info.value.details()[:200]
+        assert "without NUL" in info.value.details() and "\u2026" in info.value.details()
+        assert len(info.value.details().encode()) <= 1024
+        assert error_info(info.value) == ("embps.dev", "INVALID_ARGUMENT")
     assert_intact(stub, table)
 
 

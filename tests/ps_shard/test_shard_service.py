@@ -7,6 +7,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -31,6 +32,29 @@ def test_health_and_reflection(shard):
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="embps.v1.ParameterShard")
         reply = next(reflection.ServerReflectionInfo(iter([request]), timeout=5))
         assert reply.file_descriptor_response.file_descriptor_proto   # grpcurl/grpc_cli can describe the API
+
+
+def test_reflection_v1(shard):
+    """What newer tools ask first.  v1's messages are v1alpha's under another package: the same bytes."""
+    with grpc.insecure_channel(shard.address) as channel:
+        info = channel.stream_stream("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="embps.v1.ParameterShard"),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="grpc.reflection.v1.ServerReflection")]
+        listed, shard_file, v1_file = info(iter(requests), timeout=5)
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"embps.v1.ParameterShard", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    files = [descriptor_pb2.FileDescriptorProto.FromString(f)
+             for f in shard_file.file_descriptor_response.file_descriptor_proto]
+    assert "embps.v1.ParameterShard" in {f"{f.package}.{s.name}" for f in files for s in f.service}
+    [v1] = [descriptor_pb2.FileDescriptorProto.FromString(f)
+            for f in v1_file.file_descriptor_response.file_descriptor_proto]
+    assert (v1.name, v1.package, v1.service[0].name) == ("grpc/reflection/v1/reflection.proto", "grpc.reflection.v1",
+                                                         "ServerReflection")
 
 
 def test_metrics_and_stats_count_both_paths(shard):

@@ -13,6 +13,7 @@ from embps.common.job_config import JobConfig
 from embps.trainer.local_job import local_services
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
+from helpers.grpc_calls import error_info, malformed_requests, raw_call
 
 
 def test_peer_input_errors(tmp_path):
@@ -41,3 +42,21 @@ def test_peer_input_errors(tmp_path):
            if line.startswith("{")]
     [entry] = [e for e in log if e["msg"] == "internal error"]
     assert entry["method"] == "NotifyRound" and entry["level"] == "error" and "IndexError" in entry["exc"]
+
+
+def test_undecodable_requests_are_invalid_arguments(tmp_path):
+    """Every RPC of both services a gateway serves; the gateway has not failed afterwards."""
+    job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005}, trainers=1, global_batch=64, steps=2,
+                    dim=8, lookahead=2, timeout_seconds=30)
+    with local_services(job, tmp_path, n_shards=1) as (job, _), \
+            grpc.insecure_channel(job.addresses.gateways[0]) as channel:
+        for service in ("TrainerGateway", "GatewayPeer"):
+            for method in pb.DESCRIPTOR.services_by_name[service].methods:
+                for kind, payload in malformed_requests(method.input_type).items():
+                    with pytest.raises(grpc.RpcError) as info:
+                        raw_call(channel, method, [payload])
+                    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method.name, kind)
+                    assert f"not a valid {method.input_type.full_name}" in info.value.details()
+                    assert error_info(info.value) == ("embps.dev", "PROTOCOL")
+        reply = pb_grpc.TrainerGatewayStub(channel).NextBatch(pb.NextBatchRequest(), timeout=30)
+        assert reply.HasField("batch") and not reply.done

@@ -45,7 +45,7 @@ class BatchTooLarge(StoreError):
 
 
 class ProtocolError(StoreError):
-    """Malformed bytes on the native data path."""
+    """Malformed bytes: a native data-path request, or a gRPC request that is not its protobuf message."""
 
     status = "PROTOCOL"
 

@@ -15,6 +15,9 @@ from .errors import (BatchTooLarge, CapacityExhausted, InvalidArgument, NonFinit
                      StoreCorrupted, StoreError, StoreIOError, TableExists, TableNotFound)
 
 ERROR_DOMAIN = "embps.dev"   # ErrorInfo.domain: the reasons below are ours
+# A status's message travels in the trailers twice (grpc-message, percent-encoded, and in
+# grpc-status-details-bin): kept this short, it stays far below gRPC's metadata limits (8 KiB).
+MAX_STATUS_MESSAGE_BYTES = 1024
 
 _C = grpc.StatusCode
 GRPC_CODES: dict[str, grpc.StatusCode] = {
@@ -64,8 +67,18 @@ def grpc_code_from_number(number: int) -> grpc.StatusCode:
     return _CODES_BY_NUMBER.get(number, _C.UNKNOWN)
 
 
+def shorten(text: str, limit: int = MAX_STATUS_MESSAGE_BYTES) -> str:
+    """text, cut with an ellipsis to at most limit bytes of UTF-8: what a message may echo of its input."""
+    encoded = text.encode(errors="backslashreplace")
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit - 3].decode(errors="ignore") + "\u2026"
+
+
 def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, reason: str = "") -> NoReturn:
-    """Ends a call with code and message, and the reason, if any, as ErrorInfo in the status details."""
+    """Ends a call with code and message (shortened), and the reason, if any, as ErrorInfo in the status
+    details."""
+    message = shorten(message)
     if not reason:
         context.abort(code, message)
     detail = any_pb2.Any()

@@ -15,10 +15,11 @@ import threading
 import grpc
 import numpy as np
 
+from embps.api.status import abort
 from embps.client import PSClient
 from embps.common import structured_log
 from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES
-from embps.common.grpc_service import GrpcService, run_service
+from embps.common.grpc_service import GrpcService, ServerLimits, run_service
 from embps.common.job_config import JobConfig
 from embps.common.job_messages import job_to_message
 from embps.v1 import training_pb2 as pb
@@ -29,7 +30,7 @@ from .lookahead_planner import LookaheadPlanner
 
 COMMAND = "oracle-cacher"
 HELP = "plan caching over the training stream and feed the trainer gateways"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OracleCacher"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["OracleCacher"]
 GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.oracle_cacher")
 
@@ -110,12 +111,12 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def StreamPlans(self, request, context):
         trainer = request.trainer
         if trainer >= self.job.trainers:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"trainer {trainer} is not in this job (trainers 0..{self.job.trainers - 1})")
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                  f"trainer {trainer} is not in this job (trainers 0..{self.job.trainers - 1})")
         with self.lock:
             if trainer in self.subscribed:
-                context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                              f"trainer {trainer} already subscribed; trainers join once, at the start")
+                abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                      f"trainer {trainer} already subscribed; trainers join once, at the start")
             self.subscribed.add(trainer)
         log.info("trainer subscribed", extra={"trainer": trainer})
         q = self.queues[trainer]
@@ -126,16 +127,19 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
                 continue
             if plan is None:
                 if self.failure:
-                    context.abort(grpc.StatusCode.INTERNAL, self.failure)
+                    abort(context, grpc.StatusCode.INTERNAL, self.failure)
                 return
             yield plan
 
 
 def make_service(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, OracleCacher]:
     """The oracle's gRPC service, not yet started."""
-    service = GrpcService(job.addresses.oracle, job.security, (SERVICE_NAME,), job.trainers + 4, TRAINING_MAX_MESSAGE_BYTES)
+    # A gateway takes its next plan once its trainer has caught up, which it waits for timeout_seconds at most.
+    limits = ServerLimits(workers=job.trainers + 4, max_message_bytes=TRAINING_MAX_MESSAGE_BYTES,
+                          stream_send_timeout_seconds=job.timeout_seconds)
+    service = GrpcService(job.addresses.oracle, job.security, limits)
     oracle = OracleCacher(job, queue_batches)
-    pb_grpc.add_OracleCacherServicer_to_server(oracle, service.server)
+    service.add(oracle, SERVICE)
     return service, oracle
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
 
 import grpc
 
@@ -30,17 +29,20 @@ class CallOutcome:
         self.started = time.perf_counter()
         return self
 
-    def __exit__(self, kind, error, traceback) -> Literal[False]:
+    def __exit__(self, kind, error, traceback) -> None:
         code = self._code(error)
-        self.metrics.observe(self.method, code.name, self.count, self.started)
-        if isinstance(error, _EXPECTED_ERRORS):
-            abort(self.context, code, f"{error}{self.progress.format(count=self.count)}", reason_of(error))
+        expected = isinstance(error, _EXPECTED_ERRORS)
+        unexpected = isinstance(error, Exception) and not expected and code != grpc.StatusCode.CANCELLED
         if code == grpc.StatusCode.CANCELLED:
             log.warning("call ended by its client", extra={"method": self.method, "error": repr(error)})
-        elif isinstance(error, Exception):
+        elif unexpected:
             log.error("internal error", exc_info=error, extra={"method": self.method})
-            self.context.abort(code, f"internal error in {self.method}; see the shard's log")
-        return False
+        # Counted once logged: whoever sees the count finds the log line.
+        self.metrics.observe(self.method, code.name, self.count, self.started)
+        if expected:
+            abort(self.context, code, f"{error}{self.progress.format(count=self.count)}", reason_of(error))
+        if unexpected:
+            abort(self.context, code, f"internal error in {self.method}; see the shard's log")
 
     def _code(self, error: BaseException | None) -> grpc.StatusCode:
         if error is None:

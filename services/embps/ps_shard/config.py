@@ -43,6 +43,12 @@ class ShardConfig:
     # long for the rows a reply pins), as is a request not received within data_receive_timeout_seconds
     # and a connection idle for data_idle_timeout_seconds.
     data_max_connections: int = 256
+    # Limits of the gRPC path (docs/operations.md): calls in flight, streams per connection, how long a
+    # reply stream may wait for its client to read, tables per shard.
+    grpc_max_concurrent_rpcs: int = 256
+    grpc_max_streams_per_connection: int = 100
+    stream_send_timeout_seconds: float = 30.0
+    max_tables: int = 1024
     data_send_timeout_seconds: float = 30.0
     data_receive_timeout_seconds: float = 30.0
     data_idle_timeout_seconds: float = 300.0
@@ -68,6 +74,10 @@ class ShardConfig:
         for name in ("data_send_timeout_seconds", "data_receive_timeout_seconds", "data_idle_timeout_seconds"):
             if not 0.001 <= getattr(self, name) <= 86400:
                 raise ValueError(f"{name} must be in [0.001, 86400], got {getattr(self, name)}")
+        if min(self.grpc_max_concurrent_rpcs, self.grpc_max_streams_per_connection, self.max_tables) < 1 \
+                or not self.stream_send_timeout_seconds > 0:
+            raise ValueError("grpc_max_concurrent_rpcs, grpc_max_streams_per_connection, max_tables and "
+                             "stream_send_timeout_seconds must be positive")
         for name in ("listen", "data_listen", "metrics_listen"):
             value = getattr(self, name)
             if value and not split_host_port(value)[0]:

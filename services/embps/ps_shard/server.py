@@ -14,13 +14,12 @@ from prometheus_client import start_http_server
 
 from embps.common import structured_log
 from embps.common.addresses import split_host_port
-from embps.common.grpc_service import GrpcService, run_service
+from embps.common.grpc_service import GrpcService, ServerLimits, run_service
 from embps.rdma.config import RdmaPathConfig
 from embps.rdma.server import start_rdma_path
 from embps.store import Store
 from embps.store.data_server import DataServer
 from embps.v1 import ps_shard_pb2 as pb
-from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
 from .config import ShardConfig
 from .metrics import ShardMetrics
@@ -28,7 +27,7 @@ from .servicer import ParameterShardServicer
 
 COMMAND = "ps-shard"
 HELP = "serve one parameter shard"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterShard"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["ParameterShard"]
 log = logging.getLogger("embps.ps_shard")
 
 
@@ -83,12 +82,16 @@ class ShardServer:
         return httpd.server_port
 
     def _make_grpc(self) -> GrpcService:
-        service = GrpcService(self.config.listen, self.config.security, (SERVICE_NAME,), self.config.grpc_workers,
-                              self.config.max_message_bytes)
-        servicer = ParameterShardServicer(self.store, self.metrics, self.config.max_batch_keys,
-                                          self.config.max_message_bytes, stats_extra=self._fill_stats,
+        config = self.config
+        service = GrpcService(config.listen, config.security, ServerLimits(
+            workers=config.grpc_workers, max_message_bytes=config.max_message_bytes,
+            max_concurrent_rpcs=config.grpc_max_concurrent_rpcs,
+            max_streams_per_connection=config.grpc_max_streams_per_connection,
+            stream_send_timeout_seconds=config.stream_send_timeout_seconds))
+        servicer = ParameterShardServicer(self.store, self.metrics, config.max_batch_keys, config.max_message_bytes,
+                                          config.max_tables, stats_extra=self._fill_stats,
                                           drop_guard=self.rdma.table_drop_guard if self.rdma else None)
-        pb_grpc.add_ParameterShardServicer_to_server(servicer, service.server)
+        service.add(servicer, SERVICE)
         return service
 
     def addresses(self) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 
 from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
                        StoreError, TableExists, TableNotFound, TableSpec, as_keys, state_floats)
-from embps.api.status import GRPC_CODES, error_for
+from embps.api.status import GRPC_CODES, error_for, shorten
 
 from . import _native
 from ._native import ffi, lib
@@ -264,7 +264,7 @@ class GatherList:
 def _encode_name(name: str) -> bytes:
     """C strings end at NUL: a name with one inside would silently name another table."""
     if not isinstance(name, str) or "\0" in name:
-        raise InvalidArgument(f"table name must be a string without NUL characters, got {name!r}")
+        raise InvalidArgument(f"table name must be a string without NUL characters, got {shorten(repr(name), 80)}")
     return name.encode()
 
 

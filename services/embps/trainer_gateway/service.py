@@ -20,7 +20,7 @@ from embps.api.status import abort, grpc_code_for, reason_of
 from embps.client import PSClient, ShardError
 from embps.common import structured_log
 from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES, channel_options
-from embps.common.grpc_service import GrpcService, run_service
+from embps.common.grpc_service import GrpcService, ServerLimits, run_service
 from embps.common.job_config import JobConfig, feature_keys
 from embps.common.job_messages import GATEWAY_MODES
 from embps.common.spec_messages import spec_from_message
@@ -37,8 +37,7 @@ from .traffic import Traffic
 
 COMMAND = "trainer-gateway"
 HELP = "cache rows for one trainer and sum its gradients with the other gateways"
-SERVICE_NAMES = (pb.DESCRIPTOR.services_by_name["TrainerGateway"].full_name,
-                 pb.DESCRIPTOR.services_by_name["GatewayPeer"].full_name)
+SERVICES = (pb.DESCRIPTOR.services_by_name["TrainerGateway"], pb.DESCRIPTOR.services_by_name["GatewayPeer"])
 STRATEGIES: dict[str, type[Strategy]] = {"sync": SyncStrategy, "direct": DirectStrategy}   # by the job's mode
 GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.trainer_gateway")
@@ -59,7 +58,7 @@ def _reported(method):
         try:
             return method(self, request, context)
         except GatewayError as error:
-            context.abort(error.code, str(error))
+            abort(context, error.code, str(error))
         except ShardError as error:
             abort(context, error.code, f"parameter shard: {error}", error.reason)
         except StoreError as error:   # malformed bytes in the request
@@ -67,7 +66,7 @@ def _reported(method):
         except Exception as error:
             log.exception("internal error", extra={"method": method.__name__, "trainer": self.me})
             self._fail(GatewayError(grpc.StatusCode.INTERNAL, f"{method.__name__} failed: {error!r}"))
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the gateway's log")
+            abort(context, grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the gateway's log")
     return handler
 
 
@@ -225,11 +224,11 @@ def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
     cache_dir = Path(args.cache_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
-    service = GrpcService(job.addresses.gateways[args.trainer], job.security, SERVICE_NAMES, 8 + 2 * job.trainers,
-                          TRAINING_MAX_MESSAGE_BYTES)
+    service = GrpcService(job.addresses.gateways[args.trainer], job.security,
+                          ServerLimits(workers=8 + 2 * job.trainers, max_message_bytes=TRAINING_MAX_MESSAGE_BYTES))
     gateway = Gateway(job, args.trainer, cache_dir)
-    pb_grpc.add_TrainerGatewayServicer_to_server(gateway, service.server)
-    pb_grpc.add_GatewayPeerServicer_to_server(gateway, service.server)
+    for served in SERVICES:
+        service.add(gateway, served)
     serving = {"trainer": args.trainer, "mode": job.mode, "address": job.addresses.gateways[args.trainer]}
     return run_service(service, GRACE_SECONDS, started=lambda: log.info("gateway serving", extra=serving),
                        stopping=gateway.shutdown, stopped=gateway.close)

@@ -16,10 +16,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from embps.api import TableSpec, wire
 from embps.client import PSClient
-from embps.api import wire
 from embps.common.job_config import JobConfig
-from embps.api import TableSpec
 from embps.v1 import training_pb2 as pb
 
 from .peer_exchange import PeerExchange, sum_contributions
