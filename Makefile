@@ -91,7 +91,7 @@ test-native: system-deps
 # from the committed seeds (native/fuzz/corpus/<harness>, written by `make fuzz-corpus`) and keeps
 # what it learns in $(FUZZ_BUILD)/corpus/<harness>; a crash leaves its input in $(FUZZ_BUILD) and
 # fails the target: fix it, and add the input to the seeds as a regression.
-$(FUZZ_BUILD)/%: native/fuzz/%.c $(NATIVE_SRC) | fuzz-deps
+$(FUZZ_BUILD)/%: native/fuzz/%.c native/fuzz/scratch_dir.h $(NATIVE_SRC) | fuzz-deps
 	mkdir -p $(@D)
 	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 		-fno-sanitize-recover=all -Inative native/*.c $< -lpmem2 -lm -lpthread -o $@

@@ -7,8 +7,8 @@
  * truncated file), and with the zeros restored and its header checksum recomputed, so that the
  * fuzzer reaches past the checksum into the spec, the layout and the index recovery rebuilds. */
 #include "embps_store.h"
+#include "scratch_dir.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,17 +51,7 @@ static uint64_t fnv1a(const uint8_t *p, size_t n)
 
 static void remove_dir(void)
 {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        char file[512];
-        snprintf(file, sizeof(file), "%s/%s", dir, e->d_name);
-        if (e->d_name[0] != '.')
-            unlink(file);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
+    scratch_dir_remove(dir);
 }
 
 static embps_store *open_store(int *rc)

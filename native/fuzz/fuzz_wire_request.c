@@ -8,10 +8,10 @@
  * reply (success only for a table that exists under exactly the name sent, and a dim that fits
  * it), answer a refused header with its status, and keep serving the next connection. */
 #include "embps_data_server.h"
+#include "scratch_dir.h"
 #include "wire_request.h"
 
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -117,17 +117,7 @@ static void remove_dir(void)
 {
     embps_data_server_stop(server);
     embps_store_close(store);
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        char file[512];
-        snprintf(file, sizeof(file), "%s/%s", dir, e->d_name);
-        if (e->d_name[0] != '.')
-            unlink(file);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
+    scratch_dir_remove(dir);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
