@@ -109,12 +109,13 @@ def wait_healthy(*containers: str, timeout: int = 180) -> None:
 
 
 def remove_project() -> None:
-    """Everything of the test project, volumes too (the scaled file names every service and volume)."""
-    for file in (SCALED / "docker-compose.yml", COMMITTED):
-        if file.exists():
-            compose("--profile", "training", "--profile", "admin", "down", "-v", "--remove-orphans", file=file,
-                    timeout=300, check=False)
-            break
+    """Every container, network and volume of the test project, whichever compose file made them."""
+    label = f"label=com.docker.compose.project={PROJECT}"
+    if containers := docker("ps", "-aq", "--filter", label).stdout.split():
+        docker("rm", "-f", "-v", *containers, timeout=300)
+    compose("--profile", "training", "--profile", "admin", "down", "-v", "--remove-orphans", timeout=300)
+    if volumes := docker("volume", "ls", "-q", "--filter", label).stdout.split():
+        docker("volume", "rm", *volumes)
 
 
 @pytest.fixture(scope="module", autouse=True)
