@@ -137,12 +137,16 @@ IMAGE_ROLES := shard training memcached
 # Empty: debian:bookworm-slim if it can be pulled, else a local debootstrap base (deploy/base-image.sh).
 BASE_IMAGE ?=
 WHEELHOUSE := build/wheelhouse
-CONTAINER_APT_PACKAGES := docker.io docker-compose debootstrap
 UP_TIMEOUT ?= 180
 VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
+# Debian's engine (docker.io) and docker-compose only where no engine or compose is installed (a host with
+# Docker's own packages keeps them); debootstrap for a base without a registry.
 container-deps:
-	@$(call apt_install,$(CONTAINER_APT_PACKAGES))
+	@packages=debootstrap; \
+	command -v dockerd >/dev/null || packages="$$packages docker.io"; \
+	$(DOCKER) compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || packages="$$packages docker-compose"; \
+	$(call apt_install,$$packages)
 
 compose: $(STAMP)
 	$(VENV)/bin/embps compose --cluster deploy/cluster.toml --out docker-compose.yml
@@ -163,7 +167,8 @@ image: container-deps wheelhouse
 			|| { tail -40 build/logs/image-$$role.log; echo "building $$image failed: build/logs/image-$$role.log"; exit 1; }; \
 		echo "built $$image: $$($(DOCKER) image inspect -f '{{.Size}}' $$image | awk '{printf "%.0f MB", $$1/1e6}')," \
 			"$$((SECONDS - start)) s (log: build/logs/image-$$role.log)"; \
-	done
+	done; \
+	$(DOCKER) image prune -f --filter label=io.embps.role >/dev/null   # the earlier builds these tags replaced
 
 # memcached and the shards, healthy (the training profile's services are not started).
 up: image

@@ -147,6 +147,13 @@ def test_images_by_role():
         print(f"{image}: {int(inspect(image, '{{.Size}}')) / 1e6:.0f} MB, user {USERS[role]} ({uid})")
     for role in ("shard", "memcached"):
         assert inspect(IMAGES[role], "{{json .Config.Healthcheck.Test}}") != "null", role
+    # Alone (no compose), the shard and memcached images serve with their defaults and pass their own checks.
+    alone = [docker("run", "-d", "--label", f"com.docker.compose.project={PROJECT}", IMAGES[role]).stdout.strip()
+             for role in ("shard", "memcached")]
+    try:
+        wait_healthy(*alone, timeout=120)
+    finally:
+        docker("rm", "-f", "-v", *alone)
     python = ("run", "--rm", "--entrypoint", "python")
     no_torch = docker(*python, IMAGES["shard"], "-c", "import torch", check=False)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr, "the shard image has torch"
