@@ -1,8 +1,8 @@
 """The cluster in containers (`make test-containers`, with a Docker engine): the images by role are built
 from this checkout; memcached and two shards come up healthy under the committed docker-compose.yml; a
 DLRM job trains across containers under the training profile; a shard killed with SIGKILL in the middle
-of a stream of acknowledged updates is restarted by compose and recovers every one of them from its PM
-file on its named volume; `make down` and `make up` serve the same rows; a third shard added to a copy
+of a stream of acknowledged updates (by `docker kill`, then compose brings it back; and from the host,
+then its restart policy does) recovers every one of them from its PM file on its named volume; `make down` and `make up` serve the same rows; a third shard added to a copy
 of deploy/cluster.toml joins after `embps compose`, and `embps reshard` inside the cluster leaves every
 row on exactly one shard, its own.
 
@@ -32,7 +32,7 @@ DOCKER = os.environ.get("DOCKER", "docker")
 COMPOSE = shlex.split(os.environ.get("COMPOSE", "docker-compose"))
 ENV = dict(os.environ, COMPOSE_PROJECT_NAME=PROJECT, DOCKER=DOCKER)   # DOCKER: for deploy/*.sh
 COMMITTED = ROOT / "docker-compose.yml"
-SCALED = ROOT / "build/containers-test"          # the scaled-out copy (under build/: readable by the images' user)
+SCALED = ROOT / "build/containers-test"          # the scaled-out copy of deploy/ and its compose file
 CLUSTER_IN_ADMIN = "/etc/embps/cluster/cluster.toml"
 IMAGES = {"shard": "embps-shard:latest", "training": "embps-training:latest", "memcached": "embps-memcached:latest"}
 USERS = {"shard": "embps", "training": "embps", "memcached": "memcache"}
@@ -245,7 +245,7 @@ def test_killed_shard_keeps_every_acknowledged_update(tmp_path):
     assert int(inspect(victim, "{{.RestartCount}}")) == restarts + len(kills) - 1, "the engine did not restart it"
 
     (tmp_path / "batches.json").write_text(json.dumps(batches))
-    tmp_path.chmod(0o755)
+    tmp_path.chmod(0o755)   # mounted into the client container, whose user is not root
     (tmp_path / "batches.json").chmod(0o644)
     report = json.loads(admin_python("stream_updates.py", "--cluster", CLUSTER_IN_ADMIN, "--table", "acks",
                                      "--verify", "/check/batches.json", mounts=(f"{tmp_path}:/check:ro",)))
@@ -279,8 +279,6 @@ def test_a_shard_added_in_the_config_gets_its_rows():
     shutil.copy(ROOT / "deploy/job.toml", SCALED / "deploy/job.toml")
     (SCALED / "deploy/cluster.toml").write_text((ROOT / "deploy/cluster.toml").read_text()
                                                 + '\n[[shards]]\naddress = "shard-2:50051"\n')
-    for path in (SCALED, SCALED / "deploy"):
-        path.chmod(0o755)
     run([sys.executable, "-m", "embps.cli", "compose", "--cluster", "deploy/cluster.toml", "--out",
          "docker-compose.yml"], cwd=SCALED)
     scaled = SCALED / "docker-compose.yml"
