@@ -26,8 +26,8 @@ FUZZ_TEST_SECONDS ?= 25
 DATA_DIR ?= data
 
 .PHONY: install system-deps bench-deps fuzz-deps proto test test-native test-fuzz test-python typecheck check \
-	check-native check-fuzz check-python check-types fuzz fuzz-corpus demo store-demo bench bench-quick compose image \
-	up up-training down pyverbs-link clean
+	check-native check-fuzz check-python check-types fuzz fuzz-corpus demo store-demo bench bench-quick \
+	container-deps compose wheelhouse image up up-training down test-containers check-containers pyverbs-link clean
 
 install: $(STAMP)
 
@@ -140,8 +140,9 @@ check: check-native check-fuzz check-python check-types
 check-native: $(ASAN_TEST)
 	PMEM2_FORCE_GRANULARITY=CACHE_LINE ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 $(ASAN_TEST)
 
+# The container test is `make test-containers`, with a Docker engine.
 check-python:
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/containers
 
 check-types:
 	$(PY) -m mypy
@@ -159,24 +160,78 @@ bench: $(STAMP) $(TORCHREC_STAMP) bench-deps
 bench-quick: $(STAMP) $(TORCHREC_STAMP) bench-deps
 	$(PY) bench/run_all.py --quick
 
-# Containers (deploy/Dockerfile).  docker-compose.yml and deploy/job.toml are generated from
-# deploy/cluster.toml, the one source of shard count and addresses; a test checks they are in sync.
-COMPOSE ?= docker compose
+# ---- containers (deploy/Dockerfile, README "Deployment") ------------------------------------------
+# docker-compose.yml and deploy/job.toml are generated from deploy/cluster.toml, the one source of shard
+# count and addresses; a test checks they are in sync.  Debian's client (/usr/bin/docker, BuildKit built
+# in) is preferred over another one on the PATH; compose is v2 (`docker compose`) where the client has it,
+# else Debian's docker-compose 1.29.
+DOCKER ?= $(firstword $(wildcard /usr/bin/docker) docker)
+ifndef COMPOSE
+COMPOSE := $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo docker-compose)
+endif
+COMPOSE_YML ?= docker-compose.yml
+# The images: $(IMAGE_PREFIX)-shard, -training, -memcached at $(IMAGE_TAG) (`embps compose --image-prefix --tag`).
+IMAGE_PREFIX ?= embps
+IMAGE_TAG ?= latest
+IMAGE_ROLES := shard training memcached
+# Empty: debian:bookworm-slim if it can be pulled, else a local debootstrap base (deploy/base-image.sh).
+BASE_IMAGE ?=
+WHEELHOUSE := build/wheelhouse
+UP_TIMEOUT ?= 180
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+# Debian's engine (docker.io) and docker-compose only where no engine or compose is installed (a host with
+# Docker's own packages keeps them); debootstrap for a base without a registry.
+container-deps:
+	@packages=debootstrap; \
+	command -v dockerd >/dev/null || packages="$$packages docker.io"; \
+	$(DOCKER) compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || packages="$$packages docker-compose"; \
+	$(call apt_install,$$packages)
+
 compose: $(STAMP)
 	$(VENV)/bin/embps compose --cluster deploy/cluster.toml --out docker-compose.yml
 
-image:
-	docker build -f deploy/Dockerfile -t embps:latest .
+# The wheels the images install offline (deploy/wheelhouse.py; kept in build/ between runs).
+wheelhouse:
+	@$(PYTHON) deploy/wheelhouse.py $(WHEELHOUSE)
 
-up:
-	$(COMPOSE) -f docker-compose.yml up -d --build --wait
+# Builds every role's image; unchanged layers come from the engine's cache.
+image: container-deps wheelhouse
+	@base=$$(DOCKER=$(DOCKER) deploy/base-image.sh $(BASE_IMAGE)) && mkdir -p build/logs && \
+	for role in $(IMAGE_ROLES); do \
+		image=$(IMAGE_PREFIX)-$$role:$(IMAGE_TAG); start=$$SECONDS; \
+		DOCKER_BUILDKIT=1 $(DOCKER) build -f deploy/Dockerfile --target $$role -t $$image \
+			--build-arg BASE_IMAGE=$$base --build-arg VERSION=$(VERSION) \
+			--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+			--progress plain . >build/logs/image-$$role.log 2>&1 \
+			|| { tail -40 build/logs/image-$$role.log; echo "building $$image failed: build/logs/image-$$role.log"; exit 1; }; \
+		echo "built $$image: $$($(DOCKER) image inspect -f '{{.Size}}' $$image | awk '{printf "%.0f MB", $$1/1e6}')," \
+			"$$((SECONDS - start)) s (log: build/logs/image-$$role.log)"; \
+	done; \
+	$(DOCKER) image prune -f --filter label=io.embps.role >/dev/null   # the earlier builds these tags replaced
 
-up-training:
-	$(COMPOSE) -f docker-compose.yml --profile training up -d --build
+# memcached and the shards, healthy (the training profile's services are not started).
+up: image
+	$(COMPOSE) -f $(COMPOSE_YML) up -d --remove-orphans
+	@DOCKER=$(DOCKER) deploy/wait-healthy.sh $(UP_TIMEOUT) $$($(COMPOSE) -f $(COMPOSE_YML) ps -q)
+
+# And the training job: the oracle cacher, trainer gateways and trainers (rank 0 writes metrics.json to the
+# training-out volume).  Compose starts each after the services it depends on are healthy.
+up-training: image
+	$(COMPOSE) -f $(COMPOSE_YML) --profile training up -d
+	@echo "training: $(COMPOSE) -f $(COMPOSE_YML) logs -f trainer-0"
 
 # Named volumes (the PM files) are kept; `down -v` would delete them.
 down:
-	$(COMPOSE) -f docker-compose.yml --profile training down
+	$(COMPOSE) -f $(COMPOSE_YML) --profile training --profile admin down --remove-orphans
+
+# The cluster in containers (tests/containers): images, health, training, a killed shard, down and up,
+# scaling.  Uses the engine DOCKER_HOST reaches, else starts a private dockerd for the run.
+test-containers: container-deps $(STAMP)
+	@DOCKER=$(DOCKER) deploy/docker-engine.sh $(MAKE) --no-print-directory check-containers DOCKER=$(DOCKER)
+
+check-containers:
+	DOCKER=$(DOCKER) COMPOSE="$(COMPOSE)" $(PY) -m pytest tests/containers -x -v -s --durations=0
 
 clean:
 	rm -rf build $(VENV) services/embps/store/_native*.so *.egg-info

@@ -1,8 +1,8 @@
 """Containers without a Docker engine: the committed docker-compose.yml is the generator's output for
 deploy/cluster.toml, parses, runs only real `embps` subcommands, matches the cluster config's shards
 and ports, health-checks every server with `embps health`, starts in dependency order and keeps PM on
-volumes; the Dockerfile has its stages and pieces; `embps health` answers for a real shard.  Building
-the image and running containers need an engine and are not exercised here."""
+volumes; the Dockerfile has its stages by role and installs offline; `embps health` answers for a real
+shard.  Building the images and running containers need an engine: tests/containers (make test-containers)."""
 
 import argparse
 import re
@@ -40,7 +40,9 @@ def cluster():
 
 
 def embps_services(doc):
-    return {name: s for name, s in doc["services"].items() if s.get("image", "").startswith("embps")}
+    """The services that run `embps` (the shard and training images)."""
+    return {name: s for name, s in doc["services"].items()
+            if s["image"].startswith(("embps-shard:", "embps-training:"))}
 
 
 def shard_services(doc):
@@ -161,8 +163,28 @@ def test_start_order_waits_for_health(doc, cluster):
 
 def test_memcached_is_there(doc):
     memcached = doc["services"]["memcached"]
-    assert memcached["image"].startswith("memcached:") and "profiles" not in memcached
+    assert memcached["image"] == "embps-memcached:latest" and "profiles" not in memcached
+    assert memcached["command"][0] == "memcached" and "healthcheck" in memcached
     assert "$" not in COMPOSE_FILE.read_text(), "compose would interpolate $"
+
+
+def test_every_service_runs_the_image_of_its_role(doc):
+    roles = {"ps-shard": "shard", "reshard": "shard", "oracle-cacher": "training", "trainer-gateway": "training",
+             "trainer": "training"}
+    for name, service in embps_services(doc).items():
+        assert service["image"] == f"embps-{roles[service['command'][0]]}:latest", name
+    for name, service in doc["services"].items():
+        assert "build" not in service, f"{name}: images are built by `make image`, not by compose"
+
+
+def test_admin_service_sees_the_cluster_config(doc):
+    admin = doc["services"]["admin"]
+    assert admin["profiles"] == ["admin"] and admin["image"] == "embps-shard:latest"
+    assert admin["volumes"] == ["./deploy:/etc/embps/cluster:ro"]
+    command = admin["command"]
+    assert command[:1] == ["reshard"] and "--verify-only" in command
+    assert command[command.index("--from") + 1] == command[command.index("--to") + 1] == \
+        "/etc/embps/cluster/cluster.toml"
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian's 1.29) validates offline")
@@ -183,7 +205,7 @@ def test_docker_compose_validates_without_an_engine(cluster, tmp_path):
 
 def test_options(cluster):
     host = compose(cluster, ComposeOptions(pm=("/mnt/pmem0",), rdma=True, trainers=0))
-    assert set(host["services"]) == {"memcached", "shard-0", "shard-1"} and host["volumes"] == {}
+    assert set(host["services"]) == {"memcached", "shard-0", "shard-1", "admin"} and host["volumes"] == {}
     for name in ("shard-0", "shard-1"):
         s = host["services"][name]
         assert s["volumes"] == [f"/mnt/pmem0/{name}:{PM_DIR}"]
@@ -194,8 +216,11 @@ def test_options(cluster):
     assert per_shard["services"]["shard-1"]["volumes"] == [f"/mnt/pmem1/b:{PM_DIR}"]
     assert "devices" not in per_shard["services"]["shard-0"]
     assert "gateway-0" in per_shard["services"] and "gateway-1" not in per_shard["services"]
-    assert compose(cluster, ComposeOptions(image="registry.example/embps:1"))["services"]["shard-0"]["image"] == \
-        "registry.example/embps:1"
+    registry = compose(cluster, ComposeOptions(image_prefix="registry.example/embps", tag="1",
+                                               memcached_image="memcached:1.6-bookworm"))["services"]
+    assert registry["shard-0"]["image"] == registry["admin"]["image"] == "registry.example/embps-shard:1"
+    assert registry["gateway-0"]["image"] == "registry.example/embps-training:1"
+    assert registry["memcached"]["image"] == "memcached:1.6-bookworm"
 
 
 @pytest.mark.parametrize("shards, pm, message", [
@@ -203,6 +228,7 @@ def test_options(cluster):
     (["10.0.0.1:50051"], (), "service name"),
     (["Shard_0:50051"], (), "service name"),
     (["oracle-cacher:50051"], (), "taken"),
+    (["admin:50051"], (), "taken"),
     ([f"shard-0:{DATA_PORT}"], (), "data or metrics port"),
     ([f"shard-0:{METRICS_PORT}"], (), "data or metrics port"),
     (["shard-0:50051", "shard-1:50051"], ("/dev/dax0.0", "/dev/dax1.0"), "fsdax"),
@@ -225,29 +251,59 @@ def test_job_file_keeps_settings_and_rewrites_addresses(cluster):
 
 # ---- the Dockerfile --------------------------------------------------------------------------
 
-def test_dockerfile_has_its_stages_and_pieces():
+def dockerfile_stages() -> dict[str, tuple[str, str]]:
+    """stage name -> (its FROM, its instructions without comments)."""
+    text = re.sub(r"^#.*\n", "", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    parts = re.split(r"^FROM\s+(\S+)\s+AS\s+(\w+)\s*$", text, flags=re.MULTILINE | re.IGNORECASE)
+    return {parts[i + 1]: (parts[i], parts[i + 2]) for i in range(1, len(parts), 3)}
+
+
+def test_dockerfile_builds_an_image_per_role_offline():
     text = DOCKERFILE.read_text()
-    stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", text, re.MULTILINE | re.IGNORECASE)
-    assert [name for _, name in stages] == ["build", "runtime"], "a build stage, then the runtime stage (last)"
-    build, runtime = re.split(r"^FROM\s.*AS\s+runtime\s*$", text, flags=re.MULTILINE | re.IGNORECASE)
-    assert "bookworm" in re.search(r"^ARG DEBIAN=(\S+)", text, re.MULTILINE)[1]
-    for piece in ("python3-dev", "gcc", "libpmem2-dev", "pkg-config", "pip wheel",
-                  "--extra-index-url https://download.pytorch.org/whl/cpu"):
+    stages = dockerfile_stages()
+    assert list(stages) == ["build", "runtime", "shard", "training", "memcached"]
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE), \
+        "a syntax line makes BuildKit pull a frontend image"
+    assert "bookworm" in re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.MULTILINE)[1]
+    assert {stages[name][0] for name in ("build", "runtime", "memcached")} == {"${BASE_IMAGE}"}
+    assert stages["shard"][0] == stages["training"][0] == "runtime"
+    for pip in re.findall(r"pip (?:install|wheel)[^\n]*", text):
+        assert "--no-index" in pip and "--find-links /wheelhouse" in pip, pip
+    assert "index-url" not in text and "https://" not in text
+    build, runtime, shard, training = (stages[name][1] for name in ("build", "runtime", "shard", "training"))
+    for piece in ("python3-dev", "gcc", "libpmem2-dev", "pkg-config", "pip wheel"):
         assert piece in build, piece
     for package in ("libpmem2", "rdma-core", "ibverbs-providers", "python3-pyverbs"):
         assert re.search(rf"\s{package}(\s|$)", runtime, re.MULTILINE), package
-    assert "libpmem2-dev" not in runtime and "gcc" not in runtime
+    for stage in (runtime, shard, training):
+        assert "-dev" not in stage and "gcc" not in stage
     assert "--system-site-packages" in runtime   # pyverbs comes from Debian
-    assert "'.[train,rdma]'" in build and "'embps[train,rdma]'" in runtime   # trainers run from the image too
-    user = re.findall(r"^USER\s+(\S+)", runtime, re.MULTILINE)
-    assert user and user[-1] not in ("root", "0")
-    assert re.search(r'^ENTRYPOINT \["embps"\]\s*$', runtime, re.MULTILINE)
-    for source in re.findall(r"^COPY\s+(?!--)(.+)\s+\S+$", build, re.MULTILINE):
-        for path in source.split():
-            assert (ROOT / path).exists(), f"COPY {path}: missing"
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".venv", "build", "data", "bench/results", ".git"):
-        assert entry in ignored, entry
+    assert "'embps[rdma]'" in shard and "train" not in shard   # no PyTorch in the shard image
+    assert "requirements-train.txt" in training and "'embps[train,rdma]'" in training
+
+
+def test_every_image_has_a_user_labels_and_its_health_check():
+    stages = dockerfile_stages()
+    for role in ("shard", "training", "memcached"):
+        text = stages[role][1]
+        user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+        assert user and user[-1] not in ("root", "0"), role
+        assert f'io.embps.role="{role}"' in text and "org.opencontainers.image.revision" in text, role
+    for role in ("shard", "memcached"):
+        assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[", stages[role][1], re.MULTILINE), role
+    assert re.search(r'^ENTRYPOINT \["embps"\]\s*$', stages["shard"][1], re.MULTILINE)
+
+
+def test_the_build_context_is_what_the_dockerfile_reads():
+    text = DOCKERFILE.read_text()
+    sources = {path.rstrip("/") for line in re.findall(r"^COPY\s+(?!--)(.+)\s+\S+$", text, re.MULTILINE)
+               for path in line.split()}
+    sources |= set(re.findall(r"--mount=type=bind,source=([^,\s]+)", text))
+    for path in sources - {"build/wheelhouse"}:   # make wheelhouse fills that one
+        assert (ROOT / path).exists(), f"the Dockerfile reads {path}: missing"
+    rules = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*", ".dockerignore starts by ignoring everything"
+    assert {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")} == sources
 
 
 # ---- embps health ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from embps.common.cluster_config import ClusterConfig
 from embps.common.job_config import JobConfig
 
-from .compose_generator import DEFAULT_IMAGE, ComposeOptions, compose_job, generate
+from .compose_generator import DEFAULT_IMAGE_PREFIX, DEFAULT_TAG, ComposeOptions, compose_job, generate
 
 COMMAND = "compose"
 HELP = "write docker-compose.yml (and the training job file) from a cluster config"
@@ -30,14 +30,20 @@ def add_arguments(parser) -> None:
                         help="PM for the shards: once = a directory per shard under this pmem mount, or once "
                              "per shard (default: a named volume per shard)")
     parser.add_argument("--rdma", action="store_true", help="pass /dev/infiniband to shards and gateways")
-    parser.add_argument("--image", default=DEFAULT_IMAGE, help="image of the embps services (default: %(default)s)")
+    parser.add_argument("--image-prefix", default=DEFAULT_IMAGE_PREFIX,
+                        help="images PREFIX-shard, PREFIX-training, PREFIX-memcached, as `make image IMAGE_PREFIX=` "
+                             "tags them (default: %(default)s)")
+    parser.add_argument("--tag", default=DEFAULT_TAG, help="their tag (default: %(default)s)")
+    parser.add_argument("--memcached-image", default="",
+                        help="memcached from elsewhere, e.g. memcached:1.6-bookworm (default: PREFIX-memcached)")
 
 
 def command_line(args) -> str:
     """The command, with the options that differ from the defaults: the compose file's header."""
     words = ["embps", "compose", "--cluster", args.cluster, "--out", args.out]
     for flag, value, default in (("--job", args.job, DEFAULT_JOB), ("--trainers", args.trainers, DEFAULT_TRAINERS),
-                                 ("--image", args.image, DEFAULT_IMAGE)):
+                                 ("--image-prefix", args.image_prefix, DEFAULT_IMAGE_PREFIX),
+                                 ("--tag", args.tag, DEFAULT_TAG), ("--memcached-image", args.memcached_image, "")):
         if value != default:
             words += [flag, str(value)]
     for path in args.pm:
@@ -45,11 +51,17 @@ def command_line(args) -> str:
     return " ".join(words + (["--rdma"] if args.rdma else []))
 
 
+def _relative(path: str, compose_dir: Path) -> str:
+    """path as the compose file names it: relative to the file's directory, starting with . or /."""
+    relative = os.path.relpath(Path(path).resolve(), compose_dir)
+    return relative if relative.startswith(("/", ".")) else "./" + relative
+
+
 def run(args) -> int:
     compose_dir = Path.cwd() if args.out == "-" else Path(args.out).resolve().parent
-    job_file = os.path.relpath(Path(args.job).resolve(), compose_dir)
-    options = ComposeOptions(image=args.image, trainers=args.trainers, pm=tuple(args.pm), rdma=args.rdma,
-                             job_file=job_file if job_file.startswith(("/", ".")) else "./" + job_file,
+    options = ComposeOptions(image_prefix=args.image_prefix, tag=args.tag, memcached_image=args.memcached_image,
+                             trainers=args.trainers, pm=tuple(args.pm), rdma=args.rdma,
+                             job_file=_relative(args.job, compose_dir), cluster_file=_relative(args.cluster, compose_dir),
                              command=command_line(args))
     try:
         cluster = ClusterConfig.load(args.cluster)

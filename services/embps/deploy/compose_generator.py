@@ -4,12 +4,19 @@ Shard i is the compose service named by the host of the cluster's i-th address (
 service shard-0, gRPC on port 50051), so the cluster config works unchanged inside the compose
 network.  Every shard gets its settings from EMBPS_SHARD_* variables and its PM files from a named
 volume (default) or a host path: one directory per shard under a pmem (fsdax, `mount -o dax`) mount,
-or one path per shard.  Services:
+or one path per shard.  Services, and the image of deploy/Dockerfile each runs:
 
-    memcached                      queue-pair exchange of the RDMA data path
-    <shard>...                     `embps ps-shard`, healthy once its gRPC health service says SERVING
-    oracle-cacher, gateway-<i>,    profile "training": started after the shards are healthy, in
-    trainer-<i>                    that order, all reading the job file (see compose_job)
+    memcached                      queue-pair exchange of the RDMA data path       <prefix>-memcached
+    <shard>...                     `embps ps-shard`, healthy once its gRPC health  <prefix>-shard
+                                   service says SERVING
+    oracle-cacher, gateway-<i>,    profile "training": started after the shards    <prefix>-training
+    trainer-<i>                    are healthy, in that order, all reading the job
+                                   file (see compose_job)
+    admin                          profile "admin": `docker compose run --rm admin  <prefix>-shard
+                                   reshard ...` with the cluster config's directory
+
+The images are built by `make image` (the compose file has no build sections: one way to build them);
+memcached can come from a registry instead (memcached_image).
 
 Every health check is `embps health HOST:PORT`.  With `rdma`, shards and gateways also get
 /dev/infiniband, CAP_IPC_LOCK and unlimited locked memory (registering memory regions pins pages).
@@ -28,13 +35,14 @@ from embps.common.cluster_config import ClusterConfig
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.addresses import split_host_port
 
-DEFAULT_IMAGE = "embps:latest"
-MEMCACHED_IMAGE = "memcached:1.6-bookworm"
+DEFAULT_IMAGE_PREFIX, DEFAULT_TAG = "embps", "latest"
 MEMCACHED_PORT = 11211
 DATA_DIR = "/var/lib/embps"            # the image makes it (and pm/, out/) for its non-root user
 PM_DIR = f"{DATA_DIR}/pm"
 OUT_DIR = f"{DATA_DIR}/out"
 JOB_PATH = "/etc/embps/job.toml"
+CLUSTER_DIR = "/etc/embps/cluster"     # the admin service's view of the cluster config's directory
+ADMIN, ADMIN_PROFILE = "admin", "admin"
 DATA_PORT, METRICS_PORT = 50061, 9151  # every shard has its own network namespace: same ports
 ORACLE, ORACLE_PORT = "oracle-cacher", 50070
 GATEWAY_PORT, RENDEZVOUS_PORT = 50071, 29500   # RENDEZVOUS: trainer-0 hosts torch.distributed's
@@ -44,13 +52,23 @@ SERVICE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")   # a compose serv
 
 @dataclass(frozen=True)
 class ComposeOptions:
-    image: str = DEFAULT_IMAGE
+    image_prefix: str = DEFAULT_IMAGE_PREFIX   # images <prefix>-shard, -training, -memcached (make image)
+    tag: str = DEFAULT_TAG
+    memcached_image: str = ""        # "": the project's <prefix>-memcached; else e.g. memcached:1.6-bookworm
     trainers: int = 2                # gateways and trainers (one each per rank); 0: no training services
     pm: tuple[str, ...] = ()         # host PM paths: () = a named volume per shard; one path = a
                                      # directory per shard under it; else one path per shard
     rdma: bool = False
-    job_file: str = "./deploy/job.toml"   # as the compose file names it (relative to the file)
+    job_file: str = "./deploy/job.toml"       # as the compose file names them (relative to the file)
+    cluster_file: str = "./deploy/cluster.toml"
     command: str = ""                # the command that generated the file, for its header
+
+
+def image(options: ComposeOptions, role: str) -> str:
+    """The image of a role: "shard", "training" or "memcached" (as `make image` tags them)."""
+    if role == "memcached" and options.memcached_image:
+        return options.memcached_image
+    return f"{options.image_prefix}-{role}:{options.tag}"
 
 
 def shard_services(cluster: ClusterConfig) -> list[tuple[str, int]]:
@@ -87,10 +105,10 @@ def compose(cluster: ClusterConfig, options: ComposeOptions = ComposeOptions()) 
     shards = shard_services(cluster)
     if len(options.pm) not in (0, 1, len(shards)):
         raise ValueError(f"give one PM path for all shards or one per shard ({len(shards)}), got {len(options.pm)}")
-    services = {"memcached": _memcached()}
+    services = {"memcached": _memcached(options)}
     volumes: dict[str, dict] = {}
     for i, (name, port) in enumerate(shards):
-        if name in services or name == ORACLE or name.startswith(("gateway-", "trainer-")):
+        if name in services or name in (ORACLE, ADMIN) or name.startswith(("gateway-", "trainer-")):
             raise ValueError(f"shard service name {name!r} is taken by another service")
         services[name] = _shard(name, port, _pm_source(i, name, options.pm), options)
         if not options.pm:
@@ -98,6 +116,7 @@ def compose(cluster: ClusterConfig, options: ComposeOptions = ComposeOptions()) 
     if options.trainers > 0:
         services.update(_training(options, [name for name, _ in shards]))
         volumes["training-out"] = {}
+    services[ADMIN] = _admin(options)
     return {"services": services, "volumes": volumes}
 
 
@@ -105,7 +124,9 @@ def generate(cluster: ClusterConfig, options: ComposeOptions = ComposeOptions())
     header = ["# Generated by:", f"#   {options.command or 'embps compose'}",
               "# Edit the cluster config (and the job file's [job] settings) and regenerate; do not edit this file.",
               "#   docker compose up -d                      memcached and the parameter shards",
-              "#   docker compose --profile training up -d   and the oracle cacher, trainer gateways, trainers"]
+              "#   docker compose --profile training up -d   and the oracle cacher, trainer gateways, trainers",
+              "#   docker compose run --rm admin ...         tools in the cluster's network (reshard, health)",
+              "# Build the images first: make image (or: make up)."]
     return "\n".join(header) + "\n\n" + to_yaml(compose(cluster, options))
 
 
@@ -124,10 +145,9 @@ def to_yaml(doc: dict) -> str:
 
 # ---- services --------------------------------------------------------------------------------
 
-def _embps(options: ComposeOptions, command: list[str], probe: str | None = None, **fields) -> dict:
+def _embps(image: str, command: list[str], probe: str | None = None, **fields) -> dict:
     """An embps service: the image, its command, `fields` in order, then the health check."""
-    service = {"image": options.image, "build": {"context": ".", "dockerfile": "deploy/Dockerfile"},
-               "command": command, **fields}
+    service = {"image": image, "command": command, **fields}
     if probe:
         service["healthcheck"] = {"test": ["CMD", "embps", "health", probe, "--timeout", "3"],
                                   "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "30s"}
@@ -142,9 +162,9 @@ def _rdma() -> dict:
     return {"devices": ["/dev/infiniband:/dev/infiniband"], "cap_add": ["IPC_LOCK"], "ulimits": {"memlock": -1}}
 
 
-def _memcached() -> dict:
+def _memcached(options: ComposeOptions) -> dict:
     probe = "exec 3<>/dev/tcp/127.0.0.1/11211 && printf 'version\\r\\n' >&3 && head -c 7 <&3 | grep -q VERSION"
-    return {"image": MEMCACHED_IMAGE, "command": ["memcached", "-m", "64", "-p", str(MEMCACHED_PORT)],
+    return {"image": image(options, "memcached"), "command": ["memcached", "-m", "64", "-p", str(MEMCACHED_PORT)],
             "expose": [str(MEMCACHED_PORT)], "restart": "unless-stopped",
             "healthcheck": {"test": ["CMD", "bash", "-c", probe], "interval": "5s", "timeout": "3s", "retries": 5}}
 
@@ -170,7 +190,7 @@ def _shard(name: str, port: int, pm_source: str, options: ComposeOptions) -> dic
     if options.rdma:   # queue pairs are exchanged through memcached, as PetPS does
         environment.update(EMBPS_SHARD_RDMA="on", EMBPS_SHARD_RDMA_MEMCACHED="memcached:11211")
         rdma = {**_rdma(), "depends_on": _healthy("memcached")}
-    return _embps(options, ["ps-shard"], f"{name}:{port}", environment=environment,
+    return _embps(image(options, "shard"), ["ps-shard"], f"{name}:{port}", environment=environment,
                   expose=[str(port), str(DATA_PORT), str(METRICS_PORT)], volumes=[f"{pm_source}:{PM_DIR}"], **rdma,
                   restart="unless-stopped",   # recovery takes milliseconds: a restarted shard serves the same rows
                   stop_grace_period="30s")
@@ -180,17 +200,28 @@ def _training(options: ComposeOptions, shards: list[str]) -> dict:
     job = [f"{options.job_file}:{JOB_PATH}:ro"]
     training: dict[str, object] = {"profiles": [TRAINING_PROFILE]}
     gateways = [f"gateway-{i}" for i in range(options.trainers)]
-    services = {ORACLE: _embps(options, ["oracle-cacher", "--job", JOB_PATH], f"{ORACLE}:{ORACLE_PORT}", **training,
+    training_image = image(options, "training")
+    services = {ORACLE: _embps(training_image, ["oracle-cacher", "--job", JOB_PATH], f"{ORACLE}:{ORACLE_PORT}", **training,
                                expose=[str(ORACLE_PORT)], volumes=job, depends_on=_healthy(*shards))}
     rdma = {**_rdma(), "depends_on": _healthy("memcached", ORACLE, *shards)} if options.rdma else {}
     for i, gateway in enumerate(gateways):
-        services[gateway] = _embps(options, ["trainer-gateway", "--job", JOB_PATH, "--trainer", str(i)],
+        services[gateway] = _embps(training_image, ["trainer-gateway", "--job", JOB_PATH, "--trainer", str(i)],
                                    f"{gateway}:{GATEWAY_PORT}", **training, expose=[str(GATEWAY_PORT)], volumes=job,
                                    shm_size="1gb",   # the row cache is a table under /dev/shm
                                    **{"depends_on": _healthy(ORACLE, *shards), **rdma})
     for rank in range(options.trainers):
         rendezvous = {"expose": [str(RENDEZVOUS_PORT)]} if rank == 0 else {}   # torch.distributed's
         services[f"trainer-{rank}"] = _embps(
-            options, ["trainer", "--job", JOB_PATH, "--rank", str(rank), "--out", OUT_DIR], None, **training,
+            training_image, ["trainer", "--job", JOB_PATH, "--rank", str(rank), "--out", OUT_DIR], None, **training,
             **rendezvous, volumes=job + [f"training-out:{OUT_DIR}"], depends_on=_healthy(*gateways))
     return services
+
+
+def _admin(options: ComposeOptions) -> dict:
+    """Tools that need the cluster's network (`embps reshard`, `embps health`); by default it checks that
+    every row is on the shard the cluster config routes it to."""
+    directory, _, name = options.cluster_file.rpartition("/")
+    cluster = f"{CLUSTER_DIR}/{name}"
+    return _embps(image(options, "shard"), ["reshard", "--from", cluster, "--to", cluster, "--verify-only",
+                                           "--no-progress"], None, profiles=[ADMIN_PROFILE],
+                  volumes=[f"{directory or '.'}:{CLUSTER_DIR}:ro"])
