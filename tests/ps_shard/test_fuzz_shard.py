@@ -24,7 +24,6 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import protobuf_fuzz
 from helpers.data_wire import exchange, split_replies, split_requests, tcp_address
 from helpers.shard_model import ShardModel, Unmodelled, compare
@@ -33,6 +32,7 @@ from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 from embps.api.status import grpc_code
 from embps.client import ShardError
 from embps.client.tcp_data_path import TcpDataPath
+from embps.common.health import health_status
 from embps.common.local_cluster import LocalShard
 from embps.common.spec_messages import spec_to_message
 from embps.store._native import lib
@@ -126,7 +126,6 @@ class Fuzz:
         self.channel = grpc.insecure_channel(self.shard.address,
                                              options=[("grpc.max_receive_message_length", 64 << 20)])
         self.stub = pb_grpc.ParameterShardStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def start(self) -> None:
         self.channel.close()
@@ -174,12 +173,8 @@ class Fuzz:
     def serving(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                reply = self.health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                pass
+            if health_status(self.channel, timeout=2.0) == "SERVING":
+                return True
             time.sleep(0.1)
         return False
 
