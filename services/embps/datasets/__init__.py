@@ -8,6 +8,11 @@ with a spec string:
     ds = open_dataset("criteo:/data/train.txt")         # Criteo TSV (preprocessed once to a cache dir)
     ds = open_dataset("criteo:/data/criteo-bin")        # a directory written by `embps preprocess-criteo`
     ds = open_dataset("movielens-100k")                 # the files bundled in the `recbole` wheel
+    ds = open_dataset("movielens-100k-seq")             # the same ratings as next-item sequences
+
+A sequence source (DatasetInfo.sequence_length = L > 0) has the columns [user, the L previous items
+oldest first, candidate item] and labels 1 for the true next item, 0 for a sampled negative; its eval
+split is ranking queries: each run of `eval_candidates` samples is one query, the held-out item first.
 
 Batch order is a pure function of (source, options, batch_size, split, batch index): the same index
 always gives the same batch, and `start_batch` jumps there in O(1) -- the lookahead cacher reads
@@ -44,6 +49,8 @@ class DatasetInfo:
     table_sizes: tuple[int, ...]    # rows of each categorical feature; ids are in [0, size)
     n_train: int                    # samples in the train split
     n_eval: int                     # samples in the eval split
+    sequence_length: int = 0        # L > 0: a sequence source (see the module docstring)
+    eval_candidates: int = 0        # > 0: the eval split is queries of this many samples, positive first
 
     @property
     def n_tables(self) -> int:
@@ -78,7 +85,7 @@ class Dataset(Protocol):
 
 
 def open_dataset(spec: str, **options) -> Dataset:
-    """"synthetic", "criteo:<path>" or "movielens-100k"; options go to that source's constructor."""
+    """"synthetic", "criteo:<path>", "movielens-100k" or "movielens-100k-seq"; options go to that source's constructor."""
     kind, _, arg = spec.partition(":")
     if kind == "synthetic" and not arg:
         from .synthetic import SyntheticDataset
@@ -89,7 +96,11 @@ def open_dataset(spec: str, **options) -> Dataset:
     if kind in ("movielens-100k", "ml-100k") and not arg:
         from .movielens import MovieLens100k
         return MovieLens100k(**options)
-    raise ValueError(f"unknown dataset spec {spec!r}: expected 'synthetic', 'criteo:<path>' or 'movielens-100k'")
+    if kind in ("movielens-100k-seq", "ml-100k-seq") and not arg:
+        from .movielens_sequences import MovieLens100kSequences
+        return MovieLens100kSequences(**options)
+    raise ValueError(f"unknown dataset spec {spec!r}: expected 'synthetic', 'criteo:<path>', 'movielens-100k' "
+                     "or 'movielens-100k-seq'")
 
 
 def check_split(split: str) -> None:

@@ -1,4 +1,4 @@
-"""AUC and log-loss of a click model, in numpy."""
+"""AUC and log-loss of a click model, hit rate and NDCG of a ranking, in numpy."""
 
 from collections.abc import Callable, Iterable
 
@@ -49,3 +49,19 @@ def evaluate(predict_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
         return {"auc": float("nan"), "logloss": float("nan")}
     y, p = np.concatenate(all_labels), np.concatenate(all_probs)
     return {"auc": auc(y, p), "logloss": logloss(y, p)}
+
+
+def ranking_metrics(scores: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Hit rate@k and NDCG@k of queries scores [queries, candidates] whose column 0 is the one relevant
+    candidate (the held-out item) and the rest are negatives.  The positive's rank is the number of
+    negatives scoring at least as high (ties count against it, so a constant scorer gets no credit);
+    a hit is rank < k and NDCG@k is 1 / log2(rank + 2) for a hit, else 0."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise ValueError(f"scores must be [queries, candidates >= 2], got {list(scores.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(axis=1)
+    hit = rank < k
+    ndcg = np.where(hit, 1 / np.log2(rank + 2), 0.0)
+    return {f"hit_rate_at_{k}": float(hit.mean()), f"ndcg_at_{k}": float(ndcg.mean())}

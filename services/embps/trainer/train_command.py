@@ -1,6 +1,7 @@
 """`embps train`: the main job.  Starts a local cluster (shards, the oracle cacher, a gateway and a
 trainer per rank, as processes on loopback), trains a CTR model on the chosen data with Bagpipe
-lookahead caching (or the direct baseline), evaluates held-out AUC and log-loss, prints throughput,
+lookahead caching (or the direct baseline), evaluates held-out AUC and log-loss (and hit rate@10 /
+NDCG@10 on a sequence data set's ranking queries), prints throughput,
 cache hit rate and parameter-server traffic, plots the curves and stops everything."""
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from embps.common.job_config import MODES, JobConfig
 COMMAND = "train"
 HELP = "run a training job on a local cluster (the demo)"
 EXTRA = "train"
+# A model's data set and embedding width when the command line names none (Caser's, as Bagpipe ran it).
+MODEL_DEFAULTS = {"caser": ("movielens-100k-seq", 50)}
+DEFAULTS = ("synthetic", 32)
+RANKING_FIGURES = (("hit_rate_at_10", "HR@10"), ("ndcg_at_10", "NDCG@10"))   # eval keys of ranking queries
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data-dir", default="data/train", help="PM files, logs and results go here")
-    parser.add_argument("--model", default="dlrm", help="dlrm, wide_deep, dcn_v2 or deepfm")
-    parser.add_argument("--dataset", default="synthetic",
-                        help='"synthetic", "movielens-100k" or "criteo:<TSV file or preprocessed dir>"')
+    parser.add_argument("--model", default="dlrm", help="dlrm, wide_deep, dcn_v2, deepfm, fgcnn or caser")
+    parser.add_argument("--dataset", default=None,
+                        help='"synthetic" (the default), "movielens-100k", "movielens-100k-seq" (caser\'s default '
+                             'and only choice) or "criteo:<TSV file or preprocessed dir>"')
     parser.add_argument("--scale", type=float, default=0.01, help="synthetic: fraction of Criteo's table sizes")
     parser.add_argument("--mode", default="sync", choices=MODES)
     parser.add_argument("--lookahead", type=int, default=64)
@@ -30,17 +36,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=1024, help="global batch size")
-    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--dim", type=int, default=None, help="embedding width (default 50 for caser, else 32)")
     parser.add_argument("--emb-optimizer", default="adagrad", choices=("sgd", "adagrad"))
     parser.add_argument("--emb-lr", type=float, default=0.05)
     parser.add_argument("--dense-lr", type=float, default=1e-3)
-    parser.add_argument("--eval-batches", type=int, default=16)
+    parser.add_argument("--eval-batches", type=int, default=16,
+                        help="held-out batches (a sequence data set's ranking queries are all evaluated)")
 
 
 def job_from_args(args) -> JobConfig:
-    options = {"scale": args.scale} if args.dataset == "synthetic" else {}
-    return JobConfig(dataset=args.dataset, dataset_options=options, model=args.model, mode=args.mode,
-                     trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim,
+    default_dataset, default_dim = MODEL_DEFAULTS.get(args.model, DEFAULTS)
+    dataset = args.dataset or default_dataset
+    options = {"scale": args.scale} if dataset == "synthetic" else {}
+    return JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
+                     trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                      eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
                      dense_lr=args.dense_lr, lookahead=args.lookahead)
 
@@ -90,7 +99,12 @@ def plot(result, summary: dict, path: Path) -> None:
     ax_auc.axhline(summary["eval_auc"], color="C2", linestyle="dashed", label="held-out AUC at the end")
     ax_auc.set(xlabel="step", ylabel="AUC", title="AUC (trainer 0's slice of each batch)")
     ax_auc.legend()
-    bars = ax_eval.bar(["AUC", "log-loss"], [summary["eval_auc"], summary["eval_logloss"]], color=["C2", "C1"])
+    names, values = ["AUC", "log-loss"], [summary["eval_auc"], summary["eval_logloss"]]
+    for key, name in RANKING_FIGURES:
+        if f"eval_{key}" in summary:
+            names.append(name)
+            values.append(summary[f"eval_{key}"])
+    bars = ax_eval.bar(names, values, color=["C2", "C1", "C3", "C4"][:len(names)])
     ax_eval.bar_label(bars, fmt="%.3f")
     ax_eval.set(title="held-out", ylim=(0, 1))
     fig.tight_layout()
@@ -99,13 +113,18 @@ def plot(result, summary: dict, path: Path) -> None:
 
 
 def run(args) -> int:
-    from embps.models import MODELS   # PyTorch loads only for the commands that train
+    from embps.datasets import open_dataset
+    from embps.models import MODELS, check_model_fits   # PyTorch loads only for the commands that train
 
     from .local_job import JobFailed, run_local_job
     if args.model not in MODELS:
         raise SystemExit(f"--model must be one of {MODELS}")
     console = Console()
     job = job_from_args(args)
+    try:
+        check_model_fits(job.model, open_dataset(job.dataset, **job.dataset_options).info)
+    except ValueError as error:
+        raise SystemExit(f"--model {job.model} --dataset {job.dataset}: {error}") from None
     console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
                   f"{job.trainers} trainers, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
                   f"{job.global_batch}")
@@ -123,6 +142,9 @@ def run(args) -> int:
     table.add_column("value", justify="right")
     table.add_row("held-out AUC", f"{summary['eval_auc']:.4f}")
     table.add_row("held-out log-loss", f"{summary['eval_logloss']:.4f}")
+    for key, name in RANKING_FIGURES:
+        if f"eval_{key}" in summary:
+            table.add_row(f"held-out {name}", f"{summary[f'eval_{key}']:.4f}")
     table.add_row("final training loss", f"{summary['final_loss']:.4f}")
     table.add_row("throughput", f"{summary['samples_per_second']:,.0f} samples/s "
                                 f"({summary['step_seconds'] * 1000:.1f} ms/step)")

@@ -2,7 +2,8 @@
 
 Dense parameters are trained with PyTorch DDP (gloo) across the trainers; embeddings come from this
 trainer's gateway and their gradients go back to it (embps.client.trainer_sdk).  Rank 0 writes the
-loss curve, the held-out AUC / log-loss and the dense parameters to DIR.
+loss curve, the held-out AUC / log-loss (on ranking queries also hit rate@10 / NDCG@10) and the dense
+parameters to DIR.
 """
 
 from __future__ import annotations
@@ -23,31 +24,48 @@ from embps.client.trainer_sdk import RemoteEmbeddings, init_cache
 from embps.common import structured_log
 from embps.common.job_config import JobConfig, feature_keys
 from embps.common.job_messages import GATEWAY_MODES
-from embps.models import build_model
-from embps.models.metrics import auc, evaluate
+from embps.models import build_model, check_model_fits
+from embps.models.metrics import auc, evaluate, logloss, ranking_metrics
 from embps.datasets import open_dataset
 
 log = logging.getLogger("embps.trainer")
+RANKING_K = 10   # hit rate@10 and NDCG@10, as Caser reports them
 DENSE_OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 
 
 def evaluate_on_shards(job: JobConfig, model, dataset) -> dict:
-    """Held-out AUC and log-loss with the rows as the shards hold them after training."""
+    """Held-out metrics with the rows as the shards hold them after training: AUC and log-loss over
+    job.eval_batches batches; on a data set of ranking queries, over every query, with hit rate@10 and
+    NDCG@10 of the held-out item among its candidates."""
+    info = dataset.info
     with PSClient(job.cluster_config()) as ps:
-        def predict(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
+        def scores(dense: np.ndarray, sparse: np.ndarray) -> np.ndarray:
             keys, inverse = np.unique(feature_keys(sparse), return_inverse=True)
             rows = torch.from_numpy(ps.lookup(job.table, keys))
             embs = rows[torch.from_numpy(inverse.reshape(sparse.shape).astype(np.int64))]
             with torch.no_grad():
-                return torch.sigmoid(model(torch.from_numpy(dense), embs)).numpy()
-        batches = ((b.dense, b.sparse, b.labels)
-                   for _, b in zip(range(job.eval_batches), dataset.batches(job.global_batch, "eval")))
-        return evaluate(predict, batches)
+                return model(torch.from_numpy(dense), embs).numpy()
+
+        if not info.eval_candidates:
+            batches = ((b.dense, b.sparse, b.labels)
+                       for _, b in zip(range(job.eval_batches), dataset.batches(job.global_batch, "eval")))
+            return evaluate(lambda dense, sparse: sigmoid(scores(dense, sparse)), batches)
+        queries = next(dataset.batches(info.n_eval, "eval"))
+        chunk = info.eval_candidates * max(1, job.global_batch // info.eval_candidates)
+        logits = np.concatenate([scores(queries.dense[i:i + chunk], queries.sparse[i:i + chunk])
+                                 for i in range(0, len(queries), chunk)])
+        return {"auc": auc(queries.labels, logits), "logloss": logloss(queries.labels, sigmoid(logits)),
+                **ranking_metrics(logits.reshape(-1, info.eval_candidates), k=RANKING_K)}
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
 
 def train(job: JobConfig, rank: int, out: Path) -> dict:
     dataset = open_dataset(job.dataset, **job.dataset_options)
     info = dataset.info
+    check_model_fits(job.model, info)
     model = build_model(job.model, info.n_dense, len(info.table_sizes), job.dim, seed=job.seed)
     ddp = DistributedDataParallel(model, broadcast_buffers=False)   # the models' buffers are constants
     optimizer = DENSE_OPTIMIZERS[job.dense_optimizer](ddp.parameters(), lr=job.dense_lr)
