@@ -1,11 +1,11 @@
-"""embps.models.metrics: AUC against brute-force pair counting (ties included), log-loss, evaluate."""
+"""embps.models.metrics: AUC against brute-force pair counting (ties included), log-loss, evaluate, ranking."""
 
 import math
 
 import numpy as np
 import pytest
 
-from embps.models import auc, evaluate, logloss
+from embps.models import auc, evaluate, logloss, ranking_metrics
 
 
 def pairwise_auc(labels, scores):
@@ -59,3 +59,19 @@ def test_evaluate_pools_all_batches():
     assert set(got) == {"auc", "logloss"}
     assert got["auc"] == pytest.approx(pairwise_auc(y, p))
     assert got["logloss"] == pytest.approx(logloss(y, p))
+
+
+def test_ranking_metrics_by_hand():
+    scores = np.array([[0.9, 0.1, 0.2, 0.3],     # rank 0: hit, NDCG 1
+                       [0.5, 0.6, 0.5, 0.1],     # one above, one tie (counts against): rank 2
+                       [0.0, 0.1, 0.2, 0.3]])    # rank 3
+    got = ranking_metrics(scores, k=3)
+    assert got["hit_rate_at_3"] == pytest.approx(2 / 3)
+    assert got["ndcg_at_3"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+    assert ranking_metrics(scores, k=4)["hit_rate_at_4"] == 1.0
+    assert ranking_metrics(np.zeros((5, 101)), k=10) == {"hit_rate_at_10": 0.0, "ndcg_at_10": 0.0}
+    for bad in (np.zeros(4), np.zeros((3, 1))):
+        with pytest.raises(ValueError):
+            ranking_metrics(bad)
+    with pytest.raises(ValueError):
+        ranking_metrics(scores, k=0)

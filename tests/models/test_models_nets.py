@@ -1,10 +1,10 @@
-"""embps.models: shapes, seeded determinism, gradients into the looked-up rows, the size keywords."""
+"""embps.models: shapes, seeded determinism, gradients into the looked-up rows, the size keywords, formulas."""
 
 import pytest
 import torch
 from torch import nn
 
-from embps.models import MODELS, build_model
+from embps.models import MODELS, build_model, check_model_fits
 
 N_DENSE, N_TABLES, DIM, BATCH = 5, 4, 8, 7
 
@@ -132,3 +132,62 @@ def test_dcn_v2_cross_layer_formula():
     layer = model.cross[0]
     want = x0 * (x0 @ layer.v.weight.T @ layer.u.weight.T + layer.u.bias) + x0
     torch.testing.assert_close(layer(x0, x0), want)
+
+
+def test_fgcnn_generated_fields_and_head_input():
+    # 5 fields (dense + 4 tables) pool to 3, then 2: new_maps (2, 3) make 2*3 + 3*2 new fields
+    model = build_model("fgcnn", N_DENSE, N_TABLES, DIM, conv_channels=(3, 4), kernel=3, new_maps=(2, 3), deep=(6,))
+    assert [layer.fields_out for layer in model.generation] == [3, 2]
+    n_fields = N_TABLES + 1 + 12
+    captured = {}
+    model.deep.register_forward_pre_hook(lambda mod, args: captured.setdefault("x", args[0]))
+    dense, embs = inputs()
+    model(dense, embs)
+    x = captured["x"]
+    assert x.shape == (BATCH, n_fields * DIM + n_fields * (n_fields - 1) // 2)
+    fields = x[:, :n_fields * DIM].view(BATCH, n_fields, DIM)
+    torch.testing.assert_close(fields[:, 0], model.dense_field(dense))
+    torch.testing.assert_close(fields[:, 1:N_TABLES + 1], embs)
+    maps = fields[:, :N_TABLES + 1].unsqueeze(1)
+    pooled = torch.nn.functional.max_pool2d(torch.tanh(model.generation[0].conv(maps)), (2, 1), ceil_mode=True)
+    first = torch.tanh(model.generation[0].recombine(pooled.flatten(1))).view(BATCH, 6, DIM)
+    torch.testing.assert_close(fields[:, N_TABLES + 1:N_TABLES + 7], first)
+    want = [(fields[:, i] * fields[:, j]).sum(1) for i in range(n_fields) for j in range(i)]
+    torch.testing.assert_close(x[:, n_fields * DIM:], torch.stack(want, dim=1))
+    with pytest.raises(ValueError):
+        build_model("fgcnn", N_DENSE, N_TABLES, DIM, conv_channels=(3, 4), new_maps=(1,))
+
+
+def test_caser_formula_by_hand():
+    model = build_model("caser", N_DENSE, N_TABLES, DIM, horizontal=3, vertical=2)
+    dense, embs = inputs()
+    length = N_TABLES - 2
+    user, history, candidate = embs[:, 0], embs[:, 1:-1], embs[:, -1]
+    unions = []
+    for h, conv in zip(range(1, length + 1), model.horizontal):
+        w, b = conv.weight[:, 0], conv.bias                                     # [n_h, h, DIM]
+        windows = [torch.relu(torch.einsum("nhd,bhd->bn", w, history[:, s:s + h]) + b) for s in range(length - h + 1)]
+        unions.append(torch.stack(windows).amax(0))
+    points = torch.einsum("vl,bld->bvd", model.vertical.weight[:, 0, :, 0], history) + model.vertical.bias[:, None]
+    z = torch.relu(model.hidden(torch.cat([*unions, points.flatten(1)], dim=1)))
+    want = (model.output(torch.cat([z, user], dim=1)) * candidate).sum(1)
+    torch.testing.assert_close(model(dense, embs), want)
+    # the logit is linear in the candidate's row, and the order of the history matters
+    twice = embs.clone()
+    twice[:, -1] *= 2
+    torch.testing.assert_close(model(dense, twice), 2 * want)
+    assert not torch.allclose(model(dense, embs[:, [0, 2, 1, 3]]), want)
+    with pytest.raises(ValueError):
+        build_model("caser", N_DENSE, 2, DIM)
+
+
+def test_check_model_fits():
+    from embps.datasets import DatasetInfo
+    ctr = DatasetInfo("ctr", 3, (5, 5, 5), 10, 10)
+    sequences = DatasetInfo("seq", 1, (5, 6, 6, 5), 10, 10, sequence_length=2, eval_candidates=3)
+    for name in MODELS:
+        check_model_fits(name, sequences)
+        if name != "caser":
+            check_model_fits(name, ctr)
+    with pytest.raises(ValueError, match="sequence"):
+        check_model_fits("caser", ctr)

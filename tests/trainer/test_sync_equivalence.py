@@ -1,6 +1,7 @@
 """The Bagpipe promise, tested: two trainers training through the shards, in sync mode (lookahead
 caching) or direct mode, end with every embedding row, its optimizer state and every dense parameter
-equal to one process training the same model on the same global batches with plain PyTorch."""
+equal to one process training the same model on the same global batches with plain PyTorch -- for
+DLRM in every mode, and in sync mode for FGCNN (Criteo-shaped data) and Caser (MovieLens sequences)."""
 
 import numpy as np
 import pytest
@@ -44,11 +45,24 @@ def reference(job: JobConfig):
     return trainer, keys
 
 
-@pytest.mark.parametrize("mode, emb_optimizer, lookahead", [
-    ("sync", "sgd", 8), ("sync", "adagrad", 8), ("sync", "adagrad", 1), ("direct", "sgd", 8),
-    ("direct", "adagrad", 8)])
-def test_two_trainers_equal_one_process(tmp_path, mode, emb_optimizer, lookahead):
-    job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 5}, model="dlrm", mode=mode,
+SYNTHETIC = ("synthetic", {"scale": 0.0005, "seed": 5})
+SEQUENCES = ("movielens-100k-seq", {"seed": 5})
+
+
+@pytest.mark.parametrize("model, data, mode, emb_optimizer, lookahead", [
+    ("dlrm", SYNTHETIC, "sync", "sgd", 8), ("dlrm", SYNTHETIC, "sync", "adagrad", 8),
+    ("dlrm", SYNTHETIC, "sync", "adagrad", 1), ("dlrm", SYNTHETIC, "direct", "sgd", 8),
+    ("dlrm", SYNTHETIC, "direct", "adagrad", 8),
+    ("fgcnn", SYNTHETIC, "sync", "adagrad", 8), ("caser", SEQUENCES, "sync", "adagrad", 8)],
+    ids=lambda value: value[0] if isinstance(value, tuple) else str(value))
+def test_two_trainers_equal_one_process(tmp_path, model, data, mode, emb_optimizer, lookahead):
+    dataset, options = data
+    if dataset == SEQUENCES[0]:
+        try:
+            open_dataset(dataset)
+        except (FileNotFoundError, ImportError) as error:
+            pytest.skip(f"MovieLens-100k not installed (make install puts it in .venv via recbole): {error}")
+    job = JobConfig(dataset=dataset, dataset_options=options, model=model, mode=mode,
                     trainers=2, global_batch=128, steps=50, eval_batches=1, dim=8, emb_optimizer=emb_optimizer,
                     emb_lr=0.1 if emb_optimizer == "sgd" else 0.01, lookahead=lookahead, timeout_seconds=60,
                     # Adam and Adagrad divide by the gradient's own scale, so where trainers' gradients nearly

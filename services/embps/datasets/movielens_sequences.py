@@ -99,7 +99,8 @@ class MovieLens100kSequences:
         def make(epoch: int, j: int) -> Batch:
             part = slice(j * batch_size, (j + 1) * batch_size)
             if split == "eval":
-                return Batch(self._eval.dense[part].copy(), self._eval.sparse[part].copy(), self._eval.labels[part].copy())
+                queries = self._eval
+                return Batch(queries.dense[part].copy(), queries.sparse[part].copy(), queries.labels[part].copy())
             order, candidates = self._epoch_samples(epoch)
             target, slot = np.divmod(order[part], 1 + self.negatives)
             sparse = self._positives[target]
