@@ -1,8 +1,8 @@
 """`embps train`: the main job.  Starts a local cluster (shards, the oracle cacher, a gateway and a
 trainer per rank, as processes on loopback), trains a CTR model on the chosen data with Bagpipe
 lookahead caching (or the direct baseline), evaluates held-out AUC and log-loss (and hit rate@10 /
-NDCG@10 on a sequence data set's ranking queries), prints throughput,
-cache hit rate and parameter-server traffic, plots the curves and stops everything."""
+NDCG@10 on a sequence data set's ranking queries), prints throughput, cache hit rate and
+parameter-server traffic, plots the curves and stops everything."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def run(args) -> int:
     job = job_from_args(args)
     try:
         check_model_fits(job.model, open_dataset(job.dataset, **job.dataset_options).info)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise SystemExit(f"--model {job.model} --dataset {job.dataset}: {error}") from None
     console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
                   f"{job.trainers} trainers, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
