@@ -87,7 +87,13 @@ def plot(result, summary: dict, path: Path) -> None:
         return [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1])
                 for i in range(len(values))]
 
-    fig, (ax_loss, ax_auc, ax_eval) = plt.subplots(1, 3, figsize=(15, 4), gridspec_kw={"width_ratios": [3, 3, 1]})
+    names, values = ["AUC", "log-loss"], [summary["eval_auc"], summary["eval_logloss"]]
+    for key, name in RANKING_FIGURES:
+        if f"eval_{key}" in summary:
+            names.append(name)
+            values.append(summary[f"eval_{key}"])
+    fig, (ax_loss, ax_auc, ax_eval) = plt.subplots(1, 3, figsize=(14 + len(names) / 2, 4),
+                                                   gridspec_kw={"width_ratios": [3, 3, len(names) / 2]})
     ax_loss.plot(losses, alpha=0.3, label="global batch loss")
     ax_loss.plot(smooth(losses), label=f"moving mean ({window} steps)")
     ax_loss.set(xlabel="step", ylabel="log-loss (BCE)",
@@ -99,11 +105,6 @@ def plot(result, summary: dict, path: Path) -> None:
     ax_auc.axhline(summary["eval_auc"], color="C2", linestyle="dashed", label="held-out AUC at the end")
     ax_auc.set(xlabel="step", ylabel="AUC", title="AUC (trainer 0's slice of each batch)")
     ax_auc.legend()
-    names, values = ["AUC", "log-loss"], [summary["eval_auc"], summary["eval_logloss"]]
-    for key, name in RANKING_FIGURES:
-        if f"eval_{key}" in summary:
-            names.append(name)
-            values.append(summary[f"eval_{key}"])
     bars = ax_eval.bar(names, values, color=["C2", "C1", "C3", "C4"][:len(names)])
     ax_eval.bar_label(bars, fmt="%.3f")
     ax_eval.set(title="held-out", ylim=(0, 1))
