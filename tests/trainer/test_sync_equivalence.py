@@ -81,3 +81,6 @@ def test_two_trainers_equal_one_process(tmp_path, model, data, mode, emb_optimiz
     for name, value in expected.model.state_dict().items():
         np.testing.assert_allclose(dense[name].numpy(), value.numpy(), atol=TOLERANCE, rtol=0, err_msg=name)
     assert len(result.metrics["losses"]) == job.steps
+    if model == "caser":   # a sequence data set's held-out figures: its ranking queries, all of them
+        held_out = result.metrics["eval"]
+        assert 0 <= held_out["ndcg_at_10"] <= held_out["hit_rate_at_10"] <= 1
