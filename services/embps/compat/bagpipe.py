@@ -34,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from embps.api import OptimizerKind, OptimizerSpec
 from embps.client.trainer_sdk import Batch, GatewayCache
 from embps.client.trainer_sdk import init_cache as gateway_cache
 from embps.common.job_config import JobConfig
@@ -95,9 +96,17 @@ def _disagreements(job: JobConfig, lookahead_value: int, emb_size: int, ln_emb: 
         wanted, table = optimizer_spec(emb_optim, emb_optim_params), job.table_spec(0).optimizer
         if not same_optimizer(wanted, table):
             found.append(f"emb_optim asks for {describe(wanted)}, but the job's table trains with {describe(table)} "
-                         f"(embps train --emb-optimizer {wanted.kind.value} --emb-lr {wanted.lr:g}"
-                         + (f" --emb-eps {wanted.eps:g})" if wanted.kind.value == "adagrad" else ")"))
+                         f"({_job_optimizer_flags(wanted)})")
     return found
+
+
+def _job_optimizer_flags(spec: OptimizerSpec) -> str:
+    """How to start a job whose table trains with spec."""
+    if spec.kind is OptimizerKind.SGD:
+        return f"embps train --emb-optimizer sgd --emb-lr {spec.lr:g}"
+    if spec.kind is OptimizerKind.ADAGRAD:
+        return f"embps train --emb-optimizer adagrad --emb-lr {spec.lr:g} --emb-eps {spec.eps:g}"
+    return f"the shards compute {spec.kind.value}, but a job's table trains with sgd or adagrad only"
 
 
 def _device(device: str) -> torch.device:

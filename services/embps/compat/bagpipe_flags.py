@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,13 +66,11 @@ FLAGS = (
 BY_NAME = {flag.name: flag for flag in FLAGS}
 
 
-class _Refused(argparse.Action):
-    def __init__(self, *args, reason: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reason = reason
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} (Bagpipe's) has no meaning here: {self.reason}")
+def _refusal(reason: str) -> type[argparse.Action]:
+    class Refused(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{option_string} (Bagpipe's) has no meaning here: {reason}")
+    return Refused
 
 
 def add_refused(parser: argparse.ArgumentParser, role: str) -> None:
@@ -81,8 +78,7 @@ def add_refused(parser: argparse.ArgumentParser, role: str) -> None:
     taken = {option for action in parser._actions for option in action.option_strings}
     for flag in FLAGS:
         if role in flag.roles and flag.name not in taken:
-            parser.add_argument(flag.name, nargs="?", action=functools.partial(_Refused, reason=flag.refusal(role)),
-                                help=argparse.SUPPRESS)
+            parser.add_argument(flag.name, nargs="?", action=_refusal(flag.refusal(role)), help=argparse.SUPPRESS)
 
 
 def add_oracle_flags(parser: argparse.ArgumentParser) -> None:

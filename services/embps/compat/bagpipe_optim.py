@@ -51,7 +51,7 @@ def optimizer_spec(emb_optim: type, emb_optim_params: Mapping | None = None) -> 
     kind, params = kinds[emb_optim], dict(emb_optim_params or {})
     if "params" in params:
         raise UnsupportedOptimizer("emb_optim_params: do not pass model parameters; the rows are the cache's")
-    defaults = {name: p.default for name, p in inspect.signature(emb_optim.__init__).parameters.items()
+    defaults = {name: p.default for name, p in inspect.signature(emb_optim).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     for name, value in params.items():
         if name not in defaults:

@@ -26,7 +26,7 @@ def peak_rows(job: JobConfig, dataset: Dataset) -> int:
 
 def check_cache_budget(job: JobConfig, dataset: Dataset, cache_size: int) -> int:
     """The job's peak rows if they fit in cache_size; else CacheBudgetExceeded with the largest lookahead
-    whose window fits (found by bisection: a longer window holds at least as many rows)."""
+    whose window fits (found by bisection, as a longer window holds more rows)."""
     peak = peak_rows(job, dataset)
     if peak <= cache_size:
         return peak
@@ -34,11 +34,11 @@ def check_cache_budget(job: JobConfig, dataset: Dataset, cache_size: int) -> int
     def peak_at(lookahead: int) -> int:
         return peak_rows(dataclasses.replace(job, lookahead=lookahead), dataset)
 
-    low, high = 0, job.lookahead   # low fits (0 stands for "none does"), high does not
+    # low fits, high does not; lookahead 1 caches nothing (every row is streamed for its one batch).
+    low, high = 1, job.lookahead
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if peak_at(middle) <= cache_size else (low, middle)
-    advice = f"lookahead {low} fits" if low else f"even lookahead 1 holds {peak_at(1):,} rows"
     raise CacheBudgetExceeded(f"the job's window (lookahead {job.lookahead}, cleanup every {job.cleanup_every} "
                               f"batches, {job.global_batch} samples a batch) holds up to {peak:,} rows, more than "
-                              f"--cache-size {cache_size:,}; {advice}")
+                              f"--cache-size {cache_size:,}; lookahead {low} fits")
