@@ -130,7 +130,8 @@ class BagCache:
         self.batches_taken = 0
         self._finisher = ThreadPoolExecutor(1, thread_name_prefix="bagpipe-finish")
         self._finished: Future | None = None
-        atexit.register(self._wait_finished)
+        self._closed = False
+        atexit.register(self.close)
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """This trainer's slice of the next global batch: dense_x [B, n_dense], sparse_vector
@@ -178,7 +179,11 @@ class BagCache:
         # Finish waits for the push the SDK's hook has just started, then writes every row back.
         self._finished = self._finisher.submit(self._cache.finish)
 
-    def _wait_finished(self) -> None:
+    def close(self) -> None:
+        """Waits for the write-back that follows the job's last batch, then closes; at exit, on its own."""
+        if self._closed:
+            return
+        self._closed = True
         if self._finished is not None:
             try:
                 self._finished.result()
