@@ -44,8 +44,7 @@ from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
 from .bagpipe_optim import describe, optimizer_spec, same_optimizer
-
-ENV_JOB, ENV_ORACLE = "EMBPS_JOB", "EMBPS_ORACLE"
+from .job_env import ENV_JOB, ENV_ORACLE
 
 
 class BagpipeConfigError(ValueError):

@@ -21,8 +21,8 @@ from embps.common import structured_log
 from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES
 from embps.common.grpc_service import GrpcService, ServerLimits, run_service
 from embps.common.job_config import JobConfig
-from embps.compat.bagpipe_flags import add_oracle_flags, apply_oracle_flags
 from embps.common.job_messages import job_to_message
+from embps.compat.bagpipe_flags import add_oracle_flags, apply_oracle_flags
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 

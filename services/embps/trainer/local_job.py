@@ -25,10 +25,9 @@ from embps.common.job_config import Addresses, JobConfig
 from embps.common.health import wait_serving
 from embps.common.job_messages import GATEWAY_MODES
 from embps.common.local_cluster import LocalCluster, LocalProcess, free_ports
+from embps.compat.job_env import ENV_JOB
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
-
-ENV_JOB = "EMBPS_JOB"   # where external trainers find the job's file (embps.compat.bagpipe reads it)
 
 
 class JobFailed(RuntimeError):
