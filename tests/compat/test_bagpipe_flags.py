@@ -102,3 +102,15 @@ def test_a_window_over_the_budget_is_refused_naming_the_lookahead_that_fits():
 def test_the_docs_table_lists_every_flag_the_code_knows():
     rows = re.findall(r"^\| `(--[a-z-]+)` \| ([a-z, ]+) \|", DOCS.read_text(), re.MULTILINE)
     assert sorted(rows) == sorted((f.name, ", ".join(f.roles)) for f in FLAGS)
+
+
+def test_a_bad_table_file_stops_the_command_with_its_line(tmp_path):
+    job_file, info = tmp_path / "job.toml", tmp_path / "emb_table_info.txt"
+    JobConfig(dataset=f"criteo:{tmp_path / 'data.txt'}").save(job_file)
+    info.write_text("1460\nC2\n")
+    with pytest.raises(SystemExit, match=r"embps oracle-cacher: .*line 2: 'C2' is not a table size"):
+        job_of(parse("oracle-cacher", "--job", str(job_file), "--emb-info-file", str(info)))
+    assert JobConfig.load(job_file).dataset_options == {}   # the file is left as it was
+    args = parse("train", "--emb-info-file", str(info))   # the default data is synthetic
+    with pytest.raises(SystemExit, match=r"embps train: --emb-info-file sets the tables of Criteo-format data"):
+        args.run(args)

@@ -151,7 +151,10 @@ def job_of(args) -> JobConfig:
     job's one description: the oracle starts first (it creates the table the gateways open), so every
     process that reads the file after it agrees with it."""
     job = JobConfig.load(args.job)
-    effective = apply_oracle_flags(job, args)
+    try:
+        effective = apply_oracle_flags(job, args)
+    except (OSError, ValueError) as error:   # a bad table file, or settings a job cannot have
+        raise SystemExit(f"embps oracle-cacher: {error}") from None
     if effective != job:
         effective.save(args.job)
         log.info("job file updated from Bagpipe's flags", extra={"job": args.job})

@@ -121,7 +121,10 @@ def run(args) -> int:
     if args.model not in MODELS:
         raise SystemExit(f"--model must be one of {MODELS}")
     console = Console()
-    job = job_from_args(args)
+    try:
+        job = job_from_args(args)
+    except (OSError, ValueError) as error:   # a bad table file, or settings a job cannot have
+        raise SystemExit(f"embps train: {error}") from None
     trainers = f"external trainers ({args.external_trainers})" if args.external_trainers else f"{job.trainers} trainers"
     console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
                   f"{trainers}, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
