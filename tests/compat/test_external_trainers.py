@@ -7,7 +7,7 @@ import pytest
 
 from embps.common.job_config import JobConfig
 from embps.trainer.local_job import JobFailed, run_external_job
-from trainer.test_job_failures import processes_of
+from helpers.processes import processes_of
 
 
 def test_trainers_that_stop_short_fail_the_job(tmp_path):
