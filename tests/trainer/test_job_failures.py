@@ -11,18 +11,7 @@ import pytest
 
 from embps.common.job_config import JobConfig
 from embps.trainer.local_job import JobFailed, run_local_job
-
-
-def processes_of(job_file: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(job_file).encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                pass
-    return pids
+from helpers.processes import processes_of
 
 
 def kill_when_training(data_dir: Path, argv_part: str, after_steps: int, killed: list) -> None:

@@ -22,10 +22,12 @@ from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES
 from embps.common.grpc_service import GrpcService, ServerLimits, run_service
 from embps.common.job_config import JobConfig
 from embps.common.job_messages import job_to_message
+from embps.compat.bagpipe_flags import add_oracle_flags, apply_oracle_flags
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
 from embps.datasets import open_dataset
+from .cache_budget import CacheBudgetExceeded, check_cache_budget
 from .lookahead_planner import LookaheadPlanner
 
 COMMAND = "oracle-cacher"
@@ -39,6 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--job", required=True, help="the job's TOML file")
     parser.add_argument("--queue-batches", type=int, default=0,
                         help="plans buffered per trainer (default: the lookahead)")
+    add_oracle_flags(parser)
 
 
 def slice_message(batch, trainer: int, local: int) -> pb.FeatureSlice:
@@ -143,9 +146,31 @@ def make_service(job: JobConfig, queue_batches: int = 0) -> tuple[GrpcService, O
     return service, oracle
 
 
-def run(args) -> int:
+def job_of(args) -> JobConfig:
+    """The job file's job with Bagpipe's flags applied.  What they change is written back to the file, the
+    job's one description: the oracle starts first (it creates the table the gateways open), so every
+    process that reads the file after it agrees with it."""
     job = JobConfig.load(args.job)
+    try:
+        effective = apply_oracle_flags(job, args)
+    except (OSError, ValueError) as error:   # a bad table file, or settings a job cannot have
+        raise SystemExit(f"embps oracle-cacher: {error}") from None
+    if effective != job:
+        effective.save(args.job)
+        log.info("job file updated from Bagpipe's flags", extra={"job": args.job})
+    if args.cache_size:
+        try:
+            peak = check_cache_budget(effective, open_dataset(effective.dataset, **effective.dataset_options),
+                                      args.cache_size)
+        except CacheBudgetExceeded as error:
+            raise SystemExit(f"embps oracle-cacher: {error}") from None
+        log.info("the window fits the cache", extra={"peak_rows": peak, "cache_size": args.cache_size})
+    return effective
+
+
+def run(args) -> int:
     structured_log.configure("INFO")
+    job = job_of(args)
     service, oracle = make_service(job, args.queue_batches)
     serving = {"address": job.addresses.oracle, "steps": job.steps, "lookahead": job.lookahead,
                "cleanup_every": job.cleanup_every}

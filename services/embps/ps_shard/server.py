@@ -15,6 +15,7 @@ from prometheus_client import start_http_server
 from embps.common import structured_log
 from embps.common.addresses import split_host_port
 from embps.common.grpc_service import GrpcService, ServerLimits, run_service
+from embps.compat.bagpipe_flags import add_refused
 from embps.rdma.config import RdmaPathConfig
 from embps.rdma.server import start_rdma_path
 from embps.store import Store
@@ -33,6 +34,7 @@ log = logging.getLogger("embps.ps_shard")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", help="TOML file with a [shard] table; EMBPS_SHARD_<FIELD> variables override it")
+    add_refused(parser, "server")   # Bagpipe's embedding server's flags, each refused saying why
 
 
 def _rdma_config(config: ShardConfig) -> RdmaPathConfig:

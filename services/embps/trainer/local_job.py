@@ -1,11 +1,17 @@
 """Runs a whole training job on this machine: shards, the oracle cacher, one gateway and one trainer per
 rank, each its own process on loopback.  If any process fails, the others are stopped and the failure
-is reported with the tail of its log; nothing is left running."""
+is reported with the tail of its log; nothing is left running.
+
+The trainers may be external: a program of the user's (a Bagpipe trainer script on
+embps.compat.bagpipe, say) that starts them itself and finds the job through EMBPS_JOB."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from embps.client import PSClient
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.health import wait_serving
+from embps.common.job_messages import GATEWAY_MODES
 from embps.common.local_cluster import LocalCluster, LocalProcess, free_ports
+from embps.compat.job_env import ENV_JOB
+from embps.v1 import training_pb2 as pb
+from embps.v1 import training_pb2_grpc as pb_grpc
 
 
 class JobFailed(RuntimeError):
@@ -37,10 +47,50 @@ def _addresses(job: JobConfig, shards: tuple[str, ...]) -> Addresses:
     return Addresses(oracle=oracle, gateways=tuple(gateways), shards=shards, trainers=trainers)
 
 
+class ExternalTrainers(LocalProcess):
+    """The user's trainer program, in a process group of its own: it may start the trainers as its
+    children (Bagpipe's trainer_simple.py does), and stopping it stops them too."""
+
+    def __init__(self, argv: list[str], job_file: Path, log_path: Path):
+        self.name, self.log_path = "external trainers", log_path
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True,
+                                            env={**os.environ, ENV_JOB: str(job_file)})
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self._signal_group(signal.SIGKILL)   # children that outlived their parent
+        return self.process.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_started(process: LocalProcess, address: str, job: JobConfig, timeout: float = 60.0) -> None:
+    """Until the process serves at address; JobFailed, with its log, as soon as it exits instead."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _raise_if_failed([process])
+        try:
+            return wait_serving(address, 1.0, job.security)
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
 @contextmanager
-def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterator[tuple[JobConfig, list]]:
-    """Shards with a fresh table, the oracle cacher and the gateways, all serving; yields the job (with
-    its addresses, also saved as data_dir/job.toml) and the processes, and stops them all on exit."""
+def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
+                   oracle_flags: tuple[str, ...] = ()) -> Iterator[tuple[JobConfig, list]]:
+    """Shards with a fresh table, the oracle cacher (with oracle_flags) and the gateways, all serving;
+    yields the job (with its addresses, also saved as data_dir/job.toml) and the processes, and stops
+    them all on exit."""
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[LocalProcess] = []
@@ -52,8 +102,9 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterato
             if job.table in ps.list_tables():         # creates the table afresh
                 ps.drop_table(job.table)
         try:
-            processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file)], logs / "oracle.log"))
-            wait_serving(job.addresses.oracle, 60, job.security)
+            processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file), *oracle_flags],
+                                          logs / "oracle.log"))
+            _wait_started(processes[-1], job.addresses.oracle, job)
             for i in range(job.trainers):
                 processes.append(LocalProcess(f"gateway {i}", ["trainer-gateway", "--job", str(job_file),
                                                                "--trainer", str(i)], logs / f"gateway-{i}.log"))
@@ -65,11 +116,12 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2) -> Iterato
                 process.stop()
 
 
-def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True) -> JobResult:
+def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True,
+                  oracle_flags: tuple[str, ...] = ()) -> JobResult:
     out = data_dir / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "progress.jsonl").unlink(missing_ok=True)
-    with local_services(job, data_dir, n_shards) as (job, processes):
+    with local_services(job, data_dir, n_shards, oracle_flags) as (job, processes):
         started = time.perf_counter()
         trainers = [LocalProcess(f"trainer {r}", ["trainer", "--job", str(data_dir / "job.toml"), "--rank", str(r),
                                                   "--out", str(out)], data_dir / "logs" / f"trainer-{r}.log")
@@ -78,6 +130,37 @@ def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progre
         _watch(job, processes, trainers, out / "progress.jsonl", show_progress)
         seconds = time.perf_counter() - started
     return JobResult(job, json.loads((out / "metrics.json").read_text()), seconds, out)
+
+
+def run_external_job(job: JobConfig, data_dir: Path, trainers_argv: list[str], n_shards: int = 2,
+                     oracle_flags: tuple[str, ...] = ()) -> JobResult:
+    """The job's services, and trainers_argv in place of its trainers: it runs with EMBPS_JOB naming the
+    job's file, and when it has exited every gateway must have served the job's steps (else JobFailed:
+    the trainers died or stopped early).  metrics: each gateway's stats."""
+    out = data_dir / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    with local_services(job, data_dir, n_shards, oracle_flags) as (job, processes):
+        started = time.perf_counter()
+        trainers = ExternalTrainers(trainers_argv, data_dir / "job.toml", data_dir / "logs" / "trainers.log")
+        processes.append(trainers)
+        _watch(job, processes, [trainers], out / "progress.jsonl", show=False)
+        seconds = time.perf_counter() - started
+        stats = [_gateway_stats(job, address) for address in job.addresses.gateways]
+    short = [(i, s["steps"]) for i, s in enumerate(stats) if s["steps"] != job.steps]
+    if short:
+        raise JobFailed(f"the external trainers exited with gateways {short} (gateway, steps) short of the job's "
+                        f"{job.steps} steps; the last lines of {trainers.log_path}:\n{trainers.log_tail()}")
+    metrics = {"gateways": stats}
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    return JobResult(job, metrics, seconds, out)
+
+
+def _gateway_stats(job: JobConfig, address: str) -> dict:
+    with job.security.channel(address) as channel:
+        stats = pb_grpc.TrainerGatewayStub(channel).GetGatewayStats(pb.GetGatewayStatsRequest(),
+                                                                     timeout=job.timeout_seconds)
+    return {**{f.name: v for f, v in stats.ListFields()}, "steps": stats.steps,
+            "mode": GATEWAY_MODES.from_message(stats.mode)}
 
 
 def _watch(job: JobConfig, processes: list[LocalProcess], trainers: list[LocalProcess], progress_file: Path,

@@ -7,12 +7,14 @@ parameter-server traffic, plots the curves and stops everything."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from embps.common.job_config import MODES, JobConfig
+from embps.compat.bagpipe_flags import with_table_sizes
 
 COMMAND = "train"
 HELP = "run a training job on a local cluster (the demo)"
@@ -39,19 +41,33 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dim", type=int, default=None, help="embedding width (default 50 for caser, else 32)")
     parser.add_argument("--emb-optimizer", default="adagrad", choices=("sgd", "adagrad"))
     parser.add_argument("--emb-lr", type=float, default=0.05)
+    parser.add_argument("--emb-eps", type=float, default=JobConfig.emb_eps, help="adagrad's epsilon")
     parser.add_argument("--dense-lr", type=float, default=1e-3)
     parser.add_argument("--eval-batches", type=int, default=16,
                         help="held-out batches (a sequence data set's ranking queries are all evaluated)")
+    parser.add_argument("--emb-info-file", help="the tables of Criteo-format data from Bagpipe's emb_table_info.txt "
+                                                "(one table size per line)")
+    parser.add_argument("--cache-size", type=int, default=0,
+                        help="the caches' row budget (Bagpipe's --cache-size): the oracle refuses a window that "
+                             "needs more rows, naming the lookahead that fits (default: none)")
+    parser.add_argument("--external-trainers", metavar="COMMAND",
+                        help="run COMMAND in place of the trainers (it starts them all, and finds the job through "
+                             "EMBPS_JOB), e.g. a Bagpipe trainer script on embps.compat.bagpipe")
 
 
 def job_from_args(args) -> JobConfig:
     default_dataset, default_dim = MODEL_DEFAULTS.get(args.model, DEFAULTS)
     dataset = args.dataset or default_dataset
     options = {"scale": args.scale} if dataset == "synthetic" else {}
-    return JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
-                     trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
-                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
-                     dense_lr=args.dense_lr, lookahead=args.lookahead)
+    job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
+                    trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
+                    eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
+                    emb_eps=args.emb_eps, dense_lr=args.dense_lr, lookahead=args.lookahead)
+    return with_table_sizes(job, args.emb_info_file) if args.emb_info_file else job
+
+
+def oracle_flags(args) -> tuple[str, ...]:
+    return ("--cache-size", str(args.cache_size)) if args.cache_size else ()
 
 
 def summarize(result) -> dict:
@@ -117,20 +133,28 @@ def run(args) -> int:
     from embps.datasets import open_dataset
     from embps.models import MODELS, check_model_fits   # PyTorch loads only for the commands that train
 
-    from .local_job import JobFailed, run_local_job
+    from .local_job import JobFailed, run_external_job, run_local_job
     if args.model not in MODELS:
         raise SystemExit(f"--model must be one of {MODELS}")
     console = Console()
-    job = job_from_args(args)
+    try:
+        job = job_from_args(args)
+    except (OSError, ValueError) as error:   # a bad table file, or settings a job cannot have
+        raise SystemExit(f"embps train: {error}") from None
     try:
         check_model_fits(job.model, open_dataset(job.dataset, **job.dataset_options).info)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"--model {job.model} --dataset {job.dataset}: {error}") from None
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"embps train: --model {job.model} --dataset {job.dataset}: {error}") from None
+    trainers = f"external trainers ({args.external_trainers})" if args.external_trainers else f"{job.trainers} trainers"
     console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
-                  f"{job.trainers} trainers, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
+                  f"{trainers}, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
                   f"{job.global_batch}")
     try:
-        result = run_local_job(job, Path(args.data_dir), n_shards=args.shards)
+        if args.external_trainers:
+            result = run_external_job(job, Path(args.data_dir), shlex.split(args.external_trainers),
+                                      n_shards=args.shards, oracle_flags=oracle_flags(args))
+            return _report_external(console, result)
+        result = run_local_job(job, Path(args.data_dir), n_shards=args.shards, oracle_flags=oracle_flags(args))
     except JobFailed as error:
         console.print(f"[bold red]training failed[/bold red]: {error}")
         return 1
@@ -154,4 +178,18 @@ def run(args) -> int:
     table.add_row("wall time", f"{result.seconds:.1f} s")
     console.print(table)
     console.print(f"curves: {png}\nall processes stopped.")
+    return 0
+
+
+def _report_external(console: Console, result) -> int:
+    """What the gateways saw of external trainers (their losses are theirs)."""
+    table = Table(title="external trainers: the gateways' view")
+    for column in ("gateway", "steps", "rows used", "rows fetched", "PS traffic"):
+        table.add_column(column, justify="right")
+    for i, g in enumerate(result.metrics["gateways"]):
+        table.add_row(str(i), str(g["steps"]), f"{g.get('rows_used', 0):,}", f"{g.get('rows_fetched', 0):,}",
+                      f"{(g.get('ps_bytes_in', 0) + g.get('ps_bytes_out', 0)) / 1e6:,.1f} MB")
+    console.print(table)
+    console.print(f"wall time {result.seconds:.1f} s; the rows are on the shards (under {result.out.parent}); "
+                  "all processes stopped.")
     return 0
