@@ -1,6 +1,6 @@
 """Which shard holds a key.  Jump consistent hash (Lamping & Veach) by default: growing from n to n+1
-shards moves only 1/(n+1) of the keys.  Any object with shard_of(keys) -> shard indexes can route
-(placement files plug in here)."""
+shards moves only 1/(n+1) of the keys.  A placement file (`[cluster] placement`) routes the keys it lists
+to their owner host's shard instead.  Any object with shard_of(keys) -> shard indexes can route."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from typing import Protocol
 
 import numpy as np
 
+from embps.common.cluster_config import ClusterConfig
+from embps.common.job_config import FEATURE_SHIFT
+from embps.placement import Placement
+from embps.placement.placement_file import load_placement
+
 _MULTIPLIER = np.uint64(2862933555777941757)
+_SHIFT = np.uint64(FEATURE_SHIFT)
+_ID_MASK = np.uint64((1 << FEATURE_SHIFT) - 1)
+_NO_FEATURE = 1 << (64 - FEATURE_SHIFT)   # above every key's feature
+_DENSE_SLOTS_PER_ROW = 4                  # a feature maps ids directly while its id range is <= 4x its rows
 
 
 def jump_hash(keys: np.ndarray, n_shards: int) -> np.ndarray:
@@ -42,3 +51,76 @@ class JumpHashRouter:
         if self.n_shards == 1:
             return np.zeros(len(keys), np.int64)
         return jump_hash(keys, self.n_shards)
+
+
+class PlacementRouter:
+    """Host h runs shard h: a key the placement lists goes to its owner host's shard, any other key (one
+    the partitioner never saw) by jump hash over the same shards.
+
+    A binary search per key over tens of millions of keys would cost more than the RPC it routes (a chain
+    of ~25 dependent cache misses), so a feature whose listed ids are dense, as a trained table's are,
+    maps id -> owner directly: one array slot per id in its range, a few vectorised steps per key.  The
+    keys of sparse features are binary-searched."""
+
+    def __init__(self, placement: Placement):
+        self.n_shards = placement.hosts
+        self.placement = placement
+        keys, owner = placement.row_keys, placement.row_owner
+        feature = keys >> _SHIFT
+        starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])[:len(keys)]   # a segment per feature
+        rows = np.diff(np.r_[starts, len(keys)]).astype(np.int64)
+        first_id = keys[starts] & _ID_MASK
+        span = ((keys[starts + rows - 1] & _ID_MASK) - first_id).astype(np.int64) + 1
+        dense = span <= _DENSE_SLOTS_PER_ROW * rows
+        base = np.r_[0, np.cumsum(span[dense])].astype(np.int64)
+        # One segment past the last is the miss: its feature matches no key, its slots are none.
+        self._features = np.r_[feature[starts][dense], np.uint64(_NO_FEATURE)]
+        self._first = np.r_[first_id[dense], np.uint64(0)]
+        self._span = np.r_[span[dense], 0].astype(np.uint64)
+        self._base = base
+        owner_type = np.uint16 if placement.hosts <= 0xFFFF else np.uint32   # the type's max means unknown
+        self._unknown = np.iinfo(owner_type).max
+        self._owner_by_slot = np.full(int(base[-1]) + 1, self._unknown, owner_type)
+        # slot of a key = its id + (its segment's base - its segment's first id); one pass per step
+        shift = np.zeros(len(starts), np.int64)
+        shift[dense] = base[:-1] - first_id[dense].astype(np.int64)
+        slots = (keys & _ID_MASK).astype(np.int64)
+        slots += np.repeat(shift, rows)
+        in_dense = np.repeat(dense, rows)
+        if in_dense.all():
+            self._owner_by_slot[slots] = owner
+        else:
+            self._owner_by_slot[slots[in_dense]] = owner[in_dense]
+        self._sparse_keys, self._sparse_owner = keys[~in_dense], owner[~in_dense]
+
+    def shard_of(self, keys: np.ndarray) -> np.ndarray:
+        keys = np.asarray(keys, np.uint64)
+        if self.n_shards == 1:
+            return np.zeros(len(keys), np.int64)
+        feature = keys >> _SHIFT
+        segment = np.searchsorted(self._features, feature)          # a few dense features: cache-resident
+        offset = (keys & _ID_MASK) - self._first[segment]           # wraps to huge below the first id
+        dense = self._features[segment] == feature
+        slot = np.where(dense & (offset < self._span[segment]), self._base[segment] + offset.astype(np.int64),
+                        len(self._owner_by_slot) - 1)
+        shard = self._owner_by_slot[slot].astype(np.int64)
+        if len(self._sparse_keys) and not dense.all():
+            self._route_sparse(keys, shard, np.flatnonzero(~dense))
+        unknown = shard == self._unknown
+        if unknown.any():
+            shard[unknown] = jump_hash(keys[unknown], self.n_shards)
+        return shard
+
+    def _route_sparse(self, keys: np.ndarray, shard: np.ndarray, where: np.ndarray) -> None:
+        at = np.searchsorted(self._sparse_keys, keys[where])
+        np.minimum(at, len(self._sparse_keys) - 1, out=at)
+        listed = self._sparse_keys[at] == keys[where]
+        shard[where[listed]] = self._sparse_owner[at[listed]]
+
+
+def router_for(config: ClusterConfig) -> Router:
+    """The cluster's router: its placement file's when it names one (refused if made for another number of
+    shards), else jump hash."""
+    if not config.placement:
+        return JumpHashRouter(len(config.shards))
+    return PlacementRouter(load_placement(config.placement, hosts=len(config.shards)))
