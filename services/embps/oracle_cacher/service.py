@@ -1,6 +1,9 @@
 """`embps oracle-cacher --job FILE`: reads the training stream, plans it (LookaheadPlanner) and streams
 every trainer gateway its plans and feature slices.
 
+With a placement (the job's `placement`), trainer h trains the samples the placement gives host h
+(dealing); a global batch is the union of the trainers' batches, and is planned as one.
+
 One planner thread feeds a bounded queue per trainer: it plans at most `queue_batches` ahead of the
 slowest subscriber (back-pressure; memory stays bounded, nothing is preloaded).  Trainers join at the
 start only: all `trainers` gateways subscribe once; a second subscription for a trainer is refused.
@@ -26,6 +29,9 @@ from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
 from embps.datasets import open_dataset
+from embps.placement.placement_file import load_placement
+
+from .dealing import dealt_batches
 from .lookahead_planner import LookaheadPlanner
 
 COMMAND = "oracle-cacher"
@@ -52,6 +58,9 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def __init__(self, job: JobConfig, queue_batches: int = 0):
         self.job = job
         self.dataset = open_dataset(job.dataset, **job.dataset_options)
+        # Refused here, at the start, if made for another number of hosts or another dataset.
+        self.placement = load_placement(job.placement, hosts=job.trainers, dataset=self.dataset.info.name) \
+            if job.placement else None
         # The job's table: one row per (feature, id).  A deployment starts from here; an existing table
         # with another spec is an error, not something to train over.
         with PSClient(job.cluster_config()) as ps:
@@ -68,7 +77,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def _plan_all(self) -> None:
         job = self.job
         planner = LookaheadPlanner(self.dataset.info.table_sizes, job.lookahead, job.cleanup_every)
-        data = self.dataset.batches(job.global_batch, "train")
+        data = self._train_batches()
         window: list = []   # the batches whose plans are not yet out: the planner reads L ahead
 
         def sparse_stream():
@@ -95,6 +104,11 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
             self.failure = f"planning failed: {error!r}"
             for q in self.queues:
                 q.put(None)
+
+    def _train_batches(self):
+        if self.placement is None:
+            return self.dataset.batches(self.job.global_batch, "train")
+        return dealt_batches(self.dataset, self.placement, self.job.local_batch)
 
     def _put(self, q: queue.Queue, item) -> None:
         """Blocks while the trainer's queue is full: the slowest trainer paces the planner."""
