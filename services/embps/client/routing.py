@@ -64,7 +64,6 @@ class PlacementRouter:
 
     def __init__(self, placement: Placement):
         self.n_shards = placement.hosts
-        self.placement = placement
         keys, owner = placement.row_keys, placement.row_owner
         feature = keys >> _SHIFT
         starts = np.flatnonzero(np.r_[True, feature[1:] != feature[:-1]])[:len(keys)]   # a segment per feature
@@ -82,16 +81,21 @@ class PlacementRouter:
         self._unknown = np.iinfo(owner_type).max
         self._owner_by_slot = np.full(int(base[-1]) + 1, self._unknown, owner_type)
         # slot of a key = its id + (its segment's base - its segment's first id); one pass per step
-        shift = np.zeros(len(starts), np.int64)
-        shift[dense] = base[:-1] - first_id[dense].astype(np.int64)
+        delta = np.zeros(len(starts), np.int64)
+        delta[dense] = base[:-1] - first_id[dense].astype(np.int64)
         slots = (keys & _ID_MASK).astype(np.int64)
-        slots += np.repeat(shift, rows)
+        slots += np.repeat(delta, rows)
         in_dense = np.repeat(dense, rows)
         if in_dense.all():
             self._owner_by_slot[slots] = owner
         else:
             self._owner_by_slot[slots[in_dense]] = owner[in_dense]
         self._sparse_keys, self._sparse_owner = keys[~in_dense], owner[~in_dense]
+
+    @property
+    def index_bytes(self) -> int:
+        """Memory the router holds beyond the placement's own arrays."""
+        return self._owner_by_slot.nbytes + self._sparse_keys.nbytes + self._sparse_owner.nbytes
 
     def shard_of(self, keys: np.ndarray) -> np.ndarray:
         keys = np.asarray(keys, np.uint64)
