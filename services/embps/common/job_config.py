@@ -107,6 +107,8 @@ class JobConfig:
         addresses = values.pop("addresses")
         options = values.pop("dataset_options")
         values.pop("security")
+        if not values["placement"]:
+            values.pop("placement")   # hash placement, the default
         lines = ["[job]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         lines += ["", "[job.dataset_options]"] + [f"{k} = {json.dumps(v)}" for k, v in options.items()]
         lines += ["", "[addresses]"] + [f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
