@@ -44,9 +44,12 @@ def trainer_samples(placement: Placement, n_train: int) -> list[np.ndarray]:
 
 
 def dealt_batches(dataset: Dataset, placement: Placement, local_batch: int) -> Iterator[Batch]:
-    """Global batches 0, 1, ...: the union of the trainers' local batches, trainer 0's first."""
-    positions = trainer_samples(placement, dataset.info.n_train)
-    reader = _ChunkReader(dataset)
+    """Global batches 0, 1, ...: the union of the trainers' local batches, trainer 0's first.  A placement
+    that cannot be dealt is refused here, not at the first batch."""
+    return _deal(_ChunkReader(dataset), trainer_samples(placement, dataset.info.n_train), local_batch)
+
+
+def _deal(reader: _ChunkReader, positions: list[np.ndarray], local_batch: int) -> Iterator[Batch]:
     within = np.arange(local_batch)
     for b in range(1 << 62):
         wanted = np.concatenate([p[(b * local_batch + within) % len(p)] for p in positions])

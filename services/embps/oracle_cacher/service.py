@@ -58,9 +58,8 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def __init__(self, job: JobConfig, queue_batches: int = 0):
         self.job = job
         self.dataset = open_dataset(job.dataset, **job.dataset_options)
-        # Refused here, at the start, if made for another number of hosts or another dataset.
-        self.placement = load_placement(job.placement, hosts=job.trainers, dataset=self.dataset.info.name) \
-            if job.placement else None
+        # A placement made for another number of hosts or another dataset is refused here, at the start.
+        self.train_batches = self._train_batches()
         # The job's table: one row per (feature, id).  A deployment starts from here; an existing table
         # with another spec is an error, not something to train over.
         with PSClient(job.cluster_config()) as ps:
@@ -77,7 +76,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def _plan_all(self) -> None:
         job = self.job
         planner = LookaheadPlanner(self.dataset.info.table_sizes, job.lookahead, job.cleanup_every)
-        data = self._train_batches()
+        data = self.train_batches
         window: list = []   # the batches whose plans are not yet out: the planner reads L ahead
 
         def sparse_stream():
@@ -106,9 +105,11 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
                 q.put(None)
 
     def _train_batches(self):
-        if self.placement is None:
-            return self.dataset.batches(self.job.global_batch, "train")
-        return dealt_batches(self.dataset, self.placement, self.job.local_batch)
+        job = self.job
+        if not job.placement:
+            return self.dataset.batches(job.global_batch, "train")
+        placement = load_placement(job.placement, hosts=job.trainers, dataset=self.dataset.info.name)
+        return dealt_batches(self.dataset, placement, job.local_batch)
 
     def _put(self, q: queue.Queue, item) -> None:
         """Blocks while the trainer's queue is full: the slowest trainer paces the planner."""
