@@ -27,7 +27,11 @@ def wire(job: JobConfig) -> JobConfig:
     return job_from_message(pb.JobConfig.FromString(job_to_message(job).SerializeToString()))
 
 
-@pytest.mark.parametrize("job", [JOB, JobConfig()], ids=["every_setting", "defaults"])
+PLACED = dataclasses.replace(JOB, placement="/data/hetgmp.placement",
+                             addresses=dataclasses.replace(JOB.addresses, shards=("s:1", "s:2", "s:3", "s:4")))
+
+
+@pytest.mark.parametrize("job", [JOB, JobConfig(), PLACED], ids=["every_setting", "defaults", "placement"])
 def test_round_trip_equals_the_job_and_its_toml_reading(job):
     assert wire(job) == job
     assert wire(job) == JobConfig.from_toml(job.to_toml())
@@ -70,3 +74,12 @@ def test_a_message_the_job_cannot_run_with_is_refused():
 def test_gateway_modes_are_the_job_modes():
     assert GATEWAY_MODES.to_message("sync") == pb.GATEWAY_MODE_SYNC
     assert GATEWAY_MODES.from_message(pb.GATEWAY_MODE_DIRECT) == "direct"
+
+
+def test_a_placement_needs_a_shard_per_trainer_and_is_read_relative_to_the_job_file(tmp_path):
+    with pytest.raises(ValueError, match="4 trainers need 4 shards, not 2"):
+        dataclasses.replace(JOB, placement="p.placement")
+    dataclasses.replace(PLACED, placement="hetgmp.placement").save(tmp_path / "job.toml")
+    loaded = JobConfig.load(tmp_path / "job.toml")
+    assert loaded.placement == str(tmp_path / "hetgmp.placement")
+    assert loaded.cluster_config().placement == loaded.placement

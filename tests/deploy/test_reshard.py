@@ -1,5 +1,6 @@
 """`embps reshard` against three real shard processes on loopback: grow 2 -> 3 in place, shrink back,
-copy to a disjoint layout, and the verification catching misplaced, duplicated and changed rows."""
+copy to a disjoint layout, from hash placement to a placement file and back, and the verification
+catching misplaced, duplicated and changed rows."""
 
 import argparse
 import dataclasses
@@ -8,10 +9,12 @@ import numpy as np
 import pytest
 
 from embps.api import InitializerSpec, OptimizerSpec, TableSpec
-from embps.client import ClusterConfig, PSClient, jump_hash
+from embps.client import ClusterConfig, PSClient, jump_hash, router_for
 from embps.common.local_cluster import LocalShard
 from embps.deploy import reshard_command
 from embps.deploy.reshard import ReshardError, checksum, reshard, row_hashes
+from embps.placement import Placement
+from embps.placement.placement_file import save_placement
 
 TABLES = {
     "user": TableSpec(dim=8, capacity=50_000, optimizer=OptimizerSpec("adagrad", lr=0.1, eps=1e-8),
@@ -87,11 +90,11 @@ def shard_keys(shard: LocalShard, table: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
 
-def check_layout(shards, reference, indexes):
+def check_layout(shards, reference, indexes, placement=""):
     """Every row and its state unchanged through a client of the layout; each key on exactly one shard,
     the one the layout routes it to; every other shard holds none of them."""
     for data_path in ("tcp", "grpc"):
-        with PSClient(layout(shards, *indexes, data_path=data_path)) as client:
+        with PSClient(layout(shards, *indexes, data_path=data_path, placement=placement)) as client:
             for name, (keys, rows, state) in reference.items():
                 got_rows, got_state, found = lookup(client, name, keys)
                 assert found.all()
@@ -101,7 +104,7 @@ def check_layout(shards, reference, indexes):
         held = {i: shard_keys(shards[i], name) for i in range(3)}
         assert sum(len(k) for k in held.values()) == len(keys)
         assert np.array_equal(np.sort(np.concatenate(list(held.values()))), np.sort(keys))
-        owner = np.array(indexes)[jump_hash(keys, len(indexes))]
+        owner = np.array(indexes)[router_for(layout(shards, *indexes, placement=placement)).shard_of(keys)]
         for i in range(3):
             assert np.array_equal(np.sort(held[i]), np.sort(keys[owner == i])), f"shard {i} of table {name}"
 
@@ -210,3 +213,38 @@ def test_copy_to_disjoint_layout_then_tampering_fails_verification(shards, refer
         assert "checksums differ" in captured.err and "MISMATCH" in captured.out
         for name in TABLES:
             only2.drop_table(name)
+
+
+def test_hash_placement_to_a_placement_file_and_back(shards, reference, tmp_path, capsys):
+    """Same two shards, routed by a placement file: a random split of most keys (the rest, unlisted, stay
+    by jump hash), then back to hash placement; every row keeps its rows and optimizer state."""
+    rng = np.random.default_rng(5)
+    keys = np.unique(np.concatenate([k for k, _, _ in reference.values()]))
+    listed = np.sort(rng.choice(keys, len(keys) * 9 // 10, replace=False))
+    path = tmp_path / "split.placement"
+    save_placement(path, Placement(hosts=2, row_keys=listed, row_owner=rng.integers(0, 2, len(listed), dtype=np.uint16),
+                                   sample_host=np.zeros(0, np.uint16), mirrors=(listed[:0], listed[:0]), dataset="d"))
+    by_hash, by_placement = layout(shards, 0, 1), layout(shards, 0, 1, placement=str(path))
+    assert not np.array_equal(router_for(by_placement).shard_of(keys), jump_hash(keys, 2))
+
+    assert run_cli(tmp_path, by_hash, by_placement, "--verify-only") == 1
+    assert "not on the shard the new layout routes them to" in capsys.readouterr().err
+    assert run_cli(tmp_path, by_hash, by_placement, "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert "in-place" in out and "OK" in out and "MISMATCH" not in out
+    check_layout(shards, reference, [0, 1], placement=str(path))
+    assert run_cli(tmp_path, by_hash, by_placement, "--verify-only") == 0
+    assert run_cli(tmp_path, by_placement, by_hash, "--verify-only") == 1
+    capsys.readouterr()
+
+    three_hosts = tmp_path / "three.placement"
+    save_placement(three_hosts, Placement(hosts=3, row_keys=listed[:0], row_owner=np.zeros(0, np.uint16),
+                                          sample_host=np.zeros(0, np.uint16), mirrors=(listed[:0],) * 3, dataset="d"))
+    assert run_cli(tmp_path, by_placement, layout(shards, 0, 1, placement=str(three_hosts)), "--no-progress") == 2
+    err = " ".join(capsys.readouterr().err.split())   # the console wraps long lines
+    assert "placement cannot be used" in err and "over 3 hosts, this cluster has 2" in err
+    check_layout(shards, reference, [0, 1], placement=str(path))   # refused before anything moved
+
+    report = reshard(by_placement, by_hash, progress=False)
+    assert report.ok and all(t.moved > 0 for t in report.tables)
+    check_layout(shards, reference, [0, 1])

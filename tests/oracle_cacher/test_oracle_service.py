@@ -1,5 +1,9 @@
 """The oracle cacher's API against a real shard: GetJob returns the job as a message, StreamPlans
-streams one plan per batch to a trainer of the job and refuses anyone else."""
+streams one plan per batch to a trainer of the job and refuses anyone else; a placement made for another
+job is refused at the start."""
+
+import dataclasses
+import re
 
 import grpc
 import numpy as np
@@ -8,7 +12,10 @@ import pytest
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.job_messages import job_from_message
 from embps.common.local_cluster import LocalShard, free_port
-from embps.oracle_cacher.service import make_service
+from embps.oracle_cacher.dealing import DealingError
+from embps.oracle_cacher.service import OracleCacher, make_service
+from embps.placement import Placement
+from embps.placement.placement_file import PlacementMismatchError, save_placement
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 from helpers.grpc_calls import error_info, malformed_requests, raw_call
@@ -62,3 +69,19 @@ def test_undecodable_requests_are_invalid_arguments(oracle, method, payload):
     assert f"not a valid {method.input_type.full_name}" in info.value.details()
     assert error_info(info.value) == ("embps.dev", "PROTOCOL")
     assert job_from_message(stub.GetJob(pb.GetJobRequest(), timeout=10)) == job
+
+
+@pytest.mark.parametrize("hosts, dataset, samples, error, refusal", [
+    (2, "synthetic(scale=0.0005, seed=3)", 8, PlacementMismatchError, "over 2 hosts, this cluster has 1"),
+    (1, "movielens-100k", 8, PlacementMismatchError,
+     "made for dataset 'movielens-100k', this job trains on 'synthetic(scale=0.0005, seed=3)'"),
+    (1, "synthetic(scale=0.0005, seed=3)", 0, DealingError, "gives host(s) [0] no training samples")])
+def test_a_placement_for_another_job_is_refused_at_the_start(oracle, tmp_path, hosts, dataset, samples, error,
+                                                             refusal):
+    job, _ = oracle
+    save_placement(tmp_path / "p", Placement(hosts=hosts, row_keys=np.zeros(0, np.uint64),
+                                             row_owner=np.zeros(0, np.uint16),
+                                             sample_host=np.zeros(samples, np.uint16),
+                                             mirrors=(np.zeros(0, np.uint64),) * hosts, dataset=dataset))
+    with pytest.raises(error, match=re.escape(refusal)):
+        OracleCacher(dataclasses.replace(job, placement=str(tmp_path / "p")))

@@ -1,16 +1,23 @@
 """The Bagpipe promise, tested: two trainers training through the shards, in sync mode (lookahead
 caching) or direct mode, end with every embedding row, its optimizer state and every dense parameter
 equal to one process training the same model on the same global batches with plain PyTorch -- for
-DLRM in every mode, and in sync mode for FGCNN (Criteo-shaped data) and Caser (MovieLens sequences)."""
+DLRM in every mode, and in sync mode for FGCNN (Criteo-shaped data) and Caser (MovieLens sequences).
+With a placement, the same holds for the batches dealt by it (each trainer its own samples), and every
+row lives on its owner host's shard."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from embps.client import PlacementRouter
 from embps.common.job_config import JobConfig, feature_keys
 from embps.models import build_model
 from embps.models.local_training import LocalTrainer
-from embps.datasets import open_dataset
+from embps.datasets import Batch, open_dataset
+from embps.placement import Placement
+from embps.placement.placement_file import save_placement
 from embps.store import Store, initial_rows
 from embps.trainer.local_job import run_local_job
 
@@ -30,19 +37,36 @@ def rows_on_shards(shards_dir, table, keys):
     return rows, state
 
 
-def reference(job: JobConfig):
+def table_keys(info) -> list[np.ndarray]:
+    return [feature_keys(np.arange(size).reshape(-1, 1) * np.eye(1, len(info.table_sizes), i, dtype=np.int64))[:, i]
+            for i, size in enumerate(info.table_sizes)]
+
+
+def reference(job: JobConfig, batches=None):
     dataset = open_dataset(job.dataset, **job.dataset_options)
     info = dataset.info
     spec = job.table_spec(sum(info.table_sizes))
-    keys = [feature_keys(np.arange(size).reshape(-1, 1) * np.eye(1, len(info.table_sizes), i, dtype=np.int64))[:, i]
-            for i, size in enumerate(info.table_sizes)]
+    keys = table_keys(info)
     tables = [initial_rows(spec, k) for k in keys]
     model = build_model(job.model, info.n_dense, len(info.table_sizes), job.dim, seed=job.seed)
     trainer = LocalTrainer(model, tables, job.emb_optimizer, job.emb_lr, job.emb_eps, job.dense_optimizer,
                            job.dense_lr)
-    for _, batch in zip(range(job.steps), dataset.batches(job.global_batch, "train")):
+    for _, batch in zip(range(job.steps), batches or dataset.batches(job.global_batch, "train")):
         trainer.step(batch.dense, batch.sparse, batch.labels)
     return trainer, keys
+
+
+def check_equal(job: JobConfig, result, expected, keys, shards_dir):
+    for i, table_keys in enumerate(keys):
+        rows, state = rows_on_shards(shards_dir, job.table, table_keys)
+        np.testing.assert_allclose(rows, expected.table(i), atol=TOLERANCE, rtol=0, err_msg=f"rows of feature {i}")
+        if job.emb_optimizer == "adagrad":
+            np.testing.assert_allclose(state, expected.table_state(i), atol=TOLERANCE, rtol=0,
+                                       err_msg=f"adagrad state of feature {i}")
+    dense = torch.load(result.out / "dense.pt")
+    for name, value in expected.model.state_dict().items():
+        np.testing.assert_allclose(dense[name].numpy(), value.numpy(), atol=TOLERANCE, rtol=0, err_msg=name)
+    assert len(result.metrics["losses"]) == job.steps
 
 
 SYNTHETIC = ("synthetic", {"scale": 0.0005, "seed": 5})
@@ -71,16 +95,48 @@ def test_two_trainers_equal_one_process(tmp_path, model, data, mode, emb_optimiz
                     dense_optimizer="sgd", dense_lr=0.05)
     result = run_local_job(job, tmp_path, n_shards=2, show_progress=False)
     expected, keys = reference(job)
-    for i, table_keys in enumerate(keys):
-        rows, state = rows_on_shards(tmp_path / "shards", job.table, table_keys)
-        np.testing.assert_allclose(rows, expected.table(i), atol=TOLERANCE, rtol=0, err_msg=f"rows of feature {i}")
-        if emb_optimizer == "adagrad":
-            np.testing.assert_allclose(state, expected.table_state(i), atol=TOLERANCE, rtol=0,
-                                       err_msg=f"adagrad state of feature {i}")
-    dense = torch.load(result.out / "dense.pt")
-    for name, value in expected.model.state_dict().items():
-        np.testing.assert_allclose(dense[name].numpy(), value.numpy(), atol=TOLERANCE, rtol=0, err_msg=name)
-    assert len(result.metrics["losses"]) == job.steps
+    check_equal(job, result, expected, keys, tmp_path / "shards")
     if model == "caser":   # a sequence data set's held-out figures: its ranking queries, all of them
         held_out = result.metrics["eval"]
         assert 0 <= held_out["ndcg_at_10"] <= held_out["hit_rate_at_10"] <= 1
+
+
+def random_placement(info, hosts: int, placed_samples: int, rng) -> Placement:
+    """Rows and samples split at random over the hosts; a tenth of the rows left out (routed by jump hash)."""
+    keys = np.concatenate(table_keys(info))
+    listed = np.sort(rng.choice(keys, len(keys) * 9 // 10, replace=False))
+    return Placement(hosts=hosts, row_keys=listed, row_owner=rng.integers(0, hosts, len(listed), dtype=np.uint16),
+                     sample_host=rng.integers(0, hosts, placed_samples, dtype=np.uint16),
+                     mirrors=(listed[:0],) * hosts, dataset=info.name)
+
+
+def dealt_by_hand(dataset, placement: Placement, job: JobConfig):
+    """Global batch b: trainer h's samples b*local.. of its own partition (wrapping), trainer 0's first."""
+    whole = next(dataset.batches(len(placement.sample_host), "train"))
+    mine = [np.flatnonzero(placement.sample_host == h) for h in range(placement.hosts)]
+    for b in range(job.steps):
+        at = np.concatenate([m[(b * job.local_batch + np.arange(job.local_batch)) % len(m)] for m in mine])
+        yield Batch(whole.dense[at], whole.sparse[at], whole.labels[at])
+
+
+def test_two_trainers_with_a_placement_equal_one_process_on_the_dealt_batches(tmp_path):
+    job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 6}, model="dlrm", mode="sync",
+                    trainers=2, global_batch=128, steps=40, eval_batches=1, dim=8, emb_optimizer="adagrad",
+                    emb_lr=0.01, lookahead=8, timeout_seconds=60, dense_optimizer="sgd", dense_lr=0.05)
+    dataset = open_dataset(job.dataset, **job.dataset_options)
+    # 1500 placed samples: each trainer's ~750 are about 3 passes of its 64-sample batches.
+    placement = random_placement(dataset.info, 2, 1500, np.random.default_rng(8))
+    save_placement(tmp_path / "job.placement", placement)
+    job = dataclasses.replace(job, placement=str(tmp_path / "job.placement"))
+    result = run_local_job(job, tmp_path, n_shards=2, show_progress=False)
+    expected, keys = reference(job, dealt_by_hand(dataset, placement, job))
+    check_equal(job, result, expected, keys, tmp_path / "shards")
+    router = PlacementRouter(placement)
+    held = 0
+    for shard, store_dir in enumerate(sorted((tmp_path / "shards").glob("shard-*/store"))):
+        with Store(store_dir) as store:
+            for table_keys in keys:
+                found = table_keys[store.table(job.table).lookup_with_state(table_keys)[2]]
+                assert (router.shard_of(found) == shard).all(), f"shard {shard} holds rows of other hosts"
+                held += len(found)
+    assert held > 0

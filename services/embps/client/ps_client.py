@@ -1,7 +1,8 @@
 """PSClient: one handle on a cluster of parameter shards.
 
-Routes each key to its shard, splits a batch per shard, runs the shard calls concurrently and
-merges the answers back in the caller's order as numpy arrays.  Row traffic (lookups, updates)
+Routes each key to its shard (by the cluster's placement file if it names one, else by jump hash),
+splits a batch per shard, runs the shard calls concurrently and merges the answers back in the
+caller's order as numpy arrays.  Row traffic (lookups, updates)
 takes the best data path each shard offers (the native TCP path when the shard runs one and this
 process has the native core, else gRPC); everything else is gRPC, which needs no native code.  Calls that are safe to repeat (all but Update) are retried while a shard
 is UNAVAILABLE, within the call's deadline.  Thread-safe: share one client between threads.
@@ -34,7 +35,7 @@ from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
 from .errors import ShardError
-from .routing import JumpHashRouter, Router
+from .routing import Router, router_for
 
 if TYPE_CHECKING:
     from .tcp_data_path import TcpDataPath
@@ -144,7 +145,7 @@ def _grpc_call(shard: _Shard, call: Callable[[float], object], timeout: float):
 class PSClient:
     def __init__(self, config: ClusterConfig, router: Router | None = None, max_workers: int | None = None):
         self.config = config
-        self.router = router or JumpHashRouter(len(config.shards))
+        self.router = router or router_for(config)
         if self.router.n_shards != len(config.shards):
             raise ValueError(f"router has {self.router.n_shards} shards, the config {len(config.shards)}")
         self._shards = [_Shard(address, config) for address in config.shards]

@@ -4,6 +4,8 @@
     deadline_seconds = 30      # per client call, retries included
     data_path = "auto"         # "auto" (the best path each shard offers), "grpc", "tcp" or "rdma"
     max_message_bytes = 67108864
+    placement = "hetgmp.placement"   # optional: route by this placement file (relative to this file);
+                                     # host h's shard is the h-th [[shards]]; default: jump hash
 
     [[shards]]
     address = "10.0.0.1:50051"
@@ -33,6 +35,7 @@ class ClusterConfig:
     data_path: str = "auto"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     security: Security = NO_SECURITY
+    placement: str = ""        # a placement file's path; "" routes every key by jump hash
     extra: dict = field(default_factory=dict, compare=False, repr=False)   # sections other tools own
 
     def __post_init__(self):
@@ -42,6 +45,8 @@ class ClusterConfig:
             raise ValueError(f"data_path must be one of {DATA_PATHS}, got {self.data_path!r}")
         if not self.deadline_seconds > 0:
             raise ValueError("deadline_seconds must be positive")
+        if not isinstance(self.placement, str):
+            raise ValueError(f"placement must be a file's path, got {self.placement!r}")
 
     @classmethod
     def from_addresses(cls, addresses, **settings) -> ClusterConfig:
@@ -55,12 +60,16 @@ class ClusterConfig:
         except (KeyError, TypeError):
             raise ValueError(f"{path}: every [[shards]] entry needs an address") from None
         extra = {k: v for k, v in doc.items() if k not in ("cluster", "shards", "security")}
-        return cls(shards=shards, extra=extra, security=Security.from_table(doc.get("security", {})),
-                   **doc.get("cluster", {}))
+        settings = dict(doc.get("cluster", {}))
+        if isinstance(settings.get("placement"), str) and settings["placement"]:
+            settings["placement"] = str(Path(path).resolve().parent / settings["placement"])
+        return cls(shards=shards, extra=extra, security=Security.from_table(doc.get("security", {})), **settings)
 
     def to_toml(self) -> str:
         lines = ["[cluster]", f"deadline_seconds = {self.deadline_seconds}", f'data_path = "{self.data_path}"',
-                 f"max_message_bytes = {self.max_message_bytes}", ""]
+                 f"max_message_bytes = {self.max_message_bytes}"]
+        lines += [f"placement = {json.dumps(self.placement)}"] if self.placement else []
+        lines += [""]
         for address in self.shards:
             lines += ["[[shards]]", f'address = "{address}"', ""]
         if self.security.enabled:

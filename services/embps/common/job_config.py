@@ -6,6 +6,7 @@ trainer read, so they agree on data, model, optimizer and addresses.
     model = "dlrm"
     mode = "sync"                  # "sync" (Bagpipe lookahead caching) or "direct" (no cache)
     trainers = 2
+    placement = "job.placement"    # optional (relative to this file): rows' owner shards and samples' trainers
     ...
     [addresses]
     oracle = "127.0.0.1:50070"
@@ -63,6 +64,7 @@ class JobConfig:
     timeout_seconds: float = 120.0     # how long any wait on another process may take
     addresses: Addresses = Addresses()
     security: Security = NO_SECURITY   # [security]: every server and client of the job (and the shards)
+    placement: str = ""                # a placement file: host h's shard owns its rows, trainer h its samples
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -73,6 +75,11 @@ class JobConfig:
             raise ValueError(f"global_batch ({self.global_batch}) must split evenly over {self.trainers} trainers")
         if self.lookahead < 1 or self.steps < 1:
             raise ValueError("lookahead and steps must be positive")
+        if not isinstance(self.placement, str):
+            raise ValueError(f"placement must be a file's path, got {self.placement!r}")
+        if self.placement and self.addresses.shards and len(self.addresses.shards) != self.trainers:
+            raise ValueError(f"with a placement, host h runs shard h and trainer h: {self.trainers} trainers "
+                             f"need {self.trainers} shards, not {len(self.addresses.shards)}")
 
     @property
     def cleanup_every(self) -> int:
@@ -91,7 +98,7 @@ class JobConfig:
 
     def cluster_config(self) -> ClusterConfig:
         return ClusterConfig.from_addresses(self.addresses.shards, deadline_seconds=self.timeout_seconds,
-                                            security=self.security)
+                                            security=self.security, placement=self.placement)
 
     # ---- files ----------------------------------------------------------------------------
 
@@ -100,6 +107,8 @@ class JobConfig:
         addresses = values.pop("addresses")
         options = values.pop("dataset_options")
         values.pop("security")
+        if not values["placement"]:
+            values.pop("placement")   # hash placement, the default
         lines = ["[job]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         lines += ["", "[job.dataset_options]"] + [f"{k} = {json.dumps(v)}" for k, v in options.items()]
         lines += ["", "[addresses]"] + [f"{k} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
@@ -125,7 +134,10 @@ class JobConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> JobConfig:
-        return cls.from_toml(Path(path).read_text())
+        job = cls.from_toml(Path(path).read_text())
+        if job.placement:   # relative to the job's file; an absolute path stays as it is
+            job = dataclasses.replace(job, placement=str(Path(path).resolve().parent / job.placement))
+        return job
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_toml())

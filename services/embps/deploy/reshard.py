@@ -11,8 +11,10 @@ table created on one address and listed through the others), so `localhost:1` in
 
 Two modes, chosen from the layouts:
 
-- in-place (the layouts share a shard, e.g. growing [A, B] to [A, B, C]): every row ends on exactly
-  one shard, the one the new layout routes its key to (jump hash over the new shard list).  Rows
+- in-place (the layouts share a shard, e.g. growing [A, B] to [A, B, C], or [A, B] routed by hash to
+  [A, B] routed by a placement file): every row ends on exactly one shard, the one the new layout routes
+  its key to (its placement file's owner host if it names one and lists the key, else jump hash over the
+  new shard list).  Rows
   already there stay untouched; every other row is read from its shard (with its optimizer state),
   assigned to its new shard (persistent on return), and only then deleted from the old one.  At every
   instant a row is on its old shard, its new shard or both, never on neither; shards that leave the
@@ -43,7 +45,8 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from embps.client import PSClient, ShardError, jump_hash
+from embps.client import PSClient, ShardError, router_for
+from embps.client.routing import Router
 from embps.common.cluster_config import ClusterConfig
 from embps.common.spec_messages import spec_from_message
 from embps.api import InitializerKind, InitializerSpec, OptimizerKind, OptimizerSpec, TableSpec
@@ -146,7 +149,7 @@ def _physical_shards(configs: dict[str, ClusterConfig]) -> dict[str, str]:
     created through each address and listed through every address; probes are dropped afterwards."""
     token = secrets.token_hex(6)
     addresses = list(configs)
-    clients = {a: PSClient(dataclasses.replace(configs[a], shards=(a,))) for a in addresses}
+    clients = {a: _client_of(configs[a], a) for a in addresses}
     probes: dict[str, str] = {}
     try:
         spec = TableSpec(dim=1, capacity=1, optimizer=OptimizerSpec(OptimizerKind.SGD), initializer=InitializerSpec(InitializerKind.ZEROS))
@@ -176,6 +179,11 @@ def _physical_shards(configs: dict[str, ClusterConfig]) -> dict[str, str]:
                 pass
         for client in clients.values():
             client.close()
+
+
+def _client_of(config: ClusterConfig, address: str) -> PSClient:
+    """A client of one shard alone: it routes nothing, so it has no placement."""
+    return PSClient(dataclasses.replace(config, shards=(address,), placement=""))
 
 
 def _check_layout(name: str, config: ClusterConfig, canonical: dict[str, str]) -> list[str]:
@@ -302,6 +310,10 @@ def reshard(old: ClusterConfig, new: ClusterConfig, tables: Iterable[str] | None
     for name, config in (("old", old), ("new", new)):
         if len(set(config.shards)) != len(config.shards):
             raise ReshardError(f"the {name} layout names a shard twice: {list(config.shards)}")
+    try:
+        route = router_for(new)
+    except (OSError, ValueError) as error:
+        raise ReshardError(f"the new layout's placement cannot be used: {error}") from None
     configs = _base_config(old, new)
     canonical = _physical_shards(configs)
     old_ids, new_ids = _check_layout("old", old, canonical), _check_layout("new", new, canonical)
@@ -313,15 +325,15 @@ def reshard(old: ClusterConfig, new: ClusterConfig, tables: Iterable[str] | None
                  for a in everyone}
     else:
         roles = {a: "old" if a in old_ids else "new" for a in everyone}
-    shards = {a: _Shard(a, PSClient(dataclasses.replace(configs[a], shards=(a,)))) for a in everyone}
+    shards = {a: _Shard(a, _client_of(configs[a], a)) for a in everyone}
     try:
         names = _tables(shards, old_ids, tables)
         results: list[TableResult] = []
         try:
             with _Progress(progress, console) as bar:
                 for table in names:
-                    results.append(_reshard_table(table, shards, old_ids, new_ids, roles, in_place, verify_only,
-                                                  resume, batch_rows, bar))
+                    results.append(_reshard_table(table, shards, old_ids, new_ids, route, roles, in_place,
+                                                  verify_only, resume, batch_rows, bar))
         except (ShardError, ReshardError) as error:
             if isinstance(error, ShardError):
                 error = ReshardError(f"shard call failed: {error}" + ("" if verify_only else
@@ -353,7 +365,7 @@ def _tables(shards: dict[str, _Shard], old_ids: list[str], wanted: Iterable[str]
     return names
 
 
-def _reshard_table(table: str, shards: dict[str, _Shard], old_ids: list[str], new_ids: list[str],
+def _reshard_table(table: str, shards: dict[str, _Shard], old_ids: list[str], new_ids: list[str], route: Router,
                    roles: dict[str, str], in_place: bool, verify_only: bool, resume: bool, batch_rows: int,
                    bar: _Progress) -> TableResult:
     infos = {a: shards[a].client.describe_table(table) for a in old_ids}
@@ -401,7 +413,7 @@ def _reshard_table(table: str, shards: dict[str, _Shard], old_ids: list[str], ne
     everyone = list(roles)
     source_index = np.array([everyone.index(a) for a in sources], np.int64)[source]
     new_index = np.array([everyone.index(a) for a in new_ids], np.int64)
-    target_index = new_index[jump_hash(keys, len(new_ids))] if len(keys) else np.empty(0, np.int64)
+    target_index = new_index[route.shard_of(keys)] if len(keys) else np.empty(0, np.int64)
     moving = np.flatnonzero(source_index != target_index)
 
     moved = deleted = 0
@@ -455,7 +467,7 @@ def _reshard_table(table: str, shards: dict[str, _Shard], old_ids: list[str], ne
         if s.keys is None:
             problems.append(f"table '{table}' does not exist on new shard {a}")
             continue
-        wrong = int(np.count_nonzero(jump_hash(s.keys, len(new_ids)) != new_ids.index(a))) if s.rows else 0
+        wrong = int(np.count_nonzero(route.shard_of(s.keys) != new_ids.index(a))) if s.rows else 0
         if wrong:
             problems.append(f"{wrong} rows on shard {a} belong to another shard of the new layout")
     for a, s in retired_scans.items():

@@ -1,8 +1,9 @@
 """`embps reshard --from OLD.toml --to NEW.toml`: moves the rows of every table (with their optimizer
 state) from one shard layout to another, OFFLINE: stop every writer first; the shards keep running.
 
-If the layouts share a shard (growing or shrinking in place) every row ends on exactly one shard, the one
-the new layout routes it to; rows are deleted from their old shard only after their new shard has them.
+If the layouts share a shard (growing or shrinking in place, or the same shards from hash placement to a
+placement file, `[cluster] placement = "FILE"`, and back) every row ends on exactly one shard, the one the
+new layout routes it to; rows are deleted from their old shard only after their new shard has them.
 Disjoint layouts are a copy: the old shards are left as they were.  Before and after, every shard is
 scanned: rows per shard, distinct keys and an order-independent checksum over (key, row, optimizer state)
 must match.  --verify-only moves nothing and only checks that the new layout holds the rows of the old one,

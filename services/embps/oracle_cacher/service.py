@@ -1,6 +1,9 @@
 """`embps oracle-cacher --job FILE`: reads the training stream, plans it (LookaheadPlanner) and streams
 every trainer gateway its plans and feature slices.
 
+With a placement (the job's `placement`), trainer h trains the samples the placement gives host h
+(dealing); a global batch is the union of the trainers' batches, and is planned as one.
+
 One planner thread feeds a bounded queue per trainer: it plans at most `queue_batches` ahead of the
 slowest subscriber (back-pressure; memory stays bounded, nothing is preloaded).  Trainers join at the
 start only: all `trainers` gateways subscribe once; a second subscription for a trainer is refused.
@@ -27,7 +30,10 @@ from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
 from embps.datasets import open_dataset
+from embps.placement.placement_file import load_placement
+
 from .cache_budget import CacheBudgetExceeded, check_cache_budget
+from .dealing import dealt_batches
 from .lookahead_planner import LookaheadPlanner
 
 COMMAND = "oracle-cacher"
@@ -55,6 +61,8 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def __init__(self, job: JobConfig, queue_batches: int = 0):
         self.job = job
         self.dataset = open_dataset(job.dataset, **job.dataset_options)
+        # A placement made for another number of hosts or another dataset is refused here, at the start.
+        self.train_batches = self._train_batches()
         # The job's table: one row per (feature, id).  A deployment starts from here; an existing table
         # with another spec is an error, not something to train over.
         with PSClient(job.cluster_config()) as ps:
@@ -71,7 +79,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
     def _plan_all(self) -> None:
         job = self.job
         planner = LookaheadPlanner(self.dataset.info.table_sizes, job.lookahead, job.cleanup_every)
-        data = self.dataset.batches(job.global_batch, "train")
+        data = self.train_batches
         window: list = []   # the batches whose plans are not yet out: the planner reads L ahead
 
         def sparse_stream():
@@ -98,6 +106,13 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
             self.failure = f"planning failed: {error!r}"
             for q in self.queues:
                 q.put(None)
+
+    def _train_batches(self):
+        job = self.job
+        if not job.placement:
+            return self.dataset.batches(job.global_batch, "train")
+        placement = load_placement(job.placement, hosts=job.trainers, dataset=self.dataset.info.name)
+        return dealt_batches(self.dataset, placement, job.local_batch)
 
     def _put(self, q: queue.Queue, item) -> None:
         """Blocks while the trainer's queue is full: the slowest trainer paces the planner."""

@@ -18,7 +18,7 @@ GATEWAY_MODE_SYNC: GatewayMode
 GATEWAY_MODE_DIRECT: GatewayMode
 
 class JobConfig(_message.Message):
-    __slots__ = ("dataset", "dataset_options", "model", "mode", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_optimizer", "emb_lr", "emb_eps", "dense_optimizer", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "addresses", "security")
+    __slots__ = ("dataset", "dataset_options", "model", "mode", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_optimizer", "emb_lr", "emb_eps", "dense_optimizer", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "addresses", "security", "placement")
     class OptionValue(_message.Message):
         __slots__ = ("bool_value", "int_value", "double_value", "string_value", "list_value")
         BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class JobConfig(_message.Message):
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     dataset_options: _containers.MessageMap[str, JobConfig.OptionValue]
     model: str
@@ -112,7 +113,8 @@ class JobConfig(_message.Message):
     timeout_seconds: float
     addresses: JobConfig.Addresses
     security: JobConfig.Security
-    def __init__(self, dataset: _Optional[str] = ..., dataset_options: _Optional[_Mapping[str, JobConfig.OptionValue]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., trainers: _Optional[int] = ..., global_batch: _Optional[int] = ..., steps: _Optional[int] = ..., eval_batches: _Optional[int] = ..., dim: _Optional[int] = ..., emb_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., emb_lr: _Optional[float] = ..., emb_eps: _Optional[float] = ..., dense_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., dense_lr: _Optional[float] = ..., lookahead: _Optional[int] = ..., cleanup_proportion: _Optional[float] = ..., seed: _Optional[int] = ..., table: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., addresses: _Optional[_Union[JobConfig.Addresses, _Mapping]] = ..., security: _Optional[_Union[JobConfig.Security, _Mapping]] = ...) -> None: ...
+    placement: str
+    def __init__(self, dataset: _Optional[str] = ..., dataset_options: _Optional[_Mapping[str, JobConfig.OptionValue]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., trainers: _Optional[int] = ..., global_batch: _Optional[int] = ..., steps: _Optional[int] = ..., eval_batches: _Optional[int] = ..., dim: _Optional[int] = ..., emb_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., emb_lr: _Optional[float] = ..., emb_eps: _Optional[float] = ..., dense_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., dense_lr: _Optional[float] = ..., lookahead: _Optional[int] = ..., cleanup_proportion: _Optional[float] = ..., seed: _Optional[int] = ..., table: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., addresses: _Optional[_Union[JobConfig.Addresses, _Mapping]] = ..., security: _Optional[_Union[JobConfig.Security, _Mapping]] = ..., placement: _Optional[str] = ...) -> None: ...
 
 class FeatureSlice(_message.Message):
     __slots__ = ("samples", "dense", "sparse", "labels")
