@@ -1,0 +1,559 @@
+/* partitioner.c -- greedy, deterministic refinement of a sample/row placement (embps_partitioner.h). */
+#include "embps_partitioner.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "status.h"
+
+/* Fetch probabilities are tabulated per host for counts below this many entries in all (beyond a
+ * host's table they are computed). */
+#define PROB_TABLE_ENTRIES (1u << 23)
+/* Above (1 - e^-40) M_h users, (1 - c/M)^B < 4e-18: the probability is 1 in double precision. */
+#define SATURATION_EXPONENT 40.0
+/* A move must lower the score by more than this: gains are >= ~1e-9, rounding noise ~1e-20. */
+#define MIN_GAIN 1e-14
+
+typedef struct {
+    uint32_t count;   /* samples of `host` using the row; 0 = a free slot */
+    uint32_t host;
+} slot;
+
+struct embps_partitioner {
+    uint64_t n_samples, n_rows, rows_used;
+    uint32_t width, hosts, batch;
+    uint64_t seed;
+    const uint32_t *edges;
+    double *cost;              /* hosts x hosts */
+    uint16_t *owner;           /* n_rows */
+    uint16_t *host_of;         /* n_samples */
+    uint32_t *degree;          /* n_rows */
+    uint64_t *slot_start;      /* n_rows + 1: row e's slots are [slot_start[e], slot_start[e + 1]) */
+    slot *slots;
+    uint64_t *samples_at, *rows_at;   /* per host, kept exact */
+    double *served;            /* per host: expected rows served to others per iteration */
+    uint64_t *round_m;         /* per host: M_h frozen when the tables were built */
+    uint64_t *saturation;      /* per host: counts from here on fetch with probability 1 */
+    double *prob;              /* hosts x table_len */
+    uint64_t table_len;
+    double scale;              /* the starting objective: the balance terms' unit */
+    double w_samples, w_rows, w_load, sample_slack, row_slack;
+    double mean_samples, mean_rows, mean_load;
+    uint64_t sample_offset, row_offset;   /* this round's visiting order */
+    double *gain;              /* scratch, per host */
+    uint32_t *count_of;        /* scratch, per host, kept all zero between uses */
+};
+
+/* ---- fetch probabilities -------------------------------------------------- */
+
+static double exact_prob(uint64_t c, uint64_t m, uint32_t batch)
+{
+    if (c == 0)
+        return 0.0;
+    if (c >= m)
+        return 1.0;
+    return -expm1((double)batch * log1p(-(double)c / (double)m));
+}
+
+static double prob(const embps_partitioner *p, uint32_t h, uint64_t c)
+{
+    if (c < p->table_len)
+        return p->prob[(uint64_t)h * p->table_len + c];
+    if (c >= p->saturation[h])
+        return 1.0;
+    return exact_prob(c, p->round_m[h], p->batch);
+}
+
+static void build_tables(embps_partitioner *p)
+{
+    for (uint32_t h = 0; h < p->hosts; h++) {
+        uint64_t m = p->samples_at[h];
+        p->round_m[h] = m;
+        double sat = ceil((double)m * -expm1(-SATURATION_EXPONENT / p->batch));
+        p->saturation[h] = sat < (double)m ? (uint64_t)sat : m;
+        double *row = p->prob + (uint64_t)h * p->table_len;
+        for (uint64_t c = 0; c < p->table_len; c++)
+            row[c] = c >= p->saturation[h] && c > 0 ? 1.0 : exact_prob(c, m, p->batch);
+    }
+}
+
+/* ---- sparse counters ------------------------------------------------------ */
+
+static slot *find_slot(embps_partitioner *p, uint32_t row, uint32_t host)
+{
+    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
+        if (p->slots[i].count && p->slots[i].host == host)
+            return &p->slots[i];
+    return NULL;
+}
+
+/* A row of degree d has min(hosts, d) slots, and at most that many hosts can use it: a free slot
+ * always exists when a new host starts using the row. */
+static void count_add(embps_partitioner *p, uint32_t row, uint32_t host)
+{
+    slot *s = find_slot(p, row, host);
+    if (!s) {
+        s = &p->slots[p->slot_start[row]];
+        while (s->count)
+            s++;
+        s->host = host;
+    }
+    s->count++;
+}
+
+static void count_remove(embps_partitioner *p, uint32_t row, uint32_t host)
+{
+    find_slot(p, row, host)->count--;
+}
+
+/* Loads count_of[] with the row's counts; clear_counts() undoes it. */
+static void load_counts(embps_partitioner *p, uint32_t row)
+{
+    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
+        if (p->slots[i].count)
+            p->count_of[p->slots[i].host] = p->slots[i].count;
+}
+
+static void clear_counts(embps_partitioner *p, uint32_t row)
+{
+    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
+        p->count_of[p->slots[i].host] = 0;
+}
+
+/* ---- the score ------------------------------------------------------------ */
+
+/* Expected rows the owner serves for this row: sum over other users h of prob(h, c). */
+static double row_served(const embps_partitioner *p, uint32_t row, uint32_t owner)
+{
+    double sum = 0.0;
+    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
+        if (p->slots[i].count && p->slots[i].host != owner)
+            sum += prob(p, p->slots[i].host, p->slots[i].count);
+    return sum;
+}
+
+static double row_fetch_cost(const embps_partitioner *p, uint32_t row, uint32_t owner)
+{
+    double sum = 0.0;
+    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++) {
+        const slot *s = &p->slots[i];
+        if (s->count && s->host != owner)
+            sum += p->cost[(uint64_t)s->host * p->hosts + owner] * prob(p, s->host, s->count);
+    }
+    return sum;
+}
+
+static double squared_deviation(const uint64_t *u, const double *d, uint32_t n, double mean)
+{
+    if (mean <= 0.0)
+        return 0.0;
+    double sum = 0.0;
+    for (uint32_t h = 0; h < n; h++) {
+        double x = ((u ? (double)u[h] : d[h]) - mean) / mean;
+        sum += x * x;
+    }
+    return sum;
+}
+
+/* Change of sum_h ((x_h - mean) / mean)^2 when x_from loses `out` and x_to gains `in`. */
+static double deviation_change(double x_from, double out, double x_to, double in, double mean)
+{
+    if (mean <= 0.0)
+        return 0.0;
+    return (in * (2.0 * (x_to - mean) + in) + out * (out - 2.0 * (x_from - mean))) / (mean * mean);
+}
+
+/* Host sizes, tables and loads as the placement is now. */
+static void refresh(embps_partitioner *p)
+{
+    build_tables(p);
+    memset(p->served, 0, p->hosts * sizeof(double));
+    for (uint64_t e = 0; e < p->n_rows; e++)
+        if (p->degree[e])
+            p->served[p->owner[e]] += row_served(p, (uint32_t)e, p->owner[e]);
+    double total = 0.0;
+    for (uint32_t h = 0; h < p->hosts; h++)
+        total += p->served[h];
+    p->mean_samples = (double)p->n_samples / p->hosts;
+    p->mean_rows = (double)p->rows_used / p->hosts;
+    p->mean_load = total / p->hosts;
+}
+
+static double objective(const embps_partitioner *p)
+{
+    double sum = 0.0;
+    for (uint64_t e = 0; e < p->n_rows; e++)
+        if (p->degree[e])
+            sum += row_fetch_cost(p, (uint32_t)e, p->owner[e]);
+    return sum;
+}
+
+static double score(const embps_partitioner *p, double obj)
+{
+    return obj + p->w_samples * squared_deviation(p->samples_at, NULL, p->hosts, p->mean_samples)
+               + p->w_rows * squared_deviation(p->rows_at, NULL, p->hosts, p->mean_rows)
+               + p->w_load * squared_deviation(NULL, p->served, p->hosts, p->mean_load);
+}
+
+/* ---- creation ------------------------------------------------------------- */
+
+static int check_config(const embps_partition_config *c)
+{
+    if (!c->edges && c->n_samples)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "edges is NULL");
+    if (c->width < 1)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "width must be >= 1");
+    if (c->n_samples > UINT32_MAX || c->n_rows > UINT32_MAX)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "n_samples and n_rows must be < 2^32");
+    if (c->hosts < 1 || c->hosts > EMBPS_PARTITION_MAX_HOSTS)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "hosts must be in [1, %u], got %u", EMBPS_PARTITION_MAX_HOSTS,
+                    c->hosts);
+    if (c->batch < 1)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "batch must be >= 1");
+    if (!c->link_cost || !c->row_owner || (!c->sample_host && c->n_samples))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "link_cost, row_owner and sample_host are required");
+    for (uint64_t i = 0; i < (uint64_t)c->hosts * c->hosts; i++)
+        if (!isfinite(c->link_cost[i]) || c->link_cost[i] < 0)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "link_cost[%llu][%llu] is not a finite cost >= 0",
+                        (unsigned long long)(i / c->hosts), (unsigned long long)(i % c->hosts));
+    double weights[] = {c->sample_balance, c->row_balance, c->load_balance, c->sample_slack, c->row_slack};
+    for (size_t i = 0; i < sizeof(weights) / sizeof(weights[0]); i++)
+        if (!isfinite(weights[i]) || weights[i] < 0)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "balance weights and slacks must be finite and >= 0");
+    for (uint64_t i = 0; i < c->n_rows; i++)
+        if (c->row_owner[i] >= c->hosts)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "row_owner[%llu] = %u is not a host", (unsigned long long)i,
+                        c->row_owner[i]);
+    for (uint64_t i = 0; i < c->n_samples; i++)
+        if (c->sample_host[i] >= c->hosts)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "sample_host[%llu] = %u is not a host", (unsigned long long)i,
+                        c->sample_host[i]);
+    uint64_t n_edges = c->n_samples * c->width;
+    for (uint64_t i = 0; i < n_edges; i++)
+        if (c->edges[i] >= c->n_rows)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
+                        (unsigned long long)(i / c->width), c->edges[i], (unsigned long long)c->n_rows);
+    return EMBPS_OK;
+}
+
+static int allocate(embps_partitioner *p)
+{
+    uint64_t h = p->hosts;
+    p->table_len = PROB_TABLE_ENTRIES / h;
+    if (p->table_len > p->n_samples + 1)
+        p->table_len = p->n_samples + 1;
+    p->cost = malloc(h * h * sizeof(double));
+    p->owner = malloc((p->n_rows ? p->n_rows : 1) * sizeof(uint16_t));
+    p->host_of = malloc((p->n_samples ? p->n_samples : 1) * sizeof(uint16_t));
+    p->degree = calloc(p->n_rows ? p->n_rows : 1, sizeof(uint32_t));
+    p->slot_start = malloc((p->n_rows + 1) * sizeof(uint64_t));
+    p->samples_at = calloc(h, sizeof(uint64_t));
+    p->rows_at = calloc(h, sizeof(uint64_t));
+    p->served = calloc(h, sizeof(double));
+    p->round_m = calloc(h, sizeof(uint64_t));
+    p->saturation = calloc(h, sizeof(uint64_t));
+    p->prob = malloc(h * p->table_len * sizeof(double));
+    p->gain = calloc(h, sizeof(double));
+    p->count_of = calloc(h, sizeof(uint32_t));
+    if (!p->cost || !p->owner || !p->host_of || !p->degree || !p->slot_start || !p->samples_at || !p->rows_at ||
+        !p->served || !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of)
+        return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
+                    (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
+    return EMBPS_OK;
+}
+
+static int build_counters(embps_partitioner *p)
+{
+    uint64_t n_edges = p->n_samples * p->width;
+    for (uint64_t i = 0; i < n_edges; i++)
+        p->degree[p->edges[i]]++;
+    p->slot_start[0] = 0;
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e];
+        p->slot_start[e + 1] = p->slot_start[e] + (d < p->hosts ? d : p->hosts);
+        if (d) {
+            p->rows_used++;
+            p->rows_at[p->owner[e]]++;
+        }
+    }
+    p->slots = calloc(p->slot_start[p->n_rows] ? p->slot_start[p->n_rows] : 1, sizeof(slot));
+    if (!p->slots)
+        return fail(EMBPS_E_NOMEM, "out of memory for %llu row counters",
+                    (unsigned long long)p->slot_start[p->n_rows]);
+    for (uint64_t s = 0; s < p->n_samples; s++) {
+        p->samples_at[p->host_of[s]]++;
+        for (uint32_t j = 0; j < p->width; j++)
+            count_add(p, p->edges[s * p->width + j], p->host_of[s]);
+    }
+    return EMBPS_OK;
+}
+
+int embps_partition_create(const embps_partition_config *cfg, embps_partitioner **out)
+{
+    if (!cfg || !out)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "config and out are required");
+    int st = check_config(cfg);
+    if (st)
+        return st;
+    embps_partitioner *p = calloc(1, sizeof(*p));
+    if (!p)
+        return fail(EMBPS_E_NOMEM, "out of memory for a partitioner");
+    p->n_samples = cfg->n_samples;
+    p->n_rows = cfg->n_rows;
+    p->width = cfg->width;
+    p->hosts = cfg->hosts;
+    p->batch = cfg->batch;
+    p->seed = cfg->seed;
+    p->edges = cfg->edges;
+    p->sample_slack = cfg->sample_slack;
+    p->row_slack = cfg->row_slack;
+    if (!(st = allocate(p))) {
+        memcpy(p->cost, cfg->link_cost, (uint64_t)p->hosts * p->hosts * sizeof(double));
+        memcpy(p->owner, cfg->row_owner, p->n_rows * sizeof(uint16_t));
+        memcpy(p->host_of, cfg->sample_host, p->n_samples * sizeof(uint16_t));
+        st = build_counters(p);
+    }
+    if (st) {
+        embps_partition_destroy(p);
+        return st;
+    }
+    refresh(p);
+    double start = objective(p);
+    p->scale = start > 0.0 ? start : 1.0;
+    p->w_samples = cfg->sample_balance * p->scale;
+    p->w_rows = cfg->row_balance * p->scale;
+    p->w_load = cfg->load_balance * p->scale;
+    *out = p;
+    return EMBPS_OK;
+}
+
+void embps_partition_destroy(embps_partitioner *p)
+{
+    if (!p)
+        return;
+    free(p->cost);
+    free(p->owner);
+    free(p->host_of);
+    free(p->degree);
+    free(p->slot_start);
+    free(p->slots);
+    free(p->samples_at);
+    free(p->rows_at);
+    free(p->served);
+    free(p->round_m);
+    free(p->saturation);
+    free(p->prob);
+    free(p->gain);
+    free(p->count_of);
+    free(p);
+}
+
+/* ---- refinement ----------------------------------------------------------- */
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+int embps_partition_begin_sweep(embps_partitioner *p, uint32_t round)
+{
+    if (!p)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner is NULL");
+    refresh(p);
+    uint64_t r = mix(p->seed ^ mix(round));
+    p->sample_offset = p->n_samples ? r % p->n_samples : 0;
+    p->row_offset = p->n_rows ? mix(r) % p->n_rows : 0;
+    return EMBPS_OK;
+}
+
+/* gain[k] = change of the objective if sample s moved from its host to k (gain[from] = 0). */
+static void sample_move_gains(embps_partitioner *p, uint64_t s)
+{
+    uint32_t from = p->host_of[s], hosts = p->hosts;
+    memset(p->gain, 0, hosts * sizeof(double));
+    for (uint32_t j = 0; j < p->width; j++) {
+        uint32_t e = p->edges[s * p->width + j], o = p->owner[e];
+        load_counts(p, e);
+        uint32_t c = p->count_of[from];
+        double saved = from == o ? 0.0
+                                 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
+        for (uint32_t k = 0; k < hosts; k++) {
+            if (k == from)
+                continue;
+            uint32_t ck = p->count_of[k];
+            double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * (prob(p, k, ck + 1) - prob(p, k, ck));
+            p->gain[k] += added - saved;
+        }
+        clear_counts(p, e);
+    }
+}
+
+static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
+{
+    uint32_t from = p->host_of[s];
+    for (uint32_t j = 0; j < p->width; j++) {
+        uint32_t e = p->edges[s * p->width + j], o = p->owner[e];
+        slot *a = find_slot(p, e, from);
+        if (from != o)
+            p->served[o] += prob(p, from, a->count - 1) - prob(p, from, a->count);
+        count_remove(p, e, from);
+        if (to != o) {
+            slot *b = find_slot(p, e, to);
+            uint32_t c = b ? b->count : 0;
+            p->served[o] += prob(p, to, c + 1) - prob(p, to, c);
+        }
+        count_add(p, e, to);
+    }
+    p->host_of[s] = (uint16_t)to;
+    p->samples_at[from]--;
+    p->samples_at[to]++;
+}
+
+int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t hi, uint64_t *moved)
+{
+    if (!p || !moved)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and moved are required");
+    if (lo > hi || hi > p->n_samples)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "positions [%llu, %llu) are not within [0, %llu)",
+                    (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_samples);
+    double cap = (1.0 + p->sample_slack) * p->mean_samples;
+    *moved = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        uint64_t s = (i + p->sample_offset) % p->n_samples;
+        uint32_t from = p->host_of[s], best = from;
+        sample_move_gains(p, s);
+        double best_change = -MIN_GAIN;
+        for (uint32_t k = 0; k < p->hosts; k++) {
+            if (k == from || (double)p->samples_at[k] + 1.0 > cap)
+                continue;
+            double change = p->gain[k] + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
+                                                                        (double)p->samples_at[k], 1.0,
+                                                                        p->mean_samples);
+            if (change < best_change) {
+                best_change = change;
+                best = k;
+            }
+        }
+        if (best != from) {
+            move_sample(p, s, best);
+            (*moved)++;
+        }
+    }
+    return EMBPS_OK;
+}
+
+/* The best owner for row e, or its owner when no move lowers the score. */
+static uint32_t best_owner(const embps_partitioner *p, uint32_t e, double *served_from, double *served_to)
+{
+    uint32_t from = p->owner[e], best = from;
+    double cap = (1.0 + p->row_slack) * p->mean_rows;
+    double here = row_fetch_cost(p, e, from);
+    *served_from = row_served(p, e, from);
+    double best_change = -MIN_GAIN;
+    for (uint32_t k = 0; k < p->hosts; k++) {
+        if (k == from || (double)p->rows_at[k] + 1.0 > cap)
+            continue;
+        double served = row_served(p, e, k);
+        double change = row_fetch_cost(p, e, k) - here
+            + p->w_rows * deviation_change((double)p->rows_at[from], 1.0, (double)p->rows_at[k], 1.0, p->mean_rows)
+            + p->w_load * deviation_change(p->served[from], *served_from, p->served[k], served, p->mean_load);
+        if (change < best_change) {
+            best_change = change;
+            best = k;
+            *served_to = served;
+        }
+    }
+    return best;
+}
+
+int embps_partition_refine_rows(embps_partitioner *p, uint64_t lo, uint64_t hi, uint64_t *moved)
+{
+    if (!p || !moved)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and moved are required");
+    if (lo > hi || hi > p->n_rows)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "positions [%llu, %llu) are not within [0, %llu)",
+                    (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_rows);
+    *moved = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        uint32_t e = (uint32_t)((i + p->row_offset) % p->n_rows);
+        if (!p->degree[e])
+            continue;
+        double served_from = 0.0, served_to = 0.0;
+        uint32_t from = p->owner[e], to = best_owner(p, e, &served_from, &served_to);
+        if (to == from)
+            continue;
+        p->owner[e] = (uint16_t)to;
+        p->rows_at[from]--;
+        p->rows_at[to]++;
+        p->served[from] -= served_from;
+        p->served[to] += served_to;
+        (*moved)++;
+    }
+    return EMBPS_OK;
+}
+
+/* ---- results -------------------------------------------------------------- */
+
+int embps_partition_summarize(embps_partitioner *p, embps_partition_summary *out)
+{
+    if (!p || !out)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and out are required");
+    refresh(p);
+    out->objective = objective(p);
+    out->score = score(p, out->objective);
+    out->rows_used = p->rows_used;
+    return EMBPS_OK;
+}
+
+int embps_partition_host_stats(embps_partitioner *p, uint64_t *samples, uint64_t *rows, double *served)
+{
+    if (!p || !samples || !rows || !served)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and output arrays are required");
+    refresh(p);
+    memcpy(samples, p->samples_at, p->hosts * sizeof(uint64_t));
+    memcpy(rows, p->rows_at, p->hosts * sizeof(uint64_t));
+    memcpy(served, p->served, p->hosts * sizeof(double));
+    return EMBPS_OK;
+}
+
+int embps_partition_placement(embps_partitioner *p, uint16_t *row_owner, uint16_t *sample_host)
+{
+    if (!p || !row_owner || !sample_host)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and output arrays are required");
+    memcpy(row_owner, p->owner, p->n_rows * sizeof(uint16_t));
+    memcpy(sample_host, p->host_of, p->n_samples * sizeof(uint16_t));
+    return EMBPS_OK;
+}
+
+int embps_partition_mirror_candidates(embps_partitioner *p, uint32_t host, uint32_t *rows, double *priority,
+                                      uint64_t cap, uint64_t *n)
+{
+    if (!p || !n || (cap && (!rows || !priority)))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner, n and output arrays are required");
+    if (host >= p->hosts)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "host %u is not below hosts %u", host, p->hosts);
+    refresh(p);
+    uint64_t found = 0;
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t o = p->owner[e];
+        slot *s = o == host || !p->degree[e] ? NULL : find_slot(p, (uint32_t)e, host);
+        if (!s)
+            continue;
+        if (found < cap) {
+            double q = prob(p, host, s->count);
+            rows[found] = (uint32_t)e;
+            priority[found] = p->cost[(uint64_t)host * p->hosts + o] * q * q *
+                              (1.0 / p->degree[e] + 1.0 / s->count);
+        }
+        found++;
+    }
+    *n = found;
+    if (found > cap)
+        return fail(EMBPS_E_CAPACITY, "host %u has %llu mirror candidates, room for %llu", host,
+                    (unsigned long long)found, (unsigned long long)cap);
+    return EMBPS_OK;
+}
