@@ -14,6 +14,9 @@
  * quadratic balance terms (samples per host, rows per host, the remote-fetch load each host
  * serves), under hard caps on samples and rows per host.
  *
+ * Memory: the edges (borrowed), 8 bytes per row plus 8 per (row, using host) pair, 10 per row and
+ * 2 per sample.
+ *
  * Deterministic: one thread visits samples and rows in an order fixed by the seed and the round,
  * so equal inputs give equal placements, bit for bit.  Counters are sparse: each row keeps at most
  * min(hosts, degree) (host, count) pairs, never a dense hosts x rows array.
@@ -36,7 +39,9 @@ typedef struct {
     uint64_t n_samples;
     uint32_t width;                 /* rows per sample */
     uint64_t n_rows;                /* row indices are < n_rows, and n_rows < 2^32 */
-    const uint32_t *edges;          /* n_samples x width row indices; borrowed until destroy */
+    /* n_samples x width row indices.  Borrowed: the partitioner rewrites them in place into its own
+     * indexing (so that one cache line gives a row's owner and counts) and destroy restores them. */
+    uint32_t *edges;
     uint32_t hosts;                 /* 1 .. EMBPS_PARTITION_MAX_HOSTS */
     const double *link_cost;        /* hosts x hosts, row = fetching host; finite, >= 0 (copied) */
     uint32_t batch;                 /* B: samples per host per iteration, >= 1 */

@@ -15,28 +15,30 @@
 /* A move must lower the score by more than this: gains are >= ~1e-9, rounding noise ~1e-20. */
 #define MIN_GAIN 1e-14
 
+/* A row's cells: a header {row, owner | (slots - 1) << 16}, then its slots {count, host}, a free slot
+ * having count 0.  Edges point at headers, so one cache line usually holds all a sample's visit of
+ * a row needs.  A row of degree d has min(hosts, d) slots: at most that many hosts can use it. */
 typedef struct {
-    uint32_t count;   /* samples of `host` using the row; 0 = a free slot */
-    uint32_t host;
-} slot;
+    uint32_t a;
+    uint32_t b;
+} cell;
 
 struct embps_partitioner {
     uint64_t n_samples, n_rows, rows_used;
     uint32_t width, hosts, batch;
     uint64_t seed;
-    const uint32_t *edges;
+    uint32_t *edges;           /* n_samples x width header indices while the partitioner lives */
     double *cost;              /* hosts x hosts */
-    uint16_t *owner;           /* n_rows */
     uint16_t *host_of;         /* n_samples */
     uint32_t *degree;          /* n_rows */
-    uint64_t *slot_start;      /* n_rows + 1: row e's slots are [slot_start[e], slot_start[e + 1]) */
-    slot *slots;
+    uint32_t *head;            /* n_rows: the cell index of each row's header */
+    cell *cells;
     uint64_t *samples_at, *rows_at;   /* per host, kept exact */
     double *served;            /* per host: expected rows served to others per iteration */
     uint64_t *round_m;         /* per host: M_h frozen when the tables were built */
     uint64_t *saturation;      /* per host: counts from here on fetch with probability 1 */
-    double *prob;              /* hosts x table_len */
-    uint64_t table_len;
+    double *prob;              /* hosts x table_len, room for hosts x table_room */
+    uint64_t table_len, table_room;
     double scale;              /* the starting objective: the balance terms' unit */
     double w_samples, w_rows, w_load, sample_slack, row_slack;
     double mean_samples, mean_rows, mean_load;
@@ -44,6 +46,23 @@ struct embps_partitioner {
     double *gain;              /* scratch, per host */
     uint32_t *count_of;        /* scratch, per host, kept all zero between uses */
 };
+
+#define PREFETCH_SAMPLES 2     /* samples ahead whose rows' headers are prefetched */
+
+static uint32_t owner_of(const embps_partitioner *p, uint32_t hd)
+{
+    return p->cells[hd].b & 0xffffu;
+}
+
+static uint32_t slots_of(const embps_partitioner *p, uint32_t hd)
+{
+    return (p->cells[hd].b >> 16) + 1;
+}
+
+static void set_owner(embps_partitioner *p, uint32_t hd, uint32_t owner)
+{
+    p->cells[hd].b = (p->cells[hd].b & 0xffff0000u) | owner;
+}
 
 /* ---- fetch probabilities -------------------------------------------------- */
 
@@ -58,89 +77,98 @@ static double exact_prob(uint64_t c, uint64_t m, uint32_t batch)
 
 static double prob(const embps_partitioner *p, uint32_t h, uint64_t c)
 {
+    if (c >= p->saturation[h])
+        return c ? 1.0 : 0.0;
     if (c < p->table_len)
         return p->prob[(uint64_t)h * p->table_len + c];
-    if (c >= p->saturation[h])
-        return 1.0;
     return exact_prob(c, p->round_m[h], p->batch);
 }
 
+/* Tables as long as the longest unsaturated range (within the allocation), so that lookups of the
+ * counts that matter stay in cache. */
 static void build_tables(embps_partitioner *p)
 {
+    uint64_t longest = 1;
     for (uint32_t h = 0; h < p->hosts; h++) {
         uint64_t m = p->samples_at[h];
         p->round_m[h] = m;
         double sat = ceil((double)m * -expm1(-SATURATION_EXPONENT / p->batch));
         p->saturation[h] = sat < (double)m ? (uint64_t)sat : m;
+        if (p->saturation[h] + 1 > longest)
+            longest = p->saturation[h] + 1;
+    }
+    p->table_len = longest < p->table_room ? longest : p->table_room;
+    for (uint32_t h = 0; h < p->hosts; h++) {
         double *row = p->prob + (uint64_t)h * p->table_len;
         for (uint64_t c = 0; c < p->table_len; c++)
-            row[c] = c >= p->saturation[h] && c > 0 ? 1.0 : exact_prob(c, m, p->batch);
+            row[c] = exact_prob(c, p->round_m[h], p->batch);
     }
 }
 
 /* ---- sparse counters ------------------------------------------------------ */
 
-static slot *find_slot(embps_partitioner *p, uint32_t row, uint32_t host)
+static cell *find_slot(embps_partitioner *p, uint32_t hd, uint32_t host)
 {
-    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
-        if (p->slots[i].count && p->slots[i].host == host)
-            return &p->slots[i];
+    cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a && c->b == host)
+            return c;
     return NULL;
 }
 
-/* A row of degree d has min(hosts, d) slots, and at most that many hosts can use it: a free slot
- * always exists when a new host starts using the row. */
-static void count_add(embps_partitioner *p, uint32_t row, uint32_t host)
+static void count_add(embps_partitioner *p, uint32_t hd, uint32_t host)
 {
-    slot *s = find_slot(p, row, host);
-    if (!s) {
-        s = &p->slots[p->slot_start[row]];
-        while (s->count)
-            s++;
-        s->host = host;
+    cell *c = find_slot(p, hd, host);
+    if (!c) {
+        c = &p->cells[hd + 1];
+        while (c->a)
+            c++;
+        c->b = host;
     }
-    s->count++;
+    c->a++;
 }
 
-static void count_remove(embps_partitioner *p, uint32_t row, uint32_t host)
+static void count_remove(embps_partitioner *p, uint32_t hd, uint32_t host)
 {
-    find_slot(p, row, host)->count--;
+    find_slot(p, hd, host)->a--;
 }
 
 /* Loads count_of[] with the row's counts; clear_counts() undoes it. */
-static void load_counts(embps_partitioner *p, uint32_t row)
+static void load_counts(embps_partitioner *p, uint32_t hd)
 {
-    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
-        if (p->slots[i].count)
-            p->count_of[p->slots[i].host] = p->slots[i].count;
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a)
+            p->count_of[c->b] = c->a;
 }
 
-static void clear_counts(embps_partitioner *p, uint32_t row)
+static void clear_counts(embps_partitioner *p, uint32_t hd)
 {
-    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
-        p->count_of[p->slots[i].host] = 0;
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        p->count_of[c->b] = 0;
 }
 
 /* ---- the score ------------------------------------------------------------ */
 
 /* Expected rows the owner serves for this row: sum over other users h of prob(h, c). */
-static double row_served(const embps_partitioner *p, uint32_t row, uint32_t owner)
+static double row_served(const embps_partitioner *p, uint32_t hd, uint32_t owner)
 {
     double sum = 0.0;
-    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++)
-        if (p->slots[i].count && p->slots[i].host != owner)
-            sum += prob(p, p->slots[i].host, p->slots[i].count);
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a && c->b != owner)
+            sum += prob(p, c->b, c->a);
     return sum;
 }
 
-static double row_fetch_cost(const embps_partitioner *p, uint32_t row, uint32_t owner)
+static double row_fetch_cost(const embps_partitioner *p, uint32_t hd, uint32_t owner)
 {
     double sum = 0.0;
-    for (uint64_t i = p->slot_start[row]; i < p->slot_start[row + 1]; i++) {
-        const slot *s = &p->slots[i];
-        if (s->count && s->host != owner)
-            sum += p->cost[(uint64_t)s->host * p->hosts + owner] * prob(p, s->host, s->count);
-    }
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a && c->b != owner)
+            sum += p->cost[(uint64_t)c->b * p->hosts + owner] * prob(p, c->b, c->a);
     return sum;
 }
 
@@ -170,8 +198,10 @@ static void refresh(embps_partitioner *p)
     build_tables(p);
     memset(p->served, 0, p->hosts * sizeof(double));
     for (uint64_t e = 0; e < p->n_rows; e++)
-        if (p->degree[e])
-            p->served[p->owner[e]] += row_served(p, (uint32_t)e, p->owner[e]);
+        if (p->degree[e]) {
+            uint32_t hd = p->head[e], o = owner_of(p, hd);
+            p->served[o] += row_served(p, hd, o);
+        }
     double total = 0.0;
     for (uint32_t h = 0; h < p->hosts; h++)
         total += p->served[h];
@@ -185,7 +215,7 @@ static double objective(const embps_partitioner *p)
     double sum = 0.0;
     for (uint64_t e = 0; e < p->n_rows; e++)
         if (p->degree[e])
-            sum += row_fetch_cost(p, (uint32_t)e, p->owner[e]);
+            sum += row_fetch_cost(p, p->head[e], owner_of(p, p->head[e]));
     return sum;
 }
 
@@ -204,7 +234,7 @@ static int check_config(const embps_partition_config *c)
         return fail(EMBPS_E_INVALID_ARGUMENT, "edges is NULL");
     if (c->width < 1)
         return fail(EMBPS_E_INVALID_ARGUMENT, "width must be >= 1");
-    if (c->n_samples > UINT32_MAX || c->n_rows > UINT32_MAX)
+    if (c->n_samples > UINT32_MAX || c->n_rows >= UINT32_MAX)
         return fail(EMBPS_E_INVALID_ARGUMENT, "n_samples and n_rows must be < 2^32");
     if (c->hosts < 1 || c->hosts > EMBPS_PARTITION_MAX_HOSTS)
         return fail(EMBPS_E_INVALID_ARGUMENT, "hosts must be in [1, %u], got %u", EMBPS_PARTITION_MAX_HOSTS,
@@ -229,58 +259,79 @@ static int check_config(const embps_partition_config *c)
         if (c->sample_host[i] >= c->hosts)
             return fail(EMBPS_E_INVALID_ARGUMENT, "sample_host[%llu] = %u is not a host", (unsigned long long)i,
                         c->sample_host[i]);
-    uint64_t n_edges = c->n_samples * c->width;
-    for (uint64_t i = 0; i < n_edges; i++)
-        if (c->edges[i] >= c->n_rows)
-            return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
-                        (unsigned long long)(i / c->width), c->edges[i], (unsigned long long)c->n_rows);
     return EMBPS_OK;
 }
 
 static int allocate(embps_partitioner *p)
 {
     uint64_t h = p->hosts;
-    p->table_len = PROB_TABLE_ENTRIES / h;
-    if (p->table_len > p->n_samples + 1)
-        p->table_len = p->n_samples + 1;
+    p->table_room = PROB_TABLE_ENTRIES / h;
+    if (p->table_room > p->n_samples + 1)
+        p->table_room = p->n_samples + 1;
     p->cost = malloc(h * h * sizeof(double));
-    p->owner = malloc((p->n_rows ? p->n_rows : 1) * sizeof(uint16_t));
     p->host_of = malloc((p->n_samples ? p->n_samples : 1) * sizeof(uint16_t));
     p->degree = calloc(p->n_rows ? p->n_rows : 1, sizeof(uint32_t));
-    p->slot_start = malloc((p->n_rows + 1) * sizeof(uint64_t));
+    p->head = malloc((p->n_rows ? p->n_rows : 1) * sizeof(uint32_t));
     p->samples_at = calloc(h, sizeof(uint64_t));
     p->rows_at = calloc(h, sizeof(uint64_t));
     p->served = calloc(h, sizeof(double));
     p->round_m = calloc(h, sizeof(uint64_t));
     p->saturation = calloc(h, sizeof(uint64_t));
-    p->prob = malloc(h * p->table_len * sizeof(double));
+    p->prob = malloc(h * p->table_room * sizeof(double));
     p->gain = calloc(h, sizeof(double));
     p->count_of = calloc(h, sizeof(uint32_t));
-    if (!p->cost || !p->owner || !p->host_of || !p->degree || !p->slot_start || !p->samples_at || !p->rows_at ||
-        !p->served || !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of)
+    if (!p->cost || !p->host_of || !p->degree || !p->head || !p->samples_at || !p->rows_at || !p->served ||
+        !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of)
         return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
                     (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
     return EMBPS_OK;
 }
 
-static int build_counters(embps_partitioner *p)
+/* Degrees, checking every edge on the way. */
+static int count_degrees(embps_partitioner *p)
 {
     uint64_t n_edges = p->n_samples * p->width;
-    for (uint64_t i = 0; i < n_edges; i++)
-        p->degree[p->edges[i]]++;
-    p->slot_start[0] = 0;
+    for (uint64_t i = 0; i < n_edges; i++) {
+        uint32_t e = p->edges[i];
+        if (e >= p->n_rows)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
+                        (unsigned long long)(i / p->width), e, (unsigned long long)p->n_rows);
+        if (i + 16 < n_edges && p->edges[i + 16] < p->n_rows)
+            __builtin_prefetch(&p->degree[p->edges[i + 16]], 1);
+        p->degree[e]++;
+    }
+    return EMBPS_OK;
+}
+
+/* Lays out the cells, then points the edges at the headers and counts each host's uses. */
+static int build_cells(embps_partitioner *p, const uint16_t *row_owner)
+{
+    uint64_t n_cells = 0;
     for (uint64_t e = 0; e < p->n_rows; e++) {
         uint32_t d = p->degree[e];
-        p->slot_start[e + 1] = p->slot_start[e] + (d < p->hosts ? d : p->hosts);
+        p->head[e] = (uint32_t)n_cells;
+        n_cells += 1 + (d < p->hosts ? d : p->hosts);
+        if (n_cells > UINT32_MAX)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "the graph needs more than 2^32 row counters");
+    }
+    p->cells = calloc(n_cells ? n_cells : 1, sizeof(cell));
+    if (!p->cells)
+        return fail(EMBPS_E_NOMEM, "out of memory for %llu row counters", (unsigned long long)n_cells);
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e], slots = d < p->hosts ? d : p->hosts;
+        p->cells[p->head[e]].a = (uint32_t)e;
+        p->cells[p->head[e]].b = row_owner[e] | (slots ? (slots - 1) << 16 : 0);
         if (d) {
             p->rows_used++;
-            p->rows_at[p->owner[e]]++;
+            p->rows_at[row_owner[e]]++;
         }
     }
-    p->slots = calloc(p->slot_start[p->n_rows] ? p->slot_start[p->n_rows] : 1, sizeof(slot));
-    if (!p->slots)
-        return fail(EMBPS_E_NOMEM, "out of memory for %llu row counters",
-                    (unsigned long long)p->slot_start[p->n_rows]);
+    uint64_t n_edges = p->n_samples * p->width;
+    for (uint64_t i = 0; i < n_edges; i++) {
+        if (i + 16 < n_edges)
+            __builtin_prefetch(&p->head[p->edges[i + 16]]);
+        p->edges[i] = p->head[p->edges[i]];
+    }
     for (uint64_t s = 0; s < p->n_samples; s++) {
         p->samples_at[p->host_of[s]]++;
         for (uint32_t j = 0; j < p->width; j++)
@@ -305,14 +356,16 @@ int embps_partition_create(const embps_partition_config *cfg, embps_partitioner 
     p->hosts = cfg->hosts;
     p->batch = cfg->batch;
     p->seed = cfg->seed;
-    p->edges = cfg->edges;
     p->sample_slack = cfg->sample_slack;
     p->row_slack = cfg->row_slack;
     if (!(st = allocate(p))) {
         memcpy(p->cost, cfg->link_cost, (uint64_t)p->hosts * p->hosts * sizeof(double));
-        memcpy(p->owner, cfg->row_owner, p->n_rows * sizeof(uint16_t));
         memcpy(p->host_of, cfg->sample_host, p->n_samples * sizeof(uint16_t));
-        st = build_counters(p);
+        p->edges = cfg->edges;
+        if ((st = count_degrees(p)))
+            p->edges = NULL;   /* not rewritten yet: nothing to restore */
+        else
+            st = build_cells(p, cfg->row_owner);
     }
     if (st) {
         embps_partition_destroy(p);
@@ -332,12 +385,14 @@ void embps_partition_destroy(embps_partitioner *p)
 {
     if (!p)
         return;
+    if (p->edges && p->cells)
+        for (uint64_t i = 0; i < p->n_samples * p->width; i++)
+            p->edges[i] = p->cells[p->edges[i]].a;
     free(p->cost);
-    free(p->owner);
     free(p->host_of);
     free(p->degree);
-    free(p->slot_start);
-    free(p->slots);
+    free(p->head);
+    free(p->cells);
     free(p->samples_at);
     free(p->rows_at);
     free(p->served);
@@ -376,8 +431,8 @@ static void sample_move_gains(embps_partitioner *p, uint64_t s)
     uint32_t from = p->host_of[s], hosts = p->hosts;
     memset(p->gain, 0, hosts * sizeof(double));
     for (uint32_t j = 0; j < p->width; j++) {
-        uint32_t e = p->edges[s * p->width + j], o = p->owner[e];
-        load_counts(p, e);
+        uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
+        load_counts(p, hd);
         uint32_t c = p->count_of[from];
         double saved = from == o ? 0.0
                                  : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
@@ -388,7 +443,7 @@ static void sample_move_gains(embps_partitioner *p, uint64_t s)
             double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * (prob(p, k, ck + 1) - prob(p, k, ck));
             p->gain[k] += added - saved;
         }
-        clear_counts(p, e);
+        clear_counts(p, hd);
     }
 }
 
@@ -396,21 +451,27 @@ static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
 {
     uint32_t from = p->host_of[s];
     for (uint32_t j = 0; j < p->width; j++) {
-        uint32_t e = p->edges[s * p->width + j], o = p->owner[e];
-        slot *a = find_slot(p, e, from);
+        uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
+        cell *a = find_slot(p, hd, from);
         if (from != o)
-            p->served[o] += prob(p, from, a->count - 1) - prob(p, from, a->count);
-        count_remove(p, e, from);
+            p->served[o] += prob(p, from, a->a - 1) - prob(p, from, a->a);
+        count_remove(p, hd, from);
         if (to != o) {
-            slot *b = find_slot(p, e, to);
-            uint32_t c = b ? b->count : 0;
+            cell *b = find_slot(p, hd, to);
+            uint32_t c = b ? b->a : 0;
             p->served[o] += prob(p, to, c + 1) - prob(p, to, c);
         }
-        count_add(p, e, to);
+        count_add(p, hd, to);
     }
     p->host_of[s] = (uint16_t)to;
     p->samples_at[from]--;
     p->samples_at[to]++;
+}
+
+static void prefetch_sample(const embps_partitioner *p, uint64_t s)
+{
+    for (uint32_t j = 0; j < p->width; j++)
+        __builtin_prefetch(&p->cells[p->edges[s * p->width + j]], 1);
 }
 
 int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t hi, uint64_t *moved)
@@ -422,8 +483,9 @@ int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t h
                     (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_samples);
     double cap = (1.0 + p->sample_slack) * p->mean_samples;
     *moved = 0;
-    for (uint64_t i = lo; i < hi; i++) {
-        uint64_t s = (i + p->sample_offset) % p->n_samples;
+    uint64_t s = p->n_samples ? (lo + p->sample_offset) % p->n_samples : 0;
+    for (uint64_t i = lo; i < hi; i++, s = s + 1 == p->n_samples ? 0 : s + 1) {
+        prefetch_sample(p, (s + PREFETCH_SAMPLES) % p->n_samples);
         uint32_t from = p->host_of[s], best = from;
         sample_move_gains(p, s);
         double best_change = -MIN_GAIN;
@@ -446,19 +508,19 @@ int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t h
     return EMBPS_OK;
 }
 
-/* The best owner for row e, or its owner when no move lowers the score. */
-static uint32_t best_owner(const embps_partitioner *p, uint32_t e, double *served_from, double *served_to)
+/* The best owner for the row at header hd, or its owner when no move lowers the score. */
+static uint32_t best_owner(const embps_partitioner *p, uint32_t hd, double *served_from, double *served_to)
 {
-    uint32_t from = p->owner[e], best = from;
+    uint32_t from = owner_of(p, hd), best = from;
     double cap = (1.0 + p->row_slack) * p->mean_rows;
-    double here = row_fetch_cost(p, e, from);
-    *served_from = row_served(p, e, from);
+    double here = row_fetch_cost(p, hd, from);
+    *served_from = row_served(p, hd, from);
     double best_change = -MIN_GAIN;
     for (uint32_t k = 0; k < p->hosts; k++) {
         if (k == from || (double)p->rows_at[k] + 1.0 > cap)
             continue;
-        double served = row_served(p, e, k);
-        double change = row_fetch_cost(p, e, k) - here
+        double served = row_served(p, hd, k);
+        double change = row_fetch_cost(p, hd, k) - here
             + p->w_rows * deviation_change((double)p->rows_at[from], 1.0, (double)p->rows_at[k], 1.0, p->mean_rows)
             + p->w_load * deviation_change(p->served[from], *served_from, p->served[k], served, p->mean_load);
         if (change < best_change) {
@@ -479,14 +541,15 @@ int embps_partition_refine_rows(embps_partitioner *p, uint64_t lo, uint64_t hi, 
                     (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_rows);
     *moved = 0;
     for (uint64_t i = lo; i < hi; i++) {
-        uint32_t e = (uint32_t)((i + p->row_offset) % p->n_rows);
+        uint64_t e = (i + p->row_offset) % p->n_rows;
         if (!p->degree[e])
             continue;
+        uint32_t hd = p->head[e];
         double served_from = 0.0, served_to = 0.0;
-        uint32_t from = p->owner[e], to = best_owner(p, e, &served_from, &served_to);
+        uint32_t from = owner_of(p, hd), to = best_owner(p, hd, &served_from, &served_to);
         if (to == from)
             continue;
-        p->owner[e] = (uint16_t)to;
+        set_owner(p, hd, to);
         p->rows_at[from]--;
         p->rows_at[to]++;
         p->served[from] -= served_from;
@@ -524,7 +587,8 @@ int embps_partition_placement(embps_partitioner *p, uint16_t *row_owner, uint16_
 {
     if (!p || !row_owner || !sample_host)
         return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and output arrays are required");
-    memcpy(row_owner, p->owner, p->n_rows * sizeof(uint16_t));
+    for (uint64_t e = 0; e < p->n_rows; e++)
+        row_owner[e] = (uint16_t)owner_of(p, p->head[e]);
     memcpy(sample_host, p->host_of, p->n_samples * sizeof(uint16_t));
     return EMBPS_OK;
 }
@@ -539,15 +603,14 @@ int embps_partition_mirror_candidates(embps_partitioner *p, uint32_t host, uint3
     refresh(p);
     uint64_t found = 0;
     for (uint64_t e = 0; e < p->n_rows; e++) {
-        uint32_t o = p->owner[e];
-        slot *s = o == host || !p->degree[e] ? NULL : find_slot(p, (uint32_t)e, host);
-        if (!s)
+        uint32_t hd = p->head[e], o = owner_of(p, hd);
+        cell *c = o == host || !p->degree[e] ? NULL : find_slot(p, hd, host);
+        if (!c)
             continue;
         if (found < cap) {
-            double q = prob(p, host, s->count);
+            double q = prob(p, host, c->a);
             rows[found] = (uint32_t)e;
-            priority[found] = p->cost[(uint64_t)host * p->hosts + o] * q * q *
-                              (1.0 / p->degree[e] + 1.0 / s->count);
+            priority[found] = p->cost[(uint64_t)host * p->hosts + o] * q * q * (1.0 / p->degree[e] + 1.0 / c->a);
         }
         found++;
     }

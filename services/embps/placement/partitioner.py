@@ -39,7 +39,8 @@ class PartitionResult:
 
 
 class NativePartitioner:
-    """One embps_partitioner over a graph; the graph's edges must outlive it (they are borrowed)."""
+    """One embps_partitioner over a graph.  It borrows the graph's edges, rewriting them in place while
+    it lives: use them again only after close()."""
 
     def __init__(self, graph: SampleGraph, settings: PartitionSettings, row_owner: np.ndarray,
                  sample_host: np.ndarray):
@@ -50,7 +51,7 @@ class NativePartitioner:
         self._sample_host = np.ascontiguousarray(sample_host, np.uint16)
         cfg = ffi.new("embps_partition_config *")
         cfg.n_samples, cfg.width, cfg.n_rows = graph.n_samples, self._edges.shape[1], graph.n_rows
-        cfg.edges = ffi.from_buffer("uint32_t[]", self._edges)
+        cfg.edges = ffi.from_buffer("uint32_t[]", self._edges, require_writable=True)
         cfg.hosts, cfg.batch, cfg.seed = settings.hosts, settings.batch, settings.seed
         cfg.link_cost = ffi.from_buffer("double[]", self._cost)
         cfg.row_owner = ffi.from_buffer("uint16_t[]", self._owner)
@@ -61,6 +62,18 @@ class NativePartitioner:
         out = ffi.new("embps_partitioner **")
         check_status(lib.embps_partition_create(cfg, out))
         self._p = ffi.gc(out[0], lib.embps_partition_destroy)
+
+    def close(self) -> None:
+        """Frees the native partitioner, which restores the edges."""
+        if self._p is not None:
+            ffi.release(self._p)
+            self._p = None
+
+    def __enter__(self) -> NativePartitioner:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
 
     def begin_sweep(self, round_index: int) -> None:
         check_status(lib.embps_partition_begin_sweep(self._p, round_index))
@@ -121,7 +134,12 @@ def partition(graph: SampleGraph, settings: PartitionSettings, progress: Progres
               report: Report | None = None) -> PartitionResult:
     progress = progress or (lambda _what, _done, _total: None)
     report = report or (lambda _line: None)
-    native = NativePartitioner(graph, settings, *hash_start(graph, settings.hosts, settings.batch))
+    with NativePartitioner(graph, settings, *hash_start(graph, settings.hosts, settings.batch)) as native:
+        return _refine(native, graph, settings, progress, report)
+
+
+def _refine(native: NativePartitioner, graph: SampleGraph, settings: PartitionSettings, progress: Progress,
+            report: Report) -> PartitionResult:
     objectives = [native.objective()]
     report(f"hash placement: objective {objectives[0]:,.2f} expected remote rows per iteration")
     for r in range(settings.rounds):

@@ -20,7 +20,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-dd4d5f23c7a82b79"
+NATIVE_VERSION = "abi-b3b1da281578629c"
 
 
 def check_native_version(built: str) -> None:
