@@ -75,7 +75,8 @@ static double exact_prob(uint64_t c, uint64_t m, uint32_t batch)
     return -expm1((double)batch * log1p(-(double)c / (double)m));
 }
 
-static double prob(const embps_partitioner *p, uint32_t h, uint64_t c)
+/* Inlined: it runs a few times per edge and per host in every sweep. */
+static inline __attribute__((always_inline)) double prob(const embps_partitioner *p, uint32_t h, uint64_t c)
 {
     if (c >= p->saturation[h])
         return c ? 1.0 : 0.0;
@@ -126,11 +127,6 @@ static void count_add(embps_partitioner *p, uint32_t hd, uint32_t host)
         c->b = host;
     }
     c->a++;
-}
-
-static void count_remove(embps_partitioner *p, uint32_t hd, uint32_t host)
-{
-    find_slot(p, hd, host)->a--;
 }
 
 /* Loads count_of[] with the row's counts; clear_counts() undoes it. */
@@ -425,6 +421,18 @@ int embps_partition_begin_sweep(embps_partitioner *p, uint32_t round)
     return EMBPS_OK;
 }
 
+/* Whether moving one of the row's users from `from` to any host leaves every fetch probability at 1
+ * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts. */
+static int saturated_everywhere(const embps_partitioner *p, uint32_t from)
+{
+    if (p->count_of[from] <= p->saturation[from])
+        return 0;
+    for (uint32_t k = 0; k < p->hosts; k++)
+        if (!p->count_of[k] || p->count_of[k] < p->saturation[k])
+            return 0;
+    return 1;
+}
+
 /* gain[k] = change of the objective if sample s moved from its host to k (gain[from] = 0). */
 static void sample_move_gains(embps_partitioner *p, uint64_t s)
 {
@@ -433,6 +441,10 @@ static void sample_move_gains(embps_partitioner *p, uint64_t s)
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
         load_counts(p, hd);
+        if (saturated_everywhere(p, from)) {
+            clear_counts(p, hd);
+            continue;
+        }
         uint32_t c = p->count_of[from];
         double saved = from == o ? 0.0
                                  : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
@@ -452,16 +464,17 @@ static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
     uint32_t from = p->host_of[s];
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        cell *a = find_slot(p, hd, from);
+        cell *a = find_slot(p, hd, from), *b = find_slot(p, hd, to);
         if (from != o)
             p->served[o] += prob(p, from, a->a - 1) - prob(p, from, a->a);
-        count_remove(p, hd, from);
-        if (to != o) {
-            cell *b = find_slot(p, hd, to);
-            uint32_t c = b ? b->a : 0;
+        a->a--;
+        uint32_t c = b ? b->a : 0;
+        if (to != o)
             p->served[o] += prob(p, to, c + 1) - prob(p, to, c);
-        }
-        count_add(p, hd, to);
+        if (b)
+            b->a++;
+        else
+            count_add(p, hd, to);
     }
     p->host_of[s] = (uint16_t)to;
     p->samples_at[from]--;

@@ -173,5 +173,11 @@ def _mirrors(native: NativePartitioner, graph: SampleGraph, settings: PartitionS
     """The top store_rate x not_owned candidates of `host`, best first (ties: lower key first)."""
     rows, priority = native.mirror_candidates(host, not_owned)
     count = min(len(rows), math.ceil(settings.store_rate * not_owned))
-    best = np.lexsort((rows, -priority))[:count]
+    if count == 0:
+        return np.empty(0, np.uint64)
+    # The count-th best priority by partial sort, then those above it and the first ties (rows ascend).
+    threshold = -np.partition(-priority, count - 1)[count - 1]
+    above = np.flatnonzero(priority > threshold)
+    chosen = np.concatenate([above, np.flatnonzero(priority == threshold)[:count - len(above)]])
+    best = chosen[np.lexsort((rows[chosen], -priority[chosen]))]
     return graph.keys_of(rows[best])
