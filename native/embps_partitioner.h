@@ -17,12 +17,14 @@
  * Memory: the edges (borrowed), 8 bytes per row plus 8 per (row, using host) pair, 10 per row and
  * 2 per sample.
  *
- * Deterministic: one thread visits samples and rows in an order fixed by the seed and the round,
- * so equal inputs give equal placements, bit for bit.  Counters are sparse: each row keeps at most
+ * Deterministic: samples and rows are visited in an order fixed by the seed and the round; sample
+ * sweeps take windows of samples, for which threads propose moves against the placement as it is
+ * at the window's start, and one thread applies them in order, re-checked.  Equal inputs give equal
+ * placements, bit for bit, with any number of threads.  Counters are sparse: each row keeps at most
  * min(hosts, degree) (host, count) pairs, never a dense hosts x rows array.
  *
- * Every call returns an embps_status (embps_errormsg() says why it failed).  No call takes locks:
- * one partitioner is used by one thread at a time.
+ * Every call returns an embps_status (embps_errormsg() says why it failed).  One partitioner is
+ * used by one caller at a time.
  */
 #ifndef EMBPS_PARTITIONER_H
 #define EMBPS_PARTITIONER_H
@@ -53,6 +55,9 @@ typedef struct {
     double sample_balance, row_balance, load_balance;
     /* Hard caps: no move makes a host hold more than (1 + slack) x the mean of samples or rows. */
     double sample_slack, row_slack;
+    /* Threads of the sample sweeps (0 or 1: the caller's alone; at most 64).  The placement is the
+     * same bit for bit whatever the number. */
+    uint32_t threads;
 } embps_partition_config;
 
 typedef struct {

@@ -2,6 +2,7 @@
 #include "embps_partitioner.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,9 +44,18 @@ struct embps_partitioner {
     double w_samples, w_rows, w_load, sample_slack, row_slack;
     double mean_samples, mean_rows, mean_load;
     uint64_t sample_offset, row_offset;   /* this round's visiting order */
-    double *gain;              /* scratch, per host */
-    uint32_t *count_of;        /* scratch, per host, kept all zero between uses */
+    uint32_t threads;
+    double *gain;              /* scratch, threads x hosts */
+    uint32_t *count_of;        /* scratch, threads x hosts, kept all zero between uses */
+    uint16_t *proposal;        /* a window's proposed hosts */
 };
+
+/* Sample sweeps go in windows: the threads propose a host for each sample of a window against the
+ * placement as it is at the window's start (reading only), then one thread re-checks the proposals
+ * in order and applies those that still lower the score.  Proposals are pure functions of that
+ * state, so the result is the same bit for bit with any number of threads. */
+#define WINDOW 16384u
+#define MAX_THREADS 64u
 
 #define PREFETCH_SAMPLES 2     /* samples ahead whose rows' headers are prefetched */
 
@@ -130,19 +140,19 @@ static void count_add(embps_partitioner *p, uint32_t hd, uint32_t host)
 }
 
 /* Loads count_of[] with the row's counts; clear_counts() undoes it. */
-static void load_counts(embps_partitioner *p, uint32_t hd)
+static void load_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
 {
     const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
     for (; c < end; c++)
         if (c->a)
-            p->count_of[c->b] = c->a;
+            count_of[c->b] = c->a;
 }
 
-static void clear_counts(embps_partitioner *p, uint32_t hd)
+static void clear_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
 {
     const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
     for (; c < end; c++)
-        p->count_of[c->b] = 0;
+        count_of[c->b] = 0;
 }
 
 /* ---- the score ------------------------------------------------------------ */
@@ -237,6 +247,8 @@ static int check_config(const embps_partition_config *c)
                     c->hosts);
     if (c->batch < 1)
         return fail(EMBPS_E_INVALID_ARGUMENT, "batch must be >= 1");
+    if (c->threads > MAX_THREADS)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "threads must be at most %u, got %u", MAX_THREADS, c->threads);
     if (!c->link_cost || !c->row_owner || (!c->sample_host && c->n_samples))
         return fail(EMBPS_E_INVALID_ARGUMENT, "link_cost, row_owner and sample_host are required");
     for (uint64_t i = 0; i < (uint64_t)c->hosts * c->hosts; i++)
@@ -274,10 +286,11 @@ static int allocate(embps_partitioner *p)
     p->round_m = calloc(h, sizeof(uint64_t));
     p->saturation = calloc(h, sizeof(uint64_t));
     p->prob = malloc(h * p->table_room * sizeof(double));
-    p->gain = calloc(h, sizeof(double));
-    p->count_of = calloc(h, sizeof(uint32_t));
+    p->gain = calloc(h * p->threads, sizeof(double));
+    p->count_of = calloc(h * p->threads, sizeof(uint32_t));
+    p->proposal = malloc(WINDOW * sizeof(uint16_t));
     if (!p->cost || !p->host_of || !p->degree || !p->head || !p->samples_at || !p->rows_at || !p->served ||
-        !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of)
+        !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of || !p->proposal)
         return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
                     (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
     return EMBPS_OK;
@@ -354,6 +367,7 @@ int embps_partition_create(const embps_partition_config *cfg, embps_partitioner 
     p->seed = cfg->seed;
     p->sample_slack = cfg->sample_slack;
     p->row_slack = cfg->row_slack;
+    p->threads = cfg->threads ? cfg->threads : 1;
     if (!(st = allocate(p))) {
         memcpy(p->cost, cfg->link_cost, (uint64_t)p->hosts * p->hosts * sizeof(double));
         memcpy(p->host_of, cfg->sample_host, p->n_samples * sizeof(uint16_t));
@@ -397,6 +411,7 @@ void embps_partition_destroy(embps_partitioner *p)
     free(p->prob);
     free(p->gain);
     free(p->count_of);
+    free(p->proposal);
     free(p);
 }
 
@@ -423,40 +438,60 @@ int embps_partition_begin_sweep(embps_partitioner *p, uint32_t round)
 
 /* Whether moving one of the row's users from `from` to any host leaves every fetch probability at 1
  * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts. */
-static int saturated_everywhere(const embps_partitioner *p, uint32_t from)
+static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const uint32_t *count_of)
 {
-    if (p->count_of[from] <= p->saturation[from])
+    if (count_of[from] <= p->saturation[from])
         return 0;
     for (uint32_t k = 0; k < p->hosts; k++)
-        if (!p->count_of[k] || p->count_of[k] < p->saturation[k])
+        if (!count_of[k] || count_of[k] < p->saturation[k])
             return 0;
     return 1;
 }
 
 /* gain[k] = change of the objective if sample s moved from its host to k (gain[from] = 0). */
-static void sample_move_gains(embps_partitioner *p, uint64_t s)
+static void sample_move_gains(const embps_partitioner *p, uint64_t s, double *gain, uint32_t *count_of)
 {
     uint32_t from = p->host_of[s], hosts = p->hosts;
-    memset(p->gain, 0, hosts * sizeof(double));
+    memset(gain, 0, hosts * sizeof(double));
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        load_counts(p, hd);
-        if (saturated_everywhere(p, from)) {
-            clear_counts(p, hd);
+        load_counts(p, hd, count_of);
+        if (saturated_everywhere(p, from, count_of)) {
+            clear_counts(p, hd, count_of);
             continue;
         }
-        uint32_t c = p->count_of[from];
+        uint32_t c = count_of[from];
         double saved = from == o ? 0.0
                                  : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
         for (uint32_t k = 0; k < hosts; k++) {
             if (k == from)
                 continue;
-            uint32_t ck = p->count_of[k];
+            uint32_t ck = count_of[k];
             double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * (prob(p, k, ck + 1) - prob(p, k, ck));
-            p->gain[k] += added - saved;
+            gain[k] += added - saved;
         }
-        clear_counts(p, hd);
+        clear_counts(p, hd, count_of);
     }
+}
+
+/* The host sample s should move to (its own when no move lowers the score), with scratch of a worker. */
+static uint32_t best_host(const embps_partitioner *p, uint64_t s, double *gain, uint32_t *count_of)
+{
+    double cap = (1.0 + p->sample_slack) * p->mean_samples;
+    uint32_t from = p->host_of[s], best = from;
+    sample_move_gains(p, s, gain, count_of);
+    double best_change = -MIN_GAIN;
+    for (uint32_t k = 0; k < p->hosts; k++) {
+        if (k == from || (double)p->samples_at[k] + 1.0 > cap)
+            continue;
+        double change = gain[k] + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
+                                                                (double)p->samples_at[k], 1.0, p->mean_samples);
+        if (change < best_change) {
+            best_change = change;
+            best = k;
+        }
+    }
+    return best;
 }
 
 static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
@@ -487,6 +522,74 @@ static void prefetch_sample(const embps_partitioner *p, uint64_t s)
         __builtin_prefetch(&p->cells[p->edges[s * p->width + j]], 1);
 }
 
+static uint64_t sample_at(const embps_partitioner *p, uint64_t position)
+{
+    return (position + p->sample_offset) % p->n_samples;
+}
+
+typedef struct {
+    embps_partitioner *p;
+    uint32_t worker;
+    uint64_t lo, hi;           /* the window */
+} proposer;
+
+/* Worker w proposes for every threads-th sample of the window, from its w-th. */
+static void propose(const proposer *job)
+{
+    const embps_partitioner *p = job->p;
+    double *gain = p->gain + (uint64_t)job->worker * p->hosts;
+    uint32_t *count_of = p->count_of + (uint64_t)job->worker * p->hosts;
+    for (uint64_t i = job->lo + job->worker; i < job->hi; i += p->threads) {
+        uint64_t s = sample_at(p, i);
+        if (i + p->threads * PREFETCH_SAMPLES < job->hi)
+            prefetch_sample(p, sample_at(p, i + p->threads * PREFETCH_SAMPLES));
+        p->proposal[i - job->lo] = (uint16_t)best_host(p, s, gain, count_of);
+    }
+}
+
+static void *propose_main(void *job)
+{
+    propose(job);
+    return NULL;
+}
+
+/* Proposals for the window [lo, hi): one thread per worker (the caller is worker 0); a worker whose
+ * thread cannot start is done by the caller, to the same result. */
+static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
+{
+    proposer jobs[MAX_THREADS];
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (uint32_t w = 0; w < p->threads; w++)
+        jobs[w] = (proposer){p, w, lo, hi};
+    for (uint32_t w = 1; w < p->threads; w++)
+        started[w] = pthread_create(&threads[w], NULL, propose_main, &jobs[w]) == 0;
+    propose(&jobs[0]);
+    for (uint32_t w = 1; w < p->threads; w++) {
+        if (started[w])
+            pthread_join(threads[w], NULL);
+        else
+            propose(&jobs[w]);
+    }
+}
+
+/* Re-checks the window's proposals in order against the placement as it now is, applying the moves. */
+static uint64_t commit(embps_partitioner *p, uint64_t lo, uint64_t hi)
+{
+    uint64_t moved = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        uint64_t s = sample_at(p, i);
+        if (p->proposal[i - lo] == p->host_of[s])
+            continue;
+        uint32_t to = best_host(p, s, p->gain, p->count_of);
+        if (to != p->host_of[s]) {
+            move_sample(p, s, to);
+            moved++;
+        }
+    }
+    return moved;
+}
+
 int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t hi, uint64_t *moved)
 {
     if (!p || !moved)
@@ -494,29 +597,11 @@ int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t h
     if (lo > hi || hi > p->n_samples)
         return fail(EMBPS_E_INVALID_ARGUMENT, "positions [%llu, %llu) are not within [0, %llu)",
                     (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_samples);
-    double cap = (1.0 + p->sample_slack) * p->mean_samples;
     *moved = 0;
-    uint64_t s = p->n_samples ? (lo + p->sample_offset) % p->n_samples : 0;
-    for (uint64_t i = lo; i < hi; i++, s = s + 1 == p->n_samples ? 0 : s + 1) {
-        prefetch_sample(p, (s + PREFETCH_SAMPLES) % p->n_samples);
-        uint32_t from = p->host_of[s], best = from;
-        sample_move_gains(p, s);
-        double best_change = -MIN_GAIN;
-        for (uint32_t k = 0; k < p->hosts; k++) {
-            if (k == from || (double)p->samples_at[k] + 1.0 > cap)
-                continue;
-            double change = p->gain[k] + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
-                                                                        (double)p->samples_at[k], 1.0,
-                                                                        p->mean_samples);
-            if (change < best_change) {
-                best_change = change;
-                best = k;
-            }
-        }
-        if (best != from) {
-            move_sample(p, s, best);
-            (*moved)++;
-        }
+    for (uint64_t w = lo; w < hi; w += WINDOW) {
+        uint64_t end = w + WINDOW < hi ? w + WINDOW : hi;
+        propose_window(p, w, end);
+        *moved += commit(p, w, end);
     }
     return EMBPS_OK;
 }

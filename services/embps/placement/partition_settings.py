@@ -23,12 +23,16 @@ class PartitionSettings:
     row_slack: float = 0.10
     # Cost of host i fetching a row from host j (diagonal unused); None: 1 between any two hosts.
     link_cost: tuple[tuple[float, ...], ...] | None = None
+    # Threads of the sample sweeps; None: one per CPU.  The placement does not depend on it.
+    threads: int | None = None
 
     def __post_init__(self):
         if not 1 <= self.hosts <= MAX_HOSTS:
             raise ValueError(f"hosts must be in [1, {MAX_HOSTS}], got {self.hosts}")
         if self.batch < 1 or self.rounds < 0:
             raise ValueError(f"need batch >= 1 and rounds >= 0, got {self.batch} and {self.rounds}")
+        if self.threads is not None and not 1 <= self.threads <= 64:
+            raise ValueError(f"threads must be in [1, 64], got {self.threads}")
         if not 0 <= self.store_rate <= 1:
             raise ValueError(f"store_rate must be in [0, 1], got {self.store_rate}")
         if self.link_cost is not None and (len(self.link_cost) != self.hosts

@@ -8,6 +8,7 @@ sample i on host (i mod H*B) // B, as trainers share each global batch of H*B sa
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class NativePartitioner:
         cfg.sample_balance, cfg.row_balance = settings.sample_balance, settings.row_balance
         cfg.load_balance = settings.load_balance
         cfg.sample_slack, cfg.row_slack = settings.sample_slack, settings.row_slack
+        cfg.threads = settings.threads or min(os.cpu_count() or 1, 64)
         out = ffi.new("embps_partitioner **")
         check_status(lib.embps_partition_create(cfg, out))
         self._p = ffi.gc(out[0], lib.embps_partition_destroy)
