@@ -10,13 +10,14 @@ from .common import structured_log
 from .demos import store_demo
 from .deploy import compose_command, health_command, reshard_command
 from .oracle_cacher import service as oracle_cacher_service
+from .placement import partition_command
 from .datasets import criteo_cli
 from .ps_shard import server as ps_shard_server
 from .trainer import train_command, trainer_command
 from .trainer_gateway import service as trainer_gateway_service
 
 SUBCOMMANDS = (train_command, store_demo, ps_shard_server, oracle_cacher_service, trainer_gateway_service,
-               trainer_command, criteo_cli, reshard_command, compose_command, health_command)
+               trainer_command, criteo_cli, reshard_command, compose_command, health_command, partition_command)
 
 # The modules that tell whether an extra of pyproject.toml is installed.
 EXTRA_MODULES = {"train": ("torch", "matplotlib")}

@@ -2,6 +2,7 @@
 label, Criteo TSV preprocessing checked by hand and against a plain-Python parser, MovieLens-100k."""
 
 import argparse
+import hashlib
 import importlib.util
 import itertools
 import json
@@ -86,6 +87,54 @@ def test_synthetic_skew_top_1_percent_takes_92_percent():
         top = np.argsort(counts)[::-1][:rows // 100]
         assert 0.89 < counts[top].sum() / counts.sum() < 0.95
         assert len(np.intersect1d(top, ds.hot_ids[table])) > 0.95 * len(top)   # the seeded hot set
+
+
+def test_synthetic_without_segments_is_todays_data_bit_for_bit():
+    batch = open_dataset("synthetic", scale=0.01, seed=3, segments=0).samples("train", 5000, 25000)
+    digest = hashlib.sha256()
+    for array in (batch.dense, batch.sparse, batch.labels):
+        digest.update(array.tobytes())
+    # The digest of these samples before the structured option existed.
+    assert digest.hexdigest() == "7cdde66c2fd6f861aaceb161905b2776b5a1849454b608ab5809a77f8dafe4fe"
+
+
+def test_synthetic_segments_keep_the_skew_and_are_deterministic_per_sample():
+    options = {"scale": 0.01, "seed": 3, "segments": 32}
+    ds = open_dataset("synthetic", **options)
+    assert "segments=32" in ds.info.name
+    whole = ds.samples("train", 0, 3 * BLOCK)
+    parts = [open_dataset("synthetic", **options).samples("train", a, b)
+             for a, b in ((0, BLOCK - 5), (BLOCK - 5, 2 * BLOCK + 3), (2 * BLOCK + 3, 3 * BLOCK))]
+    assert same(whole, Batch(*(np.concatenate(arrays) for arrays in zip(*((p.dense, p.sparse, p.labels)
+                                                                        for p in parts)))))
+    check_batch(whole, ds.info, 3 * BLOCK)
+    sparse = ds.samples("train", 0, 200_000).sparse
+    plain = open_dataset("synthetic", scale=0.01, seed=3).samples("train", 0, 200_000).sparse
+    for table, rows in enumerate(ds.info.table_sizes):
+        if rows < 10_000:
+            continue
+        counts = np.bincount(sparse[:, table], minlength=rows)
+        top = np.argsort(counts)[::-1][:rows // 100]
+        assert 0.89 < counts[top].sum() / counts.sum() < 0.95
+        assert len(np.intersect1d(top, ds.hot_ids[table])) > 0.95 * len(top)
+        # Structure: a hot row's users share their other hot rows far more than in today's data.
+        assert _co_use(sparse, table, ds.hot_ids) > 3 * _co_use(plain, table, ds.hot_ids)
+
+
+def _co_use(sparse: np.ndarray, table: int, hot_ids) -> float:
+    """Among the samples using table's most used row, the largest share using one row of another
+    large table (its hot set holding over 500 rows), averaged over those tables."""
+    users = sparse[sparse[:, table] == np.bincount(sparse[:, table]).argmax()]
+    shares = [np.bincount(users[:, t]).max() / len(users) for t in range(sparse.shape[1])
+              if t != table and len(hot_ids[t]) > 500]
+    return float(np.mean(shares))
+
+
+def test_synthetic_segments_refuse_bad_settings():
+    with pytest.raises(ValueError, match="segments"):
+        open_dataset("synthetic", segments=-1)
+    with pytest.raises(ValueError, match="segment_affinity"):
+        open_dataset("synthetic", segments=4, segment_affinity=1.5)
 
 
 def test_synthetic_labels_are_learnable():

@@ -19,6 +19,14 @@ Hot rows are seen often enough to learn a weight for, so embedding models reach 
 above 0.5: the hidden model itself scores ~0.81 at scale 0.01 (~0.87 at 0.1), per-id click-rate
 counts over 200k samples ~0.78.  The click rate is ~0.3 (Criteo's is ~0.26).
 
+Structure (`segments=K`, off by default; K = 0 keeps the data above unchanged, bit for bit): each
+sample belongs to one of K latent segments, uniform, and each table's hot and cold rows are cut into
+K slices of consecutive ranks, slice g belonging to segment g.  With probability `segment_affinity`
+a lookup draws from its segment's slice (of the hot or the cold set, as above), else from the whole
+set.  Slices are equal within one rank, so each set keeps its share of lookups and stays near
+uniform inside: the skew is today's.  Samples of one segment share rows, as users of one market or
+one advertiser do in Criteo, which gives a graph partitioner co-occurrence to find.
+
 Determinism: samples are made in blocks of BLOCK, each from its own generator seeded by
 (seed, split, block index), so sample i of a split never changes, batch k is samples
 [k*B, (k+1)*B) -- whatever batch size came before -- and skipping to a batch is O(1).  The train
@@ -45,16 +53,21 @@ TARGET_CTR = 0.25            # the bias aims here; sigmoid's convexity lands it 
 class SyntheticDataset:
     def __init__(self, scale: float = 0.01, n_train: int = 10_000_000, n_eval: int = 1_000_000,
                  seed: int = 0, hot_fraction: float = 0.01, hot_access: float = 0.92,
-                 base_table_sizes: Sequence[int] = CRITEO_KAGGLE_TABLE_SIZES, n_dense: int = CRITEO_N_DENSE):
+                 base_table_sizes: Sequence[int] = CRITEO_KAGGLE_TABLE_SIZES, n_dense: int = CRITEO_N_DENSE,
+                 segments: int = 0, segment_affinity: float = 0.9):
         if not scale > 0:
             raise ValueError(f"scale must be > 0, got {scale}")
         if not (0 < hot_fraction < 1 and 0 <= hot_access <= 1):
             raise ValueError("need 0 < hot_fraction < 1 and 0 <= hot_access <= 1")
         if n_train < 1 or n_eval < 1 or n_dense < 1:
             raise ValueError("n_train, n_eval and n_dense must be >= 1")
+        if segments < 0 or not 0 <= segment_affinity <= 1:
+            raise ValueError("need segments >= 0 and 0 <= segment_affinity <= 1")
         sizes = tuple(max(2, math.ceil(size * scale)) for size in base_table_sizes)
-        self.info = DatasetInfo(f"synthetic(scale={scale}, seed={seed})", n_dense, sizes, n_train, n_eval)
+        structure = f", segments={segments}, affinity={segment_affinity}" if segments else ""
+        self.info = DatasetInfo(f"synthetic(scale={scale}, seed={seed}{structure})", n_dense, sizes, n_train, n_eval)
         self.seed, self.hot_access = seed, hot_access
+        self.segments, self.segment_affinity = segments, segment_affinity
 
         hidden = np.random.default_rng([seed, len(SPLITS)])   # a stream neither split uses
         n_hot = [min(rows - 1, max(1, round(rows * hot_fraction))) for rows in sizes]
@@ -103,6 +116,8 @@ class SyntheticDataset:
         is_hot = rng.random((BLOCK, self.info.n_tables)) < self.hot_access
         hot_rank = rng.integers(0, self.n_hot, (BLOCK, self.info.n_tables))
         cold_rank = rng.integers(0, self.n_cold, (BLOCK, self.info.n_tables))
+        if self.segments:
+            hot_rank, cold_rank = self._segment_ranks(rng, hot_rank, cold_rank)
         sparse = np.empty((BLOCK, self.info.n_tables), np.int64)
         logit = self._bias + z @ self._dense_weights
         for t, (hot_ids, skip, weights) in enumerate(zip(self.hot_ids, self._cold_skip, self._hot_weights)):
@@ -113,3 +128,17 @@ class SyntheticDataset:
         batch = Batch(dense, sparse, labels)
         self._cache = (key, batch)
         return batch
+
+    def _segment_ranks(self, rng: np.random.Generator, hot_rank: np.ndarray,
+                       cold_rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ranks of the structured option: drawn from the sample's segment's slice where the
+        affinity draw says so, kept as drawn elsewhere."""
+        segment = rng.integers(0, self.segments, BLOCK)[:, None]
+        affine = rng.random((BLOCK, self.info.n_tables)) < self.segment_affinity
+        ranks = []
+        for drawn, n in ((hot_rank, self.n_hot), (cold_rank, self.n_cold)):
+            lo = segment * n // self.segments
+            width = np.maximum((segment + 1) * n // self.segments - lo, 1)
+            inside = np.minimum(lo + (rng.random(drawn.shape) * width).astype(np.int64), n - 1)
+            ranks.append(np.where(affine, inside, drawn))
+        return ranks[0], ranks[1]

@@ -1,0 +1,720 @@
+/* partitioner.c -- greedy, deterministic refinement of a sample/row placement (embps_partitioner.h). */
+#include "embps_partitioner.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "status.h"
+
+/* Fetch probabilities are tabulated per host for counts below this many entries in all (beyond a
+ * host's table they are computed). */
+#define PROB_TABLE_ENTRIES (1u << 23)
+/* Above (1 - e^-40) M_h users, (1 - c/M)^B < 4e-18: the probability is 1 in double precision. */
+#define SATURATION_EXPONENT 40.0
+/* A move must lower the score by more than this: gains are >= ~1e-9, rounding noise ~1e-20. */
+#define MIN_GAIN 1e-14
+
+/* A row's cells: a header {row, owner | (slots - 1) << 16}, then its slots {count, host}, a free slot
+ * having count 0.  Edges point at headers, so one cache line usually holds all a sample's visit of
+ * a row needs.  A row of degree d has min(hosts, d) slots: at most that many hosts can use it. */
+typedef struct {
+    uint32_t a;
+    uint32_t b;
+} cell;
+
+struct embps_partitioner {
+    uint64_t n_samples, n_rows, rows_used;
+    uint32_t width, hosts, batch;
+    uint64_t seed;
+    uint32_t *edges;           /* n_samples x width header indices while the partitioner lives */
+    double *cost;              /* hosts x hosts */
+    uint16_t *host_of;         /* n_samples */
+    uint32_t *degree;          /* n_rows */
+    uint32_t *head;            /* n_rows: the cell index of each row's header */
+    cell *cells;
+    uint64_t *samples_at, *rows_at;   /* per host, kept exact */
+    double *served;            /* per host: expected rows served to others per iteration */
+    uint64_t *round_m;         /* per host: M_h frozen when the tables were built */
+    uint64_t *saturation;      /* per host: counts from here on fetch with probability 1 */
+    double *prob;              /* hosts x table_len, room for hosts x table_room */
+    uint64_t table_len, table_room;
+    double scale;              /* the starting objective: the balance terms' unit */
+    double w_samples, w_rows, w_load, sample_slack, row_slack;
+    double mean_samples, mean_rows, mean_load;
+    uint64_t sample_offset, row_offset;   /* this round's visiting order */
+    uint32_t threads;
+    double *gain;              /* scratch, threads x hosts */
+    uint32_t *count_of;        /* scratch, threads x hosts, kept all zero between uses */
+    uint16_t *proposal;        /* a window's proposed hosts */
+};
+
+/* Sample sweeps go in windows: the threads propose a host for each sample of a window against the
+ * placement as it is at the window's start (reading only), then one thread re-checks the proposals
+ * in order and applies those that still lower the score.  Proposals are pure functions of that
+ * state, so the result is the same bit for bit with any number of threads. */
+#define WINDOW 16384u
+#define MAX_THREADS 64u
+
+#define PREFETCH_SAMPLES 2     /* samples ahead whose rows' headers are prefetched */
+
+static uint32_t owner_of(const embps_partitioner *p, uint32_t hd)
+{
+    return p->cells[hd].b & 0xffffu;
+}
+
+static uint32_t slots_of(const embps_partitioner *p, uint32_t hd)
+{
+    return (p->cells[hd].b >> 16) + 1;
+}
+
+static void set_owner(embps_partitioner *p, uint32_t hd, uint32_t owner)
+{
+    p->cells[hd].b = (p->cells[hd].b & 0xffff0000u) | owner;
+}
+
+/* ---- fetch probabilities -------------------------------------------------- */
+
+static double exact_prob(uint64_t c, uint64_t m, uint32_t batch)
+{
+    if (c == 0)
+        return 0.0;
+    if (c >= m)
+        return 1.0;
+    return -expm1((double)batch * log1p(-(double)c / (double)m));
+}
+
+/* Inlined: it runs a few times per edge and per host in every sweep. */
+static inline __attribute__((always_inline)) double prob(const embps_partitioner *p, uint32_t h, uint64_t c)
+{
+    if (c >= p->saturation[h])
+        return c ? 1.0 : 0.0;
+    if (c < p->table_len)
+        return p->prob[(uint64_t)h * p->table_len + c];
+    return exact_prob(c, p->round_m[h], p->batch);
+}
+
+/* Tables as long as the longest unsaturated range (within the allocation), so that lookups of the
+ * counts that matter stay in cache. */
+static void build_tables(embps_partitioner *p)
+{
+    uint64_t longest = 1;
+    for (uint32_t h = 0; h < p->hosts; h++) {
+        uint64_t m = p->samples_at[h];
+        p->round_m[h] = m;
+        double sat = ceil((double)m * -expm1(-SATURATION_EXPONENT / p->batch));
+        p->saturation[h] = sat < (double)m ? (uint64_t)sat : m;
+        if (p->saturation[h] + 1 > longest)
+            longest = p->saturation[h] + 1;
+    }
+    p->table_len = longest < p->table_room ? longest : p->table_room;
+    for (uint32_t h = 0; h < p->hosts; h++) {
+        double *row = p->prob + (uint64_t)h * p->table_len;
+        for (uint64_t c = 0; c < p->table_len; c++)
+            row[c] = exact_prob(c, p->round_m[h], p->batch);
+    }
+}
+
+/* ---- sparse counters ------------------------------------------------------ */
+
+static cell *find_slot(embps_partitioner *p, uint32_t hd, uint32_t host)
+{
+    cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a && c->b == host)
+            return c;
+    return NULL;
+}
+
+static void count_add(embps_partitioner *p, uint32_t hd, uint32_t host)
+{
+    cell *c = find_slot(p, hd, host);
+    if (!c) {
+        c = &p->cells[hd + 1];
+        while (c->a)
+            c++;
+        c->b = host;
+    }
+    c->a++;
+}
+
+/* Loads count_of[] with the row's counts; clear_counts() undoes it. */
+static void load_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
+{
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a)
+            count_of[c->b] = c->a;
+}
+
+static void clear_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
+{
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        count_of[c->b] = 0;
+}
+
+/* ---- the score ------------------------------------------------------------ */
+
+/* Expected rows the owner serves for this row: sum over other users h of prob(h, c). */
+static double row_served(const embps_partitioner *p, uint32_t hd, uint32_t owner)
+{
+    double sum = 0.0;
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a && c->b != owner)
+            sum += prob(p, c->b, c->a);
+    return sum;
+}
+
+static double row_fetch_cost(const embps_partitioner *p, uint32_t hd, uint32_t owner)
+{
+    double sum = 0.0;
+    const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a && c->b != owner)
+            sum += p->cost[(uint64_t)c->b * p->hosts + owner] * prob(p, c->b, c->a);
+    return sum;
+}
+
+static double squared_deviation(const uint64_t *u, const double *d, uint32_t n, double mean)
+{
+    if (mean <= 0.0)
+        return 0.0;
+    double sum = 0.0;
+    for (uint32_t h = 0; h < n; h++) {
+        double x = ((u ? (double)u[h] : d[h]) - mean) / mean;
+        sum += x * x;
+    }
+    return sum;
+}
+
+/* Change of sum_h ((x_h - mean) / mean)^2 when x_from loses `out` and x_to gains `in`. */
+static double deviation_change(double x_from, double out, double x_to, double in, double mean)
+{
+    if (mean <= 0.0)
+        return 0.0;
+    return (in * (2.0 * (x_to - mean) + in) + out * (out - 2.0 * (x_from - mean))) / (mean * mean);
+}
+
+/* Host sizes, tables and loads as the placement is now. */
+static void refresh(embps_partitioner *p)
+{
+    build_tables(p);
+    memset(p->served, 0, p->hosts * sizeof(double));
+    for (uint64_t e = 0; e < p->n_rows; e++)
+        if (p->degree[e]) {
+            uint32_t hd = p->head[e], o = owner_of(p, hd);
+            p->served[o] += row_served(p, hd, o);
+        }
+    double total = 0.0;
+    for (uint32_t h = 0; h < p->hosts; h++)
+        total += p->served[h];
+    p->mean_samples = (double)p->n_samples / p->hosts;
+    p->mean_rows = (double)p->rows_used / p->hosts;
+    p->mean_load = total / p->hosts;
+}
+
+static double objective(const embps_partitioner *p)
+{
+    double sum = 0.0;
+    for (uint64_t e = 0; e < p->n_rows; e++)
+        if (p->degree[e])
+            sum += row_fetch_cost(p, p->head[e], owner_of(p, p->head[e]));
+    return sum;
+}
+
+static double score(const embps_partitioner *p, double obj)
+{
+    return obj + p->w_samples * squared_deviation(p->samples_at, NULL, p->hosts, p->mean_samples)
+               + p->w_rows * squared_deviation(p->rows_at, NULL, p->hosts, p->mean_rows)
+               + p->w_load * squared_deviation(NULL, p->served, p->hosts, p->mean_load);
+}
+
+/* ---- creation ------------------------------------------------------------- */
+
+static int check_config(const embps_partition_config *c)
+{
+    if (!c->edges && c->n_samples)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "edges is NULL");
+    if (c->width < 1)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "width must be >= 1");
+    if (c->n_samples > UINT32_MAX || c->n_rows >= UINT32_MAX)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "n_samples and n_rows must be < 2^32");
+    if (c->hosts < 1 || c->hosts > EMBPS_PARTITION_MAX_HOSTS)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "hosts must be in [1, %u], got %u", EMBPS_PARTITION_MAX_HOSTS,
+                    c->hosts);
+    if (c->batch < 1)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "batch must be >= 1");
+    if (c->threads > MAX_THREADS)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "threads must be at most %u, got %u", MAX_THREADS, c->threads);
+    if (!c->link_cost || !c->row_owner || (!c->sample_host && c->n_samples))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "link_cost, row_owner and sample_host are required");
+    for (uint64_t i = 0; i < (uint64_t)c->hosts * c->hosts; i++)
+        if (!isfinite(c->link_cost[i]) || c->link_cost[i] < 0)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "link_cost[%llu][%llu] is not a finite cost >= 0",
+                        (unsigned long long)(i / c->hosts), (unsigned long long)(i % c->hosts));
+    double weights[] = {c->sample_balance, c->row_balance, c->load_balance, c->sample_slack, c->row_slack};
+    for (size_t i = 0; i < sizeof(weights) / sizeof(weights[0]); i++)
+        if (!isfinite(weights[i]) || weights[i] < 0)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "balance weights and slacks must be finite and >= 0");
+    for (uint64_t i = 0; i < c->n_rows; i++)
+        if (c->row_owner[i] >= c->hosts)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "row_owner[%llu] = %u is not a host", (unsigned long long)i,
+                        c->row_owner[i]);
+    for (uint64_t i = 0; i < c->n_samples; i++)
+        if (c->sample_host[i] >= c->hosts)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "sample_host[%llu] = %u is not a host", (unsigned long long)i,
+                        c->sample_host[i]);
+    return EMBPS_OK;
+}
+
+static int allocate(embps_partitioner *p)
+{
+    uint64_t h = p->hosts;
+    p->table_room = PROB_TABLE_ENTRIES / h;
+    if (p->table_room > p->n_samples + 1)
+        p->table_room = p->n_samples + 1;
+    p->cost = malloc(h * h * sizeof(double));
+    p->host_of = malloc((p->n_samples ? p->n_samples : 1) * sizeof(uint16_t));
+    p->degree = calloc(p->n_rows ? p->n_rows : 1, sizeof(uint32_t));
+    p->head = malloc((p->n_rows ? p->n_rows : 1) * sizeof(uint32_t));
+    p->samples_at = calloc(h, sizeof(uint64_t));
+    p->rows_at = calloc(h, sizeof(uint64_t));
+    p->served = calloc(h, sizeof(double));
+    p->round_m = calloc(h, sizeof(uint64_t));
+    p->saturation = calloc(h, sizeof(uint64_t));
+    p->prob = malloc(h * p->table_room * sizeof(double));
+    p->gain = calloc(h * p->threads, sizeof(double));
+    p->count_of = calloc(h * p->threads, sizeof(uint32_t));
+    p->proposal = malloc(WINDOW * sizeof(uint16_t));
+    if (!p->cost || !p->host_of || !p->degree || !p->head || !p->samples_at || !p->rows_at || !p->served ||
+        !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of || !p->proposal)
+        return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
+                    (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
+    return EMBPS_OK;
+}
+
+/* Degrees, checking every edge on the way. */
+static int count_degrees(embps_partitioner *p)
+{
+    uint64_t n_edges = p->n_samples * p->width;
+    for (uint64_t i = 0; i < n_edges; i++) {
+        uint32_t e = p->edges[i];
+        if (e >= p->n_rows)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
+                        (unsigned long long)(i / p->width), e, (unsigned long long)p->n_rows);
+        if (i + 16 < n_edges && p->edges[i + 16] < p->n_rows)
+            __builtin_prefetch(&p->degree[p->edges[i + 16]], 1);
+        p->degree[e]++;
+    }
+    return EMBPS_OK;
+}
+
+/* Lays out the cells, then points the edges at the headers and counts each host's uses. */
+static int build_cells(embps_partitioner *p, const uint16_t *row_owner)
+{
+    uint64_t n_cells = 0;
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e];
+        p->head[e] = (uint32_t)n_cells;
+        n_cells += 1 + (d < p->hosts ? d : p->hosts);
+        if (n_cells > UINT32_MAX)
+            return fail(EMBPS_E_INVALID_ARGUMENT, "the graph needs more than 2^32 row counters");
+    }
+    p->cells = calloc(n_cells ? n_cells : 1, sizeof(cell));
+    if (!p->cells)
+        return fail(EMBPS_E_NOMEM, "out of memory for %llu row counters", (unsigned long long)n_cells);
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e], slots = d < p->hosts ? d : p->hosts;
+        p->cells[p->head[e]].a = (uint32_t)e;
+        p->cells[p->head[e]].b = row_owner[e] | (slots ? (slots - 1) << 16 : 0);
+        if (d) {
+            p->rows_used++;
+            p->rows_at[row_owner[e]]++;
+        }
+    }
+    uint64_t n_edges = p->n_samples * p->width;
+    for (uint64_t i = 0; i < n_edges; i++) {
+        if (i + 16 < n_edges)
+            __builtin_prefetch(&p->head[p->edges[i + 16]]);
+        p->edges[i] = p->head[p->edges[i]];
+    }
+    for (uint64_t s = 0; s < p->n_samples; s++) {
+        p->samples_at[p->host_of[s]]++;
+        for (uint32_t j = 0; j < p->width; j++)
+            count_add(p, p->edges[s * p->width + j], p->host_of[s]);
+    }
+    return EMBPS_OK;
+}
+
+int embps_partition_create(const embps_partition_config *cfg, embps_partitioner **out)
+{
+    if (!cfg || !out)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "config and out are required");
+    int st = check_config(cfg);
+    if (st)
+        return st;
+    embps_partitioner *p = calloc(1, sizeof(*p));
+    if (!p)
+        return fail(EMBPS_E_NOMEM, "out of memory for a partitioner");
+    p->n_samples = cfg->n_samples;
+    p->n_rows = cfg->n_rows;
+    p->width = cfg->width;
+    p->hosts = cfg->hosts;
+    p->batch = cfg->batch;
+    p->seed = cfg->seed;
+    p->sample_slack = cfg->sample_slack;
+    p->row_slack = cfg->row_slack;
+    p->threads = cfg->threads ? cfg->threads : 1;
+    if (!(st = allocate(p))) {
+        memcpy(p->cost, cfg->link_cost, (uint64_t)p->hosts * p->hosts * sizeof(double));
+        memcpy(p->host_of, cfg->sample_host, p->n_samples * sizeof(uint16_t));
+        p->edges = cfg->edges;
+        if ((st = count_degrees(p)))
+            p->edges = NULL;   /* not rewritten yet: nothing to restore */
+        else
+            st = build_cells(p, cfg->row_owner);
+    }
+    if (st) {
+        embps_partition_destroy(p);
+        return st;
+    }
+    refresh(p);
+    double start = objective(p);
+    p->scale = start > 0.0 ? start : 1.0;
+    p->w_samples = cfg->sample_balance * p->scale;
+    p->w_rows = cfg->row_balance * p->scale;
+    p->w_load = cfg->load_balance * p->scale;
+    *out = p;
+    return EMBPS_OK;
+}
+
+void embps_partition_destroy(embps_partitioner *p)
+{
+    if (!p)
+        return;
+    if (p->edges && p->cells)
+        for (uint64_t i = 0; i < p->n_samples * p->width; i++)
+            p->edges[i] = p->cells[p->edges[i]].a;
+    free(p->cost);
+    free(p->host_of);
+    free(p->degree);
+    free(p->head);
+    free(p->cells);
+    free(p->samples_at);
+    free(p->rows_at);
+    free(p->served);
+    free(p->round_m);
+    free(p->saturation);
+    free(p->prob);
+    free(p->gain);
+    free(p->count_of);
+    free(p->proposal);
+    free(p);
+}
+
+/* ---- refinement ----------------------------------------------------------- */
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+int embps_partition_begin_sweep(embps_partitioner *p, uint32_t round)
+{
+    if (!p)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner is NULL");
+    refresh(p);
+    uint64_t r = mix(p->seed ^ mix(round));
+    p->sample_offset = p->n_samples ? r % p->n_samples : 0;
+    p->row_offset = p->n_rows ? mix(r) % p->n_rows : 0;
+    return EMBPS_OK;
+}
+
+/* Whether moving one of the row's users from `from` to any host leaves every fetch probability at 1
+ * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts. */
+static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const uint32_t *count_of)
+{
+    if (count_of[from] <= p->saturation[from])
+        return 0;
+    for (uint32_t k = 0; k < p->hosts; k++)
+        if (!count_of[k] || count_of[k] < p->saturation[k])
+            return 0;
+    return 1;
+}
+
+/* gain[k] = change of the objective if sample s moved from its host to k (gain[from] = 0). */
+static void sample_move_gains(const embps_partitioner *p, uint64_t s, double *gain, uint32_t *count_of)
+{
+    uint32_t from = p->host_of[s], hosts = p->hosts;
+    memset(gain, 0, hosts * sizeof(double));
+    for (uint32_t j = 0; j < p->width; j++) {
+        uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
+        load_counts(p, hd, count_of);
+        if (saturated_everywhere(p, from, count_of)) {
+            clear_counts(p, hd, count_of);
+            continue;
+        }
+        uint32_t c = count_of[from];
+        double saved = from == o ? 0.0
+                                 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
+        for (uint32_t k = 0; k < hosts; k++) {
+            if (k == from)
+                continue;
+            uint32_t ck = count_of[k];
+            double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * (prob(p, k, ck + 1) - prob(p, k, ck));
+            gain[k] += added - saved;
+        }
+        clear_counts(p, hd, count_of);
+    }
+}
+
+/* The host sample s should move to (its own when no move lowers the score), with scratch of a worker. */
+static uint32_t best_host(const embps_partitioner *p, uint64_t s, double *gain, uint32_t *count_of)
+{
+    double cap = (1.0 + p->sample_slack) * p->mean_samples;
+    uint32_t from = p->host_of[s], best = from;
+    sample_move_gains(p, s, gain, count_of);
+    double best_change = -MIN_GAIN;
+    for (uint32_t k = 0; k < p->hosts; k++) {
+        if (k == from || (double)p->samples_at[k] + 1.0 > cap)
+            continue;
+        double change = gain[k] + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
+                                                                (double)p->samples_at[k], 1.0, p->mean_samples);
+        if (change < best_change) {
+            best_change = change;
+            best = k;
+        }
+    }
+    return best;
+}
+
+static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
+{
+    uint32_t from = p->host_of[s];
+    for (uint32_t j = 0; j < p->width; j++) {
+        uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
+        cell *a = find_slot(p, hd, from), *b = find_slot(p, hd, to);
+        if (from != o)
+            p->served[o] += prob(p, from, a->a - 1) - prob(p, from, a->a);
+        a->a--;
+        uint32_t c = b ? b->a : 0;
+        if (to != o)
+            p->served[o] += prob(p, to, c + 1) - prob(p, to, c);
+        if (b)
+            b->a++;
+        else
+            count_add(p, hd, to);
+    }
+    p->host_of[s] = (uint16_t)to;
+    p->samples_at[from]--;
+    p->samples_at[to]++;
+}
+
+static void prefetch_sample(const embps_partitioner *p, uint64_t s)
+{
+    for (uint32_t j = 0; j < p->width; j++)
+        __builtin_prefetch(&p->cells[p->edges[s * p->width + j]], 1);
+}
+
+static uint64_t sample_at(const embps_partitioner *p, uint64_t position)
+{
+    return (position + p->sample_offset) % p->n_samples;
+}
+
+typedef struct {
+    embps_partitioner *p;
+    uint32_t worker;
+    uint64_t lo, hi;           /* the window */
+} proposer;
+
+/* Worker w proposes for every threads-th sample of the window, from its w-th. */
+static void propose(const proposer *job)
+{
+    const embps_partitioner *p = job->p;
+    double *gain = p->gain + (uint64_t)job->worker * p->hosts;
+    uint32_t *count_of = p->count_of + (uint64_t)job->worker * p->hosts;
+    for (uint64_t i = job->lo + job->worker; i < job->hi; i += p->threads) {
+        uint64_t s = sample_at(p, i);
+        if (i + p->threads * PREFETCH_SAMPLES < job->hi)
+            prefetch_sample(p, sample_at(p, i + p->threads * PREFETCH_SAMPLES));
+        p->proposal[i - job->lo] = (uint16_t)best_host(p, s, gain, count_of);
+    }
+}
+
+static void *propose_main(void *job)
+{
+    propose(job);
+    return NULL;
+}
+
+/* Proposals for the window [lo, hi): one thread per worker (the caller is worker 0); a worker whose
+ * thread cannot start is done by the caller, to the same result. */
+static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
+{
+    proposer jobs[MAX_THREADS];
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (uint32_t w = 0; w < p->threads; w++)
+        jobs[w] = (proposer){p, w, lo, hi};
+    for (uint32_t w = 1; w < p->threads; w++)
+        started[w] = pthread_create(&threads[w], NULL, propose_main, &jobs[w]) == 0;
+    propose(&jobs[0]);
+    for (uint32_t w = 1; w < p->threads; w++) {
+        if (started[w])
+            pthread_join(threads[w], NULL);
+        else
+            propose(&jobs[w]);
+    }
+}
+
+/* Re-checks the window's proposals in order against the placement as it now is, applying the moves. */
+static uint64_t commit(embps_partitioner *p, uint64_t lo, uint64_t hi)
+{
+    uint64_t moved = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        uint64_t s = sample_at(p, i);
+        if (p->proposal[i - lo] == p->host_of[s])
+            continue;
+        uint32_t to = best_host(p, s, p->gain, p->count_of);
+        if (to != p->host_of[s]) {
+            move_sample(p, s, to);
+            moved++;
+        }
+    }
+    return moved;
+}
+
+int embps_partition_refine_samples(embps_partitioner *p, uint64_t lo, uint64_t hi, uint64_t *moved)
+{
+    if (!p || !moved)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and moved are required");
+    if (lo > hi || hi > p->n_samples)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "positions [%llu, %llu) are not within [0, %llu)",
+                    (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_samples);
+    *moved = 0;
+    for (uint64_t w = lo; w < hi; w += WINDOW) {
+        uint64_t end = w + WINDOW < hi ? w + WINDOW : hi;
+        propose_window(p, w, end);
+        *moved += commit(p, w, end);
+    }
+    return EMBPS_OK;
+}
+
+/* The best owner for the row at header hd, or its owner when no move lowers the score. */
+static uint32_t best_owner(const embps_partitioner *p, uint32_t hd, double *served_from, double *served_to)
+{
+    uint32_t from = owner_of(p, hd), best = from;
+    double cap = (1.0 + p->row_slack) * p->mean_rows;
+    double here = row_fetch_cost(p, hd, from);
+    *served_from = row_served(p, hd, from);
+    double best_change = -MIN_GAIN;
+    for (uint32_t k = 0; k < p->hosts; k++) {
+        if (k == from || (double)p->rows_at[k] + 1.0 > cap)
+            continue;
+        double served = row_served(p, hd, k);
+        double change = row_fetch_cost(p, hd, k) - here
+            + p->w_rows * deviation_change((double)p->rows_at[from], 1.0, (double)p->rows_at[k], 1.0, p->mean_rows)
+            + p->w_load * deviation_change(p->served[from], *served_from, p->served[k], served, p->mean_load);
+        if (change < best_change) {
+            best_change = change;
+            best = k;
+            *served_to = served;
+        }
+    }
+    return best;
+}
+
+int embps_partition_refine_rows(embps_partitioner *p, uint64_t lo, uint64_t hi, uint64_t *moved)
+{
+    if (!p || !moved)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and moved are required");
+    if (lo > hi || hi > p->n_rows)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "positions [%llu, %llu) are not within [0, %llu)",
+                    (unsigned long long)lo, (unsigned long long)hi, (unsigned long long)p->n_rows);
+    *moved = 0;
+    for (uint64_t i = lo; i < hi; i++) {
+        uint64_t e = (i + p->row_offset) % p->n_rows;
+        if (!p->degree[e])
+            continue;
+        uint32_t hd = p->head[e];
+        double served_from = 0.0, served_to = 0.0;
+        uint32_t from = owner_of(p, hd), to = best_owner(p, hd, &served_from, &served_to);
+        if (to == from)
+            continue;
+        set_owner(p, hd, to);
+        p->rows_at[from]--;
+        p->rows_at[to]++;
+        p->served[from] -= served_from;
+        p->served[to] += served_to;
+        (*moved)++;
+    }
+    return EMBPS_OK;
+}
+
+/* ---- results -------------------------------------------------------------- */
+
+int embps_partition_summarize(embps_partitioner *p, embps_partition_summary *out)
+{
+    if (!p || !out)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and out are required");
+    refresh(p);
+    out->objective = objective(p);
+    out->score = score(p, out->objective);
+    out->rows_used = p->rows_used;
+    return EMBPS_OK;
+}
+
+int embps_partition_host_stats(embps_partitioner *p, uint64_t *samples, uint64_t *rows, double *served)
+{
+    if (!p || !samples || !rows || !served)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and output arrays are required");
+    refresh(p);
+    memcpy(samples, p->samples_at, p->hosts * sizeof(uint64_t));
+    memcpy(rows, p->rows_at, p->hosts * sizeof(uint64_t));
+    memcpy(served, p->served, p->hosts * sizeof(double));
+    return EMBPS_OK;
+}
+
+int embps_partition_placement(embps_partitioner *p, uint16_t *row_owner, uint16_t *sample_host)
+{
+    if (!p || !row_owner || !sample_host)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner and output arrays are required");
+    for (uint64_t e = 0; e < p->n_rows; e++)
+        row_owner[e] = (uint16_t)owner_of(p, p->head[e]);
+    memcpy(sample_host, p->host_of, p->n_samples * sizeof(uint16_t));
+    return EMBPS_OK;
+}
+
+int embps_partition_mirror_candidates(embps_partitioner *p, uint32_t host, uint32_t *rows, double *priority,
+                                      uint64_t cap, uint64_t *n)
+{
+    if (!p || !n || (cap && (!rows || !priority)))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "partitioner, n and output arrays are required");
+    if (host >= p->hosts)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "host %u is not below hosts %u", host, p->hosts);
+    refresh(p);
+    uint64_t found = 0;
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t hd = p->head[e], o = owner_of(p, hd);
+        cell *c = o == host || !p->degree[e] ? NULL : find_slot(p, hd, host);
+        if (!c)
+            continue;
+        if (found < cap) {
+            double q = prob(p, host, c->a);
+            rows[found] = (uint32_t)e;
+            priority[found] = p->cost[(uint64_t)host * p->hosts + o] * q * q * (1.0 / p->degree[e] + 1.0 / c->a);
+        }
+        found++;
+    }
+    *n = found;
+    if (found > cap)
+        return fail(EMBPS_E_CAPACITY, "host %u has %llu mirror candidates, room for %llu", host,
+                    (unsigned long long)found, (unsigned long long)cap);
+    return EMBPS_OK;
+}
