@@ -20,7 +20,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-703d6e18915e5747"
+NATIVE_VERSION = "abi-b0ec08806eac91a0"
 
 
 def check_native_version(built: str) -> None:
