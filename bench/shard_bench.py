@@ -2,7 +2,9 @@
 
 Workload: one table of --rows random 64-bit keys x dim 32 float32 with Adagrad, read and updated in batches
 of 512 keys drawn Zipf(0.99) over the rows by 2 client threads at once (2 concurrent streams).  The shard's
-store lives in a temporary directory on /dev/shm (a memory file standing in for PM), removed at the end.
+store lives in a temporary directory standing in for PM, removed at the end: by default (--data-dir auto, as
+root) on a private tmpfs mounted huge=always, since real PM is mapped with 2 MB pages (devdax), else on
+/dev/shm's 4 KB pages (the mount used is kept in the JSON).  Redis keeps its rows in its own heap.
 
 Contenders, each with one client (one connection) per thread:
   - embps, PSClient on its default data path (data_path="auto"; which path that was is printed and kept),
@@ -18,7 +20,9 @@ dict keeps the last row).
 Figures (goals in GOALS):
   shard_lookup_vs_redis   PSClient.lookup keys/s on the default path / Redis MGET keys/s
   shard_update_vs_redis   PSClient.update (Adagrad on the shard) keys/s / Redis MSET keys/s
-Context: the same on the gRPC path, absolute keys/s, and p50/p99 latency of a lookup at half of each side's
+Context: the same on the gRPC path, absolute keys/s, CPU microseconds per batch in the client process (both
+threads) and in the server's process (all its threads) in the pass that used least (where the time goes:
+under load this moves less than wall time), and p50/p99 latency of a lookup at half of each side's
 measured peak (paced open-loop requests from 2 threads; latency counted from each request's scheduled start,
 so a stall delays the requests behind it as it would for a real caller).
 
@@ -35,6 +39,7 @@ shard.png (shard-quick.* with --quick).
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -57,13 +62,14 @@ import redis.utils  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
 from bench_common import Report, save_results, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
+from store_bench import pm_directory  # noqa: E402  (the PM stand-in both benchmarks use)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REDIS_SERVER = "/usr/bin/redis-server"
 TABLE = "bench"
 GOALS = {
-    "shard_lookup_vs_redis": (">=", 2.0),
-    "shard_update_vs_redis": (">=", 1.5),
+    "shard_lookup_vs_redis": (">=", 10.0),
+    "shard_update_vs_redis": (">=", 6.0),
 }
 
 
@@ -86,6 +92,7 @@ class Config:
     seed: int = 0
     results_name: str = "shard"
     redis_only: bool = False
+    data_dir: str = "auto"       # parent of the shard's store directory (see store_bench.pm_directory)
 
 
 def parse_args() -> Config:
@@ -94,13 +101,16 @@ def parse_args() -> Config:
     parser.add_argument("--rows", type=int, help="rows in the table (default 1M, quick 200K)")
     parser.add_argument("--redis-only", action="store_true",
                         help="measure only the Redis baseline (no shard, no figures; for checking the baseline)")
+    parser.add_argument("--data-dir", default="auto",
+                        help="where the shard's store goes; 'auto' (default) mounts a tmpfs with huge=always, "
+                             "which gives the store the 2 MB pages a real PM (DAX) mapping gets")
     args = parser.parse_args()
     if args.quick:
         cfg = Config(rows=200_000, reps=3, n_batches=1024, pass_seconds=0.5, latency_reps=2, latency_seconds=1.0,
                      results_name="shard-quick")
     else:
         cfg = Config(rows=1_000_000, reps=5, n_batches=2048, pass_seconds=1.5, latency_reps=3, latency_seconds=2.0)
-    changes = {"redis_only": args.redis_only}
+    changes = {"redis_only": args.redis_only, "data_dir": args.data_dir}
     if args.rows:
         changes["rows"] = args.rows
     return Config(**{**asdict(cfg), **changes})
@@ -180,13 +190,24 @@ Call = Callable[[int, int], object]
 class Passes:
     calls: int                  # requests (batches) per timed pass
     seconds: list[float]        # wall seconds of each timed pass
+    # CPU seconds of each timed pass in this (client) process and in the server's process: where the time
+    # goes, and a measure a loaded machine distorts less than wall time.
+    client_cpu: list[float] = dataclasses.field(default_factory=list)
+    server_cpu: list[float] = dataclasses.field(default_factory=list)
 
 
-def throughput_passes(progress: Progress, label: str, contenders: dict[str, Call], cfg: Config) -> dict[str, Passes]:
-    """Timed passes of each contender.  A pass of c calls runs batches 0, 1, ..., c-1 (modulo n_batches),
-    thread t taking calls t, t+T, ...  Each contender first runs an untimed warm-up pass over the n_batches
-    batches, which also sizes its timed passes to about cfg.pass_seconds (never fewer than n_batches
-    calls); then cfg.reps rounds alternate between the contenders."""
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far, all its threads (from /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput_passes(progress: Progress, label: str, contenders: dict[str, tuple[Call, int]],
+                      cfg: Config) -> dict[str, Passes]:
+    """Timed passes of each contender (its call and its server's pid).  A pass of c calls runs batches 0,
+    1, ..., c-1 (modulo n_batches), thread t taking calls t, t+T, ...  Each contender first runs an untimed
+    warm-up pass over the n_batches batches, which also sizes its timed passes to about cfg.pass_seconds
+    (never fewer than n_batches calls); then cfg.reps rounds alternate between the contenders."""
     task = progress.add_task(label, total=len(contenders) * (cfg.reps + 1))
 
     def one_pass(call: Call, calls: int) -> float:
@@ -196,14 +217,17 @@ def throughput_passes(progress: Progress, label: str, contenders: dict[str, Call
         return run_threads(body, cfg.threads)[0]
 
     passes: dict[str, Passes] = {}
-    for name, call in contenders.items():
+    for name, (call, _) in contenders.items():
         warm_up = one_pass(call, cfg.n_batches)
         calls = max(cfg.n_batches, round(cfg.n_batches * cfg.pass_seconds / warm_up / cfg.threads) * cfg.threads)
         passes[name] = Passes(calls, [])
         progress.advance(task)
     for _ in range(cfg.reps):
-        for name, call in contenders.items():
+        for name, (call, server_pid) in contenders.items():
+            client, server = time.process_time(), process_cpu_seconds(server_pid)
             passes[name].seconds.append(one_pass(call, passes[name].calls))
+            passes[name].client_cpu.append(time.process_time() - client)
+            passes[name].server_cpu.append(process_cpu_seconds(server_pid) - server)
             progress.advance(task)
     return passes
 
@@ -245,8 +269,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server(work_dir: str) -> Iterator[int]:
-    """Debian's redis-server on a free loopback port, no persistence; yields the port."""
+def redis_server(work_dir: str) -> Iterator[tuple[int, int]]:
+    """Debian's redis-server on a free loopback port, no persistence; yields its port and pid."""
     for _ in range(5):  # the free port can be taken between free_port() and the server's bind
         port = free_port()
         proc = subprocess.Popen(
@@ -269,7 +293,7 @@ def redis_server(work_dir: str) -> Iterator[int]:
     else:
         raise RuntimeError(f"redis-server did not start: {proc.stderr.read().decode(errors='replace')[-2000:]}")
     try:
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         try:
@@ -417,6 +441,9 @@ def path_traffic(side: ShardSide, call: Call, calls: int) -> dict[str, dict[str,
 def keys_per_s(report: Report, cfg: Config, passes: dict[str, Passes]) -> dict[str, float]:
     report.samples.update({name: p.seconds for name, p in passes.items()})
     report.info.setdefault("calls_per_pass", {}).update({name: p.calls for name, p in passes.items()})
+    for name, p in passes.items():
+        report.note(f"{name}_client_cpu_us_per_batch", min(p.client_cpu) / p.calls * 1e6, "us")
+        report.note(f"{name}_server_cpu_us_per_batch", min(p.server_cpu) / p.calls * 1e6, "us")
     rates = {name: p.calls * cfg.batch / min(p.seconds) for name, p in passes.items()}
     for name, value in rates.items():
         report.note(f"{name}_keys_per_s", value, "keys/s")
@@ -445,21 +472,20 @@ def measure_latency(progress: Progress, report: Report, sides: dict[str, tuple[C
 def run(cfg: Config, started: float) -> Report:
     report = Report(GOALS)
     wl = make_workload(cfg, report)
-    data_root = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    tmp = tempfile.mkdtemp(prefix="embps-shard-bench-", dir=data_root)
+    tmp = tempfile.mkdtemp(prefix="embps-shard-bench-", dir=cfg.data_dir)
     report.info["data_dir_mount"] = mount_of(tmp)
     sides_to_close: list = []
     try:
         with contextlib.ExitStack() as stack:
-            port = stack.enter_context(redis_server(tmp))
+            port, redis_pid = stack.enter_context(redis_server(tmp))
             progress = stack.enter_context(Progress(*Progress.get_default_columns(), TimeElapsedColumn()))
             rs = RedisSide(port, cfg, wl)
             sides_to_close.append(rs)
             rs.load(progress, report)
             rs.check()
             if cfg.redis_only:
-                rates = keys_per_s(report, cfg, throughput_passes(progress, "lookup passes", {"redis_mget": rs.lookup}, cfg))
-                rates |= keys_per_s(report, cfg, throughput_passes(progress, "update passes", {"redis_mset": rs.update}, cfg))
+                rates = keys_per_s(report, cfg, throughput_passes(progress, "lookup passes", {"redis_mget": (rs.lookup, redis_pid)}, cfg))
+                rates |= keys_per_s(report, cfg, throughput_passes(progress, "update passes", {"redis_mset": (rs.update, redis_pid)}, cfg))
                 best = measure_latency(progress, report, {"redis_mget": (rs.lookup, rates["redis_mget"])}, cfg)
                 report.note("redis_mget_p50_ms", best["redis_mget"]["p50_ms"], "ms")
                 report.note("redis_mget_p99_ms", best["redis_mget"]["p99_ms"], "ms")
@@ -469,6 +495,7 @@ def run(cfg: Config, started: float) -> Report:
             from embps.common.spec_messages import DATA_PATH_KINDS
             shard = stack.enter_context(LocalShard(os.path.join(tmp, "shard")))
             report.info["shard_address"] = shard.address
+            shard_pid = shard.process.pid
             ours = ShardSide(shard.address, "auto", cfg, wl)
             sides_to_close.append(ours)
             grpc = ShardSide(shard.address, "grpc", cfg, wl)
@@ -489,7 +516,8 @@ def run(cfg: Config, started: float) -> Report:
 
             # ---- lookups
             rates = keys_per_s(report, cfg, throughput_passes(progress, "lookup passes", {
-                "shard_lookup": ours.lookup, "shard_lookup_grpc": grpc.lookup, "redis_mget": rs.lookup}, cfg))
+                "shard_lookup": (ours.lookup, shard_pid), "shard_lookup_grpc": (grpc.lookup, shard_pid),
+                "redis_mget": (rs.lookup, redis_pid)}, cfg))
             report.figure("shard_lookup_vs_redis", rates["shard_lookup"] / rates["redis_mget"], "x")
             report.note("shard_lookup_grpc_vs_redis", rates["shard_lookup_grpc"] / rates["redis_mget"], "x")
 
@@ -511,7 +539,8 @@ def run(cfg: Config, started: float) -> Report:
             report.info["traffic_update_default"] = path_traffic(ours, ours.update, 4)
             report.info["traffic_update_grpc"] = path_traffic(grpc, grpc.update, 4)
             rates |= keys_per_s(report, cfg, throughput_passes(progress, "update passes", {
-                "shard_update": ours.update, "shard_update_grpc": grpc.update, "redis_mset": rs.update}, cfg))
+                "shard_update": (ours.update, shard_pid), "shard_update_grpc": (grpc.update, shard_pid),
+                "redis_mset": (rs.update, redis_pid)}, cfg))
             report.figure("shard_update_vs_redis", rates["shard_update"] / rates["redis_mset"], "x")
             report.note("shard_update_grpc_vs_redis", rates["shard_update_grpc"] / rates["redis_mset"], "x")
 
@@ -607,7 +636,8 @@ def main() -> None:
     print(f"shard bench: {cfg.rows:,} rows x dim {cfg.dim}, batch {cfg.batch}, Zipf {cfg.zipf_theta}, "
           f"{cfg.threads} client threads, {cfg.n_batches} distinct batches, {cfg.reps} passes of ~{cfg.pass_seconds:g} s",
           flush=True)
-    report = run(cfg, started)
+    with pm_directory(cfg.data_dir) as data_dir:
+        report = run(dataclasses.replace(cfg, data_dir=data_dir), started)
     if not cfg.redis_only:
         write_results(report, cfg, time.perf_counter() - started)
     print(f"shard bench took {time.perf_counter() - started:.1f} s")

@@ -5,6 +5,7 @@
  * gathering).  Every wait on a client has a deadline (see embps_data_server_config), so a client
  * that stalls holds a guard, a table and a connection slot for a bounded time only. */
 #include "embps_data_server.h"
+#include "socket_io.h"
 #include "status.h"
 #include "table.h"
 #include "wire_request.h"
@@ -71,85 +72,7 @@ struct embps_data_server {
     _Atomic uint64_t bytes_in, bytes_out;
 };
 
-/* ---- socket helpers ------------------------------------------------------ */
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* The deadline of one exchange (receiving a request, sending a reply): it starts at the exchange's
- * first wait and holds for the rest of it, however the bytes trickle.  Calls that never wait (the
- * hot path, where the socket buffers have room) never read the clock. */
-typedef struct {
-    uint32_t timeout_ms;
-    uint64_t at_ns;             /* 0 until the first wait */
-} deadline;
-
-/* Waits until fd is ready for events; -1 once the deadline has passed. */
-static int wait_ready(int fd, short events, deadline *dl)
-{
-    uint64_t now = now_ns();
-    if (!dl->at_ns)
-        dl->at_ns = now + (uint64_t)dl->timeout_ms * 1000000u;
-    if (now >= dl->at_ns)
-        return -1;
-    uint64_t ms = (dl->at_ns - now + 999999) / 1000000;
-    struct pollfd p = {.fd = fd, .events = events};
-    int ready = poll(&p, 1, ms > INT_MAX ? INT_MAX : (int)ms);
-    return ready > 0 || (ready < 0 && errno == EINTR) ? 0 : -1;
-}
-
-static int would_block(void)
-{
-    return errno == EAGAIN || errno == EWOULDBLOCK;
-}
-
-static int recv_all(int fd, void *buf, size_t len, deadline *dl)
-{
-    char *p = buf;
-    while (len) {
-        ssize_t got = recv(fd, p, len, MSG_DONTWAIT);
-        if (got > 0) {
-            p += got;
-            len -= (size_t)got;
-        } else if (got == 0 || (errno != EINTR && (!would_block() || wait_ready(fd, POLLIN, dl)))) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* Sends every byte described by iov (which it consumes), at most IOV_MAX entries per call. */
-static int send_iov(int fd, struct iovec *iov, size_t n, deadline *dl)
-{
-    while (n) {
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n < IOV_MAX ? n : IOV_MAX};
-        ssize_t sent = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (sent < 0) {
-            if (errno != EINTR && (!would_block() || wait_ready(fd, POLLOUT, dl)))
-                return -1;
-            continue;
-        }
-        while (n && (size_t)sent >= iov->iov_len) {
-            sent -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n) {
-            iov->iov_base = (char *)iov->iov_base + sent;
-            iov->iov_len -= (size_t)sent;
-        }
-    }
-    return 0;
-}
-
-static int deadline_passed(const deadline *dl)
-{
-    return dl->at_ns && now_ns() >= dl->at_ns;
-}
+/* ---- replies ------------------------------------------------------------- */
 
 /* The reply of a failed call, its status and embps_errormsg(), in reply and iov[2]; returns its bytes. */
 static uint64_t error_reply(int status, embps_wire_reply *reply, struct iovec *iov)

@@ -7,15 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xBF58476D1CE4E5B9ull;
-    x ^= x >> 27;
-    x *= 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 uint32_t embps_optimizer_state_floats(uint32_t optimizer, uint32_t dim)
 {
     switch (optimizer) {

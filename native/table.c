@@ -169,12 +169,20 @@ static int header_is_valid(const table_header *h, size_t file_bytes, const char 
     return EMBPS_OK;
 }
 
+enum { RECOVER_AHEAD = 4 };   /* buckets between prefetching a bucket's claims and making them */
+
 /* Rebuilds tags, counts, overflow counters and the allocator from the slots in PM. */
 static int recover(embps_table *t)
 {
     const uint64_t n_buckets = t->index.mask + 1, n_slabs = t->pool.n_slabs;
     uint64_t rows = 0;
     for (uint64_t b = 0; b < n_buckets; b++) {
+        if (b + RECOVER_AHEAD < n_buckets) {
+            const ph_bucket *ahead = &t->index.buckets[b + RECOVER_AHEAD];
+            for (unsigned i = 0; i < PH_SLOTS; i++)
+                slab_pool_prefetch_claim(&t->pool, atomic_load_explicit(&ahead->slot[i].ref, memory_order_relaxed));
+            __builtin_prefetch(&t->index.meta[b + RECOVER_AHEAD], 1);   /* most keys live in their home bucket */
+        }
         ph_bucket *bucket = &t->index.buckets[b];
         for (unsigned i = 0; i < PH_SLOTS; i++) {
             uint64_t ref = atomic_load_explicit(&bucket->slot[i].ref, memory_order_relaxed);

@@ -4,6 +4,7 @@
  * Python tests cover the numerics; these cover memory safety, invariants,
  * crash recovery and lock-free reads racing a writer.
  */
+#include "embps_data_client.h"
 #include "embps_data_server.h"
 #include "embps_store.h"
 
@@ -625,6 +626,62 @@ static void test_data_server_over_loopback(void)
     embps_store_close(s);
 }
 
+/* The client side against the server: payloads that fit and that do not, error messages cut to the
+ * caller's buffer, and a pooled connection the server closed found stale before anything is sent. */
+static void test_data_client_exchanges(void)
+{
+    embps_store *s = open_store("data_client", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 100);
+    spec.init = EMBPS_INIT_ZEROS;
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "t", &spec, &t));
+    embps_data_server_config cfg = {.host = "127.0.0.1", .port = 0, .max_batch_keys = 64,
+                                    .max_request_bytes = 1 << 16, .max_connections = 4, .send_timeout_ms = 1000,
+                                    .receive_timeout_ms = 1000, .idle_timeout_ms = 60000};
+    embps_data_server *d;
+    EXPECT_OK(embps_data_server_start(s, &cfg, &d));
+    int fd = connect_to(embps_data_server_port(d));
+    uint64_t keys[65] = {5, 6, 7};
+    float grads[2 * 4], out[3 * 4 + 3];
+    const size_t payload = 3 * (16 + 1);   /* rows, then found bytes */
+    fill(grads, 8, 1.0f);
+    embps_wire_reply reply;
+    char msg[16];
+    embps_exchange_request rq = {.op = EMBPS_WIRE_OP_UPDATE, .name = "t", .name_len = 1, .keys = keys, .n_keys = 2,
+                                 .dim = 4, .grads = grads};
+    EXPECT(embps_data_client_exchange(fd, &rq, 0, 1000, &reply, msg, sizeof(msg), NULL, 0) == EMBPS_EXCHANGE_REPLIED);
+    EXPECT(reply.status == EMBPS_OK && reply.payload_bytes == 0);
+    rq = (embps_exchange_request){.op = EMBPS_WIRE_OP_LOOKUP, .name = "t", .name_len = 1, .keys = keys, .n_keys = 3};
+    EXPECT(embps_data_client_exchange(fd, &rq, 1, 1000, &reply, msg, sizeof(msg), out, sizeof(out)) ==
+           EMBPS_EXCHANGE_REPLIED);
+    const uint8_t *found = (const uint8_t *)&out[12];
+    EXPECT(reply.status == EMBPS_OK && reply.payload_bytes == payload && out[0] == -0.1f && out[8] == 0.0f);
+    EXPECT(found[0] == 1 && found[2] == 0);
+    memset(out, 0, sizeof(out));
+    EXPECT(embps_data_client_exchange(fd, &rq, 1, 1000, &reply, msg, sizeof(msg), out, 4) == EMBPS_EXCHANGE_REPLIED);
+    EXPECT(reply.payload_bytes == payload && out[0] == 0.0f);   /* too large for the buffer: left unread */
+    EXPECT(embps_data_client_receive(fd, out, payload, 1000) == EMBPS_EXCHANGE_REPLIED && out[7] == -0.1f);
+    rq.name = "nope";
+    rq.name_len = 4;
+    EXPECT(embps_data_client_exchange(fd, &rq, 1, 1000, &reply, msg, sizeof(msg), out, sizeof(out)) ==
+           EMBPS_EXCHANGE_REPLIED);
+    EXPECT(reply.status == EMBPS_E_NOT_FOUND && reply.msg_len == sizeof(msg) - 1 && strlen(msg) == sizeof(msg) - 1);
+    rq.n_keys = 65;   /* oversized: the server answers and closes the connection */
+    EXPECT(embps_data_client_exchange(fd, &rq, 1, 1000, &reply, msg, sizeof(msg), out, sizeof(out)) ==
+           EMBPS_EXCHANGE_REPLIED && reply.status == EMBPS_E_TOO_LARGE);
+    rq.n_keys = 1;
+    int stale = 0;
+    for (int tries = 0; tries < 1000 && !stale; tries++, usleep(1000))
+        stale = embps_data_client_exchange(fd, &rq, 1, 1000, &reply, msg, sizeof(msg), out, sizeof(out)) ==
+                EMBPS_EXCHANGE_STALE;
+    EXPECT(stale);
+    EXPECT(embps_data_client_exchange(fd, &rq, 0, 1000, &reply, msg, sizeof(msg), out, sizeof(out)) ==
+           EMBPS_EXCHANGE_BROKEN);   /* not pooled: sent, and the closed connection says so */
+    close(fd);
+    embps_data_server_stop(d);
+    embps_store_close(s);
+}
+
 /* ---- replies survive signals ----------------------------------------------- */
 
 static void on_signal(int sig)
@@ -763,6 +820,7 @@ int main(void)
     test_gather_points_at_rows();
     test_writers_wait_for_pinned_slabs();
     test_data_server_over_loopback();
+    test_data_client_exchanges();
     test_data_server_replies_despite_signals();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);

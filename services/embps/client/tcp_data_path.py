@@ -1,11 +1,11 @@
 """Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups and updates
-as one request and one reply per batch on a pooled connection.  Needs the native core (PSClient
-imports this module only for a shard that offers the path)."""
+as one request and one reply per batch on a pooled connection, each exchange one call into the native
+core (native/embps_data_client.h), which holds no GIL meanwhile.  Needs the native core (PSClient imports
+this module only for a shard that offers the path)."""
 
 from __future__ import annotations
 
 import queue
-import select
 import socket
 
 import grpc
@@ -14,123 +14,119 @@ import numpy as np
 from embps.api.status import grpc_code
 from embps.common.addresses import split_host_port
 from embps.store._native import ffi, lib
-from embps.store.data_server import WIRE_REPLY, WIRE_REQUEST
 
 from .errors import ShardError
 
 _CLOSES_CONNECTION = {lib.EMBPS_E_TOO_LARGE, lib.EMBPS_E_PROTOCOL}
+_MESSAGE_BYTES = 1024   # the shard's messages are shorter (native/status.c keeps 511 bytes)
+_KEYS, _FLOATS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("float[]"), ffi.typeof("uint8_t[]")
+_from_buffer = ffi.from_buffer
 
 
 def _status_name(status: int) -> str:
     return ffi.string(lib.embps_status_name(status)).decode()
 
 
+class _Connection:
+    """A socket and the native structs its exchanges fill."""
+
+    __slots__ = ("sock", "fd", "request", "reply", "message", "pooled")
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.fd = sock, sock.fileno()
+        self.request = ffi.new("embps_exchange_request *")
+        self.reply = ffi.new("embps_wire_reply *")
+        self.message = ffi.new("char[]", _MESSAGE_BYTES)
+        self.pooled = 0
+
+
 class TcpDataPath:
     def __init__(self, address: str, timeout: float):
         self.address, self._target = address, split_host_port(address)
         self._timeout = timeout
-        self._idle: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._widths: dict[tuple[str, int], int] = {}   # (table, flags) -> floats per row, from replies
 
     def lookup(self, table: str, keys: np.ndarray, dim: int = 0, state_floats: int = 0, with_state: bool = False,
                timeout: float | None = None):
         """(rows, state or None, found); dim 0 lets the server's dim stand (not allowed with state)."""
         flags = lib.EMBPS_WIRE_WITH_STATE if with_state else 0
-        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, flags, table, keys, dim, (), timeout)
         n = len(keys)
+        width = self._widths.get((table, flags), dim + state_floats)
+        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, flags, table, keys, dim, None, timeout, n * (4 * width + 1))
         if n == 0:
             return np.empty((0, dim), np.float32), np.empty((0, state_floats), np.float32) if with_state else None, \
                 np.empty(0, np.bool_)
         matrix = payload[:len(payload) - n].view(np.float32).reshape(n, -1)
+        self._widths[(table, flags)] = matrix.shape[1]
         found = payload[len(payload) - n:].view(np.bool_)
         if with_state:
             return matrix[:, :dim], matrix[:, dim:], found
         return matrix, None, found
 
     def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None) -> None:
-        self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout)
+        self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], grads, timeout, 0)
 
     def close(self) -> None:
         while True:
             try:
-                self._idle.get_nowait().close()
+                self._idle.get_nowait().sock.close()
             except queue.Empty:
                 return
 
-    def _connection(self, timeout: float) -> socket.socket:
-        while True:
-            try:
-                sock = self._idle.get_nowait()
-            except queue.Empty:
-                sock = socket.create_connection(self._target, timeout=timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return sock
-            if _still_open(sock):
-                return sock
-            sock.close()
-
-    def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple,
-              timeout: float | None) -> np.ndarray:
-        name = table.encode()
-        header = WIRE_REQUEST.pack(lib.EMBPS_WIRE_MAGIC, op, flags, len(name), 0, len(keys), dim)
+    def _connect(self, timeout: float) -> _Connection:
         try:
-            sock = self._connection(timeout or self._timeout)
+            sock = socket.create_connection(self._target, timeout=timeout)
         except OSError as error:
             raise ShardError(grpc.StatusCode.UNAVAILABLE, f"cannot connect: {error}", self.address) from None
-        try:
-            sock.settimeout(timeout or self._timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(sock)
+
+    def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, grads: np.ndarray | None,
+              timeout: float | None, payload_guess: int) -> np.ndarray:
+        name = table.encode()
+        if len(name) > 255:   # the frame has a byte for its length; the shard allows far fewer
+            raise ShardError(grpc.StatusCode.INVALID_ARGUMENT, f"table name of {len(name)} bytes: a table name "
+                             f"has at most 63", self.address)
+        timeout = timeout or self._timeout
+        timeout_ms = max(1, min(round(timeout * 1000), 2**32 - 1))
+        name_ptr, keys_ptr = _from_buffer(name), _from_buffer(_KEYS, keys)
+        grads_ptr = ffi.NULL if grads is None else _from_buffer(_FLOATS, grads)
+        payload = np.empty(payload_guess, np.uint8)
+        while True:
             try:
-                _send_all(sock, [header, name, keys, *body])
-            except (BrokenPipeError, ConnectionResetError):
-                pass   # a shard refusing the connection answers before it reads: the reply says why
-            status, msg_len, payload_bytes = WIRE_REPLY.unpack(_recv_exact(sock, WIRE_REPLY.size))
-            message = _recv_exact(sock, msg_len).decode(errors="replace") if msg_len else ""
-            payload = np.empty(payload_bytes, np.uint8)
-            _recv_into(sock, memoryview(payload))
-        except socket.timeout:
-            sock.close()
-            raise ShardError(grpc.StatusCode.DEADLINE_EXCEEDED, "data path call timed out", self.address) from None
-        except OSError as error:
-            sock.close()
-            raise ShardError(grpc.StatusCode.UNAVAILABLE, f"data path connection failed: {error}",
-                             self.address) from None
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect(timeout)
+            rq = conn.request
+            rq.op, rq.flags, rq.name, rq.name_len, rq.keys, rq.n_keys, rq.dim, rq.grads = \
+                op, flags, name_ptr, len(name), keys_ptr, len(keys), dim, grads_ptr
+            end = lib.embps_data_client_exchange(conn.fd, rq, conn.pooled, timeout_ms, conn.reply, conn.message,
+                                                 _MESSAGE_BYTES, _from_buffer(_BYTES, payload, True), payload_guess)
+            if end != lib.EMBPS_EXCHANGE_STALE:
+                break
+            conn.sock.close()
+        reply = conn.reply
+        if end == lib.EMBPS_EXCHANGE_REPLIED:
+            if reply.payload_bytes <= payload_guess:   # received with the reply
+                payload = payload[:reply.payload_bytes]
+            else:   # a width not yet known: the payload is still to come
+                payload = np.empty(reply.payload_bytes, np.uint8)
+                end = lib.embps_data_client_receive(conn.fd, _from_buffer(_BYTES, payload, True),
+                                                    reply.payload_bytes, timeout_ms)
+        if end != lib.EMBPS_EXCHANGE_REPLIED:
+            conn.sock.close()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if end == lib.EMBPS_EXCHANGE_TIMED_OUT \
+                else grpc.StatusCode.UNAVAILABLE
+            raise ShardError(code, ffi.string(lib.embps_errormsg()).decode(errors="replace"), self.address)
+        status = reply.status
         if status in _CLOSES_CONNECTION:
-            sock.close()
+            conn.sock.close()
         else:
-            self._idle.put(sock)
+            conn.pooled = 1
+            self._idle.put(conn)
         if status != lib.EMBPS_OK:
             reason = _status_name(status)
+            message = ffi.string(conn.message, reply.msg_len).decode(errors="replace")
             raise ShardError(grpc_code(reason), message, self.address, reason)
         return payload
-
-
-def _still_open(sock: socket.socket) -> bool:
-    """A pooled connection has nothing to read between calls; readable means the shard closed it
-    (its idle timeout), so it must not carry a request the shard would never see."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return not poller.poll(0)
-
-
-def _send_all(sock: socket.socket, parts: list) -> None:
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    while views:
-        sent = sock.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    _recv_into(sock, memoryview(buf))
-    return bytes(buf)
-
-
-def _recv_into(sock: socket.socket, view: memoryview) -> None:
-    while len(view):
-        got = sock.recv_into(view)
-        if got == 0:
-            raise ConnectionResetError("the shard closed the connection")
-        view = view[got:]

@@ -20,7 +20,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-eb603df4f572b1bc"
+NATIVE_VERSION = "abi-17cf1bd1d006d231"
 
 
 def check_native_version(built: str) -> None:
@@ -72,11 +72,37 @@ def check_status(status: int) -> None:
         raise error_for(name, ffi.string(lib.embps_errormsg()).decode(errors="replace"))
 
 
+_FLOAT32, _UINT64 = np.dtype(np.float32), np.dtype(np.uint64)
+# Resolved once: ffi.from_buffer parses a type string, and its keyword argument, on every call.
+_KEYS, _FLOATS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("float[]"), ffi.typeof("uint8_t[]")
+_from_buffer = ffi.from_buffer
+
+
 def _as_matrix(values, n: int, width: int, what: str) -> np.ndarray:
-    arr = np.ascontiguousarray(values, dtype=np.float32)
+    arr = values if type(values) is np.ndarray and values.dtype == _FLOAT32 else \
+        np.ascontiguousarray(values, dtype=np.float32)
     if arr.shape != (n, width):
         raise InvalidArgument(f"{what} must have shape ({n}, {width}), got {arr.shape}")
     return arr
+
+
+def _keys_in(keys):
+    """(n, the C view of the keys as as_keys makes them), straight from an array already so."""
+    if type(keys) is np.ndarray and keys.dtype is _UINT64 and keys.ndim == 1:
+        try:
+            return len(keys), _from_buffer(_KEYS, keys)
+        except ValueError:   # not contiguous: ffi.from_buffer takes C-contiguous buffers only
+            pass
+    keys = as_keys(keys)
+    return len(keys), _from_buffer(_KEYS, keys)
+
+
+def _floats_in(arr: np.ndarray):
+    """The C view of a float32 matrix the core reads (a non-contiguous one is copied)."""
+    try:
+        return _from_buffer(_FLOATS, arr)
+    except ValueError:
+        return _from_buffer(_FLOATS, np.ascontiguousarray(arr))
 
 
 def spec_to_c(spec: TableSpec):
@@ -142,55 +168,70 @@ class Table:
             raise StoreError("table was dropped or its store closed")
         return self._handle
 
+    # The hot calls below spend about as long in Python as the core spends on a few dozen keys, so they
+    # check only what ffi.from_buffer does not: it takes C-contiguous buffers only (ValueError), and
+    # writable ones where asked; the handle is read once, as a local.
+
     def lookup(self, keys, out: np.ndarray | None = None, found: np.ndarray | None = None) -> np.ndarray:
         """Rows of keys, shape (n, dim); missing keys read as their initial rows (or zero rows if the
         table reports missing keys).  `found`, an n-byte bool array if given, tells which were present."""
-        keys = as_keys(keys)
-        n = len(keys)
-        rows = np.empty((n, self.dim), np.float32) if out is None else out
-        if rows.shape != (n, self.dim) or rows.dtype != np.float32 or not rows.flags.c_contiguous:
-            raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {self.dim})")
+        n, keys_ptr = _keys_in(keys)
+        dim, handle = self.dim, self._handle
+        if out is None:
+            rows = np.empty((n, dim), np.float32)
+            rows_ptr = _from_buffer(_FLOATS, rows)
+        else:
+            rows, rows_ptr = out, None
+            if rows.shape == (n, dim) and rows.dtype == _FLOAT32:
+                try:
+                    rows_ptr = _from_buffer(_FLOATS, rows, True)   # writable
+                except ValueError:
+                    pass
+            if rows_ptr is None:
+                raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {dim})")
         found_ptr = ffi.NULL
         if found is not None:
             if found.shape != (n,) or found.dtype != np.bool_ or not found.flags.c_contiguous:
                 raise InvalidArgument(f"found must be a contiguous bool array of shape ({n},)")
-            found_ptr = ffi.from_buffer("uint8_t[]", found, require_writable=True)
-        check_status(lib.embps_table_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                            ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                            ffi.NULL, 0, found_ptr))
+            found_ptr = _from_buffer(_BYTES, found, True)
+        if handle is None:
+            raise StoreError("table was dropped or its store closed")
+        status = lib.embps_table_lookup(handle, keys_ptr, n, rows_ptr, n * dim, ffi.NULL, 0, found_ptr)
+        if status:
+            check_status(status)
         return rows
 
     def lookup_with_state(self, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, optimizer state, found mask)."""
-        keys = as_keys(keys)
-        n = len(keys)
+        n, keys_ptr = _keys_in(keys)
         rows = np.empty((n, self.dim), np.float32)
         state = np.empty((n, self.state_floats), np.float32)
         found = np.empty(n, np.bool_)
-        check_status(lib.embps_table_lookup(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                            ffi.from_buffer("float[]", rows, require_writable=True), rows.size,
-                                            ffi.from_buffer("float[]", state, require_writable=True), state.size,
-                                            ffi.from_buffer("uint8_t[]", found, require_writable=True)))
+        check_status(lib.embps_table_lookup(self.handle, keys_ptr, n, _from_buffer(_FLOATS, rows), rows.size,
+                                            _from_buffer(_FLOATS, state), state.size, _from_buffer(_BYTES, found)))
         return rows, state, found
 
     def update(self, keys, grads) -> None:
         """Applies the table's optimizer; gradients of repeated keys are summed.  Persistent on return."""
-        keys = as_keys(keys)
-        grads = _as_matrix(grads, len(keys), self.dim, "gradients")
-        check_status(lib.embps_table_update(self.handle, ffi.from_buffer("uint64_t[]", keys), len(keys),
-                                            ffi.from_buffer("float[]", grads), grads.size))
+        n, keys_ptr = _keys_in(keys)
+        grads = _as_matrix(grads, n, self.dim, "gradients")
+        handle = self._handle
+        if handle is None:
+            raise StoreError("table was dropped or its store closed")
+        status = lib.embps_table_update(handle, keys_ptr, n, _floats_in(grads), grads.size)
+        if status:
+            check_status(status)
 
     def assign(self, keys, rows, state=None) -> None:
         """Overwrites rows and optimizer state (zero if not given).  Persistent on return."""
-        keys = as_keys(keys)
-        n = len(keys)
+        n, keys_ptr = _keys_in(keys)
         rows = _as_matrix(rows, n, self.dim, "rows")
         state_ptr, state_len = ffi.NULL, 0
         if state is not None:
             state = _as_matrix(state, n, self.state_floats, "state")
-            state_ptr, state_len = ffi.from_buffer("float[]", state), state.size
-        check_status(lib.embps_table_assign(self.handle, ffi.from_buffer("uint64_t[]", keys), n,
-                                            ffi.from_buffer("float[]", rows), rows.size, state_ptr, state_len))
+            state_ptr, state_len = _floats_in(state), state.size
+        check_status(lib.embps_table_assign(self.handle, keys_ptr, n, _floats_in(rows), rows.size, state_ptr,
+                                            state_len))
 
     def delete(self, keys) -> int:
         keys = as_keys(keys)
