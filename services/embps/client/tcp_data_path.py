@@ -1,5 +1,5 @@
-"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups and updates
-as one request and one reply per batch on a pooled connection.  Needs the native core (PSClient
+"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups, updates
+and refreshes as one request and one reply per batch on a pooled connection.  Needs the native core (PSClient
 imports this module only for a shard that offers the path)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from embps.api.status import grpc_code
+from embps.api.wire import StaleRows
 from embps.common.addresses import split_host_port
 from embps.store._native import ffi, lib
 from embps.store.data_server import WIRE_REPLY, WIRE_REQUEST
@@ -46,8 +47,23 @@ class TcpDataPath:
             return matrix[:, :dim], matrix[:, dim:], found
         return matrix, None, found
 
-    def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None) -> None:
-        self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout)
+    def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None,
+               counts: np.ndarray | None = None) -> None:
+        """counts (uint32, one per key) says how many contributions each gradient carries."""
+        flags, body = (0, (grads,)) if counts is None else (lib.EMBPS_WIRE_WITH_COUNTS, (grads, counts))
+        self._call(lib.EMBPS_WIRE_OP_UPDATE, flags, table, keys, grads.shape[1], body, timeout)
+
+    def refresh(self, table: str, keys: np.ndarray, versions: np.ndarray, bound: int, dim: int,
+                state_floats: int = 0, with_state: bool = False, timeout: float | None = None) -> StaleRows:
+        """The rows of keys more than bound versions ahead of versions (uint64, NO_VERSION: no copy)."""
+        flags = lib.EMBPS_WIRE_WITH_STATE if with_state else 0
+        payload = self._call(lib.EMBPS_WIRE_OP_REFRESH, flags, table, keys, dim,
+                             (versions, np.array([bound], np.uint64)), timeout)
+        m = int(payload[:8].view(np.uint64)[0])
+        versions_end, index_end = 8 + 8 * m, 8 + 12 * m
+        rows = payload[index_end:].view(np.float32).reshape(m, dim + (state_floats if with_state else 0))
+        return StaleRows(payload[index_end - 4 * m:index_end].view(np.uint32), payload[8:versions_end].view(np.uint64),
+                         rows[:, :dim], rows[:, dim:] if with_state else None)
 
     def close(self) -> None:
         while True:

@@ -21,7 +21,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-2f0ce1a41cc44dae"
+NATIVE_VERSION = "abi-82932d2bf9cdcfc5"
 
 
 def check_native_version(built: str) -> None:
