@@ -1,6 +1,7 @@
 """The Bagpipe promise, tested: two trainers training through the shards, in sync mode (lookahead
-caching) or direct mode, end with every embedding row, its optimizer state and every dense parameter
-equal to one process training the same model on the same global batches with plain PyTorch."""
+caching), direct mode or bounded mode with staleness 0 (HET-GMP's mirrors, synchronous), end with every
+embedding row, its optimizer state and every dense parameter equal to one process training the same
+model on the same global batches with plain PyTorch.  And bounded mode with s > 0 keeps its bound."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from embps.models.local_training import LocalTrainer
 from embps.datasets import open_dataset
 from embps.store import Store, initial_rows
 from embps.trainer.local_job import run_local_job
+from embps.trainer_gateway.bounded_strategy import AUDIT_ENV
 
 TOLERANCE = 1e-5
 
@@ -44,18 +46,28 @@ def reference(job: JobConfig):
     return trainer, keys
 
 
+def small_job(mode: str, emb_optimizer: str, lookahead: int = 8, **bounded) -> JobConfig:
+    return JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 5}, model="dlrm", mode=mode,
+                     trainers=2, global_batch=128, steps=50, eval_batches=1, dim=8, emb_optimizer=emb_optimizer,
+                     emb_lr=0.1 if emb_optimizer == "sgd" else 0.01, lookahead=lookahead, timeout_seconds=60,
+                     # Adam and Adagrad divide by the gradient's own scale, so where trainers' gradients nearly
+                     # cancel, float32 rounding (sum of two halves vs one batch) moves a row by lr x that
+                     # relative error: the check keeps lr x 1e-3 below its tolerance and uses SGD for dense.
+                     dense_optimizer="sgd", dense_lr=0.05, **bounded)
+
+
 @pytest.mark.parametrize("mode, emb_optimizer, lookahead", [
     ("sync", "sgd", 8), ("sync", "adagrad", 8), ("sync", "adagrad", 1), ("direct", "sgd", 8),
-    ("direct", "adagrad", 8)])
-def test_two_trainers_equal_one_process(tmp_path, mode, emb_optimizer, lookahead):
-    job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 5}, model="dlrm", mode=mode,
-                    trainers=2, global_batch=128, steps=50, eval_batches=1, dim=8, emb_optimizer=emb_optimizer,
-                    emb_lr=0.1 if emb_optimizer == "sgd" else 0.01, lookahead=lookahead, timeout_seconds=60,
-                    # Adam and Adagrad divide by the gradient's own scale, so where trainers' gradients nearly
-                    # cancel, float32 rounding (sum of two halves vs one batch) moves a row by lr x that
-                    # relative error: the check keeps lr x 1e-3 below its tolerance and uses SGD for dense.
-                    dense_optimizer="sgd", dense_lr=0.05)
+    ("direct", "adagrad", 8), ("bounded", "sgd", 8), ("bounded", "adagrad", 8)])
+def test_two_trainers_equal_one_process(tmp_path, monkeypatch, mode, emb_optimizer, lookahead):
+    # bounded, s = 0: a third of each host's remote rows mirrored, the audit shows they were used
+    job = small_job(mode, emb_optimizer, lookahead, **({"staleness": 0, "store_rate": 0.3} if mode == "bounded" else {}))
+    monkeypatch.setenv(AUDIT_ENV, str(tmp_path))
     result = run_local_job(job, tmp_path, n_shards=2, show_progress=False)
+    if mode == "bounded":
+        audits = [np.load(tmp_path / f"audit-{t}.npz") for t in range(job.trainers)]
+        assert all(len(a["key"]) > 1000 for a in audits), "mirrors were served"
+        assert all((a["owner"] == a["held"]).all() for a in audits), "s = 0: every mirror served is current"
     expected, keys = reference(job)
     for i, table_keys in enumerate(keys):
         rows, state = rows_on_shards(tmp_path / "shards", job.table, table_keys)
@@ -67,3 +79,25 @@ def test_two_trainers_equal_one_process(tmp_path, mode, emb_optimizer, lookahead
     for name, value in expected.model.state_dict().items():
         np.testing.assert_allclose(dense[name].numpy(), value.numpy(), atol=TOLERANCE, rtol=0, err_msg=name)
     assert len(result.metrics["losses"]) == job.steps
+
+
+@pytest.mark.parametrize("emb_optimizer", ["sgd", "adagrad"])
+def test_bounded_mirrors_stay_within_the_staleness_bound(tmp_path, monkeypatch, emb_optimizer):
+    """s = 3: on every read of a mirrored row its owner is at most 3 contributions ahead of the version the
+    mirror reflects (the owner's version read at that moment: no update of the batch lands before every
+    gateway has its rows), at most 3 of its own contributions are unpushed, and mirrors do go stale and get
+    refreshed, so the bound is what held them in."""
+    s = 3
+    job = small_job("bounded", emb_optimizer, staleness=s, store_rate=0.3)
+    monkeypatch.setenv(AUDIT_ENV, str(tmp_path))
+    run_local_job(job, tmp_path, n_shards=2, show_progress=False)
+    for t in range(job.trainers):
+        audit = np.load(tmp_path / f"audit-{t}.npz")
+        behind = audit["owner"].astype(np.int64) - audit["held"].astype(np.int64)
+        assert len(behind) > 1000
+        assert behind.min() >= 0 and behind.max() <= s, f"gateway {t}: a mirror {behind.max()} versions behind"
+        assert audit["pending"].max() <= s
+        assert (behind > 0).mean() > 0.05, "mirrors went stale within the bound"
+        assert (audit["pending"] > 0).mean() > 0.05, "mirrors held unpushed contributions"
+        refreshed = {int(k) for k in audit["key"][behind > 0]} & {int(k) for k in audit["key"][behind == 0]}
+        assert refreshed, "refreshes brought stale mirrors back to their owners"
