@@ -26,6 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale", type=float, default=0.01, help="synthetic: fraction of Criteo's table sizes")
     parser.add_argument("--mode", default="sync", choices=MODES)
     parser.add_argument("--lookahead", type=int, default=64)
+    parser.add_argument("--staleness", type=int, default=0,
+                        help="bounded: s, the contributions a mirror may lag or hold back (0 = synchronous)")
+    parser.add_argument("--store-rate", type=float, default=0.01,
+                        help="bounded: the fraction of each host's mirror candidates it mirrors")
     parser.add_argument("--trainers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--steps", type=int, default=600)
@@ -42,7 +46,8 @@ def job_from_args(args) -> JobConfig:
     return JobConfig(dataset=args.dataset, dataset_options=options, model=args.model, mode=args.mode,
                      trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim,
                      eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
-                     dense_lr=args.dense_lr, lookahead=args.lookahead)
+                     dense_lr=args.dense_lr, lookahead=args.lookahead, staleness=args.staleness,
+                     store_rate=args.store_rate)
 
 
 def summarize(result) -> dict:
