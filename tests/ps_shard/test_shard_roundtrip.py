@@ -132,15 +132,15 @@ def test_refresh_stale_answers_only_rows_beyond_the_bound(cluster_client):
     cluster_client.update(name, keys[::2], grads[::2], counts=np.full(20, 3))   # even rows: 4
     everything = cluster_client.refresh_stale(name, keys, np.full(40, wire.NO_VERSION, np.uint64), 0,
                                               with_state=True)
-    assert everything.index.tolist() == list(range(40))
+    assert everything.positions.tolist() == list(range(40))
     assert everything.versions.tolist() == [4, 1] * 20
     rows, state, _ = cluster_client.lookup(name, keys, with_state=True)
     np.testing.assert_array_equal(everything.rows, rows)
     np.testing.assert_array_equal(everything.state, state)
     held = np.ones(40, np.uint64)   # a mirror at version 1 everywhere, bound 2: even rows are 3 ahead
     stale = cluster_client.refresh_stale(name, keys, held, 2)
-    assert stale.index.tolist() == list(range(0, 40, 2)) and stale.state is None
+    assert stale.positions.tolist() == list(range(0, 40, 2)) and stale.state is None
     np.testing.assert_array_equal(stale.rows, rows[::2])
-    assert len(cluster_client.refresh_stale(name, keys, held, 3).index) == 0
-    assert len(cluster_client.refresh_stale(name, keys[:0], held[:0], 0).index) == 0
+    assert len(cluster_client.refresh_stale(name, keys, held, 3).positions) == 0
+    assert len(cluster_client.refresh_stale(name, keys[:0], held[:0], 0).positions) == 0
     cluster_client.drop_table(name)

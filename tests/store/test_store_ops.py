@@ -183,10 +183,10 @@ def test_versions_count_contributions_and_select_stale_rows(tmp_path):
             t.update([10], np.ones((1, 4), np.float32), counts=[1, 1])
         # held at 3, 2 and no copy, bound 2: 10 is 3 ahead, 20 is current, 30 has no copy
         stale = t.lookup_stale(keys, [3, 2, NO_VERSION], bound=2, with_state=True)
-        assert stale.index.tolist() == [0, 2] and stale.versions.tolist() == [6, 0]
+        assert stale.positions.tolist() == [0, 2] and stale.versions.tolist() == [6, 0]
         np.testing.assert_array_equal(stale.rows, rows[[0, 2]])
         np.testing.assert_array_equal(stale.state, state[[0, 2]])
-        assert len(t.lookup_stale(keys, [3, 2, 0], bound=3).index) == 0
+        assert len(t.lookup_stale(keys, [3, 2, 0], bound=3).positions) == 0
         t.assign([20], np.zeros((1, 4), np.float32))              # an assign is one more write
     with Store(tmp_path / "s") as s:                              # versions persist with their rows
         assert s.table("emb").lookup_versioned(keys)[2].tolist() == [6, 3, 0]

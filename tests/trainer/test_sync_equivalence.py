@@ -61,10 +61,12 @@ def small_job(mode: str, emb_optimizer: str, lookahead: int = 8, **bounded) -> J
     ("direct", "adagrad", 8), ("bounded", "sgd", 8), ("bounded", "adagrad", 8)])
 def test_two_trainers_equal_one_process(tmp_path, monkeypatch, mode, emb_optimizer, lookahead):
     # bounded, s = 0: a third of each host's remote rows mirrored, the audit shows they were used
-    job = small_job(mode, emb_optimizer, lookahead, **({"staleness": 0, "store_rate": 0.3} if mode == "bounded" else {}))
-    monkeypatch.setenv(AUDIT_ENV, str(tmp_path))
+    bounded = mode == "bounded"
+    job = small_job(mode, emb_optimizer, lookahead, **({"staleness": 0, "store_rate": 0.3} if bounded else {}))
+    if bounded:
+        monkeypatch.setenv(AUDIT_ENV, str(tmp_path))
     result = run_local_job(job, tmp_path, n_shards=2, show_progress=False)
-    if mode == "bounded":
+    if bounded:
         audits = [np.load(tmp_path / f"audit-{t}.npz") for t in range(job.trainers)]
         assert all(len(a["key"]) > 1000 for a in audits), "mirrors were served"
         assert all((a["owner"] == a["held"]).all() for a in audits), "s = 0: every mirror served is current"

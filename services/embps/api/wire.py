@@ -18,7 +18,7 @@ class StaleRows(NamedTuple):
     """What a refresh of mirrors answers: the positions in the request of the rows more than the bound
     ahead, their versions, rows and (if asked for) optimizer state."""
 
-    index: np.ndarray      # uint32
+    positions: np.ndarray  # uint32
     versions: np.ndarray   # uint64
     rows: np.ndarray       # float32 (m, dim)
     state: np.ndarray | None

@@ -234,7 +234,7 @@ class PSClient:
 
     def refresh_stale(self, table: str, keys, versions, bound: int, with_state: bool = False) -> StaleRows:
         """Of keys held at versions (uint64; wire.NO_VERSION: no copy), the rows whose owners hold them more
-        than bound versions ahead, with their versions: index gives their positions in keys, ascending."""
+        than bound versions ahead, with their versions: positions gives their places in keys, ascending."""
         keys = as_keys(keys)
         versions = np.ascontiguousarray(versions, wire.VERSION_DTYPE)
         dim, state_floats = self._dim(table)
@@ -245,8 +245,8 @@ class PSClient:
             reply = shard.stub.RefreshStale(pb.RefreshStaleRequest(table=table, keys=part.tobytes(),
                                                                    versions=held.tobytes(), bound=bound,
                                                                    with_state=with_state), timeout=timeout)
-            m = len(reply.index) // 4
-            return StaleRows(wire.uints_from_bytes(reply.index, m, wire.COUNT_DTYPE, "index"),
+            m = len(reply.positions) // 4
+            return StaleRows(wire.uints_from_bytes(reply.positions, m, wire.COUNT_DTYPE, "positions"),
                              wire.uints_from_bytes(reply.versions, m, wire.VERSION_DTYPE, "versions"),
                              wire.matrix_from_bytes(reply.rows, m, dim, "rows"),
                              wire.matrix_from_bytes(reply.state, m, state_floats, "state") if with_state else None)
@@ -254,7 +254,7 @@ class PSClient:
         if len(keys) == 0:
             return shard_refresh(self._shards[0], keys, self.config.deadline_seconds, versions)
         parts = self._scatter(keys, shard_refresh, idempotent=True, per_key=(versions,))
-        index = np.concatenate([r.index if pos is None else pos[r.index] for pos, r in parts]).astype(np.uint32)
+        index = np.concatenate([r.positions if pos is None else pos[r.positions] for pos, r in parts]).astype(np.uint32)
         order = np.argsort(index, kind="stable")   # each shard's answer ascends: merged, the whole does
         state = np.concatenate([r.state for _, r in parts])[order] if with_state else None
         return StaleRows(index[order], np.concatenate([r.versions for _, r in parts])[order],

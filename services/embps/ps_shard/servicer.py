@@ -155,7 +155,7 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
         with self.store.acquire(request.table) as table:
             self._check_reply_fits(table, keys, request.with_state)   # as if every row were stale
             stale = table.lookup_stale(keys, versions, request.bound, request.with_state)
-        return pb.RefreshStaleResponse(index=stale.index.tobytes(), versions=stale.versions.tobytes(),
+        return pb.RefreshStaleResponse(positions=stale.positions.tobytes(), versions=stale.versions.tobytes(),
                                        rows=stale.rows.tobytes(),
                                        state=b"" if stale.state is None else stale.state.tobytes())
 

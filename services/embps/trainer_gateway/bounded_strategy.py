@@ -119,11 +119,12 @@ class BoundedStrategy(Strategy):
         then apply their pending gradient again."""
         c = self.context
         stale = c.ps.refresh_stale(c.job.table, self.keys[at], self.version[at], self.s, with_state=True)
-        c.traffic.add(bytes_in=8 + len(stale.index) * (12 + 4 * (c.dim + c.state_floats)),
-                      rows_fetched=len(stale.index))
-        if not len(stale.index):
+        c.traffic.add(bytes_in=8 + len(stale.positions) * (12 + 4 * (c.dim + c.state_floats)),
+                      rows_fetched=len(stale.positions))
+        if not len(stale.positions):
             return
-        taken = at[stale.index]
+        taken = at[stale.positions]
+        assert stale.state is not None   # asked for with_state
         self.cache.insert(self.keys[taken], stale.rows, stale.state)
         self.version[taken] = stale.versions
         redo = taken[self.pending_count[taken] > 0]
@@ -148,11 +149,11 @@ class BoundedStrategy(Strategy):
             self.pending[at] += grads[hit]
             self.pending_count[at] += 1
         due = np.flatnonzero(self.pending_count > self.s)   # pushed before they are more than s behind
-        sent = Contribution(np.concatenate([keys[~hit], self.keys[due]]),
-                            np.concatenate([grads[~hit], self.pending[due]]),
-                            np.concatenate([np.ones(len(keys) - len(at), np.uint32), self.pending_count[due]]))
-        order = np.argsort(sent.keys, kind="stable")
-        c.peers.contribute(b, sent.keys[order], sent.grads[order], sent.counts[order])
+        sent_keys = np.concatenate([keys[~hit], self.keys[due]])   # disjoint: unmirrored, then mirrored
+        sent_grads = np.concatenate([grads[~hit], self.pending[due]])
+        sent_counts = np.concatenate([np.ones(len(keys) - len(at), np.uint32), self.pending_count[due]])
+        order = np.argsort(sent_keys, kind="stable")
+        c.peers.contribute(b, sent_keys[order], sent_grads[order], sent_counts[order])
         self.version[due] += self.pending_count[due]
         self.pending[due] = 0
         self.pending_count[due] = 0

@@ -192,16 +192,16 @@ class RefreshStaleRequest(_message.Message):
     def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., bound: _Optional[int] = ..., with_state: _Optional[bool] = ...) -> None: ...
 
 class RefreshStaleResponse(_message.Message):
-    __slots__ = ("index", "versions", "rows", "state")
-    INDEX_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("positions", "versions", "rows", "state")
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    index: bytes
+    positions: bytes
     versions: bytes
     rows: bytes
     state: bytes
-    def __init__(self, index: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., rows: _Optional[bytes] = ..., state: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, positions: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., rows: _Optional[bytes] = ..., state: _Optional[bytes] = ...) -> None: ...
 
 class AssignRequest(_message.Message):
     __slots__ = ("table", "keys", "rows", "state")
