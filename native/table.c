@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define TABLE_MAGIC 0x3142415453504245ull  /* "EBPSTAB1" */
-#define LAYOUT_VERSION 3u   /* 3: a version clock in every slab */
+#define LAYOUT_VERSION 3u   /* 3: a version clock per slab, after the pool */
 #define HEADER_BYTES 4096u
 #define PAGE 4096u
 #define MAX_LOAD 0.85
@@ -61,6 +61,7 @@ struct embps_table {
     pm_region *pm;
     pethash index;
     slab_pool pool;
+    uint64_t *versions;         /* per slab, in the file after the pool */
     pthread_mutex_t write_lock;
     _Atomic uint64_t rows;
     int volatile_;              /* a cache: updates of present rows happen in place */
@@ -87,16 +88,17 @@ static uint64_t next_pow2(uint64_t x)
 
 static uint64_t round_up(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
-/* A slab: the row, its optimizer state, then (8-byte aligned) its version clock, so that the version is
- * written, flushed and published with the values it counts. */
-static size_t version_offset(uint32_t dim, uint32_t state_floats)
+/* Slab i's version clock is word i of an array after the pool: written and flushed with the slab, before
+ * the slab is published, so a row and its version persist in one failure-atomic step; kept apart from
+ * the slabs so that adjacent rows stay adjacent for the zero-copy gathers. */
+static uint64_t versions_offset(const table_header *h)
 {
-    return round_up(((uint64_t)dim + state_floats) * sizeof(float), sizeof(uint64_t));
+    return round_up(h->pool_offset + h->n_slabs * h->slab_bytes, 64);
 }
 
-static uint64_t *slab_version(const embps_table *t, const void *slab)
+static uint64_t *slab_version(const embps_table *t, uint64_t ref)
 {
-    return (uint64_t *)((char *)slab + version_offset(t->dim, t->state_floats));
+    return &t->versions[ref - 1];
 }
 
 static void plan_layout(const char *name, const embps_table_spec *spec, table_header *h)
@@ -108,14 +110,14 @@ static void plan_layout(const char *name, const embps_table_spec *spec, table_he
     strncpy(h->name, name, EMBPS_NAME_MAX);
     h->spec = *spec;
     h->state_floats = embps_optimizer_state_floats(spec->optimizer, spec->dim);
-    h->slab_bytes = (uint32_t)round_up(version_offset(spec->dim, h->state_floats) + sizeof(uint64_t), 16);
+    h->slab_bytes = (uint32_t)round_up(((uint64_t)spec->dim + h->state_floats) * sizeof(float), 16);
     h->n_buckets = next_pow2((uint64_t)(spec->capacity / (PH_SLOTS * MAX_LOAD)) + 1);
     /* Headroom for copy-on-write: new slabs exist before the old ones are reclaimed. */
     uint64_t headroom = spec->capacity / 16 > 4 * CHUNK_ROWS ? spec->capacity / 16 : 4 * CHUNK_ROWS;
     h->n_slabs = spec->capacity + headroom;
     h->index_offset = HEADER_BYTES;
     h->pool_offset = round_up(h->index_offset + h->n_buckets * sizeof(ph_bucket), PAGE);
-    h->file_bytes = round_up(h->pool_offset + h->n_slabs * h->slab_bytes, PAGE);
+    h->file_bytes = round_up(versions_offset(h) + h->n_slabs * sizeof(uint64_t), PAGE);
     h->checksum = header_checksum(h);
 }
 
@@ -243,8 +245,10 @@ int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out)
         t->state_floats = h->state_floats;
         rc = pethash_init(&t->index, base + h->index_offset, h->n_buckets);
     }
-    if (!rc)
+    if (!rc) {
         rc = slab_pool_init(&t->pool, base + t->header->pool_offset, t->header->n_slabs, t->header->slab_bytes);
+        t->versions = (uint64_t *)(base + versions_offset(t->header));
+    }
     if (!rc)
         rc = recover(t);
     if (rc) {
@@ -462,7 +466,7 @@ static uint64_t read_versioned(embps_table *t, uint64_t key, float *row_out, flo
     memcpy(row_out, slab, dim * sizeof(float));
     if (state_out)
         memcpy(state_out, slab + dim, sf * sizeof(float));
-    return *slab_version(t, slab);
+    return *slab_version(t, r);
 }
 
 int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
@@ -615,12 +619,10 @@ typedef struct {
     const float *rows, *state;  /* assign: source rows and optional state */
 } assign_src;
 
-/* Writes the new slab of unique key u from its current row, state and version (old_version). */
-static void fill_slab(embps_table *t, size_t u, const float *old, uint64_t old_version, const assign_src *src,
-                      float *slab)
+/* Writes the new slab of unique key u from its current row and state. */
+static void fill_slab(embps_table *t, size_t u, const float *old, const assign_src *src, float *slab)
 {
     const size_t dim = t->dim, sf = t->state_floats;
-    *slab_version(t, slab) = old_version + (src ? 1 : t->ws.ucount[u]);
     if (!src) {
         optimizer_step(&t->spec, old, old + dim, t->ws.ugrads + u * dim, slab, slab + dim);
         return;
@@ -674,24 +676,24 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
         if (!ws->new_ref[u]) {
             float *slab = (float *)slab_at(pool, ws->old_ref[u]);
             optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
-            *slab_version(t, slab) += ws->ucount[u];
+            *slab_version(t, ws->old_ref[u]) += ws->ucount[u];
             continue;
         }
         const float *old = ws->init_slab;
-        uint64_t old_version = 0;
-        if (ws->old_ref[u]) {
+        if (ws->old_ref[u])
             old = (const float *)slab_at(pool, ws->old_ref[u]);
-            old_version = *slab_version(t, old);
-        } else if (!src) {
+        else if (!src)
             init_row(&t->spec, ws->ukeys[u], ws->init_slab);
-        }
         float *slab = (float *)slab_at(pool, ws->new_ref[u]);
-        fill_slab(t, u, old, old_version, src, slab);
+        fill_slab(t, u, old, src, slab);
         if (!src && !all_finite(slab, t->dim + t->state_floats)) {
             free_new_slabs(t, lo, hi);
             return nonfinite(t, ws->ukeys[u]);
         }
+        uint64_t *version = slab_version(t, ws->new_ref[u]);   /* an assign is one write; 0 before the first */
+        *version = (ws->old_ref[u] ? *slab_version(t, ws->old_ref[u]) : 0) + (src ? 1 : ws->ucount[u]);
         pm_flush(t->pm, slab, pool->slab_bytes);
+        pm_flush(t->pm, version, sizeof(*version));
     }
     return EMBPS_OK;
 }
