@@ -613,17 +613,19 @@ static int connect_to(uint16_t port)
 }
 
 /* Sends one request; returns the reply header and reads the payload into payload (if it fits). */
-static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
-                                  uint32_t n, uint32_t dim, const float *grads, void *payload, size_t cap)
+/* body: what follows the keys (an update's gradients and counts, a refresh's versions and bound). */
+static embps_wire_reply wire_call_body(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
+                                       uint32_t n, uint32_t dim, const void *body, size_t body_len, void *payload,
+                                       size_t cap)
 {
     embps_wire_request rq = {EMBPS_WIRE_MAGIC, op, flags, (uint8_t)strlen(name), 0, n, dim};
-    size_t len = sizeof(rq) + rq.name_len + n * 8 + (grads ? n * dim * 4 : 0);
+    size_t len = sizeof(rq) + rq.name_len + n * 8 + body_len;
     char *buf = malloc(len), *p = buf;
     memcpy(p, &rq, sizeof(rq));
     memcpy(p += sizeof(rq), name, rq.name_len);
     memcpy(p += rq.name_len, keys, n * 8);
-    if (grads)
-        memcpy(p + n * 8, grads, n * dim * 4);
+    if (body_len)
+        memcpy(p + n * 8, body, body_len);
     EXPECT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);   /* one send: fits the socket buffer */
     free(buf);
     embps_wire_reply reply = {0};
@@ -641,6 +643,12 @@ static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char 
         rest -= (size_t)got;
     }
     return reply;
+}
+
+static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
+                                  uint32_t n, uint32_t dim, const float *grads, void *payload, size_t cap)
+{
+    return wire_call_body(fd, op, flags, name, keys, n, dim, grads, grads ? (size_t)n * dim * 4 : 0, payload, cap);
 }
 
 static void test_data_server_over_loopback(void)
@@ -667,6 +675,20 @@ static void test_data_server_over_loopback(void)
     EXPECT(found[0] == 1 && found[1] == 1 && found[2] == 0);
     EXPECT(wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "nope", keys, 1, 4, NULL, out, sizeof(out)).status ==
            EMBPS_E_NOT_FOUND);
+    /* key 5 once more, counted as 3 contributions: versions 4, 1 and 0; a refresh held at 1, 1, 0 with
+     * bound 2 answers key 5 only (3 ahead), as its count, version, position and row */
+    struct { float g[4]; uint32_t count; } counted = {{0, 0, 0, 0}, 3};
+    EXPECT(wire_call_body(fd, EMBPS_WIRE_OP_UPDATE, EMBPS_WIRE_WITH_COUNTS, "t", keys, 1, 4, &counted,
+                          sizeof(counted), NULL, 0).status == EMBPS_OK);
+    uint64_t held[4] = {1, 1, 0, 2}, refreshed[5];
+    r = wire_call_body(fd, EMBPS_WIRE_OP_REFRESH, 0, "t", keys, 3, 4, held, sizeof(held), refreshed,
+                       sizeof(refreshed));
+    uint32_t at;
+    float row[4];
+    memcpy(&at, &refreshed[2], 4);
+    memcpy(row, (char *)refreshed + 20, 12);
+    EXPECT(r.status == EMBPS_OK && r.payload_bytes == 8 + 12 + 16);
+    EXPECT(refreshed[0] == 1 && refreshed[1] == 4 && at == 0 && row[0] == -0.1f);
     grads[0] = NAN;
     EXPECT(wire_call(fd, EMBPS_WIRE_OP_UPDATE, 0, "t", keys, 1, 4, grads, NULL, 0).status == EMBPS_E_NONFINITE);
     EXPECT(wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "t", keys, 65, 4, NULL, NULL, 0).status == EMBPS_E_TOO_LARGE);
@@ -675,7 +697,8 @@ static void test_data_server_over_loopback(void)
     close(fd);
     embps_data_server_stats stats;
     embps_data_server_stats_get(d, &stats);
-    EXPECT(stats.lookup.requests == 3 && stats.lookup.errors == 2 && stats.update.requests == 2);
+    EXPECT(stats.lookup.requests == 3 && stats.lookup.errors == 2 && stats.update.requests == 3);
+    EXPECT(stats.refresh.requests == 1 && stats.refresh.keys == 3 && stats.refresh.errors == 0);
     EXPECT(stats.lookup.keys == 3 + 1 && stats.connections_total >= 1);
     embps_data_server_stop(d);   /* with a connection still open */
     close(idle);
