@@ -60,10 +60,12 @@ int embps_data_client_exchange(int fd, const embps_exchange_request *rq, int poo
     deadline dl = {.timeout_ms = timeout_ms, .at_ns = now_ns() + (uint64_t)timeout_ms * 1000000u};
     embps_wire_request header = {.magic = EMBPS_WIRE_MAGIC, .op = rq->op, .flags = rq->flags,
                                  .name_len = (uint8_t)name_len, .n_keys = rq->n_keys, .dim = rq->dim};
-    const size_t grads_bytes = rq->op == EMBPS_WIRE_OP_UPDATE ? (size_t)rq->n_keys * rq->dim * sizeof(float) : 0;
-    struct iovec iov[4] = {{&header, sizeof(header)}, {(void *)rq->name, name_len},
-                           {(void *)rq->keys, (size_t)rq->n_keys * sizeof(uint64_t)}, {(void *)rq->grads, grads_bytes}};
-    size_t n_iov = grads_bytes ? 4 : 3;
+    struct iovec iov[5] = {{&header, sizeof(header)}, {(void *)rq->name, name_len},
+                           {(void *)rq->keys, (size_t)rq->n_keys * sizeof(uint64_t)}};
+    size_t n_iov = 3;
+    for (int part = 0; part < 2; part++)
+        if (rq->body_bytes[part])
+            iov[n_iov++] = (struct iovec){(void *)rq->body[part], rq->body_bytes[part]};
     /* A shard refusing the connection answers before it reads: the reply says why. */
     if (send_iov(fd, iov, n_iov, &dl) && errno != EPIPE && errno != ECONNRESET)
         return broken(&dl, "sending the request");

@@ -57,6 +57,8 @@ typedef struct connection {
     uint8_t *found;
     float *missing;
     size_t batch_cap, missing_cap;
+    void *stale;                /* a refresh's answer: versions, positions, rows */
+    size_t stale_cap;
 } connection;
 
 struct embps_data_server {
@@ -67,7 +69,7 @@ struct embps_data_server {
     pthread_t acceptor;
     pthread_mutex_t lock;       /* guards conns */
     connection *conns;
-    op_counters lookup, update;
+    op_counters lookup, update, refresh;
     _Atomic uint64_t connections_total, connections_open, connections_refused, connections_timed_out;
     _Atomic uint64_t bytes_in, bytes_out;
 };
@@ -215,9 +217,11 @@ static int lookup(connection *c, embps_table *t, const embps_table_spec *spec, c
     return sent ? -1 : EMBPS_OK;
 }
 
-static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n, const float *grads, uint32_t dim)
+static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n, const float *grads, uint32_t dim,
+                  int with_counts)
 {
-    int rc = embps_table_update(t, keys, n, grads, (size_t)n * dim);
+    const uint32_t *counts = with_counts ? (const uint32_t *)(grads + (size_t)n * dim) : NULL;
+    int rc = embps_table_update_counted(t, keys, n, grads, (size_t)n * dim, counts);
     if (rc)
         return send_error(c, rc);
     embps_wire_reply reply = {.status = EMBPS_OK};
@@ -225,11 +229,46 @@ static int update(connection *c, embps_table *t, const uint64_t *keys, size_t n,
     return send_reply(c, &iov, 1, sizeof(reply)) ? -1 : EMBPS_OK;
 }
 
+/* Answers only the rows more than bound versions ahead of what the client holds. */
+static int refresh(connection *c, embps_table *t, const embps_table_spec *spec, const uint64_t *keys, size_t n,
+                   int with_state)
+{
+    const uint64_t *held = keys + n, bound = held[n];
+    const size_t width = spec->dim + (with_state ? embps_optimizer_state_floats(spec->optimizer, spec->dim) : 0);
+    if (grow(&c->stale, &c->stale_cap, n * (12 + width * sizeof(float)) + 1))
+        return send_error(c, fail(EMBPS_E_NOMEM, "out of memory for a refresh of %zu keys", n));
+    uint64_t *versions = c->stale;
+    uint32_t *index = (uint32_t *)(versions + n);
+    float *rows = (float *)(index + n);
+    size_t m;
+    int rc = embps_table_lookup_stale(t, keys, held, n, bound, with_state, index, versions, rows, n * width, &m);
+    if (rc)
+        return send_error(c, rc);
+    uint64_t m64 = m;
+    embps_wire_reply reply = {.status = EMBPS_OK, .payload_bytes = 8 + m * (12 + width * sizeof(float))};
+    struct iovec iov[5] = {{&reply, sizeof(reply)}, {&m64, 8}, {versions, m * 8}, {index, m * 4},
+                           {rows, m * width * sizeof(float)}};
+    return send_reply(c, iov, 5, sizeof(reply) + reply.payload_bytes) ? -1 : EMBPS_OK;
+}
+
+/* Bytes per key of a request's body after its name: keys, and gradients, counts or versions. */
+static uint64_t body_bytes(const embps_wire_request *rq, uint64_t *fixed)
+{
+    *fixed = 0;
+    if (rq->op == EMBPS_WIRE_OP_REFRESH) {
+        *fixed = 8;   /* the bound */
+        return 16;
+    }
+    if (rq->op == EMBPS_WIRE_OP_UPDATE)
+        return 8 + (rq->flags & EMBPS_WIRE_WITH_COUNTS ? 4 : 0);
+    return 8;
+}
+
 int wire_request_check(const embps_wire_request *rq, const embps_data_server_config *cfg, size_t *body)
 {
     if (rq->magic != EMBPS_WIRE_MAGIC)
         return fail(EMBPS_E_PROTOCOL, "bad magic 0x%08x: not an embps data-path request", rq->magic);
-    if (rq->op != EMBPS_WIRE_OP_LOOKUP && rq->op != EMBPS_WIRE_OP_UPDATE)
+    if (rq->op != EMBPS_WIRE_OP_LOOKUP && rq->op != EMBPS_WIRE_OP_UPDATE && rq->op != EMBPS_WIRE_OP_REFRESH)
         return fail(EMBPS_E_PROTOCOL, "unknown operation %u", rq->op);
     if (rq->name_len == 0 || rq->name_len > EMBPS_NAME_MAX)
         return fail(EMBPS_E_PROTOCOL, "table name length %u not in 1..%d", rq->name_len, EMBPS_NAME_MAX);
@@ -237,9 +276,10 @@ int wire_request_check(const embps_wire_request *rq, const embps_data_server_con
         return fail(EMBPS_E_TOO_LARGE, "batch of %u keys exceeds the limit of %u", rq->n_keys,
                     cfg->max_batch_keys);
     /* keys x dim < 2^64, but its bytes need not be: an overflow must not pass for a small body. */
+    uint64_t fixed, per_key = body_bytes(rq, &fixed);
     uint64_t floats = rq->op == EMBPS_WIRE_OP_UPDATE ? (uint64_t)rq->n_keys * rq->dim : 0, bytes;
     if (__builtin_mul_overflow(floats, sizeof(float), &bytes) ||
-        __builtin_add_overflow(bytes, rq->name_len + (uint64_t)rq->n_keys * 8, &bytes))
+        __builtin_add_overflow(bytes, rq->name_len + (uint64_t)rq->n_keys * per_key + fixed, &bytes))
         return fail(EMBPS_E_TOO_LARGE, "request of %u keys x dim %u exceeds the limit of %llu", rq->n_keys, rq->dim,
                     (unsigned long long)cfg->max_request_bytes);
     if (bytes > cfg->max_request_bytes)
@@ -291,10 +331,19 @@ static int answer(connection *c, const embps_wire_request *rq, const char *name,
                                   spec.dim, rq->dim));
     else if (rq->op == EMBPS_WIRE_OP_LOOKUP)
         sent = lookup(c, t, &spec, keys, rq->n_keys, rq->flags & EMBPS_WIRE_WITH_STATE);
+    else if (rq->op == EMBPS_WIRE_OP_REFRESH)
+        sent = refresh(c, t, &spec, keys, rq->n_keys, rq->flags & EMBPS_WIRE_WITH_STATE);
     else
-        sent = update(c, t, keys, rq->n_keys, grads, rq->dim);
+        sent = update(c, t, keys, rq->n_keys, grads, rq->dim, rq->flags & EMBPS_WIRE_WITH_COUNTS);
     embps_table_release(d->store, t);
     return sent;
+}
+
+/* The counters of an operation, NULL for an unknown one. */
+static op_counters *op_counters_of(embps_data_server *d, uint8_t op)
+{
+    return op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : op == EMBPS_WIRE_OP_UPDATE ? &d->update
+           : op == EMBPS_WIRE_OP_REFRESH ? &d->refresh : NULL;
 }
 
 /* One request; returns -1 when the connection must close. */
@@ -309,8 +358,8 @@ static int serve_one(connection *c)
     size_t body = 0;
     int rc = wire_request_check(&rq, &d->cfg, &body);
     if (rc) {
-        if (rq.op == EMBPS_WIRE_OP_LOOKUP || rq.op == EMBPS_WIRE_OP_UPDATE)
-            count(rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update, 0, start, 1);
+        if (op_counters_of(d, rq.op))
+            count(op_counters_of(d, rq.op), 0, start, 1);
         send_error(c, rc);
         return -1;   /* the body's size is unknown or too large to skip */
     }
@@ -327,7 +376,7 @@ static int serve_one(connection *c)
     name[rq.name_len] = '\0';
     atomic_fetch_add(&d->bytes_in, sizeof(rq) + body);
     int sent = answer(c, &rq, name, keys, (const float *)(keys + rq.n_keys));
-    count(rq.op == EMBPS_WIRE_OP_LOOKUP ? &d->lookup : &d->update, rq.n_keys, start, sent != EMBPS_OK);
+    count(op_counters_of(d, rq.op), rq.n_keys, start, sent != EMBPS_OK);
     return sent < 0 ? -1 : 0;
 }
 
@@ -360,6 +409,7 @@ static void connection_free(connection *c)
     free(c->iov);
     free(c->found);
     free(c->missing);
+    free(c->stale);
     free(c);
 }
 
@@ -534,6 +584,7 @@ void embps_data_server_stats_get(embps_data_server *d, embps_data_server_stats *
 {
     read_op(&d->lookup, &out->lookup);
     read_op(&d->update, &out->update);
+    read_op(&d->refresh, &out->refresh);
     out->connections_total = atomic_load(&d->connections_total);
     out->connections_open = atomic_load(&d->connections_open);
     out->connections_refused = atomic_load(&d->connections_refused);

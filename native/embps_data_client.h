@@ -22,15 +22,17 @@ enum embps_exchange_end {
 };
 
 /* What one exchange sends: an op of enum embps_wire_op with its flags, the table's name (name_len bytes,
- * at most 255, sent as they are: the server judges them), n_keys keys and, for updates, n_keys x dim
- * gradients. */
+ * at most 255, sent as they are: the server judges them), n_keys keys, and what follows them, in up to
+ * two parts sent as they are (a part of 0 bytes is skipped): an update's n_keys x dim gradients (with
+ * counts: then its n_keys counts), a refresh's n_keys versions and then its bound. */
 typedef struct {
     uint8_t op, flags;
     const char *name;
     uint32_t name_len;
     const uint64_t *keys;
     uint32_t n_keys, dim;
-    const float *grads;
+    const void *body[2];
+    size_t body_bytes[2];
 } embps_exchange_request;
 
 /* Sends rq on fd and receives the reply within timeout_ms of the call's start.  The reply's header goes

@@ -19,16 +19,21 @@
  * Python client checks it against what it packs).
  *
  * Request: embps_wire_request, the table name (name_len bytes), n_keys uint64 keys and, for
- * updates, n_keys x dim float32 gradients.
+ * updates, n_keys x dim float32 gradients (with_counts: then n_keys uint32 contributions, each >= 1,
+ * that advance the rows' versions); for a refresh, n_keys uint64 versions the client holds
+ * (EMBPS_NO_VERSION: no copy), then one uint64 staleness bound.
  * Reply: embps_wire_reply, msg_len bytes of error message, then payload_bytes of payload; a
  * lookup's payload is n_keys rows of dim (with_state: dim + state_floats) float32, then n_keys
- * found bytes.
+ * found bytes; a refresh's is a uint64 m, the count of rows more than the bound ahead, then their
+ * m uint64 versions, m uint32 positions in the request and m rows (with_state: and state), so that a
+ * row the client holds fresh costs its 16 request bytes only.
  * A malformed or oversized request is answered with its status and the connection is closed; so is
  * a connection beyond the server's limit, before it sends anything (TOO_LARGE). */
 #define EMBPS_WIRE_MAGIC 0x31424d45u  /* "EMB1" */
 
-enum embps_wire_op { EMBPS_WIRE_OP_LOOKUP = 1, EMBPS_WIRE_OP_UPDATE = 2 };
-enum { EMBPS_WIRE_WITH_STATE = 1 };   /* request flag: lookup replies carry optimizer state */
+enum embps_wire_op { EMBPS_WIRE_OP_LOOKUP = 1, EMBPS_WIRE_OP_UPDATE = 2, EMBPS_WIRE_OP_REFRESH = 3 };
+/* Request flags: lookup and refresh replies carry optimizer state; an update carries counts. */
+enum { EMBPS_WIRE_WITH_STATE = 1, EMBPS_WIRE_WITH_COUNTS = 2 };
 
 typedef struct {
     uint32_t magic;
@@ -87,7 +92,7 @@ typedef struct {
 } embps_data_server_op_stats;
 
 typedef struct {
-    embps_data_server_op_stats lookup, update;
+    embps_data_server_op_stats lookup, update, refresh;
     uint64_t connections_total, connections_open;
     uint64_t connections_refused;   /* beyond max_connections */
     uint64_t connections_timed_out; /* idle, a request or a reply past its timeout */

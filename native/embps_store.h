@@ -150,10 +150,31 @@ EMBPS_API int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n,
                                  float *state_out, size_t state_len, uint8_t *found_out);
 /* Applies the table's optimizer; repeated keys have their gradients summed.
  * Missing keys start from their initial row.  An update that would store NaN or Inf (finite inputs
- * can overflow) fails with NONFINITE and changes nothing. */
+ * can overflow) fails with NONFINITE and changes nothing.
+ * Every row has a version clock, kept in its slab and so persisted with its values and state in the
+ * same failure-atomic step: an update advances it by the gradient contributions it carries, one per
+ * occurrence of the key (a key given k times advances it by k). */
 EMBPS_API int embps_table_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads,
                                  size_t grads_len);
-/* Overwrites rows (and state, or zero state if NULL); the last of repeated keys wins. */
+/* An update whose i-th gradient counts as counts[i] contributions (each at least 1): a summed gradient
+ * of several contributions, as a mirror pushes it, advances the version by all of them. */
+EMBPS_API int embps_table_update_counted(embps_table *t, const uint64_t *keys, size_t n, const float *grads,
+                                         size_t grads_len, const uint32_t *counts);
+/* A lookup that also returns each row's version into versions_out (n; 0 for a key never written); each
+ * version is read from the same slab as its row and state. */
+EMBPS_API int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n, float *rows_out,
+                                           size_t rows_len, float *state_out, size_t state_len,
+                                           uint64_t *versions_out);
+/* Refresh of mirrors: for each keys[i] held elsewhere at versions[i], selects it when its version is
+ * more than bound ahead of versions[i] (versions[i] = EMBPS_NO_VERSION, "no copy", always).  The m
+ * selected go, in request order, to index_out (their positions i), versions_out, and rows_out (m rows of
+ * dim, or with_state dim + state_floats), each buffer sized for n; *m_out = m. */
+#define EMBPS_NO_VERSION UINT64_MAX
+EMBPS_API int embps_table_lookup_stale(embps_table *t, const uint64_t *keys, const uint64_t *versions, size_t n,
+                                       uint64_t bound, int with_state, uint32_t *index_out,
+                                       uint64_t *versions_out, float *rows_out, size_t rows_len, size_t *m_out);
+/* Overwrites rows (and state, or zero state if NULL); the last of repeated keys wins.  An assign is one
+ * write that mirrors must see: it advances the version by 1 (from 0 for a new row). */
 EMBPS_API int embps_table_assign(embps_table *t, const uint64_t *keys, size_t n, const float *rows, size_t rows_len,
                                  const float *state, size_t state_len);
 EMBPS_API int embps_table_delete(embps_table *t, const uint64_t *keys, size_t n, uint64_t *deleted_out);

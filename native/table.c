@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define TABLE_MAGIC 0x3142415453504245ull  /* "EBPSTAB1" */
-#define LAYOUT_VERSION 2u
+#define LAYOUT_VERSION 3u   /* 3: a version clock per slab, after the pool */
 #define HEADER_BYTES 4096u
 #define PAGE 4096u
 #define MAX_LOAD 0.85
@@ -44,6 +44,7 @@ typedef struct {
     size_t map_cap;
     uint64_t *ukeys, *uhash;
     size_t *uindex;             /* last input position of each unique key */
+    uint64_t *ucount;           /* its gradient contributions (update) */
     ph_pos *upos;
     uint64_t *old_ref, *new_ref;
     float *ugrads;
@@ -60,6 +61,7 @@ struct embps_table {
     pm_region *pm;
     pethash index;
     slab_pool pool;
+    uint64_t *versions;         /* per slab, in the file after the pool */
     pthread_mutex_t write_lock;
     _Atomic uint64_t rows;
     int volatile_;              /* a cache: updates of present rows happen in place */
@@ -86,6 +88,19 @@ static uint64_t next_pow2(uint64_t x)
 
 static uint64_t round_up(uint64_t x, uint64_t to) { return (x + to - 1) / to * to; }
 
+/* Slab i's version clock is word i of an array after the pool: written and flushed with the slab, before
+ * the slab is published, so a row and its version persist in one failure-atomic step; kept apart from
+ * the slabs so that adjacent rows stay adjacent for the zero-copy gathers. */
+static uint64_t versions_offset(const table_header *h)
+{
+    return round_up(h->pool_offset + h->n_slabs * h->slab_bytes, 64);
+}
+
+static uint64_t *slab_version(const embps_table *t, uint64_t ref)
+{
+    return &t->versions[ref - 1];
+}
+
 static void plan_layout(const char *name, const embps_table_spec *spec, table_header *h)
 {
     memset(h, 0, sizeof(*h));
@@ -102,7 +117,7 @@ static void plan_layout(const char *name, const embps_table_spec *spec, table_he
     h->n_slabs = spec->capacity + headroom;
     h->index_offset = HEADER_BYTES;
     h->pool_offset = round_up(h->index_offset + h->n_buckets * sizeof(ph_bucket), PAGE);
-    h->file_bytes = round_up(h->pool_offset + h->n_slabs * h->slab_bytes, PAGE);
+    h->file_bytes = round_up(versions_offset(h) + h->n_slabs * sizeof(uint64_t), PAGE);
     h->checksum = header_checksum(h);
 }
 
@@ -238,8 +253,10 @@ int table_open(const char *path, pm_sim *sim, int volatile_, embps_table **out)
         t->state_floats = h->state_floats;
         rc = pethash_init(&t->index, base + h->index_offset, h->n_buckets);
     }
-    if (!rc)
+    if (!rc) {
         rc = slab_pool_init(&t->pool, base + t->header->pool_offset, t->header->n_slabs, t->header->slab_bytes);
+        t->versions = (uint64_t *)(base + versions_offset(t->header));
+    }
     if (!rc)
         rc = recover(t);
     if (rc) {
@@ -261,6 +278,7 @@ void table_close(embps_table *t)
     free(ws->ukeys);
     free(ws->uhash);
     free(ws->uindex);
+    free(ws->ucount);
     free(ws->upos);
     free(ws->old_ref);
     free(ws->new_ref);
@@ -440,6 +458,67 @@ void embps_table_gather_end(embps_table *t, uint64_t guard)
     epoch_exit(&t->pool, guard);
 }
 
+/* Row (and state) of key into row_out, and its version; a key not in the table reads as a lookup gives
+ * it, at version 0.  The caller holds an epoch. */
+static uint64_t read_versioned(embps_table *t, uint64_t key, float *row_out, float *state_out)
+{
+    const size_t dim = t->dim, sf = t->state_floats;
+    uint64_t r = pethash_get(&t->index, key, mix64(key));
+    if (!r) {
+        table_missing_row(t, key, row_out);
+        if (state_out)
+            memset(state_out, 0, sf * sizeof(float));
+        return 0;
+    }
+    const float *slab = (const float *)slab_at(&t->pool, r);
+    memcpy(row_out, slab, dim * sizeof(float));
+    if (state_out)
+        memcpy(state_out, slab + dim, sf * sizeof(float));
+    return *slab_version(t, r);
+}
+
+int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
+                                 float *state_out, size_t state_len, uint64_t *versions_out)
+{
+    const size_t dim = t->dim, sf = t->state_floats;
+    int rc = check_len("rows", rows_len, n, dim);
+    if (!rc && state_out)
+        rc = check_len("state", state_len, n, sf);
+    if (rc)
+        return rc;
+    uint64_t epoch = epoch_enter(&t->pool);
+    for (size_t i = 0; i < n; i++)
+        versions_out[i] = read_versioned(t, keys[i], rows_out + i * dim, state_out ? state_out + i * sf : NULL);
+    epoch_exit(&t->pool, epoch);
+    return EMBPS_OK;
+}
+
+int embps_table_lookup_stale(embps_table *t, const uint64_t *keys, const uint64_t *versions, size_t n,
+                             uint64_t bound, int with_state, uint32_t *index_out, uint64_t *versions_out,
+                             float *rows_out, size_t rows_len, size_t *m_out)
+{
+    const size_t dim = t->dim, width = dim + (with_state ? t->state_floats : 0);
+    int rc = check_len("rows", rows_len, n, width);
+    if (rc)
+        return rc;
+    if (n > UINT32_MAX)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "a refresh takes at most %u keys, not %zu", UINT32_MAX, n);
+    size_t m = 0;
+    uint64_t epoch = epoch_enter(&t->pool);
+    for (size_t i = 0; i < n; i++) {
+        float *row = rows_out + m * width;
+        uint64_t v = read_versioned(t, keys[i], row, with_state ? row + dim : NULL);
+        /* Written without overflow: v - versions[i] > bound. */
+        if (versions[i] == EMBPS_NO_VERSION || (v > versions[i] && v - versions[i] > bound)) {
+            index_out[m] = (uint32_t)i;
+            versions_out[m++] = v;
+        }
+    }
+    epoch_exit(&t->pool, epoch);
+    *m_out = m;
+    return EMBPS_OK;
+}
+
 int embps_table_export(embps_table *t, uint64_t *cursor, size_t max, uint64_t *keys_out, float *rows_out,
                        float *state_out, size_t *n_out)
 {
@@ -502,7 +581,7 @@ static int grow_scratch(embps_table *t, size_t n)
     if (n <= ws->cap && ws->init_slab)
         return EMBPS_OK;
 #define GROW(field, count) (free(ws->field), (ws->field = malloc(((count) + 1) * sizeof(*ws->field))) != NULL)
-    int ok = GROW(ukeys, n) & GROW(uhash, n) & GROW(uindex, n) & GROW(upos, n) & GROW(old_ref, n) &
+    int ok = GROW(ukeys, n) & GROW(uhash, n) & GROW(uindex, n) & GROW(ucount, n) & GROW(upos, n) & GROW(old_ref, n) &
              GROW(new_ref, n) & GROW(ugrads, n * t->dim) & GROW(init_slab, t->dim + t->state_floats) &
              GROW(trial_slab, t->dim + t->state_floats);
 #undef GROW
@@ -513,7 +592,7 @@ static int grow_scratch(embps_table *t, size_t n)
 /* Collapses repeated keys into ukeys and uhash, in the order they first appear; uindex remembers
  * each one's last input position (the row an assign writes) and, given grads, ugrads holds its
  * summed gradients.  Returns the unique count. */
-static size_t dedupe(embps_table *t, const uint64_t *keys, size_t n, const float *grads)
+static size_t dedupe(embps_table *t, const uint64_t *keys, size_t n, const float *grads, const uint32_t *counts)
 {
     write_scratch *ws = &t->ws;
     const size_t dim = t->dim, mask = ws->map_cap - 1;
@@ -531,10 +610,12 @@ static size_t dedupe(embps_table *t, const uint64_t *keys, size_t n, const float
             ws->map_keys[pos] = keys[i];
             ws->ukeys[u] = keys[i];
             ws->uhash[u] = h;
+            ws->ucount[u] = 0;
             if (grads)
                 memset(ws->ugrads + u * dim, 0, dim * sizeof(float));
         }
         ws->uindex[u] = i;
+        ws->ucount[u] += counts ? counts[i] : 1;
         if (grads)
             for (size_t j = 0; j < dim; j++)
                 ws->ugrads[u * dim + j] += grads[i * dim + j];
@@ -603,6 +684,7 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
         if (!ws->new_ref[u]) {
             float *slab = (float *)slab_at(pool, ws->old_ref[u]);
             optimizer_step(&t->spec, slab, slab + t->dim, ws->ugrads + u * t->dim, slab, slab + t->dim);
+            *slab_version(t, ws->old_ref[u]) += ws->ucount[u];
             continue;
         }
         const float *old = ws->init_slab;
@@ -616,7 +698,10 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
             free_new_slabs(t, lo, hi);
             return nonfinite(t, ws->ukeys[u]);
         }
+        uint64_t *version = slab_version(t, ws->new_ref[u]);   /* an assign is one write; 0 before the first */
+        *version = (ws->old_ref[u] ? *slab_version(t, ws->old_ref[u]) : 0) + (src ? 1 : ws->ucount[u]);
         pm_flush(t->pm, slab, pool->slab_bytes);
+        pm_flush(t->pm, version, sizeof(*version));
     }
     return EMBPS_OK;
 }
@@ -709,7 +794,8 @@ static int check_keys(const uint64_t *keys, size_t n)
 }
 
 /* Shared by update (src NULL: apply grads) and assign (src: overwrite). */
-static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const float *grads, const assign_src *src)
+static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const float *grads, const uint32_t *counts,
+                      const assign_src *src)
 {
     int rc = check_keys(keys, n);
     if (rc)
@@ -719,7 +805,7 @@ static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const floa
     if (rc)
         goto out;
     write_scratch *ws = &t->ws;
-    size_t nu = dedupe(t, keys, n, grads);
+    size_t nu = dedupe(t, keys, n, grads, counts);
     uint64_t added = 0;
     for (size_t u = 0; u < nu; u++) {   /* the lookup pipeline's prefetches, a key's tags then its slot */
         if (u + PF_DIST < nu)
@@ -747,12 +833,21 @@ out:
 
 int embps_table_update(embps_table *t, const uint64_t *keys, size_t n, const float *grads, size_t grads_len)
 {
+    return embps_table_update_counted(t, keys, n, grads, grads_len, NULL);
+}
+
+int embps_table_update_counted(embps_table *t, const uint64_t *keys, size_t n, const float *grads,
+                               size_t grads_len, const uint32_t *counts)
+{
     int rc = check_len("gradient", grads_len, n, t->dim);
     if (rc)
         return rc;
     if (!all_finite(grads, grads_len))
         return fail(EMBPS_E_NONFINITE, "gradients for table %s contain NaN or Inf; nothing was applied", t->name);
-    return write_rows(t, keys, n, grads, NULL);
+    for (size_t i = 0; counts && i < n; i++)
+        if (!counts[i])
+            return fail(EMBPS_E_INVALID_ARGUMENT, "gradient %zu counts 0 contributions; each carries at least 1", i);
+    return write_rows(t, keys, n, grads, counts, NULL);
 }
 
 int embps_table_assign(embps_table *t, const uint64_t *keys, size_t n, const float *rows, size_t rows_len,
@@ -766,7 +861,7 @@ int embps_table_assign(embps_table *t, const uint64_t *keys, size_t n, const flo
     if (!all_finite(rows, rows_len) || (state && !all_finite(state, state_len)))
         return fail(EMBPS_E_NONFINITE, "rows for table %s contain NaN or Inf; nothing was written", t->name);
     assign_src src = {rows, state};
-    return write_rows(t, keys, n, NULL, &src);
+    return write_rows(t, keys, n, NULL, NULL, &src);
 }
 
 int embps_table_delete(embps_table *t, const uint64_t *keys, size_t n, uint64_t *deleted_out)

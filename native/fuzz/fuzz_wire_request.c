@@ -62,8 +62,11 @@ static int header_is_acceptable(const embps_wire_request *rq, const embps_data_s
 {
     *body = rq->name_len + (unsigned __int128)rq->n_keys * 8;
     if (rq->op == EMBPS_WIRE_OP_UPDATE)
-        *body += (unsigned __int128)rq->n_keys * rq->dim * sizeof(float);
-    return rq->magic == EMBPS_WIRE_MAGIC && (rq->op == EMBPS_WIRE_OP_LOOKUP || rq->op == EMBPS_WIRE_OP_UPDATE) &&
+        *body += (unsigned __int128)rq->n_keys * (rq->dim * sizeof(float) + (rq->flags & EMBPS_WIRE_WITH_COUNTS ? 4 : 0));
+    if (rq->op == EMBPS_WIRE_OP_REFRESH)   /* versions held, then the bound */
+        *body += (unsigned __int128)rq->n_keys * 8 + 8;
+    return rq->magic == EMBPS_WIRE_MAGIC &&
+           (rq->op == EMBPS_WIRE_OP_LOOKUP || rq->op == EMBPS_WIRE_OP_UPDATE || rq->op == EMBPS_WIRE_OP_REFRESH) &&
            rq->name_len >= 1 && rq->name_len <= EMBPS_NAME_MAX && rq->n_keys <= cfg->max_batch_keys &&
            *body <= cfg->max_request_bytes;
 }
@@ -213,20 +216,33 @@ static int check_reply(int fd, const frame *f, int refused)
     const served_table *t = table_named(f->name, f->rq.name_len);
     REQUIRE(t, "success for table '%.*s' (a name of %u bytes), which does not exist", (int)f->rq.name_len, f->name,
             f->rq.name_len);
-    REQUIRE(f->rq.dim == t->spec.dim || (f->rq.op == EMBPS_WIRE_OP_LOOKUP && f->rq.dim == 0),
+    REQUIRE(f->rq.dim == t->spec.dim || (f->rq.op != EMBPS_WIRE_OP_UPDATE && f->rq.dim == 0),
             "success for dim %u on table %s of dim %u", f->rq.dim, t->name, t->spec.dim);
     REQUIRE(reply.msg_len == 0, "success with a message");
-    uint64_t want = 0;
-    if (f->rq.op == EMBPS_WIRE_OP_LOOKUP) {
-        uint64_t width = t->spec.dim;
-        if (f->rq.flags & EMBPS_WIRE_WITH_STATE)
-            width += embps_optimizer_state_floats(t->spec.optimizer, t->spec.dim);
+    uint64_t want = 0, width = t->spec.dim, stale = 0;
+    if (f->rq.flags & EMBPS_WIRE_WITH_STATE)
+        width += embps_optimizer_state_floats(t->spec.optimizer, t->spec.dim);
+    if (f->rq.op == EMBPS_WIRE_OP_LOOKUP)
         want = f->rq.n_keys * (width * sizeof(float) + 1);
+    if (f->rq.op == EMBPS_WIRE_OP_REFRESH) {   /* its size follows from the count it starts with */
+        REQUIRE(reply.payload_bytes >= 8 && recv_full(fd, &stale, 8) == 0, "refresh reply without its count");
+        REQUIRE(stale <= f->rq.n_keys, "a refresh of %u keys answers %llu rows", f->rq.n_keys,
+                (unsigned long long)stale);
+        want = 8 + stale * (12 + width * sizeof(float));
     }
     REQUIRE(reply.payload_bytes == want, "payload of %llu bytes, should be %llu",
             (unsigned long long)reply.payload_bytes, (unsigned long long)want);
+    if (f->rq.op == EMBPS_WIRE_OP_REFRESH)
+        want -= 8;   /* the count, read */
     uint8_t *payload = malloc(want + 1);
     REQUIRE(recv_full(fd, payload, want) == 0, "payload cut short");
+    for (uint64_t i = 0; i < stale; i++) {   /* positions ascend within the request */
+        uint32_t at, before = 0;
+        memcpy(&at, payload + stale * 8 + i * 4, 4);
+        if (i)
+            memcpy(&before, payload + stale * 8 + (i - 1) * 4, 4);
+        REQUIRE(at < f->rq.n_keys && (i == 0 || at > before), "refresh position %u of %u keys", at, f->rq.n_keys);
+    }
     for (uint64_t i = 0; f->rq.op == EMBPS_WIRE_OP_LOOKUP && i < f->rq.n_keys; i++)
         REQUIRE(payload[want - f->rq.n_keys + i] <= 1, "found byte %u", payload[want - f->rq.n_keys + i]);
     free(payload);

@@ -12,22 +12,24 @@ from pathlib import Path
 import numpy as np
 
 from embps.store.data_server import WIRE_REQUEST
-from embps.store.spec import InitializerSpec, OptimizerSpec, TableSpec
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec
 from embps.store.store import Store, lib
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 TABLE_NAME = "fz"   # fuzz_table_file.c opens its input as this table
 
 
-def request(op: int, name: str, keys: list[int], dim: int, flags: int = 0, grads: list[float] | None = None) -> bytes:
-    """One frame as a client sends it (embps_data_server.h), against fuzz_wire_request.c's tables."""
+def request(op: int, name: str, keys: list[int], dim: int, flags: int = 0, grads: list[float] | None = None,
+            tail: bytes = b"") -> bytes:
+    """One frame as a client sends it (embps_data_server.h), against fuzz_wire_request.c's tables; tail
+    is what follows the keys and gradients (an update's counts, a refresh's versions and bound)."""
     frame = WIRE_REQUEST.pack(lib.EMBPS_WIRE_MAGIC, op, flags, len(name), 0, len(keys), dim)
     frame += name.encode() + struct.pack(f"<{len(keys)}Q", *keys)
-    return frame + struct.pack(f"<{len(grads)}f", *grads) if grads is not None else frame
+    return (frame + struct.pack(f"<{len(grads)}f", *grads) if grads is not None else frame) + tail
 
 
 def wire_requests() -> dict[str, bytes]:
-    lookup, update = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_WIRE_OP_UPDATE
+    lookup, update, refresh = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_OP_REFRESH
     return {
         "lookup": request(lookup, "t", [1, 2, 3], 4),
         "lookup_any_dim_with_state": request(lookup, "a", [5, 6], 0, flags=lib.EMBPS_WIRE_WITH_STATE),
@@ -36,6 +38,11 @@ def wire_requests() -> dict[str, bytes]:
         "stream": (request(update, "t", [7], 4, grads=[1.0, -1.0, 2.0, 0.0]) + request(lookup, "t", [7, 8], 4)
                    + request(lookup, "nope", [1], 4) + request(lookup, "a", [9], 3)),
         "too_many_keys": request(lookup, "t", list(range(300)), 4),
+        "update_counted": request(update, "t", [1, 2], 4, flags=lib.EMBPS_WIRE_WITH_COUNTS, grads=[0.5] * 8,
+                                  tail=struct.pack("<2I", 3, 1)),
+        "refresh": request(refresh, "t", [1, 2, 3], 4, tail=struct.pack("<4Q", 0, 1, 2**64 - 1, 0)),
+        "refresh_with_state": request(refresh, "a", [9, 10], 0, flags=lib.EMBPS_WIRE_WITH_STATE,
+                                      tail=struct.pack("<3Q", 0, 0, 1)),
     }
 
 

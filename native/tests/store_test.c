@@ -380,11 +380,13 @@ static void test_crash_sweep(void)
         s = open_store(name, 1, crash_at, crash_at % 2 ? 0.5 : 0.0);
         EXPECT_OK(embps_table_get(s, "t", &t));
         float acked[KEYS], inflight[KEYS];
+        uint64_t acked_v[KEYS] = {0}, inflight_v[KEYS];   /* each assign advances a row's version by 1 */
         fill(acked, KEYS, -1.0f);   /* -1: absent */
         uint64_t rng = crash_at;
         int crashed = 0;
         for (int op = 0; op < OPS && !crashed; op++) {
             memcpy(inflight, acked, sizeof(acked));
+            memcpy(inflight_v, acked_v, sizeof(acked_v));
             uint64_t keys[BATCH];
             float rows[BATCH * DIM];
             for (int i = 0; i < BATCH; i++) {
@@ -395,12 +397,19 @@ static void test_crash_sweep(void)
             int deleting = op % 5 == 4;
             int rc = deleting ? embps_table_delete(t, keys, BATCH, NULL)
                               : embps_table_assign(t, keys, BATCH, rows, BATCH * DIM, NULL, 0);
-            for (int i = 0; i < BATCH; i++)
+            for (int i = 0; i < BATCH; i++) {
+                if (!deleting && inflight[keys[i]] == acked[keys[i]])   /* once per key of the batch */
+                    inflight_v[keys[i]] = acked_v[keys[i]] + 1;
+                else if (deleting)
+                    inflight_v[keys[i]] = 0;
                 inflight[keys[i]] = deleting ? -1.0f : rows[i * DIM];
-            if (rc == EMBPS_E_CRASHED)
+            }
+            if (rc == EMBPS_E_CRASHED) {
                 crashed = 1;
-            else
+            } else {
                 memcpy(acked, inflight, sizeof(acked));
+                memcpy(acked_v, inflight_v, sizeof(acked_v));
+            }
         }
         if (!crashed)
             points = embps_store_persist_points(s);
@@ -413,16 +422,64 @@ static void test_crash_sweep(void)
         for (uint64_t k = 0; k < KEYS; k++) {
             float row[DIM];
             uint8_t found;
+            uint64_t version;
             EXPECT_OK(embps_table_lookup(t, &k, 1, row, DIM, NULL, 0, &found));
+            EXPECT_OK(embps_table_lookup_versioned(t, &k, 1, row, DIM, NULL, 0, &version));
             float got = found ? row[0] : -1.0f;
             for (int j = 1; j < DIM && found; j++)
                 EXPECT(row[j] == row[0]);   /* not torn */
             EXPECT(got == acked[k] || got == inflight[k]);
+            /* the version survives with the row it counts */
+            EXPECT(got == acked[k] ? version == acked_v[k] : version == inflight_v[k]);
         }
         embps_store_close(s);
     }
     EXPECT(points > 50);
     printf("crash sweep: %llu persist points, each crashed at and recovered\n", (unsigned long long)points);
+}
+
+/* Version clocks: contributions counted per occurrence or as given, returned with the row, and what a
+ * refresh of mirrors selects. */
+static void test_versions_count_contributions(void)
+{
+    enum { DIM = 4 };
+    embps_store *s = open_store("versions", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_ADAGRAD, DIM, 64);
+    embps_table *t;
+    EXPECT_OK(embps_table_create(s, "v", &spec, &t));
+    uint64_t keys[4] = {1, 2, 1, 1};
+    uint32_t counts[2] = {5, 2};
+    float g[4 * DIM], rows[4 * DIM], state[4 * DIM], stale_rows[4 * (2 * DIM)];
+    uint64_t v[4], got_v[4];
+    uint32_t index[4];
+    size_t m;
+    fill(g, 4 * DIM, 0.5f);
+    EXPECT_OK(embps_table_update(t, keys, 4, g, 4 * DIM));                 /* key 1: 3, key 2: 1 */
+    EXPECT_OK(embps_table_update_counted(t, keys, 2, g, 2 * DIM, counts)); /* key 1: +5, key 2: +2 */
+    EXPECT(embps_table_update_counted(t, keys, 2, g, 2 * DIM, (uint32_t[]){1, 0}) == EMBPS_E_INVALID_ARGUMENT);
+    uint64_t probe[3] = {1, 2, 3};
+    EXPECT_OK(embps_table_lookup_versioned(t, probe, 3, rows, 3 * DIM, state, 3 * DIM, v));
+    EXPECT(v[0] == 8 && v[1] == 3 && v[2] == 0);
+    float plain[3 * DIM], plain_state[3 * DIM];
+    EXPECT_OK(embps_table_lookup(t, probe, 3, plain, 3 * DIM, plain_state, 3 * DIM, NULL));
+    EXPECT(memcmp(rows, plain, sizeof(plain)) == 0 && memcmp(state, plain_state, sizeof(plain)) == 0);
+    /* held at 5, 3 and "no copy", bound 2: key 1 is 3 ahead (stale), key 2 is not, key 3 has no copy */
+    uint64_t held[3] = {5, 3, EMBPS_NO_VERSION};
+    EXPECT_OK(embps_table_lookup_stale(t, probe, held, 3, 2, 1, index, got_v, stale_rows, 3 * 2 * DIM, &m));
+    EXPECT(m == 2 && index[0] == 0 && index[1] == 2 && got_v[0] == 8 && got_v[1] == 0);
+    EXPECT(memcmp(stale_rows, rows, DIM * sizeof(float)) == 0);
+    EXPECT(memcmp(stale_rows + DIM, state, DIM * sizeof(float)) == 0);
+    EXPECT(embps_table_lookup_stale(t, probe, held, 3, 2, 0, index, got_v, stale_rows, 3 * 2 * DIM, &m) ==
+           EMBPS_E_INVALID_ARGUMENT);   /* rows sized for state it does not want */
+    EXPECT_OK(embps_table_assign(t, probe, 1, rows, DIM, NULL, 0));
+    EXPECT_OK(embps_table_lookup_versioned(t, probe, 1, rows, DIM, NULL, 0, v));
+    EXPECT(v[0] == 9);
+    embps_store_close(s);
+    s = open_store("versions", 0, 0, 0);   /* persisted with the rows */
+    EXPECT_OK(embps_table_get(s, "v", &t));
+    EXPECT_OK(embps_table_lookup_versioned(t, probe, 3, rows, 3 * DIM, NULL, 0, v));
+    EXPECT(v[0] == 9 && v[1] == 3 && v[2] == 0);
+    embps_store_close(s);
 }
 
 /* Readers must never see a torn row while a writer replaces and deletes rows. */
@@ -557,17 +614,19 @@ static int connect_to(uint16_t port)
 }
 
 /* Sends one request; returns the reply header and reads the payload into payload (if it fits). */
-static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
-                                  uint32_t n, uint32_t dim, const float *grads, void *payload, size_t cap)
+/* body: what follows the keys (an update's gradients and counts, a refresh's versions and bound). */
+static embps_wire_reply wire_call_body(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
+                                       uint32_t n, uint32_t dim, const void *body, size_t body_len, void *payload,
+                                       size_t cap)
 {
     embps_wire_request rq = {EMBPS_WIRE_MAGIC, op, flags, (uint8_t)strlen(name), 0, n, dim};
-    size_t len = sizeof(rq) + rq.name_len + n * 8 + (grads ? n * dim * 4 : 0);
+    size_t len = sizeof(rq) + rq.name_len + n * 8 + body_len;
     char *buf = malloc(len), *p = buf;
     memcpy(p, &rq, sizeof(rq));
     memcpy(p += sizeof(rq), name, rq.name_len);
     memcpy(p += rq.name_len, keys, n * 8);
-    if (grads)
-        memcpy(p + n * 8, grads, n * dim * 4);
+    if (body_len)
+        memcpy(p + n * 8, body, body_len);
     EXPECT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);   /* one send: fits the socket buffer */
     free(buf);
     embps_wire_reply reply = {0};
@@ -585,6 +644,12 @@ static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char 
         rest -= (size_t)got;
     }
     return reply;
+}
+
+static embps_wire_reply wire_call(int fd, uint8_t op, uint8_t flags, const char *name, const uint64_t *keys,
+                                  uint32_t n, uint32_t dim, const float *grads, void *payload, size_t cap)
+{
+    return wire_call_body(fd, op, flags, name, keys, n, dim, grads, grads ? (size_t)n * dim * 4 : 0, payload, cap);
 }
 
 static void test_data_server_over_loopback(void)
@@ -611,6 +676,20 @@ static void test_data_server_over_loopback(void)
     EXPECT(found[0] == 1 && found[1] == 1 && found[2] == 0);
     EXPECT(wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "nope", keys, 1, 4, NULL, out, sizeof(out)).status ==
            EMBPS_E_NOT_FOUND);
+    /* key 5 once more, counted as 3 contributions: versions 4, 1 and 0; a refresh held at 1, 1, 0 with
+     * bound 2 answers key 5 only (3 ahead), as its count, version, position and row */
+    struct { float g[4]; uint32_t count; } counted = {{0, 0, 0, 0}, 3};
+    EXPECT(wire_call_body(fd, EMBPS_WIRE_OP_UPDATE, EMBPS_WIRE_WITH_COUNTS, "t", keys, 1, 4, &counted,
+                          sizeof(counted), NULL, 0).status == EMBPS_OK);
+    uint64_t held[4] = {1, 1, 0, 2}, refreshed[5];
+    r = wire_call_body(fd, EMBPS_WIRE_OP_REFRESH, 0, "t", keys, 3, 4, held, sizeof(held), refreshed,
+                       sizeof(refreshed));
+    uint32_t at;
+    float row[4];
+    memcpy(&at, &refreshed[2], 4);
+    memcpy(row, (char *)refreshed + 20, 12);
+    EXPECT(r.status == EMBPS_OK && r.payload_bytes == 8 + 12 + 16);
+    EXPECT(refreshed[0] == 1 && refreshed[1] == 4 && at == 0 && row[0] == -0.1f);
     grads[0] = NAN;
     EXPECT(wire_call(fd, EMBPS_WIRE_OP_UPDATE, 0, "t", keys, 1, 4, grads, NULL, 0).status == EMBPS_E_NONFINITE);
     EXPECT(wire_call(fd, EMBPS_WIRE_OP_LOOKUP, 0, "t", keys, 65, 4, NULL, NULL, 0).status == EMBPS_E_TOO_LARGE);
@@ -619,7 +698,8 @@ static void test_data_server_over_loopback(void)
     close(fd);
     embps_data_server_stats stats;
     embps_data_server_stats_get(d, &stats);
-    EXPECT(stats.lookup.requests == 3 && stats.lookup.errors == 2 && stats.update.requests == 2);
+    EXPECT(stats.lookup.requests == 3 && stats.lookup.errors == 2 && stats.update.requests == 3);
+    EXPECT(stats.refresh.requests == 1 && stats.refresh.keys == 3 && stats.refresh.errors == 0);
     EXPECT(stats.lookup.keys == 3 + 1 && stats.connections_total >= 1);
     embps_data_server_stop(d);   /* with a connection still open */
     close(idle);
@@ -648,7 +728,7 @@ static void test_data_client_exchanges(void)
     embps_wire_reply reply;
     char msg[16];
     embps_exchange_request rq = {.op = EMBPS_WIRE_OP_UPDATE, .name = "t", .name_len = 1, .keys = keys, .n_keys = 2,
-                                 .dim = 4, .grads = grads};
+                                 .dim = 4, .body = {grads}, .body_bytes = {sizeof(grads)}};
     EXPECT(embps_data_client_exchange(fd, &rq, 0, 1000, &reply, msg, sizeof(msg), NULL, 0) == EMBPS_EXCHANGE_REPLIED);
     EXPECT(reply.status == EMBPS_OK && reply.payload_bytes == 0);
     rq = (embps_exchange_request){.op = EMBPS_WIRE_OP_LOOKUP, .name = "t", .name_len = 1, .keys = keys, .n_keys = 3};
@@ -816,6 +896,7 @@ int main(void)
     test_drop_waits_only_for_its_table();
     test_store_refuses_a_table_file_under_another_name();
     test_crash_sweep();
+    test_versions_count_contributions();
     test_lock_free_reads_race_writer();
     test_gather_points_at_rows();
     test_writers_wait_for_pinned_slabs();

@@ -17,7 +17,7 @@ JOB = JobConfig(
                      "table_sizes": [3, 5, 8]},
     model="dcn_v2", mode="direct", trainers=4, global_batch=2048, steps=77, eval_batches=3, dim=16,
     emb_optimizer="sgd", emb_lr=0.5, emb_eps=1e-6, dense_optimizer="sgd", dense_lr=0.25, lookahead=9,
-    cleanup_proportion=0.5, seed=11, table="rows", timeout_seconds=42.5,
+    cleanup_proportion=0.5, seed=11, table="rows", timeout_seconds=42.5, staleness=100, store_rate=0.25,
     addresses=Addresses(oracle="o:1", gateways=("g:1", "g:2", "g:3", "g:4"), shards=("s:1", "s:2"), trainers="t:1"),
     security=Security(tls_cert="/c.pem", tls_key="/c.key", tls_ca="/ca.pem", tls_client_auth=True,
                       tls_server_name="embps", auth_token_file="/token"))

@@ -61,6 +61,9 @@ class WireRequest:
     dim: int
     keys: np.ndarray
     grads: np.ndarray | None   # n_keys x dim, for updates
+    counts: np.ndarray | None = None     # n_keys uint32, for updates with counts
+    versions: np.ndarray | None = None   # n_keys uint64, for refreshes
+    bound: int = 0                       # a refresh's staleness bound
 
 
 @dataclass(frozen=True)
@@ -76,14 +79,21 @@ def split_requests(data: bytes) -> list[WireRequest]:
     requests, pos = [], 0
     while pos + WIRE_REQUEST.size <= len(data):
         magic, op, flags, name_len, _, n, dim = WIRE_REQUEST.unpack_from(data, pos)
-        grad_bytes = n * dim * 4 if op == lib.EMBPS_WIRE_OP_UPDATE else 0
+        update, refresh = op == lib.EMBPS_WIRE_OP_UPDATE, op == lib.EMBPS_WIRE_OP_REFRESH
+        grad_bytes = n * dim * 4 if update else 0
+        count_bytes = n * 4 if update and flags & lib.EMBPS_WIRE_WITH_COUNTS else 0
         start = pos + WIRE_REQUEST.size
-        pos = start + name_len + n * 8 + grad_bytes
+        after_keys = start + name_len + n * 8
+        pos = after_keys + grad_bytes + count_bytes + (n * 8 + 8 if refresh else 0)
         if pos > len(data):
             break
         keys = np.frombuffer(data, "<u8", n, start + name_len)
-        grads = np.frombuffer(data, "<f4", n * dim, start + name_len + n * 8).reshape(n, dim) if grad_bytes else None
-        requests.append(WireRequest(magic, op, flags, data[start:start + name_len], n, dim, keys, grads))
+        grads = np.frombuffer(data, "<f4", n * dim, after_keys).reshape(n, dim) if grad_bytes else None
+        counts = np.frombuffer(data, "<u4", n, after_keys + grad_bytes) if count_bytes else None
+        versions = np.frombuffer(data, "<u8", n, after_keys) if refresh else None
+        bound = int(np.frombuffer(data, "<u8", 1, after_keys + n * 8)[0]) if refresh else 0
+        requests.append(WireRequest(magic, op, flags, data[start:start + name_len], n, dim, keys, grads, counts,
+                                    versions, bound))
     return requests
 
 

@@ -53,7 +53,7 @@ NO_ANSWER = frozenset({C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.CANCELLED})
 BAD_TCP_REASONS = frozenset({"IO", "CORRUPT", "CRASHED", "UNKNOWN"})
 SERVICE = pb.DESCRIPTOR.services_by_name["ParameterShard"]
 WRITES = {"CreateTable", "DropTable", "Update", "Assign", "Delete", "Import"}
-LOOKUP, UPDATE = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_WIRE_OP_UPDATE
+LOOKUP, UPDATE, REFRESH = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_OP_REFRESH
 
 
 def spec(kind="sgd", dim=8, capacity=4096, lr=1.0, init="zeros", missing="initialize") -> pb.TableSpec:
@@ -276,7 +276,10 @@ def _base_messages() -> dict:
         "ListTables": pb.ListTablesRequest(),
         "DropTable": pb.DropTableRequest(table="fz_absent"),
         "Lookup": pb.LookupRequest(table=ALPHA, keys=keys_of(7, 14, 21, 10**6), with_state=True),
-        "Update": pb.UpdateRequest(table=ALPHA, keys=keys_of(35, 42, 35), grads=floats(3, 8, 0.25)),
+        "Update": pb.UpdateRequest(table=ALPHA, keys=keys_of(35, 42, 35), grads=floats(3, 8, 0.25),
+                                   counts=np.array([1, 4, 2], np.uint32).tobytes()),
+        "RefreshStale": pb.RefreshStaleRequest(table=ALPHA, keys=keys_of(7, 35, 10**6), versions=keys_of(0, 1, 2**64 - 1),
+                                               bound=1, with_state=True),
         "Assign": pb.AssignRequest(table=DELTA, keys=keys_of(70, 77), rows=rows.tobytes(), state=adam_state.tobytes()),
         "Delete": pb.DeleteRequest(table=DELTA, keys=keys_of(9999991, 9999992)),
         "Export": pb.ExportRequest(table=BRAVO, chunk_rows=7),
@@ -395,6 +398,23 @@ def _row_cases() -> list:
         ("Update", "two 3e38 of one key: the sum overflows",
          pb.UpdateRequest(table=ALPHA, keys=keys_of(888888, 888888), grads=floats(2, 8, 3e38)), refused),
         ("Update", "grads of a wrong dim", pb.UpdateRequest(table=ALPHA, keys=keys_of(7), grads=floats(1, 7)), refused),
+        ("Update", "a count of 0", pb.UpdateRequest(table=ALPHA, keys=keys_of(7), grads=floats(1, 8),
+                                                    counts=bytes(4)), refused),
+        ("Update", "a count of 2^32-1", pb.UpdateRequest(table=ALPHA, keys=keys_of(7), grads=floats(1, 8, 0.0),
+                                                         counts=b"\xff" * 4), ok),
+        ("Update", "counts of a wrong length", pb.UpdateRequest(table=ALPHA, keys=keys_of(7), grads=floats(1, 8),
+                                                                counts=bytes(5)), refused),
+        ("RefreshStale", "no keys", pb.RefreshStaleRequest(table=ALPHA), ok),
+        ("RefreshStale", "max keys, no copies", pb.RefreshStaleRequest(
+            table=ALPHA, keys=many.tobytes(), versions=b"\xff" * 8 * MAX_KEYS, with_state=True), ok),
+        ("RefreshStale", "max keys + 1", pb.RefreshStaleRequest(table=ALPHA, keys=over.tobytes(),
+                                                                versions=bytes(8 * (MAX_KEYS + 1))), too_large),
+        ("RefreshStale", "bound 2^64-1", pb.RefreshStaleRequest(table=ALPHA, keys=keys_of(7), versions=bytes(8),
+                                                                bound=2**64 - 1), ok),
+        ("RefreshStale", "versions of a wrong length", pb.RefreshStaleRequest(table=ALPHA, keys=keys_of(7),
+                                                                              versions=bytes(7)), refused),
+        ("RefreshStale", "reply of max keys x 8 KiB rows", pb.RefreshStaleRequest(
+            table=WIDE, keys=many.tobytes(), versions=b"\xff" * 8 * MAX_KEYS), too_large),
         ("Assign", "no keys", pb.AssignRequest(table=DELTA), ok),
         ("Assign", "NaN rows", pb.AssignRequest(table=DELTA, keys=keys_of(7), rows=delta_rows(1, np.nan)), refused),
         ("Assign", "Inf rows", pb.AssignRequest(table=DELTA, keys=keys_of(7), rows=delta_rows(1, np.inf)), refused),
@@ -580,12 +600,18 @@ def _update_frame(keys=(35, 42), value=0.5, name=ALPHA.encode(), dim=8) -> bytes
     return _frame(UPDATE, name, keys, dim, np.full((len(keys), dim), value, np.float32))
 
 
+def _refresh_frame(keys=(7, 14), versions=(2**64 - 1, 2**64 - 1), bound=0, dim=8, flags=0,
+                   name=ALPHA.encode()) -> bytes:
+    body = np.array(versions, np.uint64).tobytes() + np.array([bound], np.uint64).tobytes()
+    return _frame(REFRESH, name, keys, dim, flags=flags) + body
+
+
 def _tcp_cases(rng: np.random.Generator) -> list:
     """(label, bytes, expected statuses of the first replies, or None for any clean outcome)."""
     valid, update = _frame(), _update_frame()
     cases = [(f"random {i}", rng.bytes(int(rng.integers(1, 100))), None) for i in range(30)]
     for i in range(60):
-        op = int(rng.choice([0, LOOKUP, UPDATE, 3, 255]))
+        op = int(rng.choice([0, LOOKUP, UPDATE, REFRESH, 4, 255]))
         name_len, n = int(rng.choice([0, 1, 5, 63, 64, 255])), int(rng.choice([0, 1, 3, MAX_KEYS, MAX_KEYS + 1,
                                                                                   2**31, 2**32 - 1]))
         dim = int(rng.choice([0, 1, 8, 2**16, 2**32 - 1]))
@@ -608,6 +634,17 @@ def _tcp_cases(rng: np.random.Generator) -> list:
         ("update 2^32-1 keys", _frame(UPDATE, n=2**32 - 1), ["TOO_LARGE"]),
         ("update dim 2^32-1", _frame(UPDATE, keys=(7,), dim=2**32 - 1), ["TOO_LARGE"]),
         ("update max keys of dim 2^20", _frame(UPDATE, keys=(), n=MAX_KEYS, dim=2**20), ["TOO_LARGE"]),
+        ("update with counts", _frame(UPDATE, keys=(35, 42), grads=np.full((2, 8), 0.5), flags=lib.EMBPS_WIRE_WITH_COUNTS)
+         + np.array([3, 1], np.uint32).tobytes(), ["OK"]),
+        ("update with a count of 0", _frame(UPDATE, keys=(35,), grads=np.full((1, 8), 0.5),
+                                            flags=lib.EMBPS_WIRE_WITH_COUNTS) + bytes(4), ["INVALID_ARGUMENT"]),
+        ("refresh, no copies, with state", _refresh_frame(flags=lib.EMBPS_WIRE_WITH_STATE), ["OK"]),
+        ("refresh at version 0, bound 0", _refresh_frame(versions=(0, 0)), ["OK"]),
+        ("refresh of a wrong dim", _refresh_frame(dim=7), ["INVALID_ARGUMENT"]),
+        ("refresh, dim 0", _refresh_frame(dim=0), ["OK"]),
+        ("refresh max keys + 1", _frame(REFRESH, keys=(), n=MAX_KEYS + 1), ["TOO_LARGE"]),
+        ("refresh 2^32-1 keys", _frame(REFRESH, keys=(), n=2**32 - 1), ["TOO_LARGE"]),
+        ("refresh cut before its bound", _refresh_frame()[:-8], []),
         ("lookup max keys + 1", _frame(n=MAX_KEYS + 1), ["TOO_LARGE"]),
         ("lookup max keys", _frame(keys=np.arange(1, MAX_KEYS + 1) * 7), ["OK"]),
         ("lookup no keys", _frame(keys=()), ["OK"]),
@@ -632,7 +669,7 @@ def _tcp_cases(rng: np.random.Generator) -> list:
                   (f"update of {name!r}", _update_frame(name=name), ["INVALID_ARGUMENT"])]
     cases += [(f"garbage after a good {kind} {i}", frame + rng.bytes(int(rng.integers(1, 64))), ["OK"])
               for i in range(8) for kind, frame in (("lookup", valid), ("update", _update_frame(keys=(56 + i,))))]
-    for kind, base in (("lookup", valid), ("update", update)):
+    for kind, base in (("lookup", valid), ("update", update), ("refresh", _refresh_frame())):
         cases += [(f"{kind} {label}", data, None) for label, data in protobuf_fuzz.mutations(base, rng, 24)]
     return cases
 
@@ -689,6 +726,9 @@ def _account_tcp(fuzz: Fuzz, findings: Findings, where: str, request, reply) -> 
         return
     width = table.dim + (table.state_floats if request.flags & lib.EMBPS_WIRE_WITH_STATE else 0)
     n = request.n_keys
+    if request.op == REFRESH:
+        _account_refresh(fuzz, findings, where, request, reply, name, width)
+        return
     if len(reply.payload) != n * (4 * width + 1):
         findings.add("tcp: a lookup reply of the wrong size", f"{where}: {len(reply.payload)} bytes for {n} keys")
         return
@@ -700,6 +740,26 @@ def _account_tcp(fuzz: Fuzz, findings: Findings, where: str, request, reply) -> 
     if not np.array_equal(got_found, found) or not np.array_equal(got[known].view(np.uint32),
                                                                    rows[known].view(np.uint32)):
         findings.add("tcp: a lookup returned other rows than the model", where)
+
+
+def _account_refresh(fuzz: Fuzz, findings: Findings, where: str, request, reply, name: str, width: int) -> None:
+    """A refresh answers m <= n rows at ascending positions, "no copy" ones among them, as the model has them."""
+    n, payload = request.n_keys, reply.payload
+    m = int(np.frombuffer(payload, "<u8", 1)[0]) if len(payload) >= 8 else -1
+    if not 0 <= m <= n or len(payload) != 8 + m * (12 + 4 * width):
+        findings.add("tcp: a refresh reply of the wrong size", f"{where}: {len(payload)} bytes for {n} keys")
+        return
+    index = np.frombuffer(payload, "<u4", m, 8 + 8 * m).astype(np.int64)
+    no_copy = np.flatnonzero(request.versions == 2**64 - 1)
+    if np.any(np.diff(index) <= 0) or (m and index[-1] >= n) or not np.isin(no_copy, index).all():
+        findings.add("tcp: a refresh answered the wrong positions", f"{where}: {index.tolist()[:20]}")
+        return
+    if name in fuzz.model.uncertain or m == 0:
+        return
+    rows, _, known = fuzz.model.expected_rows(name, request.keys[index])
+    got = np.frombuffer(payload, "<f4", m * width, 8 + 12 * m).reshape(m, width)[:, :rows.shape[1]]
+    if not np.array_equal(got[known].view(np.uint32), rows[known].view(np.uint32)):
+        findings.add("tcp: a refresh returned other rows than the model", where)
 
 
 def _tcp_lookup_works(fuzz: Fuzz, findings: Findings, where: str, timeout: float = CALL_TIMEOUT) -> None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from helpers.reference_optimizers import step, sum_repeated
 
-from embps.api import InitializerSpec, OptimizerSpec, TableSpec, state_floats
+from embps.api import InitializerSpec, OptimizerSpec, TableSpec, state_floats, wire
 from embps.client import PSClient
 from embps.common.local_cluster import LocalCluster
 from embps.store import initial_rows
@@ -119,3 +119,28 @@ def test_create_if_not_exists_is_idempotent_and_checks_the_spec(cluster):
             client.create_table("idem", make_spec(dim=8), if_not_exists=True)
         client.drop_table("idem")
         assert "idem" not in client.list_tables()
+
+
+def test_refresh_stale_answers_only_rows_beyond_the_bound(cluster_client):
+    """Versions count contributions across shards; a refresh answers only rows more than the bound ahead,
+    with their versions, rows and state, at their positions in the request."""
+    name = f"refresh_{cluster_client.config.data_path}"
+    cluster_client.create_table(name, make_spec("adagrad"))
+    keys = np.arange(40, dtype=np.uint64) * 7919   # spread over the three shards
+    grads = np.ones((40, DIM), np.float32)
+    cluster_client.update(name, keys, grads)                                    # every row: version 1
+    cluster_client.update(name, keys[::2], grads[::2], counts=np.full(20, 3))   # even rows: 4
+    everything = cluster_client.refresh_stale(name, keys, np.full(40, wire.NO_VERSION, np.uint64), 0,
+                                              with_state=True)
+    assert everything.positions.tolist() == list(range(40))
+    assert everything.versions.tolist() == [4, 1] * 20
+    rows, state, _ = cluster_client.lookup(name, keys, with_state=True)
+    np.testing.assert_array_equal(everything.rows, rows)
+    np.testing.assert_array_equal(everything.state, state)
+    held = np.ones(40, np.uint64)   # a mirror at version 1 everywhere, bound 2: even rows are 3 ahead
+    stale = cluster_client.refresh_stale(name, keys, held, 2)
+    assert stale.positions.tolist() == list(range(0, 40, 2)) and stale.state is None
+    np.testing.assert_array_equal(stale.rows, rows[::2])
+    assert len(cluster_client.refresh_stale(name, keys, held, 3).positions) == 0
+    assert len(cluster_client.refresh_stale(name, keys[:0], held[:0], 0).positions) == 0
+    cluster_client.drop_table(name)

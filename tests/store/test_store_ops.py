@@ -5,7 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from embps.api import InitializerSpec, OptimizerSpec, TableSpec, state_floats
+from embps.api import InitializerSpec, InvalidArgument, OptimizerSpec, TableSpec, state_floats
+from embps.api.wire import NO_VERSION
 from embps.store import Store, apply_optimizer, initial_rows
 from helpers.reference_optimizers import step
 
@@ -163,3 +164,29 @@ def test_the_api_state_width_is_the_cores(store, kind):
     for dim in (1, 2, 31, 256):
         table = store.create_table(f"{kind}-{dim}", TableSpec(dim, 16, OptimizerSpec(kind)))
         assert table.stats().state_floats == state_floats(kind, dim)
+
+
+def test_versions_count_contributions_and_select_stale_rows(tmp_path):
+    keys = np.array([10, 20, 30], np.uint64)
+    with Store(tmp_path / "s") as s:
+        t = make_table(s, "adagrad", dim=4)
+        t.update([10, 10, 20], np.ones((3, 4), np.float32))        # a key given twice: 2 contributions
+        t.update([10, 20], np.ones((2, 4), np.float32), counts=[4, 1])
+        rows, state, versions = t.lookup_versioned(keys, with_state=True)
+        assert versions.tolist() == [6, 2, 0]
+        plain_rows, plain_state, _ = t.lookup_with_state(keys)
+        np.testing.assert_array_equal(rows, plain_rows)
+        np.testing.assert_array_equal(state, plain_state)
+        with pytest.raises(InvalidArgument, match="counts 0 contributions"):
+            t.update([10], np.ones((1, 4), np.float32), counts=[0])
+        with pytest.raises(InvalidArgument, match="counts must have shape"):
+            t.update([10], np.ones((1, 4), np.float32), counts=[1, 1])
+        # held at 3, 2 and no copy, bound 2: 10 is 3 ahead, 20 is current, 30 has no copy
+        stale = t.lookup_stale(keys, [3, 2, NO_VERSION], bound=2, with_state=True)
+        assert stale.positions.tolist() == [0, 2] and stale.versions.tolist() == [6, 0]
+        np.testing.assert_array_equal(stale.rows, rows[[0, 2]])
+        np.testing.assert_array_equal(stale.state, state[[0, 2]])
+        assert len(t.lookup_stale(keys, [3, 2, 0], bound=3).positions) == 0
+        t.assign([20], np.zeros((1, 4), np.float32))              # an assign is one more write
+    with Store(tmp_path / "s") as s:                              # versions persist with their rows
+        assert s.table("emb").lookup_versioned(keys)[2].tolist() == [6, 3, 0]

@@ -1,9 +1,10 @@
 """The Bagpipe promise, tested: two trainers training through the shards, in sync mode (lookahead
-caching) or direct mode, end with every embedding row, its optimizer state and every dense parameter
-equal to one process training the same model on the same global batches with plain PyTorch -- for
-DLRM in every mode, and in sync mode for FGCNN (Criteo-shaped data) and Caser (MovieLens sequences).
-With a placement, the same holds for the batches dealt by it (each trainer its own samples), and every
-row lives on its owner host's shard."""
+caching), direct mode or bounded mode with staleness 0 (HET-GMP's mirrors, synchronous), end with every
+embedding row, its optimizer state and every dense parameter equal to one process training the same
+model on the same global batches with plain PyTorch -- for DLRM in every mode, and in sync mode for
+FGCNN (Criteo-shaped data) and Caser (MovieLens sequences).  With a placement, the same holds for the
+batches dealt by it (each trainer its own samples), and every row lives on its owner host's shard.
+And bounded mode with s > 0 keeps its bound."""
 
 import dataclasses
 
@@ -20,6 +21,7 @@ from embps.placement import Placement
 from embps.placement.placement_file import save_placement
 from embps.store import Store, initial_rows
 from embps.trainer.local_job import run_local_job
+from embps.trainer_gateway.bounded_strategy import AUDIT_ENV
 
 TOLERANCE = 1e-5
 
@@ -73,27 +75,41 @@ SYNTHETIC = ("synthetic", {"scale": 0.0005, "seed": 5})
 SEQUENCES = ("movielens-100k-seq", {"seed": 5})
 
 
+def small_job(mode: str, emb_optimizer: str, lookahead: int = 8, model: str = "dlrm", data=SYNTHETIC,
+              **settings) -> JobConfig:
+    return JobConfig(dataset=data[0], dataset_options=data[1], model=model, mode=mode,
+                     trainers=2, global_batch=128, steps=50, eval_batches=1, dim=8, emb_optimizer=emb_optimizer,
+                     emb_lr=0.1 if emb_optimizer == "sgd" else 0.01, lookahead=lookahead, timeout_seconds=60,
+                     # Adam and Adagrad divide by the gradient's own scale, so where trainers' gradients nearly
+                     # cancel, float32 rounding (sum of two halves vs one batch) moves a row by lr x that
+                     # relative error: the check keeps lr x 1e-3 below its tolerance and uses SGD for dense.
+                     dense_optimizer="sgd", dense_lr=0.05, **settings)
+
+
 @pytest.mark.parametrize("model, data, mode, emb_optimizer, lookahead", [
     ("dlrm", SYNTHETIC, "sync", "sgd", 8), ("dlrm", SYNTHETIC, "sync", "adagrad", 8),
     ("dlrm", SYNTHETIC, "sync", "adagrad", 1), ("dlrm", SYNTHETIC, "direct", "sgd", 8),
-    ("dlrm", SYNTHETIC, "direct", "adagrad", 8),
+    ("dlrm", SYNTHETIC, "direct", "adagrad", 8), ("dlrm", SYNTHETIC, "bounded", "sgd", 8),
+    ("dlrm", SYNTHETIC, "bounded", "adagrad", 8),
     ("fgcnn", SYNTHETIC, "sync", "adagrad", 8), ("caser", SEQUENCES, "sync", "adagrad", 8)],
     ids=lambda value: value[0] if isinstance(value, tuple) else str(value))
-def test_two_trainers_equal_one_process(tmp_path, model, data, mode, emb_optimizer, lookahead):
-    dataset, options = data
-    if dataset == SEQUENCES[0]:
+def test_two_trainers_equal_one_process(tmp_path, monkeypatch, model, data, mode, emb_optimizer, lookahead):
+    if data == SEQUENCES:
         try:
-            open_dataset(dataset)
+            open_dataset(data[0])
         except (FileNotFoundError, ImportError) as error:
             pytest.skip(f"MovieLens-100k not installed (make install puts it in .venv via recbole): {error}")
-    job = JobConfig(dataset=dataset, dataset_options=options, model=model, mode=mode,
-                    trainers=2, global_batch=128, steps=50, eval_batches=1, dim=8, emb_optimizer=emb_optimizer,
-                    emb_lr=0.1 if emb_optimizer == "sgd" else 0.01, lookahead=lookahead, timeout_seconds=60,
-                    # Adam and Adagrad divide by the gradient's own scale, so where trainers' gradients nearly
-                    # cancel, float32 rounding (sum of two halves vs one batch) moves a row by lr x that
-                    # relative error: the check keeps lr x 1e-3 below its tolerance and uses SGD for dense.
-                    dense_optimizer="sgd", dense_lr=0.05)
+    # bounded, s = 0: a third of each host's remote rows mirrored, the audit shows they were used
+    bounded = mode == "bounded"
+    job = small_job(mode, emb_optimizer, lookahead, model, data,
+                    **({"staleness": 0, "store_rate": 0.3} if bounded else {}))
+    if bounded:
+        monkeypatch.setenv(AUDIT_ENV, str(tmp_path))
     result = run_local_job(job, tmp_path, n_shards=2, show_progress=False)
+    if bounded:
+        audits = [np.load(tmp_path / f"audit-{t}.npz") for t in range(job.trainers)]
+        assert all(len(a["key"]) > 1000 for a in audits), "mirrors were served"
+        assert all((a["owner"] == a["held"]).all() for a in audits), "s = 0: every mirror served is current"
     expected, keys = reference(job)
     check_equal(job, result, expected, keys, tmp_path / "shards")
     if model == "caser":   # a sequence data set's held-out figures: its ranking queries, all of them
@@ -140,3 +156,24 @@ def test_two_trainers_with_a_placement_equal_one_process_on_the_dealt_batches(tm
                 assert (router.shard_of(found) == shard).all(), f"shard {shard} holds rows of other hosts"
                 held += len(found)
     assert held > 0
+
+
+def test_bounded_mirrors_stay_within_the_staleness_bound(tmp_path, monkeypatch):
+    """s = 3: on every read of a mirrored row its owner is at most 3 contributions ahead of the version the
+    mirror reflects (the owner's version read at that moment: no update of the batch lands before every
+    gateway has its rows), at most 3 of its own contributions are unpushed, and mirrors do go stale and get
+    refreshed, so the bound is what held them in."""
+    s = 3
+    job = small_job("bounded", "adagrad", staleness=s, store_rate=0.3)
+    monkeypatch.setenv(AUDIT_ENV, str(tmp_path))
+    run_local_job(job, tmp_path, n_shards=2, show_progress=False)
+    for t in range(job.trainers):
+        audit = np.load(tmp_path / f"audit-{t}.npz")
+        behind = audit["owner"].astype(np.int64) - audit["held"].astype(np.int64)
+        assert len(behind) > 1000
+        assert behind.min() >= 0 and behind.max() <= s, f"gateway {t}: a mirror {behind.max()} versions behind"
+        assert audit["pending"].max() <= s
+        assert (behind > 0).mean() > 0.05, "mirrors went stale within the bound"
+        assert (audit["pending"] > 0).mean() > 0.05, "mirrors held unpushed contributions"
+        refreshed = {int(k) for k in audit["key"][behind > 0]} & {int(k) for k in audit["key"][behind == 0]}
+        assert refreshed, "refreshes brought stale mirrors back to their owners"

@@ -1,5 +1,7 @@
 """Keys and rows as numpy arrays and on the wire: little-endian uint64 keys and float32 rows in
-`bytes`, row after row."""
+`bytes`, row after row; uint64 row versions and uint32 contribution counts the same way."""
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -7,6 +9,19 @@ from .errors import InvalidArgument
 
 KEY_DTYPE = np.dtype("<u8")
 FLOAT_DTYPE = np.dtype("<f4")
+VERSION_DTYPE = np.dtype("<u8")   # a row's version clock: the gradient contributions applied to it
+COUNT_DTYPE = np.dtype("<u4")     # contributions a gradient carries; positions in a request
+NO_VERSION = 2**64 - 1            # a refresh's "I hold no copy": the row comes back whatever its version
+
+
+class StaleRows(NamedTuple):
+    """What a refresh of mirrors answers: the positions in the request of the rows more than the bound
+    ahead, their versions, rows and (if asked for) optimizer state."""
+
+    positions: np.ndarray  # uint32
+    versions: np.ndarray   # uint64
+    rows: np.ndarray       # float32 (m, dim)
+    state: np.ndarray | None
 
 
 def as_keys(keys) -> np.ndarray:
@@ -49,3 +64,11 @@ def rows_from_bytes(data: bytes, n: int, what: str = "rows") -> np.ndarray:
     if len(data) % (n * FLOAT_DTYPE.itemsize):
         raise InvalidArgument(f"{what}: {len(data)} bytes do not divide into {n} float32 rows")
     return np.frombuffer(data, FLOAT_DTYPE).reshape(n, -1)
+
+
+def uints_from_bytes(data: bytes, n: int, dtype: np.dtype, what: str) -> np.ndarray:
+    """n little-endian unsigned integers of dtype (VERSION_DTYPE, COUNT_DTYPE); `what` names them in the error."""
+    if len(data) != n * dtype.itemsize:
+        raise InvalidArgument(f"{what} must hold {n} x {dtype.itemsize}-byte integers ({n * dtype.itemsize} bytes) "
+                              f"for {n} keys, got {len(data)} bytes")
+    return np.frombuffer(data, dtype)

@@ -23,6 +23,7 @@ import numpy as np
 
 from embps.api import TableSpec, as_keys, wire
 from embps.api.status import grpc_code_from_number
+from embps.api.wire import StaleRows
 from embps.common.addresses import split_host_port
 from embps.common.cluster_config import ClusterConfig
 from embps.common.grpc_channels import channel_options
@@ -213,21 +214,52 @@ class PSClient:
         return rows, _gather(len(keys), [(pos, r[1]) for pos, r in parts]), \
             _gather(len(keys), [(pos, r[2]) for pos, r in parts], np.bool_)
 
-    def update(self, table: str, keys, grads) -> None:
-        """Applies the table's optimizer on the shards; gradients of repeated keys are summed.
+    def update(self, table: str, keys, grads, counts=None) -> None:
+        """Applies the table's optimizer on the shards; gradients of repeated keys are summed.  Each row's
+        version advances by the contributions its gradients carry: one per key given, or counts[i] (>= 1).
         Returns once every shard has made the update persistent.  Not retried (not idempotent)."""
         keys = as_keys(keys)
         grads = np.ascontiguousarray(grads, np.float32)
         if grads.ndim != 2 or len(grads) != len(keys):
             raise ValueError(f"grads must have shape ({len(keys)}, dim), got {grads.shape}")
+        per_key = (grads,) if counts is None else (grads, np.ascontiguousarray(counts, wire.COUNT_DTYPE))
 
-        def shard_update(shard: _Shard, part: np.ndarray, timeout: float, rows: np.ndarray):
+        def shard_update(shard: _Shard, part: np.ndarray, timeout: float, rows: np.ndarray, part_counts=None):
             if self._path(shard) == "tcp":
-                return shard.tcp.update(table, part, rows, timeout)
-            shard.stub.Update(pb.UpdateRequest(table=table, keys=part.tobytes(), grads=rows.tobytes()),
+                return shard.tcp.update(table, part, rows, timeout, part_counts)
+            shard.stub.Update(pb.UpdateRequest(table=table, keys=part.tobytes(), grads=rows.tobytes(),
+                                               counts=b"" if part_counts is None else part_counts.tobytes()),
                               timeout=timeout)
 
-        self._scatter(keys, shard_update, idempotent=False, per_key=(grads,))
+        self._scatter(keys, shard_update, idempotent=False, per_key=per_key)
+
+    def refresh_stale(self, table: str, keys, versions, bound: int, with_state: bool = False) -> StaleRows:
+        """Of keys held at versions (uint64; wire.NO_VERSION: no copy), the rows whose owners hold them more
+        than bound versions ahead, with their versions: positions gives their places in keys, ascending."""
+        keys = as_keys(keys)
+        versions = np.ascontiguousarray(versions, wire.VERSION_DTYPE)
+        dim, state_floats = self._dim(table)
+
+        def shard_refresh(shard: _Shard, part: np.ndarray, timeout: float, held: np.ndarray) -> StaleRows:
+            if self._path(shard) == "tcp":
+                return shard.tcp.refresh(table, part, held, bound, dim, state_floats, with_state, timeout)
+            reply = shard.stub.RefreshStale(pb.RefreshStaleRequest(table=table, keys=part.tobytes(),
+                                                                   versions=held.tobytes(), bound=bound,
+                                                                   with_state=with_state), timeout=timeout)
+            m = len(reply.positions) // 4
+            return StaleRows(wire.uints_from_bytes(reply.positions, m, wire.COUNT_DTYPE, "positions"),
+                             wire.uints_from_bytes(reply.versions, m, wire.VERSION_DTYPE, "versions"),
+                             wire.matrix_from_bytes(reply.rows, m, dim, "rows"),
+                             wire.matrix_from_bytes(reply.state, m, state_floats, "state") if with_state else None)
+
+        if len(keys) == 0:
+            return shard_refresh(self._shards[0], keys, self.config.deadline_seconds, versions)
+        parts = self._scatter(keys, shard_refresh, idempotent=True, per_key=(versions,))
+        index = np.concatenate([r.positions if pos is None else pos[r.positions] for pos, r in parts]).astype(np.uint32)
+        order = np.argsort(index, kind="stable")   # each shard's answer ascends: merged, the whole does
+        state = np.concatenate([r.state for _, r in parts])[order] if with_state else None
+        return StaleRows(index[order], np.concatenate([r.versions for _, r in parts])[order],
+                         np.concatenate([r.rows for _, r in parts])[order], state)
 
     def assign(self, table: str, keys, rows, state=None) -> None:
         """Overwrites rows and optimizer state (zero state if not given)."""

@@ -1,7 +1,7 @@
-"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups and updates
-as one request and one reply per batch on a pooled connection, each exchange one call into the native
-core (native/embps_data_client.h), which holds no GIL meanwhile.  Needs the native core (PSClient imports
-this module only for a shard that offers the path)."""
+"""Client side of the native TCP data path (wire format in native/embps_data_server.h): lookups, updates
+and refreshes as one request and one reply per batch on a pooled connection, each exchange one call into
+the native core (native/embps_data_client.h), which holds no GIL meanwhile.  Needs the native core
+(PSClient imports this module only for a shard that offers the path)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import grpc
 import numpy as np
 
 from embps.api.status import grpc_code
+from embps.api.wire import StaleRows
 from embps.common.addresses import split_host_port
 from embps.store._native import ffi, lib
 
@@ -19,7 +20,7 @@ from .errors import ShardError
 
 _CLOSES_CONNECTION = {lib.EMBPS_E_TOO_LARGE, lib.EMBPS_E_PROTOCOL}
 _MESSAGE_BYTES = 1024   # the shard's messages are shorter (native/status.c keeps 511 bytes)
-_KEYS, _FLOATS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("float[]"), ffi.typeof("uint8_t[]")
+_KEYS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("uint8_t[]")
 _from_buffer = ffi.from_buffer
 
 
@@ -53,7 +54,7 @@ class TcpDataPath:
         flags = lib.EMBPS_WIRE_WITH_STATE if with_state else 0
         n = len(keys)
         width = self._widths.get((table, flags), dim + state_floats)
-        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, flags, table, keys, dim, None, timeout, n * (4 * width + 1))
+        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, flags, table, keys, dim, (), timeout, n * (4 * width + 1))
         if n == 0:
             return np.empty((0, dim), np.float32), np.empty((0, state_floats), np.float32) if with_state else None, \
                 np.empty(0, np.bool_)
@@ -64,8 +65,27 @@ class TcpDataPath:
             return matrix[:, :dim], matrix[:, dim:], found
         return matrix, None, found
 
-    def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None) -> None:
-        self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], grads, timeout, 0)
+    def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None,
+               counts: np.ndarray | None = None) -> None:
+        """counts (uint32, one per key) says how many contributions each gradient carries."""
+        if counts is None:
+            self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout, 0)
+        else:
+            self._call(lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_WITH_COUNTS, table, keys, grads.shape[1],
+                       (grads, counts), timeout, 0)
+
+    def refresh(self, table: str, keys: np.ndarray, versions: np.ndarray, bound: int, dim: int,
+                state_floats: int = 0, with_state: bool = False, timeout: float | None = None) -> StaleRows:
+        """The rows of keys more than bound versions ahead of versions (uint64, NO_VERSION: no copy)."""
+        flags = lib.EMBPS_WIRE_WITH_STATE if with_state else 0
+        width = dim + (state_floats if with_state else 0)
+        payload = self._call(lib.EMBPS_WIRE_OP_REFRESH, flags, table, keys, dim,
+                             (versions, np.array([bound], np.uint64)), timeout, 8 + len(keys) * (12 + 4 * width))
+        m = int(payload[:8].view(np.uint64)[0])
+        versions_end, index_end = 8 + 8 * m, 8 + 12 * m
+        rows = payload[index_end:].view(np.float32).reshape(m, width)
+        return StaleRows(payload[versions_end:index_end].view(np.uint32), payload[8:versions_end].view(np.uint64),
+                         rows[:, :dim], rows[:, dim:] if with_state else None)
 
     def close(self) -> None:
         while True:
@@ -82,8 +102,9 @@ class TcpDataPath:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _Connection(sock)
 
-    def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, grads: np.ndarray | None,
+    def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple[np.ndarray, ...],
               timeout: float | None, payload_guess: int) -> np.ndarray:
+        """body: the arrays that follow the keys (at most two, each C-contiguous)."""
         name = table.encode()
         if len(name) > 255:   # the frame has a byte for its length; the shard allows far fewer
             raise ShardError(grpc.StatusCode.INVALID_ARGUMENT, f"table name of {len(name)} bytes: a table name "
@@ -91,7 +112,7 @@ class TcpDataPath:
         timeout = timeout or self._timeout
         timeout_ms = max(1, min(round(timeout * 1000), 2**32 - 1))
         name_ptr, keys_ptr = _from_buffer(name), _from_buffer(_KEYS, keys)
-        grads_ptr = ffi.NULL if grads is None else _from_buffer(_FLOATS, grads)
+        body_ptrs = [_from_buffer(part) for part in body]
         payload = np.empty(payload_guess, np.uint8)
         while True:
             try:
@@ -99,8 +120,11 @@ class TcpDataPath:
             except queue.Empty:
                 conn = self._connect(timeout)
             rq = conn.request
-            rq.op, rq.flags, rq.name, rq.name_len, rq.keys, rq.n_keys, rq.dim, rq.grads = \
-                op, flags, name_ptr, len(name), keys_ptr, len(keys), dim, grads_ptr
+            rq.op, rq.flags, rq.name, rq.name_len, rq.keys, rq.n_keys, rq.dim = \
+                op, flags, name_ptr, len(name), keys_ptr, len(keys), dim
+            for part in range(2):
+                rq.body[part], rq.body_bytes[part] = \
+                    (body_ptrs[part], body[part].nbytes) if part < len(body) else (ffi.NULL, 0)
             end = lib.embps_data_client_exchange(conn.fd, rq, conn.pooled, timeout_ms, conn.reply, conn.message,
                                                  _MESSAGE_BYTES, _from_buffer(_BYTES, payload, True), payload_guess)
             if end != lib.EMBPS_EXCHANGE_STALE:

@@ -4,7 +4,8 @@ trainer read, so they agree on data, model, optimizer and addresses.
     [job]
     dataset = "synthetic"          # "synthetic", "criteo:<path>", "movielens-100k"
     model = "dlrm"
-    mode = "sync"                  # "sync" (Bagpipe lookahead caching) or "direct" (no cache)
+    mode = "sync"                  # "sync" (Bagpipe lookahead caching), "direct" (no cache) or "bounded"
+                                   # (HET-GMP mirrors within staleness s, docs/architecture.md, "Bounded mode")
     trainers = 2
     placement = "job.placement"    # optional (relative to this file): rows' owner shards and samples' trainers
     ...
@@ -29,7 +30,7 @@ from embps.api import InitializerKind, InitializerSpec, OptimizerKind, Optimizer
 from .cluster_config import ClusterConfig
 from .security import NO_SECURITY, Security
 
-MODES = ("sync", "direct")
+MODES = ("sync", "direct", "bounded")
 FEATURE_SHIFT = 40   # shard key = (feature << 40) | id
 
 
@@ -62,6 +63,8 @@ class JobConfig:
     seed: int = 0
     table: str = "emb"                 # the shards' table holding every feature's rows
     timeout_seconds: float = 120.0     # how long any wait on another process may take
+    staleness: int = 0                 # bounded: s, how many contributions a mirror may lag or lead its owner
+    store_rate: float = 0.01           # bounded: the fraction of each host's mirror candidates it mirrors
     addresses: Addresses = Addresses()
     security: Security = NO_SECURITY   # [security]: every server and client of the job (and the shards)
     placement: str = ""                # a placement file: host h's shard owns its rows, trainer h its samples
@@ -80,6 +83,10 @@ class JobConfig:
         if self.placement and self.addresses.shards and len(self.addresses.shards) != self.trainers:
             raise ValueError(f"with a placement, host h runs shard h and trainer h: {self.trainers} trainers "
                              f"need {self.trainers} shards, not {len(self.addresses.shards)}")
+        if not 0 <= self.staleness < 2**32:
+            raise ValueError(f"staleness must be in [0, 2^32), got {self.staleness}")
+        if not 0.0 <= self.store_rate <= 1.0:
+            raise ValueError(f"store_rate must be in [0, 1], got {self.store_rate}")
 
     @property
     def cleanup_every(self) -> int:

@@ -73,9 +73,11 @@ def _trial(path: Path, spec: TableSpec, pool: np.ndarray, image: RowImage,
 
 
 def _updated(spec: TableSpec, image: RowImage, idx: np.ndarray, grads: np.ndarray) -> RowImage:
-    """image after the table's optimizer applied grads to the (distinct) keys at idx."""
+    """image after the table's optimizer applied grads to the (distinct) keys at idx, each row's version one
+    further."""
     out = image.copy()
     rows, state = out.rows[idx], out.state[idx]
     apply_optimizer(spec, rows, state, grads)
     out.rows[idx], out.state[idx], out.found[idx] = rows, state, True
+    out.versions[idx] += 1   # one contribution per distinct key
     return out

@@ -140,4 +140,5 @@ def _write(image: RowImage, plan: WriterPlan, pool_size: int, batch_id: int, dim
     """Applies the writer's batch batch_id to image, in place; returns how many keys it writes."""
     positions, values = make_batch(pool_size, plan.seed, batch_id, plan.batch_rows, dim + image.state.shape[1])
     image.rows[positions], image.state[positions], image.found[positions] = values[:, :dim], values[:, dim:], True
+    image.versions[positions] += 1   # an assign advances a row's version by one (positions are distinct)
     return len(positions)

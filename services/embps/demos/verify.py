@@ -18,23 +18,25 @@ class Check:
 
 
 class RowImage(NamedTuple):
-    """What a table holds for a list of keys: rows, optimizer state and presence."""
+    """What a table holds for a list of keys: rows, optimizer state, presence and version clocks."""
 
     rows: np.ndarray
     state: np.ndarray
     found: np.ndarray
+    versions: np.ndarray
 
     @classmethod
     def read(cls, table: Table, keys: np.ndarray) -> "RowImage":
-        return cls(*table.lookup_with_state(keys))
+        rows, state, found = table.lookup_with_state(keys)
+        return cls(rows, state, found, table.lookup_versioned(keys)[2])
 
     def copy(self) -> "RowImage":
-        return RowImage(self.rows.copy(), self.state.copy(), self.found.copy())
+        return RowImage(self.rows.copy(), self.state.copy(), self.found.copy(), self.versions.copy())
 
     def matches(self, other: "RowImage") -> np.ndarray:
-        """Per key: bit-identical row and state, same presence."""
+        """Per key: bit-identical row and state, same presence, same version (persisted with the row)."""
         return ((self.rows == other.rows).all(axis=1) & (self.state == other.state).all(axis=1)
-                & (self.found == other.found))
+                & (self.found == other.found) & (self.versions == other.versions))
 
 
 def check_recovered_rows(got: RowImage, acked: RowImage, with_in_flight: RowImage,
@@ -68,7 +70,7 @@ def check_row_count(table: Table, expected: int) -> Check:
 
 
 def table_digest(table: Table, keys: np.ndarray, chunk: int = 1 << 18) -> str:
-    """sha256 of rows, state and presence of keys, read in chunks to bound memory."""
+    """sha256 of rows, state, presence and versions of keys, read in chunks to bound memory."""
     digest = hashlib.sha256()
     for lo in range(0, len(keys), chunk):
         for part in RowImage.read(table, keys[lo:lo + chunk]):

@@ -65,7 +65,7 @@ class _StoreCollector:
         keys = CounterMetricFamily("embps_shard_data_keys", "keys in native data-path requests", labels=["op"])
         latency = HistogramMetricFamily("embps_shard_data_request_seconds", "native data-path latency",
                                         labels=["op"])
-        for op_name, op in (("lookup", stats.lookup), ("update", stats.update)):
+        for op_name, op in (("lookup", stats.lookup), ("update", stats.update), ("refresh", stats.refresh)):
             requests.add_metric([op_name], op.requests)
             errors.add_metric([op_name], op.errors)
             keys.add_metric([op_name], op.keys)

@@ -118,7 +118,8 @@ class ShardServer:
         if self.data_server:
             response.data_paths.append(pb.DataPath(kind=pb.DATA_PATH_KIND_TCP, address=self.addresses()["tcp"]))
             stats = self.data_server.stats()
-            for name, op in (("tcp.lookup", stats.lookup), ("tcp.update", stats.update)):
+            for name, op in (("tcp.lookup", stats.lookup), ("tcp.update", stats.update),
+                             ("tcp.refresh", stats.refresh)):
                 response.operations.append(pb.OperationStats(operation=name, requests=op.requests,
                                                              errors=op.errors, keys=op.keys))
         response.data_paths.append(pb.DataPath(kind=pb.DATA_PATH_KIND_GRPC, address=""))

@@ -142,9 +142,22 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
     @_rpc
     def Update(self, request, context):
         keys = self._keys(request.keys)
+        counts = wire.uints_from_bytes(request.counts, len(keys), wire.COUNT_DTYPE, "counts") \
+            if request.counts else None
         with self.store.acquire(request.table) as table:
-            table.update(keys, wire.matrix_from_bytes(request.grads, len(keys), table.dim, "grads"))
+            table.update(keys, wire.matrix_from_bytes(request.grads, len(keys), table.dim, "grads"), counts)
         return pb.UpdateResponse()
+
+    @_rpc
+    def RefreshStale(self, request, context):
+        keys = self._keys(request.keys)
+        versions = wire.uints_from_bytes(request.versions, len(keys), wire.VERSION_DTYPE, "versions")
+        with self.store.acquire(request.table) as table:
+            self._check_reply_fits(table, keys, request.with_state)   # as if every row were stale
+            stale = table.lookup_stale(keys, versions, request.bound, request.with_state)
+        return pb.RefreshStaleResponse(positions=stale.positions.tobytes(), versions=stale.versions.tobytes(),
+                                       rows=stale.rows.tobytes(),
+                                       state=b"" if stale.state is None else stale.state.tobytes())
 
     @_rpc
     def Assign(self, request, context):

@@ -46,6 +46,7 @@ class OpStats:
 class DataServerStats:
     lookup: OpStats
     update: OpStats
+    refresh: OpStats
     connections_total: int
     connections_open: int
     connections_refused: int     # beyond max_connections
@@ -83,7 +84,7 @@ class DataServer:
     def stats(self) -> DataServerStats:
         s = ffi.new("embps_data_server_stats *")
         lib.embps_data_server_stats_get(self._handle, s)
-        return DataServerStats(_op(s.lookup), _op(s.update), s.connections_total, s.connections_open,
+        return DataServerStats(_op(s.lookup), _op(s.update), _op(s.refresh), s.connections_total, s.connections_open,
                                s.connections_refused, s.connections_timed_out, s.bytes_in, s.bytes_out)
 
     def stop(self) -> None:

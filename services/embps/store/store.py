@@ -14,13 +14,14 @@ import numpy as np
 from embps.api import (InitializerKind, InitializerSpec, InvalidArgument, MissingKeys, OptimizerKind, OptimizerSpec,
                        StoreError, TableExists, TableNotFound, TableSpec, as_keys, state_floats)
 from embps.api.status import GRPC_CODES, error_for, shorten
+from embps.api.wire import StaleRows
 
 from . import _native
 from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-17cf1bd1d006d231"
+NATIVE_VERSION = "abi-82d7e44580853d93"
 
 
 def check_native_version(built: str) -> None:
@@ -211,14 +212,55 @@ class Table:
                                             _from_buffer(_FLOATS, state), state.size, _from_buffer(_BYTES, found)))
         return rows, state, found
 
-    def update(self, keys, grads) -> None:
-        """Applies the table's optimizer; gradients of repeated keys are summed.  Persistent on return."""
+    def lookup_versioned(self, keys, with_state: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(rows, optimizer state if with_state, versions): each row's version clock read with it (0 for a key
+        never written)."""
+        n, keys_ptr = _keys_in(keys)
+        rows = np.empty((n, self.dim), np.float32)
+        state = np.empty((n, self.state_floats), np.float32) if with_state else None
+        versions = np.empty(n, np.uint64)
+        state_ptr = ffi.NULL if state is None else _from_buffer(_FLOATS, state)
+        check_status(lib.embps_table_lookup_versioned(
+            self.handle, keys_ptr, n, _from_buffer(_FLOATS, rows), rows.size, state_ptr,
+            0 if state is None else state.size, _from_buffer(_KEYS, versions)))
+        return rows, state, versions
+
+    def lookup_stale(self, keys, versions, bound: int, with_state: bool = False) -> StaleRows:
+        """The rows among keys, held elsewhere at versions (NO_VERSION: no copy), whose version is more than
+        bound ahead."""
+        n, keys_ptr = _keys_in(keys)
+        versions = np.ascontiguousarray(versions, np.uint64)
+        if versions.shape != (n,):
+            raise InvalidArgument(f"versions must have shape ({n},), got {versions.shape}")
+        if not 0 <= bound < 2**64:
+            raise InvalidArgument(f"the staleness bound must be in [0, 2^64), got {bound}")
+        width = self.dim + (self.state_floats if with_state else 0)
+        index, got = np.empty(n, np.uint32), np.empty(n, np.uint64)
+        rows = np.empty((n, width), np.float32)
+        m = ffi.new("size_t *")
+        check_status(lib.embps_table_lookup_stale(
+            self.handle, keys_ptr, _from_buffer(_KEYS, versions), n, bound, int(with_state),
+            ffi.from_buffer("uint32_t[]", index), _from_buffer(_KEYS, got), _from_buffer(_FLOATS, rows), rows.size, m))
+        m = m[0]
+        return StaleRows(index[:m], got[:m], rows[:m, :self.dim], rows[:m, self.dim:] if with_state else None)
+
+    def update(self, keys, grads, counts=None) -> None:
+        """Applies the table's optimizer; gradients of repeated keys are summed.  Each row's version advances by
+        the contributions its gradients carry: one per occurrence, or counts[i] (>= 1) for the i-th.  Persistent
+        on return."""
         n, keys_ptr = _keys_in(keys)
         grads = _as_matrix(grads, n, self.dim, "gradients")
         handle = self._handle
         if handle is None:
             raise StoreError("table was dropped or its store closed")
-        status = lib.embps_table_update(handle, keys_ptr, n, _floats_in(grads), grads.size)
+        if counts is None:
+            status = lib.embps_table_update(handle, keys_ptr, n, _floats_in(grads), grads.size)
+        else:
+            counts = np.ascontiguousarray(counts, np.uint32)
+            if counts.shape != (n,):
+                raise InvalidArgument(f"counts must have shape ({n},), got {counts.shape}")
+            status = lib.embps_table_update_counted(handle, keys_ptr, n, _floats_in(grads), grads.size,
+                                                    ffi.from_buffer("uint32_t[]", counts))
         if status:
             check_status(status)
 

@@ -34,6 +34,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale", type=float, default=0.01, help="synthetic: fraction of Criteo's table sizes")
     parser.add_argument("--mode", default="sync", choices=MODES)
     parser.add_argument("--lookahead", type=int, default=64)
+    parser.add_argument("--staleness", type=int, default=0,
+                        help="bounded: s, the contributions a mirror may lag or hold back (0 = synchronous)")
+    parser.add_argument("--store-rate", type=float, default=0.01,
+                        help="bounded: the fraction of each host's mirror candidates it mirrors")
+    parser.add_argument("--placement", default="",
+                        help="a placement file (embps partition): host h's shard owns its rows, trainer h its samples")
     parser.add_argument("--trainers", type=int, default=2)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--steps", type=int, default=600)
@@ -62,7 +68,8 @@ def job_from_args(args) -> JobConfig:
     job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
                     trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
-                    emb_eps=args.emb_eps, dense_lr=args.dense_lr, lookahead=args.lookahead)
+                    emb_eps=args.emb_eps, dense_lr=args.dense_lr, lookahead=args.lookahead,
+                    staleness=args.staleness, store_rate=args.store_rate, placement=args.placement)
     return with_table_sizes(job, args.emb_info_file) if args.emb_info_file else job
 
 

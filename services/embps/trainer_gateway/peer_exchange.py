@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import grpc
 import numpy as np
@@ -26,12 +27,19 @@ from .errors import GatewayError
 FINAL_ROUND = 1 << 62
 
 
+class Contribution(NamedTuple):
+    """One trainer's gradients of a batch."""
+    keys: np.ndarray
+    grads: np.ndarray
+    counts: np.ndarray | None   # bounded mode: contributions per gradient; None: one each
+
+
 class PeerExchange:
     def __init__(self, me: int, addresses: tuple[str, ...], timeout: float, initial_round: int, security: Security):
         self.me, self.n, self.timeout = me, len(addresses), timeout
         self.addresses = addresses
         self._cond = threading.Condition()
-        self._contributions: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._contributions: dict[int, dict[int, Contribution]] = {}
         self._rounds = [initial_round] * self.n
         self._stopping = False
         self._channels = {t: security.channel(a, channel_options(TRAINING_MAX_MESSAGE_BYTES))
@@ -41,9 +49,11 @@ class PeerExchange:
 
     # ---- what this gateway says ------------------------------------------------------------
 
-    def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray) -> None:
-        self.receive(batch, self.me, keys, grads)
-        message = pb.ContributeRequest(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes())
+    def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """counts (bounded mode): the contributions each gradient carries, None for one each."""
+        self.receive(batch, self.me, keys, grads, counts)
+        message = pb.ContributeRequest(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes(),
+                                       counts=b"" if counts is None else counts.tobytes())
         self._broadcast(lambda stub: stub.Contribute(message, timeout=self.timeout), f"gradients of batch {batch}")
 
     def round_done(self, round_: int) -> None:
@@ -63,9 +73,10 @@ class PeerExchange:
 
     # ---- what peers say --------------------------------------------------------------------
 
-    def receive(self, batch: int, trainer: int, keys: np.ndarray, grads: np.ndarray) -> None:
+    def receive(self, batch: int, trainer: int, keys: np.ndarray, grads: np.ndarray,
+                counts: np.ndarray | None = None) -> None:
         with self._cond:
-            self._contributions.setdefault(batch, {})[trainer] = (keys, grads)
+            self._contributions.setdefault(batch, {})[trainer] = Contribution(keys, grads, counts)
             self._cond.notify_all()
 
     def receive_round(self, trainer: int, round_: int) -> None:
@@ -75,7 +86,7 @@ class PeerExchange:
 
     # ---- waiting ---------------------------------------------------------------------------
 
-    def gather(self, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def gather(self, batch: int) -> list[Contribution]:
         """Every trainer's contribution for batch, in trainer order."""
         with self._cond:
             self._wait(lambda: len(self._contributions.get(batch, ())) == self.n,
@@ -113,11 +124,11 @@ class PeerExchange:
             channel.close()
 
 
-def sum_contributions(keys: np.ndarray, parts: list[tuple[np.ndarray, np.ndarray]], dim: int) -> np.ndarray:
+def sum_contributions(keys: np.ndarray, parts: list[Contribution], dim: int) -> np.ndarray:
     """Gradients summed per key of `keys` (sorted), adding trainer 0's, then 1's, ...: the same bits
     on every gateway."""
     summed = np.zeros((len(keys), dim), np.float32)
-    for part_keys, grads in parts:
+    for part_keys, grads, _ in parts:
         if len(part_keys):
             pos = np.searchsorted(keys, part_keys)
             if pos.max() >= len(keys) or not np.array_equal(keys[pos], part_keys):

@@ -1,5 +1,5 @@
 """`embps trainer-gateway --job FILE --trainer I`: serves trainer I its batches and rows and takes its
-gradients.  The job's mode is a strategy (sync_strategy, direct_strategy) that this one servicer
+gradients.  The job's mode is a strategy (sync_strategy, direct_strategy, bounded_strategy) that this one servicer
 delegates to; it keeps the order of calls, the plans, the failures and the traffic counters.
 """
 
@@ -27,6 +27,7 @@ from embps.common.spec_messages import spec_from_message
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
+from .bounded_strategy import BoundedStrategy
 from .direct_strategy import DirectStrategy
 from .errors import GatewayError
 from .peer_exchange import FINAL_ROUND, PeerExchange
@@ -38,7 +39,8 @@ from .traffic import Traffic
 COMMAND = "trainer-gateway"
 HELP = "cache rows for one trainer and sum its gradients with the other gateways"
 SERVICES = (pb.DESCRIPTOR.services_by_name["TrainerGateway"], pb.DESCRIPTOR.services_by_name["GatewayPeer"])
-STRATEGIES: dict[str, type[Strategy]] = {"sync": SyncStrategy, "direct": DirectStrategy}   # by the job's mode
+STRATEGIES: dict[str, type[Strategy]] = {"sync": SyncStrategy, "direct": DirectStrategy,   # by the job's mode
+                                          "bounded": BoundedStrategy}
 GRACE_SECONDS = 2.0
 log = logging.getLogger("embps.trainer_gateway")
 
@@ -200,8 +202,10 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
     @_reported
     def Contribute(self, request, context):
         keys = wire.keys_from_bytes(request.keys)
+        counts = wire.uints_from_bytes(request.counts, len(keys), wire.COUNT_DTYPE, "counts") \
+            if request.counts else None
         self.peers.receive(request.batch, request.trainer, keys,
-                           wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"))
+                           wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"), counts)
         return pb.ContributeResponse()
 
     @_reported

@@ -51,13 +51,13 @@ class GatewayContext:
         batch_keys = wire.keys_from_bytes(plan.keys)
         return batch_keys, sum_contributions(batch_keys, self.peers.gather(b), self.dim)
 
-    def update_shards(self, keys: np.ndarray, summed: np.ndarray) -> None:
+    def update_shards(self, keys: np.ndarray, summed: np.ndarray, counts: np.ndarray | None = None) -> None:
         """The shards apply the summed gradients, each gateway sending its share (every gateway has the
-        same keys in the same order)."""
+        same keys in the same order); counts, if given, are the contributions each sum carries."""
         mine = np.arange(len(keys)) % self.peers.n == self.me
         if mine.any():
-            self.ps.update(self.job.table, keys[mine], summed[mine])
-            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * self.dim))
+            self.ps.update(self.job.table, keys[mine], summed[mine], None if counts is None else counts[mine])
+            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * self.dim + (0 if counts is None else 4)))
 
 
 class Strategy(ABC):

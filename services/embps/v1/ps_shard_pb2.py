@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbps/v1/ps_shard.proto\x12\x08\x65mbps.v1\"m\n\rOptimizerSpec\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.embps.v1.OptimizerKind\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x03 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x04 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x05 \x01(\x01\"W\n\x0fInitializerSpec\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.embps.v1.InitializerKind\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\xb3\x01\n\tTableSpec\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12*\n\toptimizer\x18\x03 \x01(\x0b\x32\x17.embps.v1.OptimizerSpec\x12.\n\x0binitializer\x18\x04 \x01(\x0b\x32\x19.embps.v1.InitializerSpec\x12+\n\x0cmissing_keys\x18\x05 \x01(\x0e\x32\x15.embps.v1.MissingKeys\"\x8e\x01\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.embps.v1.TableSpec\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x14\n\x0cstate_floats\x18\x04 \x01(\r\x12\x12\n\nfile_bytes\x18\x05 \x01(\x04\x12\x18\n\x10recovery_seconds\x18\x06 \x01(\x01\"\\\n\x12\x43reateTableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.embps.v1.TableSpec\x12\x15\n\rif_not_exists\x18\x03 \x01(\x08\"%\n\x14\x44\x65scribeTableRequest\x12\r\n\x05table\x18\x01 \x01(\t\"\x13\n\x11ListTablesRequest\"9\n\x12ListTablesResponse\x12#\n\x06tables\x18\x01 \x03(\x0b\x32\x13.embps.v1.TableInfo\"!\n\x10\x44ropTableRequest\x12\r\n\x05table\x18\x01 \x01(\t\"\x13\n\x11\x44ropTableResponse\"@\n\rLookupRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x12\n\nwith_state\x18\x03 \x01(\x08\"<\n\x0eLookupResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x0c\";\n\rUpdateRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\"\x10\n\x0eUpdateResponse\"I\n\rAssignRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\"\x10\n\x0e\x41ssignResponse\",\n\rDeleteRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"2\n\rExportRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x12\n\nchunk_rows\x18\x02 \x01(\r\";\n\x0e\x45xportResponse\x12\x0c\n\x04keys\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\x0c\"I\n\rImportRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\"\x1e\n\x0eImportResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x04\"\x16\n\x14GetShardStatsRequest\"A\n\x08\x44\x61taPath\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.embps.v1.DataPathKind\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"S\n\x0eOperationStats\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x01(\x04\"\xe4\x02\n\nShardStats\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12&\n\ndata_paths\x18\x02 \x03(\x0b\x32\x12.embps.v1.DataPath\x12#\n\x06tables\x18\x03 \x03(\x0b\x32\x13.embps.v1.TableInfo\x12,\n\noperations\x18\x04 \x03(\x0b\x32\x18.embps.v1.OperationStats\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x16\n\x0emax_batch_keys\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x45\n\x11unopenable_tables\x18\x08 \x03(\x0b\x32*.embps.v1.ShardStats.UnopenableTablesEntry\x1a\x37\n\x15UnopenableTablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa0\x01\n\rOptimizerKind\x12\x1e\n\x1aOPTIMIZER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12OPTIMIZER_KIND_SGD\x10\x01\x12\x1a\n\x16OPTIMIZER_KIND_ADAGRAD\x10\x02\x12\"\n\x1eOPTIMIZER_KIND_ROWWISE_ADAGRAD\x10\x03\x12\x17\n\x13OPTIMIZER_KIND_ADAM\x10\x04*\x8a\x01\n\x0fInitializerKind\x12 \n\x1cINITIALIZER_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16INITIALIZER_KIND_ZEROS\x10\x01\x12\x1c\n\x18INITIALIZER_KIND_UNIFORM\x10\x02\x12\x1b\n\x17INITIALIZER_KIND_NORMAL\x10\x03*a\n\x0bMissingKeys\x12\x1c\n\x18MISSING_KEYS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MISSING_KEYS_INITIALIZE\x10\x01\x12\x17\n\x13MISSING_KEYS_REPORT\x10\x02*x\n\x0c\x44\x61taPathKind\x12\x1e\n\x1a\x44\x41TA_PATH_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x41TA_PATH_KIND_GRPC\x10\x01\x12\x16\n\x12\x44\x41TA_PATH_KIND_TCP\x10\x02\x12\x17\n\x13\x44\x41TA_PATH_KIND_RDMA\x10\x03\x32\xe0\x05\n\x0eParameterShard\x12@\n\x0b\x43reateTable\x12\x1c.embps.v1.CreateTableRequest\x1a\x13.embps.v1.TableInfo\x12\x44\n\rDescribeTable\x12\x1e.embps.v1.DescribeTableRequest\x1a\x13.embps.v1.TableInfo\x12G\n\nListTables\x12\x1b.embps.v1.ListTablesRequest\x1a\x1c.embps.v1.ListTablesResponse\x12\x44\n\tDropTable\x12\x1a.embps.v1.DropTableRequest\x1a\x1b.embps.v1.DropTableResponse\x12;\n\x06Lookup\x12\x17.embps.v1.LookupRequest\x1a\x18.embps.v1.LookupResponse\x12;\n\x06Update\x12\x17.embps.v1.UpdateRequest\x1a\x18.embps.v1.UpdateResponse\x12;\n\x06\x41ssign\x12\x17.embps.v1.AssignRequest\x1a\x18.embps.v1.AssignResponse\x12;\n\x06\x44\x65lete\x12\x17.embps.v1.DeleteRequest\x1a\x18.embps.v1.DeleteResponse\x12=\n\x06\x45xport\x12\x17.embps.v1.ExportRequest\x1a\x18.embps.v1.ExportResponse0\x01\x12=\n\x06Import\x12\x17.embps.v1.ImportRequest\x1a\x18.embps.v1.ImportResponse(\x01\x12\x45\n\rGetShardStats\x12\x1e.embps.v1.GetShardStatsRequest\x1a\x14.embps.v1.ShardStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65mbps/v1/ps_shard.proto\x12\x08\x65mbps.v1\"m\n\rOptimizerSpec\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.embps.v1.OptimizerKind\x12\n\n\x02lr\x18\x02 \x01(\x01\x12\x0b\n\x03\x65ps\x18\x03 \x01(\x01\x12\r\n\x05\x62\x65ta1\x18\x04 \x01(\x01\x12\r\n\x05\x62\x65ta2\x18\x05 \x01(\x01\"W\n\x0fInitializerSpec\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.embps.v1.InitializerKind\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\xb3\x01\n\tTableSpec\x12\x0b\n\x03\x64im\x18\x01 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\x12*\n\toptimizer\x18\x03 \x01(\x0b\x32\x17.embps.v1.OptimizerSpec\x12.\n\x0binitializer\x18\x04 \x01(\x0b\x32\x19.embps.v1.InitializerSpec\x12+\n\x0cmissing_keys\x18\x05 \x01(\x0e\x32\x15.embps.v1.MissingKeys\"\x8e\x01\n\tTableInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.embps.v1.TableSpec\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x14\n\x0cstate_floats\x18\x04 \x01(\r\x12\x12\n\nfile_bytes\x18\x05 \x01(\x04\x12\x18\n\x10recovery_seconds\x18\x06 \x01(\x01\"\\\n\x12\x43reateTableRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.embps.v1.TableSpec\x12\x15\n\rif_not_exists\x18\x03 \x01(\x08\"%\n\x14\x44\x65scribeTableRequest\x12\r\n\x05table\x18\x01 \x01(\t\"\x13\n\x11ListTablesRequest\"9\n\x12ListTablesResponse\x12#\n\x06tables\x18\x01 \x03(\x0b\x32\x13.embps.v1.TableInfo\"!\n\x10\x44ropTableRequest\x12\r\n\x05table\x18\x01 \x01(\t\"\x13\n\x11\x44ropTableResponse\"@\n\rLookupRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x12\n\nwith_state\x18\x03 \x01(\x08\"<\n\x0eLookupResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x12\r\n\x05state\x18\x02 \x01(\x0c\x12\r\n\x05\x66ound\x18\x03 \x01(\x0c\"K\n\rUpdateRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\r\n\x05grads\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63ounts\x18\x04 \x01(\x0c\"\x10\n\x0eUpdateResponse\"g\n\x13RefreshStaleRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x10\n\x08versions\x18\x03 \x01(\x0c\x12\r\n\x05\x62ound\x18\x04 \x01(\x04\x12\x12\n\nwith_state\x18\x05 \x01(\x08\"X\n\x14RefreshStaleResponse\x12\x11\n\tpositions\x18\x01 \x01(\x0c\x12\x10\n\x08versions\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\"I\n\rAssignRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\"\x10\n\x0e\x41ssignResponse\",\n\rDeleteRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x04\"2\n\rExportRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x12\n\nchunk_rows\x18\x02 \x01(\r\";\n\x0e\x45xportResponse\x12\x0c\n\x04keys\x18\x01 \x01(\x0c\x12\x0c\n\x04rows\x18\x02 \x01(\x0c\x12\r\n\x05state\x18\x03 \x01(\x0c\"I\n\rImportRequest\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x01(\x0c\x12\x0c\n\x04rows\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\"\x1e\n\x0eImportResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x04\"\x16\n\x14GetShardStatsRequest\"A\n\x08\x44\x61taPath\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.embps.v1.DataPathKind\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"S\n\x0eOperationStats\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x0c\n\x04keys\x18\x04 \x01(\x04\"\xe4\x02\n\nShardStats\x12\x10\n\x08shard_id\x18\x01 \x01(\t\x12&\n\ndata_paths\x18\x02 \x03(\x0b\x32\x12.embps.v1.DataPath\x12#\n\x06tables\x18\x03 \x03(\x0b\x32\x13.embps.v1.TableInfo\x12,\n\noperations\x18\x04 \x03(\x0b\x32\x18.embps.v1.OperationStats\x12\x16\n\x0euptime_seconds\x18\x05 \x01(\x01\x12\x16\n\x0emax_batch_keys\x18\x06 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x45\n\x11unopenable_tables\x18\x08 \x03(\x0b\x32*.embps.v1.ShardStats.UnopenableTablesEntry\x1a\x37\n\x15UnopenableTablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xa0\x01\n\rOptimizerKind\x12\x1e\n\x1aOPTIMIZER_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12OPTIMIZER_KIND_SGD\x10\x01\x12\x1a\n\x16OPTIMIZER_KIND_ADAGRAD\x10\x02\x12\"\n\x1eOPTIMIZER_KIND_ROWWISE_ADAGRAD\x10\x03\x12\x17\n\x13OPTIMIZER_KIND_ADAM\x10\x04*\x8a\x01\n\x0fInitializerKind\x12 \n\x1cINITIALIZER_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16INITIALIZER_KIND_ZEROS\x10\x01\x12\x1c\n\x18INITIALIZER_KIND_UNIFORM\x10\x02\x12\x1b\n\x17INITIALIZER_KIND_NORMAL\x10\x03*a\n\x0bMissingKeys\x12\x1c\n\x18MISSING_KEYS_UNSPECIFIED\x10\x00\x12\x1b\n\x17MISSING_KEYS_INITIALIZE\x10\x01\x12\x17\n\x13MISSING_KEYS_REPORT\x10\x02*x\n\x0c\x44\x61taPathKind\x12\x1e\n\x1a\x44\x41TA_PATH_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x41TA_PATH_KIND_GRPC\x10\x01\x12\x16\n\x12\x44\x41TA_PATH_KIND_TCP\x10\x02\x12\x17\n\x13\x44\x41TA_PATH_KIND_RDMA\x10\x03\x32\xaf\x06\n\x0eParameterShard\x12@\n\x0b\x43reateTable\x12\x1c.embps.v1.CreateTableRequest\x1a\x13.embps.v1.TableInfo\x12\x44\n\rDescribeTable\x12\x1e.embps.v1.DescribeTableRequest\x1a\x13.embps.v1.TableInfo\x12G\n\nListTables\x12\x1b.embps.v1.ListTablesRequest\x1a\x1c.embps.v1.ListTablesResponse\x12\x44\n\tDropTable\x12\x1a.embps.v1.DropTableRequest\x1a\x1b.embps.v1.DropTableResponse\x12;\n\x06Lookup\x12\x17.embps.v1.LookupRequest\x1a\x18.embps.v1.LookupResponse\x12;\n\x06Update\x12\x17.embps.v1.UpdateRequest\x1a\x18.embps.v1.UpdateResponse\x12M\n\x0cRefreshStale\x12\x1d.embps.v1.RefreshStaleRequest\x1a\x1e.embps.v1.RefreshStaleResponse\x12;\n\x06\x41ssign\x12\x17.embps.v1.AssignRequest\x1a\x18.embps.v1.AssignResponse\x12;\n\x06\x44\x65lete\x12\x17.embps.v1.DeleteRequest\x1a\x18.embps.v1.DeleteResponse\x12=\n\x06\x45xport\x12\x17.embps.v1.ExportRequest\x1a\x18.embps.v1.ExportResponse0\x01\x12=\n\x06Import\x12\x17.embps.v1.ImportRequest\x1a\x18.embps.v1.ImportResponse(\x01\x12\x45\n\rGetShardStats\x12\x1e.embps.v1.GetShardStatsRequest\x1a\x14.embps.v1.ShardStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SHARDSTATS_UNOPENABLETABLESENTRY']._loaded_options = None
   _globals['_SHARDSTATS_UNOPENABLETABLESENTRY']._serialized_options = b'8\001'
-  _globals['_OPTIMIZERKIND']._serialized_start=1970
-  _globals['_OPTIMIZERKIND']._serialized_end=2130
-  _globals['_INITIALIZERKIND']._serialized_start=2133
-  _globals['_INITIALIZERKIND']._serialized_end=2271
-  _globals['_MISSINGKEYS']._serialized_start=2273
-  _globals['_MISSINGKEYS']._serialized_end=2370
-  _globals['_DATAPATHKIND']._serialized_start=2372
-  _globals['_DATAPATHKIND']._serialized_end=2492
+  _globals['_OPTIMIZERKIND']._serialized_start=2181
+  _globals['_OPTIMIZERKIND']._serialized_end=2341
+  _globals['_INITIALIZERKIND']._serialized_start=2344
+  _globals['_INITIALIZERKIND']._serialized_end=2482
+  _globals['_MISSINGKEYS']._serialized_start=2484
+  _globals['_MISSINGKEYS']._serialized_end=2581
+  _globals['_DATAPATHKIND']._serialized_start=2583
+  _globals['_DATAPATHKIND']._serialized_end=2703
   _globals['_OPTIMIZERSPEC']._serialized_start=37
   _globals['_OPTIMIZERSPEC']._serialized_end=146
   _globals['_INITIALIZERSPEC']._serialized_start=148
@@ -66,35 +66,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOOKUPRESPONSE']._serialized_start=899
   _globals['_LOOKUPRESPONSE']._serialized_end=959
   _globals['_UPDATEREQUEST']._serialized_start=961
-  _globals['_UPDATEREQUEST']._serialized_end=1020
-  _globals['_UPDATERESPONSE']._serialized_start=1022
-  _globals['_UPDATERESPONSE']._serialized_end=1038
-  _globals['_ASSIGNREQUEST']._serialized_start=1040
-  _globals['_ASSIGNREQUEST']._serialized_end=1113
-  _globals['_ASSIGNRESPONSE']._serialized_start=1115
-  _globals['_ASSIGNRESPONSE']._serialized_end=1131
-  _globals['_DELETEREQUEST']._serialized_start=1133
-  _globals['_DELETEREQUEST']._serialized_end=1177
-  _globals['_DELETERESPONSE']._serialized_start=1179
-  _globals['_DELETERESPONSE']._serialized_end=1212
-  _globals['_EXPORTREQUEST']._serialized_start=1214
-  _globals['_EXPORTREQUEST']._serialized_end=1264
-  _globals['_EXPORTRESPONSE']._serialized_start=1266
-  _globals['_EXPORTRESPONSE']._serialized_end=1325
-  _globals['_IMPORTREQUEST']._serialized_start=1327
-  _globals['_IMPORTREQUEST']._serialized_end=1400
-  _globals['_IMPORTRESPONSE']._serialized_start=1402
-  _globals['_IMPORTRESPONSE']._serialized_end=1432
-  _globals['_GETSHARDSTATSREQUEST']._serialized_start=1434
-  _globals['_GETSHARDSTATSREQUEST']._serialized_end=1456
-  _globals['_DATAPATH']._serialized_start=1458
-  _globals['_DATAPATH']._serialized_end=1523
-  _globals['_OPERATIONSTATS']._serialized_start=1525
-  _globals['_OPERATIONSTATS']._serialized_end=1608
-  _globals['_SHARDSTATS']._serialized_start=1611
-  _globals['_SHARDSTATS']._serialized_end=1967
-  _globals['_SHARDSTATS_UNOPENABLETABLESENTRY']._serialized_start=1912
-  _globals['_SHARDSTATS_UNOPENABLETABLESENTRY']._serialized_end=1967
-  _globals['_PARAMETERSHARD']._serialized_start=2495
-  _globals['_PARAMETERSHARD']._serialized_end=3231
+  _globals['_UPDATEREQUEST']._serialized_end=1036
+  _globals['_UPDATERESPONSE']._serialized_start=1038
+  _globals['_UPDATERESPONSE']._serialized_end=1054
+  _globals['_REFRESHSTALEREQUEST']._serialized_start=1056
+  _globals['_REFRESHSTALEREQUEST']._serialized_end=1159
+  _globals['_REFRESHSTALERESPONSE']._serialized_start=1161
+  _globals['_REFRESHSTALERESPONSE']._serialized_end=1249
+  _globals['_ASSIGNREQUEST']._serialized_start=1251
+  _globals['_ASSIGNREQUEST']._serialized_end=1324
+  _globals['_ASSIGNRESPONSE']._serialized_start=1326
+  _globals['_ASSIGNRESPONSE']._serialized_end=1342
+  _globals['_DELETEREQUEST']._serialized_start=1344
+  _globals['_DELETEREQUEST']._serialized_end=1388
+  _globals['_DELETERESPONSE']._serialized_start=1390
+  _globals['_DELETERESPONSE']._serialized_end=1423
+  _globals['_EXPORTREQUEST']._serialized_start=1425
+  _globals['_EXPORTREQUEST']._serialized_end=1475
+  _globals['_EXPORTRESPONSE']._serialized_start=1477
+  _globals['_EXPORTRESPONSE']._serialized_end=1536
+  _globals['_IMPORTREQUEST']._serialized_start=1538
+  _globals['_IMPORTREQUEST']._serialized_end=1611
+  _globals['_IMPORTRESPONSE']._serialized_start=1613
+  _globals['_IMPORTRESPONSE']._serialized_end=1643
+  _globals['_GETSHARDSTATSREQUEST']._serialized_start=1645
+  _globals['_GETSHARDSTATSREQUEST']._serialized_end=1667
+  _globals['_DATAPATH']._serialized_start=1669
+  _globals['_DATAPATH']._serialized_end=1734
+  _globals['_OPERATIONSTATS']._serialized_start=1736
+  _globals['_OPERATIONSTATS']._serialized_end=1819
+  _globals['_SHARDSTATS']._serialized_start=1822
+  _globals['_SHARDSTATS']._serialized_end=2178
+  _globals['_SHARDSTATS_UNOPENABLETABLESENTRY']._serialized_start=2123
+  _globals['_SHARDSTATS_UNOPENABLETABLESENTRY']._serialized_end=2178
+  _globals['_PARAMETERSHARD']._serialized_start=2706
+  _globals['_PARAMETERSHARD']._serialized_end=3521
 # @@protoc_insertion_point(module_scope)

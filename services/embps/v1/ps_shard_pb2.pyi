@@ -162,18 +162,46 @@ class LookupResponse(_message.Message):
     def __init__(self, rows: _Optional[bytes] = ..., state: _Optional[bytes] = ..., found: _Optional[bytes] = ...) -> None: ...
 
 class UpdateRequest(_message.Message):
-    __slots__ = ("table", "keys", "grads")
+    __slots__ = ("table", "keys", "grads", "counts")
     TABLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     table: str
     keys: bytes
     grads: bytes
-    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ...) -> None: ...
+    counts: bytes
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., counts: _Optional[bytes] = ...) -> None: ...
 
 class UpdateResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RefreshStaleRequest(_message.Message):
+    __slots__ = ("table", "keys", "versions", "bound", "with_state")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    WITH_STATE_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: bytes
+    versions: bytes
+    bound: int
+    with_state: bool
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., bound: _Optional[int] = ..., with_state: _Optional[bool] = ...) -> None: ...
+
+class RefreshStaleResponse(_message.Message):
+    __slots__ = ("positions", "versions", "rows", "state")
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    positions: bytes
+    versions: bytes
+    rows: bytes
+    state: bytes
+    def __init__(self, positions: _Optional[bytes] = ..., versions: _Optional[bytes] = ..., rows: _Optional[bytes] = ..., state: _Optional[bytes] = ...) -> None: ...
 
 class AssignRequest(_message.Message):
     __slots__ = ("table", "keys", "rows", "state")

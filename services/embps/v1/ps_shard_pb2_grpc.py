@@ -64,6 +64,11 @@ class ParameterShardStub:
                 request_serializer=embps_dot_v1_dot_ps__shard__pb2.UpdateRequest.SerializeToString,
                 response_deserializer=embps_dot_v1_dot_ps__shard__pb2.UpdateResponse.FromString,
                 _registered_method=True)
+        self.RefreshStale = channel.unary_unary(
+                '/embps.v1.ParameterShard/RefreshStale',
+                request_serializer=embps_dot_v1_dot_ps__shard__pb2.RefreshStaleRequest.SerializeToString,
+                response_deserializer=embps_dot_v1_dot_ps__shard__pb2.RefreshStaleResponse.FromString,
+                _registered_method=True)
         self.Assign = channel.unary_unary(
                 '/embps.v1.ParameterShard/Assign',
                 request_serializer=embps_dot_v1_dot_ps__shard__pb2.AssignRequest.SerializeToString,
@@ -131,6 +136,13 @@ class ParameterShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefreshStale(self, request, context):
+        """Version clocks: the rows a client's mirrors hold too stale (see RefreshStaleRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Assign(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -193,6 +205,11 @@ def add_ParameterShardServicer_to_server(servicer, server):
                     servicer.Update,
                     request_deserializer=embps_dot_v1_dot_ps__shard__pb2.UpdateRequest.FromString,
                     response_serializer=embps_dot_v1_dot_ps__shard__pb2.UpdateResponse.SerializeToString,
+            ),
+            'RefreshStale': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshStale,
+                    request_deserializer=embps_dot_v1_dot_ps__shard__pb2.RefreshStaleRequest.FromString,
+                    response_serializer=embps_dot_v1_dot_ps__shard__pb2.RefreshStaleResponse.SerializeToString,
             ),
             'Assign': grpc.unary_unary_rpc_method_handler(
                     servicer.Assign,
@@ -382,6 +399,33 @@ class ParameterShard:
             '/embps.v1.ParameterShard/Update',
             embps_dot_v1_dot_ps__shard__pb2.UpdateRequest.SerializeToString,
             embps_dot_v1_dot_ps__shard__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshStale(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embps.v1.ParameterShard/RefreshStale',
+            embps_dot_v1_dot_ps__shard__pb2.RefreshStaleRequest.SerializeToString,
+            embps_dot_v1_dot_ps__shard__pb2.RefreshStaleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,12 +13,14 @@ class GatewayMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GATEWAY_MODE_UNSPECIFIED: _ClassVar[GatewayMode]
     GATEWAY_MODE_SYNC: _ClassVar[GatewayMode]
     GATEWAY_MODE_DIRECT: _ClassVar[GatewayMode]
+    GATEWAY_MODE_BOUNDED: _ClassVar[GatewayMode]
 GATEWAY_MODE_UNSPECIFIED: GatewayMode
 GATEWAY_MODE_SYNC: GatewayMode
 GATEWAY_MODE_DIRECT: GatewayMode
+GATEWAY_MODE_BOUNDED: GatewayMode
 
 class JobConfig(_message.Message):
-    __slots__ = ("dataset", "dataset_options", "model", "mode", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_optimizer", "emb_lr", "emb_eps", "dense_optimizer", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "addresses", "security", "placement")
+    __slots__ = ("dataset", "dataset_options", "model", "mode", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_optimizer", "emb_lr", "emb_eps", "dense_optimizer", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "addresses", "security", "placement", "staleness", "store_rate")
     class OptionValue(_message.Message):
         __slots__ = ("bool_value", "int_value", "double_value", "string_value", "list_value")
         BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +94,8 @@ class JobConfig(_message.Message):
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     SECURITY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    STORE_RATE_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     dataset_options: _containers.MessageMap[str, JobConfig.OptionValue]
     model: str
@@ -114,7 +118,9 @@ class JobConfig(_message.Message):
     addresses: JobConfig.Addresses
     security: JobConfig.Security
     placement: str
-    def __init__(self, dataset: _Optional[str] = ..., dataset_options: _Optional[_Mapping[str, JobConfig.OptionValue]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., trainers: _Optional[int] = ..., global_batch: _Optional[int] = ..., steps: _Optional[int] = ..., eval_batches: _Optional[int] = ..., dim: _Optional[int] = ..., emb_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., emb_lr: _Optional[float] = ..., emb_eps: _Optional[float] = ..., dense_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., dense_lr: _Optional[float] = ..., lookahead: _Optional[int] = ..., cleanup_proportion: _Optional[float] = ..., seed: _Optional[int] = ..., table: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., addresses: _Optional[_Union[JobConfig.Addresses, _Mapping]] = ..., security: _Optional[_Union[JobConfig.Security, _Mapping]] = ..., placement: _Optional[str] = ...) -> None: ...
+    staleness: int
+    store_rate: float
+    def __init__(self, dataset: _Optional[str] = ..., dataset_options: _Optional[_Mapping[str, JobConfig.OptionValue]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., trainers: _Optional[int] = ..., global_batch: _Optional[int] = ..., steps: _Optional[int] = ..., eval_batches: _Optional[int] = ..., dim: _Optional[int] = ..., emb_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., emb_lr: _Optional[float] = ..., emb_eps: _Optional[float] = ..., dense_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., dense_lr: _Optional[float] = ..., lookahead: _Optional[int] = ..., cleanup_proportion: _Optional[float] = ..., seed: _Optional[int] = ..., table: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., addresses: _Optional[_Union[JobConfig.Addresses, _Mapping]] = ..., security: _Optional[_Union[JobConfig.Security, _Mapping]] = ..., placement: _Optional[str] = ..., staleness: _Optional[int] = ..., store_rate: _Optional[float] = ...) -> None: ...
 
 class FeatureSlice(_message.Message):
     __slots__ = ("samples", "dense", "sparse", "labels")
@@ -237,16 +243,18 @@ class GatewayStats(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., rows_used: _Optional[int] = ..., rows_fetched: _Optional[int] = ..., ps_bytes_in: _Optional[int] = ..., ps_bytes_out: _Optional[int] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
 
 class ContributeRequest(_message.Message):
-    __slots__ = ("batch", "trainer", "keys", "grads")
+    __slots__ = ("batch", "trainer", "keys", "grads", "counts")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     TRAINER_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     batch: int
     trainer: int
     keys: bytes
     grads: bytes
-    def __init__(self, batch: _Optional[int] = ..., trainer: _Optional[int] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ...) -> None: ...
+    counts: bytes
+    def __init__(self, batch: _Optional[int] = ..., trainer: _Optional[int] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., counts: _Optional[bytes] = ...) -> None: ...
 
 class ContributeResponse(_message.Message):
     __slots__ = ()
