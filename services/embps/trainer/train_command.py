@@ -26,8 +26,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--scale", type=float, default=0.01, help="synthetic: fraction of Criteo's table sizes")
     parser.add_argument("--mode", default="sync", choices=MODES)
     parser.add_argument("--lookahead", type=int, default=64)
-    parser.add_argument("--trainers", type=int, default=2)
-    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--trainers", type=int, help="trainers, each with its gateway (default 2)")
+    parser.add_argument("--shards", type=int, help="parameter shards (default 2)")
+    parser.add_argument("--hosts", type=int, help="hosts on loopback, each running one shard and one trainer with "
+                                                  "its gateway (so trainers = shards = hosts)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=1024, help="global batch size")
     parser.add_argument("--dim", type=int, default=32)
@@ -37,10 +39,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-batches", type=int, default=16)
 
 
+def counts_from_args(args) -> tuple[int, int]:
+    """(trainers, shards): both default to 2; with --hosts both are the hosts, and must agree."""
+    if args.hosts is None:
+        return args.trainers or 2, args.shards or 2
+    for flag, value in (("--trainers", args.trainers), ("--shards", args.shards)):
+        if value not in (None, args.hosts):
+            raise SystemExit(f"each host runs one shard and one trainer: {flag} {value} contradicts --hosts {args.hosts}")
+    return args.hosts, args.hosts
+
+
 def job_from_args(args) -> JobConfig:
     options = {"scale": args.scale} if args.dataset == "synthetic" else {}
     return JobConfig(dataset=args.dataset, dataset_options=options, model=args.model, mode=args.mode,
-                     trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim,
+                     trainers=counts_from_args(args)[0], global_batch=args.batch, steps=args.steps, dim=args.dim,
                      eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
                      dense_lr=args.dense_lr, lookahead=args.lookahead)
 
@@ -101,16 +113,19 @@ def plot(result, summary: dict, path: Path) -> None:
 def run(args) -> int:
     from embps.models import MODELS   # PyTorch loads only for the commands that train
 
-    from .local_job import JobFailed, run_local_job
+    from .local_job import JobFailed, JobLayout, run_local_job
     if args.model not in MODELS:
         raise SystemExit(f"--model must be one of {MODELS}")
     console = Console()
     job = job_from_args(args)
-    console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
-                  f"{job.trainers} trainers, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
-                  f"{job.global_batch}")
+    shards = counts_from_args(args)[1]
+    layout = JobLayout.loopback_hosts(args.hosts) if args.hosts else JobLayout.loopback(shards, job.trainers)
+    where = f"{args.hosts} hosts (a shard, a gateway and a trainer each)" if args.hosts else \
+        f"{shards} shards, {job.trainers} trainers"
+    console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {where}, mode {job.mode}, lookahead "
+                  f"{job.lookahead}, {job.steps} steps of {job.global_batch}")
     try:
-        result = run_local_job(job, Path(args.data_dir), n_shards=args.shards)
+        result = run_local_job(job, Path(args.data_dir), layout=layout)
     except JobFailed as error:
         console.print(f"[bold red]training failed[/bold red]: {error}")
         return 1
