@@ -7,8 +7,10 @@ receives).  A delay needs netem; where the kernel lacks it (as here) latency is 
 `latency_note` says so.  This process reaches the hosts over an unshaped control link (the servers'
 health checks, table set-up), so its traffic is not on the hosts' counters unless it talks to them.
 
-Byte counters come from the kernel: /sys/class/net/<dev>/statistics read inside each namespace, the
-bytes of every frame that crossed the link, Ethernet header included (a veth has no preamble or FCS).
+Byte counters come from the kernel: each device's statistics in its namespace (the counters of
+/sys/class/net/<dev>/statistics there, read without starting a process from /proc/<pid>/net/dev of a
+`sleep` the harness keeps in each namespace, so a benchmark can sample them often): the bytes of every
+frame that crossed the link, Ethernet header included (a veth has no preamble or FCS).
 
 Processes run on a host through LocalHost.enter (`ip netns exec NS ...`); embps.trainer.local_job's
 JobLayout places a job's shards, gateways, trainers and oracle cacher on them.
@@ -159,6 +161,7 @@ class NetnsHosts:
         self.latency_emulated = False
         self.latency_note = ""
         self._made: list[str] = []   # namespaces made so far, in order
+        self._holders: dict[str, subprocess.Popen] = {}   # namespace -> the process whose /proc/<pid>/net we read
 
     # ---- life ----------------------------------------------------------------------------------
 
@@ -185,6 +188,9 @@ class NetnsHosts:
         """Stops every process on the hosts and removes the namespaces and links (idempotent)."""
         for namespace in reversed(self._made):
             _kill_namespace_processes(namespace)
+        for holder in self._holders.values():
+            holder.wait()
+        self._holders.clear()
         for namespace in reversed(self._made):
             _run("ip", "netns", "del", namespace, check=False)
             shutil.rmtree(os.path.join(NETNS_ETC, namespace), ignore_errors=True)
@@ -195,6 +201,9 @@ class NetnsHosts:
         _run("ip", "netns", "add", namespace)
         self._made.append(namespace)
         _run("ip", "-n", namespace, "link", "set", "lo", "up")
+        self._holders[namespace] = subprocess.Popen(["ip", "netns", "exec", namespace, "sleep", "infinity"],
+                                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                    stderr=subprocess.DEVNULL)
 
     def _build(self) -> None:
         self.subnet = _free_subnet(os.getpid() * 7 + int(self.run_id.split("-")[1]))
@@ -289,10 +298,11 @@ class NetnsHosts:
         read = self._read(self.switch, [*ports, "ctl"])
         return {**{ports[p]: read[p] for p in ports}, "control": read["ctl"]}
 
-    @staticmethod
-    def _read(namespace: str, devices: list[str]) -> dict[str, LinkBytes]:
-        fields = ("tx_bytes", "rx_bytes", "tx_packets", "rx_packets")
-        files = [f"/sys/class/net/{dev}/statistics/{field}" for dev in devices for field in fields]
-        # `ip netns exec` mounts the namespace's own /sys, so these are the namespace's devices.
-        values = [int(v) for v in _run("ip", "netns", "exec", namespace, "cat", *files).stdout.split()]
-        return {dev: LinkBytes(*values[4 * i: 4 * i + 4]) for i, dev in enumerate(devices)}
+    def _read(self, namespace: str, devices: list[str]) -> dict[str, LinkBytes]:
+        # /proc/<pid>/net is the network namespace of <pid>: here, the holder's.
+        with open(f"/proc/{self._holders[namespace].pid}/net/dev") as table:
+            rows = {name.strip(): values.split() for name, _, values in
+                    (line.partition(":") for line in table.read().splitlines()[2:])}
+        # Receive: bytes packets errs drop fifo frame compressed multicast; then transmit: bytes packets ...
+        return {dev: LinkBytes(tx_bytes=int(rows[dev][8]), rx_bytes=int(rows[dev][0]), tx_packets=int(rows[dev][9]),
+                               rx_packets=int(rows[dev][1])) for dev in devices}
