@@ -268,11 +268,12 @@ def train_part(cfg: Config, hosts, report: Report) -> None:
 # ---- the shard against Redis across one shaped link ---------------------------------------------
 
 def link_bytes_per_key(hosts, call, cfg: shard_bench.Config, calls: int = 64) -> float:
+    """Bytes per key in the busier direction of the server's link (the one the rate limits)."""
     before = hosts.counters()[SERVER_HOST]
     for i in range(calls):
         call(0, i)
     crossed = hosts.counters()[SERVER_HOST] - before
-    return crossed.bytes / (calls * cfg.batch)
+    return max(crossed.tx_bytes, crossed.rx_bytes) / (calls * cfg.batch)
 
 
 def shard_part(cfg: Config, report: Report) -> None:
