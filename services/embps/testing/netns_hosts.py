@@ -95,10 +95,13 @@ def _alive(pid: int) -> bool:
 
 
 def _kill_namespace_processes(namespace: str, grace: float = 5.0) -> None:
-    """SIGTERM to every process in namespace, SIGKILL to those still there after grace seconds."""
+    """SIGTERM to every process in namespace, SIGKILL to those still there after grace seconds (a
+    process that even SIGKILL does not end within 10 s more, e.g. one stuck in the kernel, is left)."""
     deadline = time.monotonic() + grace
     sig = signal.SIGTERM
     while pids := [int(p) for p in _run("ip", "netns", "pids", namespace, check=False).stdout.split()]:
+        if time.monotonic() > deadline + 10:
+            break
         for pid in pids:
             try:
                 os.kill(pid, sig)
