@@ -269,15 +269,18 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server(work_dir: str) -> Iterator[tuple[int, int]]:
-    """Debian's redis-server on a free loopback port, no persistence; yields its port and pid."""
+def redis_server(work_dir: str, address: str = "127.0.0.1",
+                 enter: tuple[str, ...] = ()) -> Iterator[tuple[int, int]]:
+    """Debian's redis-server on a free port, no persistence; yields its port and pid.  By default on
+    loopback; `enter` runs it elsewhere (e.g. `ip netns exec NS`, see embps.testing.netns_hosts), on `address`."""
     for _ in range(5):  # the free port can be taken between free_port() and the server's bind
         port = free_port()
         proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [*enter, REDIS_SERVER, "--port", str(port), "--bind", address, "--protected-mode", "no", "--save", "",
+             "--appendonly", "no",
              "--dir", work_dir, "--logfile", "", "--daemonize", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        probe = redis.Redis(port=port)
+        probe = redis.Redis(host=address, port=port)
         deadline = time.monotonic() + 10
         while proc.poll() is None and time.monotonic() < deadline:
             try:
@@ -304,10 +307,10 @@ def redis_server(work_dir: str) -> Iterator[tuple[int, int]]:
 
 
 class RedisSide:
-    def __init__(self, port: int, cfg: Config, wl: Workload):
+    def __init__(self, port: int, cfg: Config, wl: Workload, address: str = "127.0.0.1"):
         self.cfg, self.wl = cfg, wl
         # One client, hence one connection, per thread (redis-py parses with hiredis when it is installed).
-        self.conns = [redis.Redis(host="127.0.0.1", port=port, single_connection_client=True)
+        self.conns = [redis.Redis(host=address, port=port, single_connection_client=True)
                       for _ in range(cfg.threads)]
 
     def load(self, progress: Progress, report: Report) -> None:

@@ -5,6 +5,7 @@
 - nothing but the services and the `embps` command (embps.cli) imports a service: common, client,
   datasets, store, models, rdma, api, ... are libraries the services share;
 - embps.api imports nothing from embps but itself;
+- embps.testing (harnesses for tests and benchmarks) is a library nothing else in embps imports;
 - once embps.api exists, embps.client talks gRPC without the native core: only its native TCP
   module (embps.client.tcp_data_path) imports embps.store.
 """
@@ -62,6 +63,8 @@ def violations(graph: dict[str, set[str]]) -> list[str]:
                 found.append(f"{module} imports {target}: a service imports no other service")
             elif room(module) not in SERVICES and module != COMMAND and room(target) in SERVICES:
                 found.append(f"{module} imports {target}: only services and {COMMAND} import a service")
+            elif room(target) == "testing":
+                found.append(f"{module} imports {target}: embps.testing is for tests and benchmarks, not the product")
             elif room(module) == "api":
                 found.append(f"{module} imports {target}: embps.api imports nothing from embps but itself")
             elif (has_api and room(module) == "client" and module not in NATIVE_CLIENT_MODULES
@@ -89,12 +92,16 @@ def test_each_rule_catches_its_violation():
         "embps.client.ps_client": {"embps.store"},
         "embps.client.tcp_data_path": {"embps.store._native"},
         "embps.cli": {"embps.ps_shard.server"},
+        "embps.trainer.local_job": {"embps.testing.netns_hosts"},
+        "embps.testing.netns_hosts": {"embps.common.local_cluster"},
     }
     assert violations(graph) == [
         "embps.api.errors imports embps.store.errors: embps.api imports nothing from embps but itself",
         "embps.client.ps_client imports embps.store: a gRPC client does not load the native core",
         "embps.common.helpers imports embps.trainer_gateway.service: only services and embps.cli import a service",
         "embps.deploy.reshard imports embps.ps_shard.config: a service imports no other service",
+        "embps.trainer.local_job imports embps.testing.netns_hosts: embps.testing is for tests and benchmarks, "
+        "not the product",
     ]
     del graph["embps.api.errors"]   # before embps.api exists, the client may still use embps.store
     assert not any("native core" in v for v in violations(graph))

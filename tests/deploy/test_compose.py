@@ -328,3 +328,46 @@ def test_health_probe_fails_fast_on_a_closed_port():
     started = time.monotonic()
     assert main(["health", address, "--timeout", "5"]) == 1
     assert time.monotonic() - started < 3
+
+
+# ---- hosts -----------------------------------------------------------------------------------
+
+HOSTS_CLUSTER = ClusterConfig.from_addresses(["host-0:50051", "host-1:50051"], hosts=("host-0", "host-1"))
+
+
+def test_hosts_put_each_gateway_and_trainer_on_its_shards_host(tmp_path):
+    doc = compose(HOSTS_CLUSTER)
+    services = doc["services"]
+    for h in (0, 1):
+        assert services[f"host-{h}"]["command"] == ["ps-shard"]
+        for role in ("gateway", "trainer"):
+            assert services[f"{role}-{h}"]["network_mode"] == f"service:host-{h}"
+            assert "expose" not in services[f"{role}-{h}"]
+        assert services[f"gateway-{h}"]["healthcheck"]["test"][3] == f"host-{h}:50071"
+    job = compose_job(HOSTS_CLUSTER, 2)
+    assert job.addresses.hosts == HOSTS_CLUSTER.hosts
+    assert job.addresses.gateways == ("host-0:50071", "host-1:50071") and job.addresses.trainers == "host-0:29500"
+    assert JobConfig.from_toml(job.to_toml()) == job
+    if shutil.which("docker-compose"):
+        path = tmp_path / "hosts.yml"
+        path.write_text(generate(HOSTS_CLUSTER))
+        run = subprocess.run(["docker-compose", "-f", str(path), "--project-directory", str(ROOT), "--profile",
+                              "training", "config", "-q"], capture_output=True, text=True, timeout=60, check=False)
+        assert run.returncode == 0, run.stderr
+
+
+def test_hosts_refuse_other_trainer_counts_and_other_names():
+    with pytest.raises(ValueError, match="each host runs one trainer: 2 hosts, 3 trainers"):
+        compose(HOSTS_CLUSTER, ComposeOptions(trainers=3))
+    with pytest.raises(ValueError, match="its host's name"):
+        compose(ClusterConfig.from_addresses(["shard-0:50051"], hosts=("host-0",)))
+
+
+def test_compose_command_gives_every_host_a_trainer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cluster.toml").write_text(HOSTS_CLUSTER.to_toml())
+    parser = argparse.ArgumentParser()
+    compose_command.add_arguments(parser)
+    assert compose_command.run(parser.parse_args(["--cluster", "cluster.toml", "--job", "job.toml"])) == 0
+    job = JobConfig.load(tmp_path / "job.toml")
+    assert job.trainers == 2 and job.addresses.hosts == ("host-0", "host-1")

@@ -13,6 +13,11 @@ trainer read, so they agree on data, model, optimizer and addresses.
     oracle = "127.0.0.1:50070"
     gateways = ["127.0.0.1:50071", "127.0.0.1:50072"]
     shards = ["127.0.0.1:50051", "127.0.0.1:50052"]
+    hosts = ["host-0", "host-1"]   # optional: host h runs shard h, gateway h and trainer h
+
+Without `hosts`, trainers (with their gateways) and shards are separate lists of any lengths.  With
+hosts, each host runs one shard and one trainer with its gateway, so trainers == shards == hosts, and
+a row owned by trainer h's own host (shard h) is local to it; placement stays jump hash by default.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Addresses:
     gateways: tuple[str, ...] = ()
     shards: tuple[str, ...] = ()
     trainers: str = ""     # host:port where trainer 0 hosts torch.distributed's rendezvous
+    hosts: tuple[str, ...] = ()   # host h's name; it runs shards[h], gateways[h] and trainer h
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,23 @@ class JobConfig:
             raise ValueError(f"staleness must be in [0, 2^32), got {self.staleness}")
         if not 0.0 <= self.store_rate <= 1.0:
             raise ValueError(f"store_rate must be in [0, 1], got {self.store_rate}")
+        self._check_hosts()
+
+    def _check_hosts(self) -> None:
+        hosts, a = self.addresses.hosts, self.addresses
+        if not hosts:
+            return
+        if len(set(hosts)) != len(hosts) or not all(hosts):
+            raise ValueError(f"every host needs its own non-empty name, got {list(hosts)}")
+        for what, count in (("trainers", self.trainers), ("shards", len(a.shards) or len(hosts)),
+                            ("gateways", len(a.gateways) or len(hosts))):
+            if count != len(hosts):
+                raise ValueError(f"each host runs one shard and one trainer with its gateway: {len(hosts)} "
+                                 f"hosts need {len(hosts)} {what}, got {count}")
+
+    def local_shard(self, trainer: int) -> int | None:
+        """The shard on trainer's own host (shard h on host h), or None when the job has no hosts."""
+        return trainer if self.addresses.hosts else None
 
     @property
     def cleanup_every(self) -> int:
@@ -105,7 +128,8 @@ class JobConfig:
 
     def cluster_config(self) -> ClusterConfig:
         return ClusterConfig.from_addresses(self.addresses.shards, deadline_seconds=self.timeout_seconds,
-                                            security=self.security, placement=self.placement)
+                                            security=self.security, placement=self.placement,
+                                            hosts=self.addresses.hosts)
 
     # ---- files ----------------------------------------------------------------------------
 
@@ -136,7 +160,8 @@ class JobConfig:
         job["addresses"] = Addresses(oracle=addresses.get("oracle", ""),
                                      gateways=tuple(addresses.get("gateways", ())),
                                      shards=tuple(addresses.get("shards", ())),
-                                     trainers=addresses.get("trainers", ""))
+                                     trainers=addresses.get("trainers", ""),
+                                     hosts=tuple(addresses.get("hosts", ())))
         return cls(**job)
 
     @classmethod

@@ -26,7 +26,8 @@ def job_to_message(job: JobConfig) -> pb.JobConfig:
         mode=GATEWAY_MODES.to_message(job.mode),
         emb_optimizer=OPTIMIZER_KINDS.to_message(job.emb_optimizer),
         dense_optimizer=OPTIMIZER_KINDS.to_message(job.dense_optimizer),   # PyTorch's, by the same names
-        addresses=pb.JobConfig.Addresses(oracle=a.oracle, gateways=a.gateways, shards=a.shards, trainers=a.trainers),
+        addresses=pb.JobConfig.Addresses(oracle=a.oracle, gateways=a.gateways, shards=a.shards, trainers=a.trainers,
+                                          hosts=a.hosts),
         security=pb.JobConfig.Security(**dataclasses.asdict(job.security)))
 
 
@@ -41,7 +42,8 @@ def job_from_message(message: pb.JobConfig) -> JobConfig:
         mode=GATEWAY_MODES.from_message(message.mode),
         emb_optimizer=OPTIMIZER_KINDS.from_message(message.emb_optimizer),
         dense_optimizer=OPTIMIZER_KINDS.from_message(message.dense_optimizer),
-        addresses=Addresses(oracle=a.oracle, gateways=tuple(a.gateways), shards=tuple(a.shards), trainers=a.trainers),
+        addresses=Addresses(oracle=a.oracle, gateways=tuple(a.gateways), shards=tuple(a.shards), trainers=a.trainers,
+                            hosts=tuple(a.hosts)),
         security=Security.from_table({k: v for k, v in security.items() if v}))
 
 

@@ -24,8 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help='compose file to write, "-" for stdout (default: %(default)s)')
     parser.add_argument("--job", default=DEFAULT_JOB, help="job file of the training services (default: %(default)s)")
-    parser.add_argument("--trainers", type=int, default=DEFAULT_TRAINERS,
-                        help="trainer gateways and trainers, profile 'training'; 0: none (default: %(default)s)")
+    parser.add_argument("--trainers", type=int,
+                        help="trainer gateways and trainers, profile 'training'; 0: none (default: one per host "
+                             f"when the cluster has hosts, else {DEFAULT_TRAINERS})")
     parser.add_argument("--pm", action="append", default=[], metavar="HOST_PATH",
                         help="PM for the shards: once = a directory per shard under this pmem mount, or once "
                              "per shard (default: a named volume per shard)")
@@ -41,7 +42,7 @@ def add_arguments(parser) -> None:
 def command_line(args) -> str:
     """The command, with the options that differ from the defaults: the compose file's header."""
     words = ["embps", "compose", "--cluster", args.cluster, "--out", args.out]
-    for flag, value, default in (("--job", args.job, DEFAULT_JOB), ("--trainers", args.trainers, DEFAULT_TRAINERS),
+    for flag, value, default in (("--job", args.job, DEFAULT_JOB), ("--trainers", args.trainers, None),
                                  ("--image-prefix", args.image_prefix, DEFAULT_IMAGE_PREFIX),
                                  ("--tag", args.tag, DEFAULT_TAG), ("--memcached-image", args.memcached_image, "")):
         if value != default:
@@ -59,16 +60,17 @@ def _relative(path: str, compose_dir: Path) -> str:
 
 def run(args) -> int:
     compose_dir = Path.cwd() if args.out == "-" else Path(args.out).resolve().parent
-    options = ComposeOptions(image_prefix=args.image_prefix, tag=args.tag, memcached_image=args.memcached_image,
-                             trainers=args.trainers, pm=tuple(args.pm), rdma=args.rdma,
-                             job_file=_relative(args.job, compose_dir), cluster_file=_relative(args.cluster, compose_dir),
-                             command=command_line(args))
     try:
         cluster = ClusterConfig.load(args.cluster)
+        trainers = args.trainers if args.trainers is not None else len(cluster.hosts) or DEFAULT_TRAINERS
+        options = ComposeOptions(image_prefix=args.image_prefix, tag=args.tag, memcached_image=args.memcached_image,
+                                 trainers=trainers, pm=tuple(args.pm), rdma=args.rdma,
+                                 job_file=_relative(args.job, compose_dir),
+                                 cluster_file=_relative(args.cluster, compose_dir), command=command_line(args))
         text = generate(cluster, options)
-        if args.trainers > 0:
+        if trainers > 0:
             job_path = Path(args.job)
-            job = compose_job(cluster, args.trainers, JobConfig.load(job_path) if job_path.exists() else None)
+            job = compose_job(cluster, trainers, JobConfig.load(job_path) if job_path.exists() else None)
             if not job_path.exists() or job_path.read_text() != job.to_toml():
                 job_path.parent.mkdir(parents=True, exist_ok=True)
                 job.save(job_path)

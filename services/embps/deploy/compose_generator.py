@@ -15,6 +15,11 @@ or one path per shard.  Services, and the image of deploy/Dockerfile each runs:
     admin                          profile "admin": `docker compose run --rm admin  <prefix>-shard
                                    reshard ...` with the cluster config's directory
 
+With hosts (the cluster config's `host = ...` on every shard), host h is shard h's service, named like
+the host (its address is "<host>:<port>"), and gateway-h and trainer-h join that service's network
+namespace (`network_mode: service:<host>`): a shard and a trainer with its gateway per host, one
+trainer per host, and the job file's [addresses] hosts are the cluster's.
+
 The images are built by `make image` (the compose file has no build sections: one way to build them);
 memcached can come from a registry instead (memcached_image).
 
@@ -85,13 +90,25 @@ def shard_services(cluster: ClusterConfig) -> list[tuple[str, int]]:
     names = [name for name, _ in shards]
     if len(set(names)) != len(names):
         raise ValueError(f"every shard needs its own service name, got {names}")
+    for name, host in zip(names, cluster.hosts):
+        if name != host:
+            raise ValueError(f"shard of host {host!r} is reached at {name!r}: with hosts, a shard's address is "
+                             f"its host's name (\"{host}:<port>\"), the service its gateway and trainer join")
     return shards
 
 
+def check_trainers(cluster: ClusterConfig, trainers: int) -> None:
+    if cluster.hosts and trainers not in (0, len(cluster.hosts)):
+        raise ValueError(f"each host runs one trainer: {len(cluster.hosts)} hosts, {trainers} trainers")
+
+
 def job_addresses(cluster: ClusterConfig, trainers: int) -> Addresses:
-    return Addresses(oracle=f"{ORACLE}:{ORACLE_PORT}",
-                     gateways=tuple(f"gateway-{i}:{GATEWAY_PORT}" for i in range(trainers)),
-                     shards=cluster.shards, trainers=f"trainer-0:{RENDEZVOUS_PORT}")
+    """Without hosts, gateway-i and trainer-i are services of their own; with hosts, they live on host i."""
+    check_trainers(cluster, trainers)
+    where = cluster.hosts or tuple(f"gateway-{i}" for i in range(trainers))
+    rendezvous = cluster.hosts[0] if cluster.hosts else "trainer-0"
+    return Addresses(oracle=f"{ORACLE}:{ORACLE_PORT}", gateways=tuple(f"{w}:{GATEWAY_PORT}" for w in where),
+                     shards=cluster.shards, trainers=f"{rendezvous}:{RENDEZVOUS_PORT}", hosts=cluster.hosts)
 
 
 def compose_job(cluster: ClusterConfig, trainers: int, base: JobConfig | None = None) -> JobConfig:
@@ -103,6 +120,7 @@ def compose_job(cluster: ClusterConfig, trainers: int, base: JobConfig | None = 
 
 def compose(cluster: ClusterConfig, options: ComposeOptions = ComposeOptions()) -> dict:
     shards = shard_services(cluster)
+    check_trainers(cluster, options.trainers)
     if len(options.pm) not in (0, 1, len(shards)):
         raise ValueError(f"give one PM path for all shards or one per shard ({len(shards)}), got {len(options.pm)}")
     services = {"memcached": _memcached(options)}
@@ -114,7 +132,7 @@ def compose(cluster: ClusterConfig, options: ComposeOptions = ComposeOptions()) 
         if not options.pm:
             volumes[f"pm-{name}"] = {}
     if options.trainers > 0:
-        services.update(_training(options, [name for name, _ in shards]))
+        services.update(_training(options, [name for name, _ in shards], cluster.hosts))
         volumes["training-out"] = {}
     services[ADMIN] = _admin(options)
     return {"services": services, "volumes": volumes}
@@ -196,7 +214,12 @@ def _shard(name: str, port: int, pm_source: str, options: ComposeOptions) -> dic
                   stop_grace_period="30s")
 
 
-def _training(options: ComposeOptions, shards: list[str]) -> dict:
+def _on_host(hosts: tuple[str, ...], i: int, own_ports: list[str]) -> dict:
+    """Where gateway or trainer i lives: in host i's network namespace (its shard's), or on its own."""
+    return {"network_mode": f"service:{hosts[i]}"} if hosts else ({"expose": own_ports} if own_ports else {})
+
+
+def _training(options: ComposeOptions, shards: list[str], hosts: tuple[str, ...]) -> dict:
     job = [f"{options.job_file}:{JOB_PATH}:ro"]
     training: dict[str, object] = {"profiles": [TRAINING_PROFILE]}
     gateways = [f"gateway-{i}" for i in range(options.trainers)]
@@ -205,15 +228,17 @@ def _training(options: ComposeOptions, shards: list[str]) -> dict:
                                expose=[str(ORACLE_PORT)], volumes=job, depends_on=_healthy(*shards))}
     rdma = {**_rdma(), "depends_on": _healthy("memcached", ORACLE, *shards)} if options.rdma else {}
     for i, gateway in enumerate(gateways):
+        probe = f"{hosts[i] if hosts else gateway}:{GATEWAY_PORT}"
         services[gateway] = _embps(training_image, ["trainer-gateway", "--job", JOB_PATH, "--trainer", str(i)],
-                                   f"{gateway}:{GATEWAY_PORT}", **training, expose=[str(GATEWAY_PORT)], volumes=job,
+                                   probe, **training, **_on_host(hosts, i, [str(GATEWAY_PORT)]), volumes=job,
                                    shm_size="1gb",   # the row cache is a table under /dev/shm
                                    **{"depends_on": _healthy(ORACLE, *shards), **rdma})
     for rank in range(options.trainers):
-        rendezvous = {"expose": [str(RENDEZVOUS_PORT)]} if rank == 0 else {}   # torch.distributed's
+        rendezvous = [str(RENDEZVOUS_PORT)] if rank == 0 else []   # torch.distributed's
         services[f"trainer-{rank}"] = _embps(
             training_image, ["trainer", "--job", JOB_PATH, "--rank", str(rank), "--out", OUT_DIR], None, **training,
-            **rendezvous, volumes=job + [f"training-out:{OUT_DIR}"], depends_on=_healthy(*gateways))
+            **_on_host(hosts, rank, rendezvous), volumes=job + [f"training-out:{OUT_DIR}"],
+            depends_on=_healthy(*gateways))
     return services
 
 

@@ -1,6 +1,7 @@
 """Runs a whole training job on this machine: shards, the oracle cacher, one gateway and one trainer per
-rank, each its own process on loopback.  If any process fails, the others are stopped and the failure
-is reported with the tail of its log; nothing is left running.
+rank, each its own process, on loopback or on the hosts of a JobLayout (e.g. the network namespaces of
+embps.testing.netns_hosts).  If any process fails, the others are stopped and the failure is reported
+with the tail of its log; nothing is left running.
 
 The trainers may be external: a program of the user's (a Bagpipe trainer script on
 embps.compat.bagpipe, say) that starts them itself and finds the job through EMBPS_JOB."""
@@ -13,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from embps.client import PSClient
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.health import wait_serving
 from embps.common.job_messages import GATEWAY_MODES
-from embps.common.local_cluster import LocalCluster, LocalProcess, free_ports
+from embps.common.local_cluster import LOOPBACK, LocalCluster, LocalHost, LocalProcess, free_ports
 from embps.compat.job_env import ENV_JOB
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
@@ -32,6 +33,37 @@ from embps.v1 import training_pb2_grpc as pb_grpc
 
 class JobFailed(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """Where a local job's processes run: shard i on shards[i], trainer i and its gateway on trainers[i],
+    the oracle cacher on oracle.  With `hosts`, shard i and trainer i share host i (the job's
+    [addresses] hosts are their names)."""
+    shards: tuple[LocalHost, ...]
+    trainers: tuple[LocalHost, ...]
+    oracle: LocalHost = LOOPBACK
+    hosts: bool = False
+
+    @classmethod
+    def on_hosts(cls, hosts: Sequence[LocalHost], oracle: LocalHost = LOOPBACK) -> JobLayout:
+        """Host h runs shard h and trainer h with its gateway."""
+        return cls(tuple(hosts), tuple(hosts), oracle, hosts=True)
+
+    @classmethod
+    def loopback(cls, n_shards: int, trainers: int) -> JobLayout:
+        return cls((LOOPBACK,) * n_shards, (LOOPBACK,) * trainers)
+
+    @classmethod
+    def loopback_hosts(cls, n: int) -> JobLayout:
+        """n hosts on loopback, named host-0 .. host-<n-1>: the hosts concept without a network."""
+        return cls.on_hosts([LocalHost(name=f"host-{h}") for h in range(n)])
+
+    def check(self, job: JobConfig) -> None:
+        if len(self.trainers) != job.trainers:
+            raise ValueError(f"the job has {job.trainers} trainers, the layout places {len(self.trainers)}")
+        if self.hosts and len({h.name for h in self.shards}) != len(self.shards):
+            raise ValueError("every host of a layout needs its own name")
 
 
 @dataclass
@@ -42,9 +74,14 @@ class JobResult:
     out: Path
 
 
-def _addresses(job: JobConfig, shards: tuple[str, ...]) -> Addresses:
-    oracle, trainers, *gateways = (f"127.0.0.1:{port}" for port in free_ports(2 + job.trainers))
-    return Addresses(oracle=oracle, gateways=tuple(gateways), shards=shards, trainers=trainers)
+def _addresses(job: JobConfig, layout: JobLayout, cluster: LocalCluster) -> Addresses:
+    """Ports the kernel picks on loopback, none that a shard took on its host."""
+    oracle, rendezvous, *gateways = free_ports(2 + job.trainers, avoid=set().union(*(s.ports for s in cluster.shards)))
+    return Addresses(oracle=f"{layout.oracle.address}:{oracle}",
+                     gateways=tuple(f"{host.address}:{port}" for host, port in zip(layout.trainers, gateways)),
+                     shards=tuple(s.address for s in cluster.shards),
+                     trainers=f"{layout.trainers[0].address}:{rendezvous}",
+                     hosts=tuple(h.name for h in layout.shards) if layout.hosts else ())
 
 
 class ExternalTrainers(LocalProcess):
@@ -87,15 +124,18 @@ def _wait_started(process: LocalProcess, address: str, job: JobConfig, timeout: 
 
 @contextmanager
 def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
+                   layout: JobLayout | None = None,
                    oracle_flags: tuple[str, ...] = ()) -> Iterator[tuple[JobConfig, list]]:
-    """Shards with a fresh table, the oracle cacher (with oracle_flags) and the gateways, all serving;
-    yields the job (with its addresses, also saved as data_dir/job.toml) and the processes, and stops
-    them all on exit."""
+    """Shards with a fresh table, the oracle cacher (with oracle_flags) and the gateways, all serving, on
+    their hosts (default: n_shards shards and the job's trainers on loopback); yields the job (with its
+    addresses, also saved as data_dir/job.toml) and the processes, and stops them all on exit."""
+    layout = layout or JobLayout.loopback(n_shards, job.trainers)
+    layout.check(job)
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[LocalProcess] = []
-    with LocalCluster(data_dir / "shards", n_shards, security=job.security) as cluster:
-        job = dataclasses.replace(job, addresses=_addresses(job, tuple(s.address for s in cluster.shards)))
+    with LocalCluster(data_dir / "shards", len(layout.shards), security=job.security, hosts=layout.shards) as cluster:
+        job = dataclasses.replace(job, addresses=_addresses(job, layout, cluster))
         job_file = data_dir / "job.toml"
         job.save(job_file)
         with PSClient(job.cluster_config()) as ps:   # every run starts from the initializer: the oracle
@@ -103,11 +143,12 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
                 ps.drop_table(job.table)
         try:
             processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file), *oracle_flags],
-                                          logs / "oracle.log"))
+                                          logs / "oracle.log", layout.oracle))
             _wait_started(processes[-1], job.addresses.oracle, job)
             for i in range(job.trainers):
                 processes.append(LocalProcess(f"gateway {i}", ["trainer-gateway", "--job", str(job_file),
-                                                               "--trainer", str(i)], logs / f"gateway-{i}.log"))
+                                                               "--trainer", str(i)], logs / f"gateway-{i}.log",
+                                              layout.trainers[i]))
             for address in job.addresses.gateways:
                 wait_serving(address, 60, job.security)
             yield job, processes
@@ -117,14 +158,16 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
 
 
 def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True,
-                  oracle_flags: tuple[str, ...] = ()) -> JobResult:
+                  layout: JobLayout | None = None, oracle_flags: tuple[str, ...] = ()) -> JobResult:
+    layout = layout or JobLayout.loopback(n_shards, job.trainers)
     out = data_dir / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "progress.jsonl").unlink(missing_ok=True)
-    with local_services(job, data_dir, n_shards, oracle_flags) as (job, processes):
+    with local_services(job, data_dir, n_shards, layout, oracle_flags) as (job, processes):
         started = time.perf_counter()
         trainers = [LocalProcess(f"trainer {r}", ["trainer", "--job", str(data_dir / "job.toml"), "--rank", str(r),
-                                                  "--out", str(out)], data_dir / "logs" / f"trainer-{r}.log")
+                                                  "--out", str(out)], data_dir / "logs" / f"trainer-{r}.log",
+                                 layout.trainers[r])
                     for r in range(job.trainers)]
         processes += trainers
         _watch(job, processes, trainers, out / "progress.jsonl", show_progress)
@@ -139,7 +182,7 @@ def run_external_job(job: JobConfig, data_dir: Path, trainers_argv: list[str], n
     the trainers died or stopped early).  metrics: each gateway's stats."""
     out = data_dir / "out"
     out.mkdir(parents=True, exist_ok=True)
-    with local_services(job, data_dir, n_shards, oracle_flags) as (job, processes):
+    with local_services(job, data_dir, n_shards, oracle_flags=oracle_flags) as (job, processes):
         started = time.perf_counter()
         trainers = ExternalTrainers(trainers_argv, data_dir / "job.toml", data_dir / "logs" / "trainers.log")
         processes.append(trainers)

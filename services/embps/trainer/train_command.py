@@ -40,8 +40,10 @@ def add_arguments(parser) -> None:
                         help="bounded: the fraction of each host's mirror candidates it mirrors")
     parser.add_argument("--placement", default="",
                         help="a placement file (embps partition): host h's shard owns its rows, trainer h its samples")
-    parser.add_argument("--trainers", type=int, default=2)
-    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--trainers", type=int, help="trainers, each with its gateway (default 2)")
+    parser.add_argument("--shards", type=int, help="parameter shards (default 2)")
+    parser.add_argument("--hosts", type=int, help="hosts on loopback, each running one shard and one trainer with "
+                                                  "its gateway (so trainers = shards = hosts)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=1024, help="global batch size")
     parser.add_argument("--dim", type=int, default=None, help="embedding width (default 50 for caser, else 32)")
@@ -61,12 +63,22 @@ def add_arguments(parser) -> None:
                              "EMBPS_JOB), e.g. a Bagpipe trainer script on embps.compat.bagpipe")
 
 
+def counts_from_args(args) -> tuple[int, int]:
+    """(trainers, shards): both default to 2; with --hosts both are the hosts, and must agree."""
+    if args.hosts is None:
+        return args.trainers or 2, args.shards or 2
+    for flag, value in (("--trainers", args.trainers), ("--shards", args.shards)):
+        if value not in (None, args.hosts):
+            raise SystemExit(f"each host runs one shard and one trainer: {flag} {value} contradicts --hosts {args.hosts}")
+    return args.hosts, args.hosts
+
+
 def job_from_args(args) -> JobConfig:
     default_dataset, default_dim = MODEL_DEFAULTS.get(args.model, DEFAULTS)
     dataset = args.dataset or default_dataset
     options = {"scale": args.scale} if dataset == "synthetic" else {}
     job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
-                    trainers=args.trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
+                    trainers=counts_from_args(args)[0], global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
                     emb_eps=args.emb_eps, dense_lr=args.dense_lr, lookahead=args.lookahead,
                     staleness=args.staleness, store_rate=args.store_rate, placement=args.placement)
@@ -140,7 +152,7 @@ def run(args) -> int:
     from embps.datasets import open_dataset
     from embps.models import MODELS, check_model_fits   # PyTorch loads only for the commands that train
 
-    from .local_job import JobFailed, run_external_job, run_local_job
+    from .local_job import JobFailed, JobLayout, run_external_job, run_local_job
     if args.model not in MODELS:
         raise SystemExit(f"--model must be one of {MODELS}")
     console = Console()
@@ -152,16 +164,19 @@ def run(args) -> int:
         check_model_fits(job.model, open_dataset(job.dataset, **job.dataset_options).info)
     except (OSError, ValueError) as error:
         raise SystemExit(f"embps train: --model {job.model} --dataset {job.dataset}: {error}") from None
+    shards = counts_from_args(args)[1]
+    layout = JobLayout.loopback_hosts(args.hosts) if args.hosts else JobLayout.loopback(shards, job.trainers)
     trainers = f"external trainers ({args.external_trainers})" if args.external_trainers else f"{job.trainers} trainers"
-    console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {args.shards} shards, "
-                  f"{trainers}, mode {job.mode}, lookahead {job.lookahead}, {job.steps} steps of "
-                  f"{job.global_batch}")
+    where = f"{args.hosts} hosts (a shard, a gateway and a trainer each)" if args.hosts else \
+        f"{shards} shards, {trainers}"
+    console.print(f"[bold]embps train[/bold]: {job.model} on {job.dataset}, {where}, mode {job.mode}, lookahead "
+                  f"{job.lookahead}, {job.steps} steps of {job.global_batch}")
     try:
         if args.external_trainers:
             result = run_external_job(job, Path(args.data_dir), shlex.split(args.external_trainers),
-                                      n_shards=args.shards, oracle_flags=oracle_flags(args))
+                                      n_shards=shards, oracle_flags=oracle_flags(args))
             return _report_external(console, result)
-        result = run_local_job(job, Path(args.data_dir), n_shards=args.shards, oracle_flags=oracle_flags(args))
+        result = run_local_job(job, Path(args.data_dir), layout=layout, oracle_flags=oracle_flags(args))
     except JobFailed as error:
         console.print(f"[bold red]training failed[/bold red]: {error}")
         return 1

@@ -40,16 +40,18 @@ class JobConfig(_message.Message):
         values: _containers.RepeatedCompositeFieldContainer[JobConfig.OptionValue]
         def __init__(self, values: _Optional[_Iterable[_Union[JobConfig.OptionValue, _Mapping]]] = ...) -> None: ...
     class Addresses(_message.Message):
-        __slots__ = ("oracle", "gateways", "shards", "trainers")
+        __slots__ = ("oracle", "gateways", "shards", "trainers", "hosts")
         ORACLE_FIELD_NUMBER: _ClassVar[int]
         GATEWAYS_FIELD_NUMBER: _ClassVar[int]
         SHARDS_FIELD_NUMBER: _ClassVar[int]
         TRAINERS_FIELD_NUMBER: _ClassVar[int]
+        HOSTS_FIELD_NUMBER: _ClassVar[int]
         oracle: str
         gateways: _containers.RepeatedScalarFieldContainer[str]
         shards: _containers.RepeatedScalarFieldContainer[str]
         trainers: str
-        def __init__(self, oracle: _Optional[str] = ..., gateways: _Optional[_Iterable[str]] = ..., shards: _Optional[_Iterable[str]] = ..., trainers: _Optional[str] = ...) -> None: ...
+        hosts: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, oracle: _Optional[str] = ..., gateways: _Optional[_Iterable[str]] = ..., shards: _Optional[_Iterable[str]] = ..., trainers: _Optional[str] = ..., hosts: _Optional[_Iterable[str]] = ...) -> None: ...
     class Security(_message.Message):
         __slots__ = ("tls_cert", "tls_key", "tls_ca", "tls_client_auth", "tls_server_name", "auth_token_file")
         TLS_CERT_FIELD_NUMBER: _ClassVar[int]
