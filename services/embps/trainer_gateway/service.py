@@ -28,6 +28,7 @@ from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
 from .bounded_strategy import BoundedStrategy
+from .batch_keys import distinct
 from .direct_strategy import DirectStrategy
 from .errors import GatewayError
 from .peer_exchange import FINAL_ROUND, PeerExchange
@@ -135,9 +136,10 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 
     @staticmethod
     def _local_keys(plan: pb.BatchPlan) -> tuple[np.ndarray, np.ndarray]:
-        """This trainer's distinct keys in the batch (sorted) and each sample's index into them."""
+        """This trainer's distinct keys in the batch (sorted) and each sample's index into them (int32, as
+        NextBatch sends it)."""
         sparse = np.frombuffer(plan.features.sparse, np.int64).reshape(plan.features.samples, -1)
-        return np.unique(feature_keys(sparse), return_inverse=True)
+        return distinct(feature_keys(sparse))
 
     # ---- TrainerGateway ---------------------------------------------------------------------
 
@@ -159,7 +161,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             del progress.local[b]   # the strategy is past b: rows are in hand
             progress.next_batch = b + 1
         batch = dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
-                     inverse=inverse.astype(np.int32).tobytes())   # a dict: a built message would be copied again
+                     inverse=inverse.tobytes())   # a dict: a built message would be copied again
         return pb.NextBatchResponse(batch=batch)
 
     @_reported

@@ -19,6 +19,7 @@ import numpy as np
 from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
+from .batch_keys import members
 from .row_cache import RowCache
 from .strategy import GatewayContext, Strategy
 
@@ -111,16 +112,16 @@ class SyncStrategy(Strategy):
         with progress.cond:
             stream_keys, stream_rows = self.streamed.pop(b)
         rows = np.empty((len(keys), c.dim), np.float32)
-        streamed = np.isin(keys, stream_keys, assume_unique=True)
+        streamed = members(keys, stream_keys)
         rows[streamed] = stream_rows   # both sorted
         rows[~streamed] = self.cache.rows(keys[~streamed])
         return rows
 
     def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:
         batch_keys, summed = self.context.summed_gradients(b, plan, keys, grads)
-        streamed = np.isin(batch_keys, wire.keys_from_bytes(plan.stream), assume_unique=True)
+        streamed = members(batch_keys, wire.keys_from_bytes(plan.stream))
         self.context.update_shards(batch_keys[streamed], summed[streamed])
-        now = np.isin(batch_keys, wire.keys_from_bytes(plan.sync_now), assume_unique=True) & ~streamed
+        now = members(batch_keys, wire.keys_from_bytes(plan.sync_now)) & ~streamed
         self.cache.apply(batch_keys[now], summed[now])
         later = ~now & ~streamed
         self.later.put((b, batch_keys[later], summed[later]))
