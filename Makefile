@@ -142,7 +142,7 @@ check-native: $(ASAN_TEST)
 
 # The container test is `make test-containers`, with a Docker engine.
 check-python:
-	$(PY) -m pytest tests --ignore=tests/containers
+	$(PY) -m pytest tests --ignore=tests/containers --durations=15
 
 check-types:
 	$(PY) -m mypy

@@ -126,7 +126,8 @@ def test_an_export_whose_client_stops_reading_is_cut_and_releases_its_table(shar
     dim, n = 1024, 8192   # 32 MiB: far more than the sockets and gRPC's windows buffer
     create(stub, "stalled", dim, capacity=n)
     fill(stub, "stalled", dim, n)
-    export = stub.Export(pb.ExportRequest(table="stalled"), timeout=300)   # opened, never read
+    export = stub.Export(pb.ExportRequest(table="stalled"), timeout=300)
+    next(export)   # the shard holds the table now (a drop before it would win the race); no more is read
     stub.DropTable(pb.DropTableRequest(table="stalled"), timeout=120)      # waits for the table's release
     with pytest.raises(grpc.RpcError) as info:
         for _ in export:
