@@ -26,13 +26,13 @@ class RowStepAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for weight in group["params"]:
                 if weight.grad is not None:
-                    self._step_rows(weight, group)
+                    self._step_rows(weight, weight.grad, group)
         return None
 
-    def _step_rows(self, weight: torch.Tensor, group: dict) -> None:
-        if not weight.grad.is_sparse:
+    def _step_rows(self, weight: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        if not grad.is_sparse:
             raise RuntimeError("RowStepAdam takes sparse gradients (nn.Embedding(sparse=True))")
-        grad = weight.grad.coalesce()
+        grad = grad.coalesce()
         rows, g = grad.indices()[0], grad.values()
         state = self.state[weight]
         if not state:
