@@ -30,8 +30,11 @@ def wire(job: JobConfig) -> JobConfig:
 PLACED = dataclasses.replace(JOB, placement="/data/hetgmp.placement",
                              addresses=dataclasses.replace(JOB.addresses, shards=("s:1", "s:2", "s:3", "s:4")))
 
+ADAM = dataclasses.replace(JOB, emb_optimizer="adam", emb_lr=1e-3, emb_beta1=0.8, emb_beta2=0.95)
 
-@pytest.mark.parametrize("job", [JOB, JobConfig(), PLACED], ids=["every_setting", "defaults", "placement"])
+
+@pytest.mark.parametrize("job", [JOB, JobConfig(), PLACED, ADAM], ids=["every_setting", "defaults", "placement",
+                                                                       "adam"])
 def test_round_trip_equals_the_job_and_its_toml_reading(job):
     assert wire(job) == job
     assert wire(job) == JobConfig.from_toml(job.to_toml())
@@ -60,8 +63,12 @@ def test_a_message_the_job_cannot_run_with_is_refused():
     with pytest.raises(ValueError, match="gateway mode is unspecified"):
         job_from_message(message)
     message = job_to_message(JOB)
-    message.emb_optimizer = shard_pb.OPTIMIZER_KIND_ADAM   # a name the shards know, but not the gateways' caches
-    with pytest.raises(ValueError, match="emb_optimizer must be 'sgd' or 'adagrad'"):
+    message.emb_optimizer = shard_pb.OPTIMIZER_KIND_ROWWISE_ADAGRAD   # a name the shards know, but not a job
+    with pytest.raises(ValueError, match=r"emb_optimizer must be one of \('sgd', 'adagrad', 'adam'\)"):
+        job_from_message(message)
+    message = job_to_message(ADAM)
+    message.emb_beta2 = 1.0
+    with pytest.raises(ValueError, match=r"emb_beta1 and emb_beta2 must be in \[0, 1\), got 0.8 and 1.0"):
         job_from_message(message)
     message = job_to_message(JOB)
     message.dataset_options["empty"].Clear()

@@ -54,7 +54,8 @@ def test_every_disagreement_is_named_with_its_fix(job_file):
 
 @pytest.mark.parametrize("change, part", [
     ({"emb_optim": torch.optim.SGD, "emb_optim_params": {"lr": 0.01, "momentum": 0.9}}, "has no momentum"),
-    ({"emb_optim": torch.optim.Adam}, "a job's table trains with sgd or adagrad only"),
+    ({"emb_optim": torch.optim.Adam, "emb_optim_params": {"betas": (0.8, 0.99)}},
+     "(embps train --emb-optimizer adam --emb-lr 0.001 --emb-betas 0.8 0.99 --emb-eps 1e-08)"),
     ({"ln_emb": []}, "one positive table size per feature"),
     ({"cache_size": 0}, "row budget must be positive"),
     ({"device": "cuda:0"}, "pass device='cpu'"),

@@ -131,7 +131,7 @@ def test_two_runs_are_bit_identical(name):
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        LocalTrainer(SumModel(), make_tables(), "adam", 0.1, 1e-8)
+        LocalTrainer(SumModel(), make_tables(), "rowwise_adagrad", 0.1, 1e-8)
     with pytest.raises(ValueError):
         LocalTrainer(SumModel(), make_tables(), "sgd", 0.1, 1e-8, dense_optimizer="lbfgs")
     with pytest.raises(ValueError):

@@ -52,7 +52,7 @@ def reference(job: JobConfig, batches=None):
     tables = [initial_rows(spec, k) for k in keys]
     model = build_model(job.model, info.n_dense, len(info.table_sizes), job.dim, seed=job.seed)
     trainer = LocalTrainer(model, tables, job.emb_optimizer, job.emb_lr, job.emb_eps, job.dense_optimizer,
-                           job.dense_lr)
+                           job.dense_lr, emb_betas=(job.emb_beta1, job.emb_beta2))
     for _, batch in zip(range(job.steps), batches or dataset.batches(job.global_batch, "train")):
         trainer.step(batch.dense, batch.sparse, batch.labels)
     return trainer, keys
@@ -62,9 +62,9 @@ def check_equal(job: JobConfig, result, expected, keys, shards_dir):
     for i, table_keys in enumerate(keys):
         rows, state = rows_on_shards(shards_dir, job.table, table_keys)
         np.testing.assert_allclose(rows, expected.table(i), atol=TOLERANCE, rtol=0, err_msg=f"rows of feature {i}")
-        if job.emb_optimizer == "adagrad":
+        if job.emb_optimizer != "sgd":   # adagrad's sums; adam's m, v and each row's step count
             np.testing.assert_allclose(state, expected.table_state(i), atol=TOLERANCE, rtol=0,
-                                       err_msg=f"adagrad state of feature {i}")
+                                       err_msg=f"{job.emb_optimizer} state of feature {i}")
     dense = torch.load(result.out / "dense.pt")
     for name, value in expected.model.state_dict().items():
         np.testing.assert_allclose(dense[name].numpy(), value.numpy(), atol=TOLERANCE, rtol=0, err_msg=name)
@@ -72,6 +72,7 @@ def check_equal(job: JobConfig, result, expected, keys, shards_dir):
 
 
 SYNTHETIC = ("synthetic", {"scale": 0.0005, "seed": 5})
+EMB_LR = {"sgd": 0.1, "adagrad": 0.01, "adam": 1e-3}
 SEQUENCES = ("movielens-100k-seq", {"seed": 5})
 
 
@@ -79,16 +80,18 @@ def small_job(mode: str, emb_optimizer: str, lookahead: int = 8, model: str = "d
               **settings) -> JobConfig:
     return JobConfig(dataset=data[0], dataset_options=data[1], model=model, mode=mode,
                      trainers=2, global_batch=128, steps=50, eval_batches=1, dim=8, emb_optimizer=emb_optimizer,
-                     emb_lr=0.1 if emb_optimizer == "sgd" else 0.01, lookahead=lookahead, timeout_seconds=60,
+                     emb_lr=EMB_LR[emb_optimizer], lookahead=lookahead, timeout_seconds=60,
                      # Adam and Adagrad divide by the gradient's own scale, so where trainers' gradients nearly
                      # cancel, float32 rounding (sum of two halves vs one batch) moves a row by lr x that
-                     # relative error: the check keeps lr x 1e-3 below its tolerance and uses SGD for dense.
+                     # relative error: the check keeps lr x 1e-3 below its tolerance (Adam's first step is
+                     # lr x sign(g), so its lr is the smaller) and uses SGD for dense.
                      dense_optimizer="sgd", dense_lr=0.05, **settings)
 
 
 @pytest.mark.parametrize("model, data, mode, emb_optimizer, lookahead", [
     ("dlrm", SYNTHETIC, "sync", "sgd", 8), ("dlrm", SYNTHETIC, "sync", "adagrad", 8),
-    ("dlrm", SYNTHETIC, "sync", "adagrad", 1), ("dlrm", SYNTHETIC, "direct", "sgd", 8),
+    ("dlrm", SYNTHETIC, "sync", "adagrad", 1), ("dlrm", SYNTHETIC, "sync", "adam", 8),
+    ("dlrm", SYNTHETIC, "direct", "sgd", 8),
     ("dlrm", SYNTHETIC, "direct", "adagrad", 8), ("dlrm", SYNTHETIC, "bounded", "sgd", 8),
     ("dlrm", SYNTHETIC, "bounded", "adagrad", 8),
     ("fgcnn", SYNTHETIC, "sync", "adagrad", 8), ("caser", SEQUENCES, "sync", "adagrad", 8)],

@@ -1,8 +1,10 @@
 """`embps train --model`: every model of embps.models is a choice, Caser brings its data set and width
-(MovieLens sequences, dim 50) and is refused by name on data that has no sequences."""
+(MovieLens sequences, dim 50) and is refused by name on data that has no sequences; `--emb-optimizer adam`
+and `--emb-betas` set the table's optimizer."""
 
 import pytest
 
+from embps.api import OptimizerKind
 from embps.cli import build_parser
 from embps.trainer.train_command import job_from_args
 
@@ -18,6 +20,14 @@ def test_defaults_per_model():
     assert (job.dataset, job.dim, job.dataset_options) == ("synthetic", 32, {"scale": 0.01})
     job = job_from_args(parse("--model", "caser", "--dim", "16"))
     assert job.dim == 16
+
+
+def test_an_adam_table_with_its_betas():
+    spec = job_from_args(parse("--emb-optimizer", "adam", "--emb-lr", "0.001", "--emb-betas", "0.8", "0.99")
+                         ).table_spec(10).optimizer
+    assert (spec.kind, spec.lr, spec.eps, spec.beta1, spec.beta2) == (OptimizerKind.ADAM, 0.001, 1e-8, 0.8, 0.99)
+    spec = job_from_args(parse("--emb-optimizer", "adam")).table_spec(10).optimizer
+    assert (spec.beta1, spec.beta2) == (0.9, 0.999)   # torch's
 
 
 def test_caser_on_ctr_data_is_refused_before_anything_starts(tmp_path):

@@ -36,6 +36,7 @@ from .cluster_config import ClusterConfig
 from .security import NO_SECURITY, Security
 
 MODES = ("sync", "direct", "bounded")
+EMB_OPTIMIZERS = ("sgd", "adagrad", "adam")   # the table optimizers a job trains with (bounded: sgd, adagrad)
 FEATURE_SHIFT = 40   # shard key = (feature << 40) | id
 
 
@@ -59,9 +60,11 @@ class JobConfig:
     steps: int = 200
     eval_batches: int = 8
     dim: int = 32
-    emb_optimizer: str = "adagrad"     # "sgd" or "adagrad": the shards' and the caches' optimizer
+    emb_optimizer: str = "adagrad"     # "sgd", "adagrad" or "adam": the shards' and the caches' optimizer
     emb_lr: float = 0.05
-    emb_eps: float = 1e-8
+    emb_eps: float = 1e-8              # adagrad's and adam's epsilon
+    emb_beta1: float = 0.9             # adam's betas (torch's defaults); a row's step count is its own
+    emb_beta2: float = 0.999
     dense_optimizer: str = "adam"
     dense_lr: float = 1e-3
     lookahead: int = 64                # L: batches the oracle plans ahead
@@ -78,8 +81,10 @@ class JobConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.emb_optimizer not in ("sgd", "adagrad"):
-            raise ValueError(f"emb_optimizer must be 'sgd' or 'adagrad', got {self.emb_optimizer!r}")
+        if self.emb_optimizer not in EMB_OPTIMIZERS:
+            raise ValueError(f"emb_optimizer must be one of {EMB_OPTIMIZERS}, got {self.emb_optimizer!r}")
+        if not (0 <= self.emb_beta1 < 1 and 0 <= self.emb_beta2 < 1):
+            raise ValueError(f"emb_beta1 and emb_beta2 must be in [0, 1), got {self.emb_beta1} and {self.emb_beta2}")
         if self.trainers < 1 or self.global_batch % self.trainers:
             raise ValueError(f"global_batch ({self.global_batch}) must split evenly over {self.trainers} trainers")
         if self.lookahead < 1 or self.steps < 1:
@@ -122,7 +127,8 @@ class JobConfig:
     def table_spec(self, n_rows: int) -> TableSpec:
         """The shards' table: one row per (feature, id); rows start as DLRM does, uniform in
         ±sqrt(1/rows), here from (seed, key) so every process agrees."""
-        optimizer = OptimizerSpec(OptimizerKind(self.emb_optimizer), lr=self.emb_lr, eps=self.emb_eps)
+        optimizer = OptimizerSpec(OptimizerKind(self.emb_optimizer), lr=self.emb_lr, eps=self.emb_eps,
+                                  beta1=self.emb_beta1, beta2=self.emb_beta2)
         return TableSpec(dim=self.dim, capacity=max(n_rows, 1024), optimizer=optimizer,
                          initializer=InitializerSpec(InitializerKind.UNIFORM, scale=0.05, seed=self.seed))
 

@@ -14,7 +14,7 @@ from .spec_messages import OPTIMIZER_KINDS, WireEnum
 GATEWAY_MODES = WireEnum(pb.GatewayMode, "GATEWAY_MODE_", MODES, "gateway mode")
 # Fields copied as they are; the others need a conversion each.
 _PLAIN = ("dataset", "model", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_lr", "emb_eps",
-          "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "placement",
+          "emb_beta1", "emb_beta2", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "placement",
           "staleness", "store_rate")
 
 

@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from embps.api import OptimizerKind, OptimizerSpec
+from embps.api import OptimizerSpec
 from embps.client.trainer_sdk import Batch, GatewayCache
 from embps.client.trainer_sdk import init_cache as gateway_cache
 from embps.common.job_config import JobConfig
@@ -43,7 +43,7 @@ from embps.common.security import Security
 from embps.v1 import training_pb2 as pb
 from embps.v1 import training_pb2_grpc as pb_grpc
 
-from .bagpipe_optim import describe, optimizer_spec, same_optimizer
+from .bagpipe_optim import SPEC_OPTIONS, describe, optimizer_spec, same_optimizer
 from .job_env import ENV_JOB, ENV_ORACLE
 
 
@@ -101,11 +101,9 @@ def _disagreements(job: JobConfig, lookahead_value: int, emb_size: int, ln_emb: 
 
 def _job_optimizer_flags(spec: OptimizerSpec) -> str:
     """How to start a job whose table trains with spec."""
-    if spec.kind is OptimizerKind.SGD:
-        return f"embps train --emb-optimizer sgd --emb-lr {spec.lr:g}"
-    if spec.kind is OptimizerKind.ADAGRAD:
-        return f"embps train --emb-optimizer adagrad --emb-lr {spec.lr:g} --emb-eps {spec.eps:g}"
-    return f"the shards compute {spec.kind.value}, but a job's table trains with sgd or adagrad only"
+    flags = {"lr": f"--emb-lr {spec.lr:g}", "eps": f"--emb-eps {spec.eps:g}",
+             "betas": f"--emb-betas {spec.beta1:g} {spec.beta2:g}"}
+    return " ".join([f"embps train --emb-optimizer {spec.kind.value}", *(flags[o] for o in SPEC_OPTIONS[spec.kind])])
 
 
 def _device(device: str) -> torch.device:

@@ -3,9 +3,11 @@ the table that the shards and the gateways' caches train with (embps.api.Optimiz
 
 Bagpipe steps a torch optimizer over the rows cached on its trainers; here the rows' optimizer runs
 where the rows are (the gateways' caches and the shards, the same C kernel), so the class and options
-must be ones that kernel computes exactly: SGD(lr), Adagrad(lr, eps) and Adam(lr, betas, eps), whose
-per-row step count makes it torch.optim.SparseAdam (torch.optim.Adam refuses the sparse gradients of
-Bagpipe's cache, so SparseAdam is what an Adam user of Bagpipe would pass; both map to it).  Options
+must be ones that kernel computes exactly: SGD(lr), Adagrad(lr, eps) and Adam(lr, betas, eps).  Adam
+keeps a step count per row, advanced only by the row's own updates (embps.models.row_step_adam): it is
+torch.optim.SparseAdam (what an Adam user of Bagpipe's sparse cache would pass; Adam maps to it too)
+but for SparseAdam's one count per table, so the two agree while every row is updated on every step,
+and a row updated less often gets the bias correction of its own updates.  Options
 that change the arithmetic are refused unless they have their no-op value; options that only choose
 how torch computes (foreach, fused, ...) have no meaning here and are accepted.  Defaults are torch's own.
 """

@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EMB_OPTIMIZERS = ("sgd", "adagrad")
+from .row_step_adam import RowStepAdam
+
+EMB_OPTIMIZERS = ("sgd", "adagrad", "adam")
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
 
@@ -15,12 +17,14 @@ class LocalTrainer:
 
     Table i is an nn.Embedding(rows_i, dim, sparse=True) initialised with a copy of tables[i]; sample b
     looks up row sparse[b, i] of it. Its gradient is sparse, and the rows an id appears on more than once
-    in a batch get the sum of their gradients. The embedding optimizer is torch.optim.SGD(lr=emb_lr) or
-    torch.optim.Adagrad(lr=emb_lr, eps=emb_eps, lr_decay=0, weight_decay=0, initial_accumulator_value=0),
-    which for a row r with summed gradient g does
+    in a batch get the sum of their gradients. The embedding optimizer is torch.optim.SGD(lr=emb_lr),
+    torch.optim.Adagrad(lr=emb_lr, eps=emb_eps, lr_decay=0, weight_decay=0, initial_accumulator_value=0)
+    or RowStepAdam(lr=emb_lr, betas=emb_betas, eps=emb_eps), which for a row r with summed gradient g do
         sgd:      w[r] -= lr * g
         adagrad:  s[r] += g * g;   w[r] -= lr * g / (sqrt(s[r]) + eps)
-    and leaves rows the batch does not touch alone. The dense optimizer updates the model's parameters:
+        adam:     Adam with the row's own step count t[r], which only the row's updates advance
+                  (embps.models.row_step_adam)
+    and leave rows the batch does not touch alone. The dense optimizer updates the model's parameters:
     torch.optim.SGD(lr), torch.optim.Adam(lr) with default betas and eps, or torch.optim.Adagrad(lr).
 
     threads, when given, is passed to torch.set_num_threads (a process-wide setting).
@@ -28,7 +32,7 @@ class LocalTrainer:
 
     def __init__(self, model: nn.Module, tables: list[np.ndarray], emb_optimizer: str, emb_lr: float,
                  emb_eps: float, dense_optimizer: str = "adam", dense_lr: float = 1e-3,
-                 threads: int | None = None):
+                 threads: int | None = None, emb_betas: tuple[float, float] = (0.9, 0.999)):
         if emb_optimizer not in EMB_OPTIMIZERS:
             raise ValueError(f"emb_optimizer must be one of {EMB_OPTIMIZERS}, got {emb_optimizer!r}")
         if dense_optimizer not in DENSE_OPTIMIZERS:
@@ -48,6 +52,8 @@ class LocalTrainer:
         emb_params = [emb.weight for emb in self.embeddings]
         if emb_optimizer == "sgd":
             self.emb_opt: torch.optim.Optimizer = torch.optim.SGD(emb_params, lr=emb_lr)
+        elif emb_optimizer == "adam":
+            self.emb_opt = RowStepAdam(emb_params, lr=emb_lr, betas=emb_betas, eps=emb_eps)
         else:
             self.emb_opt = torch.optim.Adagrad(emb_params, lr=emb_lr, eps=emb_eps, lr_decay=0,
                                                weight_decay=0, initial_accumulator_value=0)
@@ -101,7 +107,10 @@ class LocalTrainer:
         return self.embeddings[i].weight.detach().numpy().copy()
 
     def table_state(self, i: int) -> np.ndarray | None:
-        """A copy of Adagrad's state_sum [rows, dim] for table i; None for sgd."""
+        """A copy of table i's optimizer state as the native store lays it out: Adagrad's state_sum
+        [rows, dim], Adam's m, v and step count [rows, 2 * dim + 1]; None for sgd."""
+        if isinstance(self.emb_opt, RowStepAdam):
+            return self.emb_opt.row_state(self.embeddings[i].weight).numpy().copy()
         if self.emb_optimizer_name != "adagrad":
             return None
         return self.emb_opt.state[self.embeddings[i].weight]["sum"].detach().numpy().copy()

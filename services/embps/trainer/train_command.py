@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from embps.common.job_config import MODES, JobConfig
+from embps.common.job_config import EMB_OPTIMIZERS, MODES, JobConfig
 from embps.compat.bagpipe_flags import with_table_sizes
 
 COMMAND = "train"
@@ -47,9 +47,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=1024, help="global batch size")
     parser.add_argument("--dim", type=int, default=None, help="embedding width (default 50 for caser, else 32)")
-    parser.add_argument("--emb-optimizer", default="adagrad", choices=("sgd", "adagrad"))
+    parser.add_argument("--emb-optimizer", default="adagrad", choices=EMB_OPTIMIZERS,
+                        help="the table's optimizer, run by the shards and the caches (adam: a step count per row)")
     parser.add_argument("--emb-lr", type=float, default=0.05)
-    parser.add_argument("--emb-eps", type=float, default=JobConfig.emb_eps, help="adagrad's epsilon")
+    parser.add_argument("--emb-eps", type=float, default=JobConfig.emb_eps, help="adagrad's and adam's epsilon")
+    parser.add_argument("--emb-betas", type=float, nargs=2, default=(JobConfig.emb_beta1, JobConfig.emb_beta2),
+                        metavar=("BETA1", "BETA2"), help="adam's betas")
     parser.add_argument("--dense-lr", type=float, default=1e-3)
     parser.add_argument("--eval-batches", type=int, default=16,
                         help="held-out batches (a sequence data set's ranking queries are all evaluated)")
@@ -80,7 +83,7 @@ def job_from_args(args) -> JobConfig:
     job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
                     trainers=counts_from_args(args)[0], global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
-                    emb_eps=args.emb_eps, dense_lr=args.dense_lr, lookahead=args.lookahead,
+                    emb_eps=args.emb_eps, emb_beta1=args.emb_betas[0], emb_beta2=args.emb_betas[1], dense_lr=args.dense_lr, lookahead=args.lookahead,
                     staleness=args.staleness, store_rate=args.store_rate, placement=args.placement)
     return with_table_sizes(job, args.emb_info_file) if args.emb_info_file else job
 

@@ -20,7 +20,7 @@ GATEWAY_MODE_DIRECT: GatewayMode
 GATEWAY_MODE_BOUNDED: GatewayMode
 
 class JobConfig(_message.Message):
-    __slots__ = ("dataset", "dataset_options", "model", "mode", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_optimizer", "emb_lr", "emb_eps", "dense_optimizer", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "addresses", "security", "placement", "staleness", "store_rate")
+    __slots__ = ("dataset", "dataset_options", "model", "mode", "trainers", "global_batch", "steps", "eval_batches", "dim", "emb_optimizer", "emb_lr", "emb_eps", "dense_optimizer", "dense_lr", "lookahead", "cleanup_proportion", "seed", "table", "timeout_seconds", "addresses", "security", "placement", "staleness", "store_rate", "emb_beta1", "emb_beta2")
     class OptionValue(_message.Message):
         __slots__ = ("bool_value", "int_value", "double_value", "string_value", "list_value")
         BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,8 @@ class JobConfig(_message.Message):
     PLACEMENT_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     STORE_RATE_FIELD_NUMBER: _ClassVar[int]
+    EMB_BETA1_FIELD_NUMBER: _ClassVar[int]
+    EMB_BETA2_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     dataset_options: _containers.MessageMap[str, JobConfig.OptionValue]
     model: str
@@ -122,7 +124,9 @@ class JobConfig(_message.Message):
     placement: str
     staleness: int
     store_rate: float
-    def __init__(self, dataset: _Optional[str] = ..., dataset_options: _Optional[_Mapping[str, JobConfig.OptionValue]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., trainers: _Optional[int] = ..., global_batch: _Optional[int] = ..., steps: _Optional[int] = ..., eval_batches: _Optional[int] = ..., dim: _Optional[int] = ..., emb_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., emb_lr: _Optional[float] = ..., emb_eps: _Optional[float] = ..., dense_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., dense_lr: _Optional[float] = ..., lookahead: _Optional[int] = ..., cleanup_proportion: _Optional[float] = ..., seed: _Optional[int] = ..., table: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., addresses: _Optional[_Union[JobConfig.Addresses, _Mapping]] = ..., security: _Optional[_Union[JobConfig.Security, _Mapping]] = ..., placement: _Optional[str] = ..., staleness: _Optional[int] = ..., store_rate: _Optional[float] = ...) -> None: ...
+    emb_beta1: float
+    emb_beta2: float
+    def __init__(self, dataset: _Optional[str] = ..., dataset_options: _Optional[_Mapping[str, JobConfig.OptionValue]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., trainers: _Optional[int] = ..., global_batch: _Optional[int] = ..., steps: _Optional[int] = ..., eval_batches: _Optional[int] = ..., dim: _Optional[int] = ..., emb_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., emb_lr: _Optional[float] = ..., emb_eps: _Optional[float] = ..., dense_optimizer: _Optional[_Union[_ps_shard_pb2.OptimizerKind, str]] = ..., dense_lr: _Optional[float] = ..., lookahead: _Optional[int] = ..., cleanup_proportion: _Optional[float] = ..., seed: _Optional[int] = ..., table: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., addresses: _Optional[_Union[JobConfig.Addresses, _Mapping]] = ..., security: _Optional[_Union[JobConfig.Security, _Mapping]] = ..., placement: _Optional[str] = ..., staleness: _Optional[int] = ..., store_rate: _Optional[float] = ..., emb_beta1: _Optional[float] = ..., emb_beta2: _Optional[float] = ...) -> None: ...
 
 class FeatureSlice(_message.Message):
     __slots__ = ("samples", "dense", "sparse", "labels")
