@@ -75,6 +75,8 @@ class _ChunkReader:
                               for a in (data.dense, data.sparse, data.labels)))
             for target, source in ((out.dense, data.dense), (out.sparse, data.sparse), (out.labels, data.labels)):
                 target[where] = source[at[where]]
+        if out is None:
+            raise ValueError("no sample positions to read")
         return out
 
     def _chunk(self, chunk: int) -> Batch:

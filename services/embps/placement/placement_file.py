@@ -41,7 +41,7 @@ def save_placement(path: str | os.PathLike, placement: Placement) -> None:
     header = _header_bytes(placement)
     digest = hashlib.sha256(header)
     for array in arrays:
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     length = len(header) + sum(array.nbytes for array in arrays)
     path = Path(path)
     staging = path.with_name(path.name + ".tmp")
@@ -49,7 +49,7 @@ def save_placement(path: str | os.PathLike, placement: Placement) -> None:
         out.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, length, digest.digest()))
         out.write(header)
         for array in arrays:
-            out.write(memoryview(array).cast("B"))
+            out.write(array.data.cast("B"))
         out.flush()
         os.fsync(out.fileno())
     os.replace(staging, path)
@@ -59,7 +59,7 @@ def load_placement(path: str | os.PathLike, *, hosts: int | None = None, dataset
     """The placement in `path`; with `hosts` or `dataset` given, refuses a file made for others."""
     data = np.fromfile(path, dtype=np.uint8)
     payload = _checked_payload(data, path)
-    header_length = _HEADER_LENGTH.unpack_from(payload, 0)[0] if len(payload) >= _HEADER_LENGTH.size else None
+    header_length = _HEADER_LENGTH.unpack_from(payload.data, 0)[0] if len(payload) >= _HEADER_LENGTH.size else None
     if header_length is None or _HEADER_LENGTH.size + header_length > len(payload):
         raise PlacementFileError(f"placement file {path}: header length runs past the payload")
     header = _parsed_header(bytes(payload[_HEADER_LENGTH.size:_HEADER_LENGTH.size + header_length]), path)
@@ -85,7 +85,7 @@ def _checked_payload(data: np.ndarray, path) -> np.ndarray:
     if len(data) < _PREFIX.size:
         raise PlacementFileError(f"placement file {path}: truncated ({len(data)} bytes, shorter than its "
                                  f"{_PREFIX.size}-byte prefix)")
-    magic, version, _reserved, length, checksum = _PREFIX.unpack_from(data, 0)
+    magic, version, _reserved, length, checksum = _PREFIX.unpack_from(data.data, 0)
     if magic != MAGIC:
         raise PlacementFileError(f"placement file {path}: not a placement file (magic {magic!r}, "
                                  f"expected {MAGIC!r})")
@@ -97,7 +97,7 @@ def _checked_payload(data: np.ndarray, path) -> np.ndarray:
         raise PlacementFileError(f"placement file {path}: {kind} (payload is {len(data) - _PREFIX.size} "
                                  f"bytes, its prefix says {length})")
     payload = data[_PREFIX.size:]
-    if hashlib.sha256(memoryview(payload)).digest() != checksum:
+    if hashlib.sha256(payload.data).digest() != checksum:
         raise PlacementFileError(f"placement file {path}: corrupt (sha256 of the payload does not match "
                                  f"the checksum in its prefix)")
     return payload
