@@ -25,9 +25,14 @@ Figures (goals in GOALS):
                                  (the oracle cacher's dealing, the planner's keys, the job's router); the
                                  replay's total rows per iteration is checked against the gateways' rows_fetched.
   mirrors_remote_bytes_vs_hash   kernel-counted bytes the training hosts sent over the job, bounded-s100 /
-                                 direct-hash (the oracle's feed of samples, the same for both, is context)
+                                 direct-hash (the oracle's feed of samples, the same for both, is context;
+                                 so is the ratio less an estimate of the dense allreduce, which no placement
+                                 or mirror changes)
   bounded_vs_sync_speedup        s/step of sync-graph / s/step of bounded-s100, links at RATE_MBIT
   bounded_auc_loss_s100          held-out AUC of sync-graph minus that of bounded-s100
+
+MovieLens-100k (real users and items) is partitioned and replayed offline only (context
+movielens_remote_rows_vs_hash_replayed): the training jobs here are the synthetic data's DLRM.
 
 Prints `figure`/`context` lines and writes bench/results/hetgmp.json and .png (hetgmp-quick.* with --quick).
 Needs root and iproute2; says why and exits 0 otherwise.
@@ -113,30 +118,30 @@ def dataset(cfg: Config):
     return partition_bench.synthetic(partition_config(cfg), cfg.train.scale, cfg.n_train)
 
 
-def make_placement(cfg: Config, path: Path, report: Report):
-    """partition_bench's partition of the whole (cut) train split, written to path."""
+def make_placement(cfg: Config, data, path: Path, report: Report, tag: str = ""):
+    """partition_bench's partition of data's whole train split, written to path."""
     from embps.placement.graph import read_graph
     from embps.placement.partitioner import partition
     from embps.placement.placement_file import save_placement
     started = time.perf_counter()
     settings = dataclasses.replace(partition_bench.settings(partition_config(cfg)), store_rate=cfg.store_rate)
-    result = partition(read_graph(dataset(cfg)), settings, report=lambda line: console.print(line))
+    result = partition(read_graph(data), settings, report=lambda line: console.print(line))
     save_placement(path, result.placement)
-    report.note("partition_seconds", time.perf_counter() - started, "s")
-    report.note("objective_hash", result.objectives[0], "rows/iteration")
-    report.note("objective_graph", result.objectives[-1], "rows/iteration")
-    report.note("objective_graph_vs_hash", result.objectives[-1] / result.objectives[0], "ratio")
-    report.info["mirrors_per_host"] = [len(m) for m in result.placement.mirrors]
+    report.note(f"{tag}partition_seconds", time.perf_counter() - started, "s")
+    report.note(f"{tag}objective_hash", result.objectives[0], "rows/iteration")
+    report.note(f"{tag}objective_graph", result.objectives[-1], "rows/iteration")
+    report.note(f"{tag}objective_graph_vs_hash", result.objectives[-1] / result.objectives[0], "ratio")
+    report.info[f"{tag}mirrors_per_host"] = [len(m) for m in result.placement.mirrors]
     return result.placement
 
 
-def replayed_rows(cfg: Config, placement) -> dict[str, float]:
+def replayed_rows(cfg: Config, data, placement) -> dict[str, float]:
     """Rows each trainer fetches per iteration (its batch slice's distinct keys) and how many of them its
     own host's shard does not own, over the run's batches as the oracle cacher deals them."""
     from embps.client.routing import JumpHashRouter, PlacementRouter
     from embps.oracle_cacher.dealing import dealt_batches
     from embps.oracle_cacher.lookahead_planner import LookaheadPlanner
-    data, local = dataset(cfg), cfg.train.global_batch // cfg.hosts
+    local = cfg.train.global_batch // cfg.hosts
     batches = (data.batches(cfg.train.global_batch, "train") if placement is None
                else dealt_batches(data, placement, local))
     router = JumpHashRouter(cfg.hosts) if placement is None else PlacementRouter(placement)
@@ -148,6 +153,18 @@ def replayed_rows(cfg: Config, placement) -> dict[str, float]:
             fetched += len(keys)
             remote += int(np.count_nonzero(np.asarray(router.shard_of(keys)) != t))
     return {"rows_per_iteration": fetched / cfg.train.steps, "remote_rows_per_iteration": remote / cfg.train.steps}
+
+
+def movielens_remote_rows(cfg: Config, work: Path, report: Report) -> None:
+    """MovieLens-100k (real users and items), offline only: remote rows per iteration of its batches as the
+    oracle would deal them, graph placement / hash placement (no training run: the DLRM jobs here are
+    the synthetic data's)."""
+    from embps.datasets import open_dataset
+    data = open_dataset("movielens-100k")
+    placement = make_placement(cfg, data, work / "movielens.placement", report, "movielens_")
+    graph, hashed = replayed_rows(cfg, data, placement), replayed_rows(cfg, data, None)
+    report.note("movielens_remote_rows_vs_hash_replayed",
+                graph["remote_rows_per_iteration"] / hashed["remote_rows_per_iteration"], "ratio")
 
 
 # ---- the runs -------------------------------------------------------------------------------------
@@ -213,6 +230,7 @@ def contenders(cfg: Config, placement_file: Path) -> list[tuple[str, object]]:
 # ---- figures and output ---------------------------------------------------------------------------
 
 def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report: Report) -> None:
+    report.note("dense_gradient_bytes", cluster_bench.dense_gradient_bytes(cfg), "B")
     for name, r in replay.items():
         for what, value in r.items():
             report.note(f"{name}_{what}_replayed", value, "rows")
@@ -225,6 +243,14 @@ def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report:
                   / runs["direct-hash"]["training_hosts_tx_bytes"], "ratio")
     report.note("mirrors_remote_bytes_vs_hash_all_hosts", runs["bounded-s100"]["all_hosts_tx_bytes"]
                 / runs["direct-hash"]["all_hosts_tx_bytes"], "ratio")
+    # The dense gradients' allreduce is the same for every contender: a ring allreduce sends 2 (H - 1) x the
+    # dense gradient's bytes per step over all hosts (gloo's choice of algorithm may differ; framing aside).
+    allreduce = 2 * (cfg.hosts - 1) * report.context["dense_gradient_bytes"]["value"]
+    report.note("dense_allreduce_bytes_per_step_estimate", allreduce, "B")
+    if runs["direct-hash"]["training_hosts_tx_bytes_per_step"] and runs["bounded-s100"]["training_hosts_tx_bytes_per_step"]:
+        report.note("mirrors_remote_bytes_vs_hash_less_allreduce_estimate",
+                    (runs["bounded-s100"]["training_hosts_tx_bytes_per_step"] - allreduce)
+                    / (runs["direct-hash"]["training_hosts_tx_bytes_per_step"] - allreduce), "ratio")
     report.note("direct_graph_remote_bytes_vs_hash", runs["direct-graph"]["training_hosts_tx_bytes"]
                 / runs["direct-hash"]["training_hosts_tx_bytes"], "ratio")
     report.figure("bounded_vs_sync_speedup", runs["sync-graph"]["step_seconds"] / runs["bounded-s100"]["step_seconds"],
@@ -293,8 +319,10 @@ def main() -> int:
     runs: dict[str, dict] = {}
     try:
         placement_file = work / "job.placement"
-        placement = make_placement(cfg, placement_file, report)
-        replay = {"direct-hash": replayed_rows(cfg, None), "direct-graph": replayed_rows(cfg, placement)}
+        placement = make_placement(cfg, dataset(cfg), placement_file, report)
+        replay = {"direct-hash": replayed_rows(cfg, dataset(cfg), None),
+                  "direct-graph": replayed_rows(cfg, dataset(cfg), placement)}
+        movielens_remote_rows(cfg, work, report)
         with NetnsHosts([*host_names(cfg), ORACLE_HOST], LinkShape(rate_mbit=cfg.rate_mbit)) as hosts:
             report.info["latency_note"] = hosts.latency_note
             for name, job_config in contenders(cfg, placement_file):
