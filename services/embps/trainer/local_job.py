@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from embps.client import PSClient
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.health import wait_serving
 from embps.common.job_messages import GATEWAY_MODES
@@ -134,13 +134,13 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     processes: list[LocalProcess] = []
+    # Every run starts from the initializer (the oracle creates the table afresh), so an earlier run's
+    # stores go, even ones an older build wrote in a layout this one cannot open.
+    shutil.rmtree(data_dir / "shards", ignore_errors=True)
     with LocalCluster(data_dir / "shards", len(layout.shards), security=job.security, hosts=layout.shards) as cluster:
         job = dataclasses.replace(job, addresses=_addresses(job, layout, cluster))
         job_file = data_dir / "job.toml"
         job.save(job_file)
-        with PSClient(job.cluster_config()) as ps:   # every run starts from the initializer: the oracle
-            if job.table in ps.list_tables():         # creates the table afresh
-                ps.drop_table(job.table)
         try:
             processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file), *oracle_flags],
                                           logs / "oracle.log", layout.oracle))
