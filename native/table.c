@@ -357,6 +357,16 @@ static int check_len(const char *what, size_t got, size_t n, size_t width)
     return EMBPS_OK;
 }
 
+/* The output buffers of a lookup of n keys: n rows, and n states when state_out is given. */
+static int check_lookup_lens(const embps_table *t, size_t n, size_t rows_len, const float *state_out,
+                             size_t state_len)
+{
+    int rc = check_len("rows", rows_len, n, t->dim);
+    if (!rc && state_out)
+        rc = check_len("state", state_len, n, t->state_floats);
+    return rc;
+}
+
 enum { PF_DIST = 16, PF_RING = 64 };  /* keys between the lookup pipeline's stages; PF_RING > 2 * PF_DIST */
 
 static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
@@ -381,9 +391,7 @@ int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *ro
                        float *state_out, size_t state_len, uint8_t *found_out)
 {
     const size_t dim = t->dim, sf = t->state_floats;
-    int rc = check_len("rows", rows_len, n, dim);
-    if (!rc && state_out)
-        rc = check_len("state", state_len, n, sf);
+    int rc = check_lookup_lens(t, n, rows_len, state_out, state_len);
     if (rc)
         return rc;
     const size_t row_bytes = dim * sizeof(float);
@@ -481,9 +489,7 @@ int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n,
                                  float *state_out, size_t state_len, uint64_t *versions_out)
 {
     const size_t dim = t->dim, sf = t->state_floats;
-    int rc = check_len("rows", rows_len, n, dim);
-    if (!rc && state_out)
-        rc = check_len("state", state_len, n, sf);
+    int rc = check_lookup_lens(t, n, rows_len, state_out, state_len);
     if (rc)
         return rc;
     uint64_t epoch = epoch_enter(&t->pool);
