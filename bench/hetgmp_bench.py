@@ -26,8 +26,9 @@ Figures (goals in GOALS):
                                  replay's total rows per iteration is checked against the gateways' rows_fetched.
   mirrors_remote_bytes_vs_hash   kernel-counted bytes the training hosts sent over the job, bounded-s100 /
                                  direct-hash (the oracle's feed of samples, the same for both, is context;
-                                 so is the ratio less an estimate of the dense allreduce, which no placement
-                                 or mirror changes)
+                                 so is mirrors_remote_service_bytes_vs_hash, the ratio of the services'
+                                 part alone, kernel-counted by port as in cluster_bench: without DDP's
+                                 allreduce of the dense gradients, which no placement or mirror changes)
   bounded_vs_sync_speedup        s/step of sync-graph / s/step of bounded-s100, links at RATE_MBIT
   bounded_auc_loss_s100          held-out AUC of sync-graph minus that of bounded-s100
 
@@ -192,8 +193,10 @@ def run_job(cfg: Config, hosts, name: str, job_config, work: Path) -> dict:
     try:
         before = hosts.counters()
         with cluster_bench.LinkSampler(hosts, data_dir, cfg.sample_seconds) as sampler:
-            result = run_local_job(job_config, data_dir, layout=layout, show_progress=True)
+            result = run_local_job(job_config, data_dir, layout=layout, show_progress=True,
+                                   on_ports=cluster_bench.count_services(hosts))
         after = hosts.counters()
+        by_class = cluster_bench.class_bytes(hosts, host_names(cfg))
     except BaseException:
         kept = Path(tempfile.mkdtemp(prefix=f"embps-hetgmp-bench-failed-{name}-"))
         with contextlib.suppress(OSError):
@@ -215,7 +218,8 @@ def run_job(cfg: Config, hosts, name: str, job_config, work: Path) -> dict:
            "training_hosts_tx_bytes": sum(job_bytes[h]["tx_bytes"] for h in training),
            "all_hosts_tx_bytes": sum(c["tx_bytes"] for c in job_bytes.values()),
            "training_hosts_tx_bytes_per_step": sum(per_step[h]["tx_bytes"] for h in training) if per_step else None,
-           "job_bytes_by_host": job_bytes, "other_cores_at_start": others, "waited_seconds": waited}
+           "job_bytes_by_host": job_bytes, "training_hosts_tx_bytes_by_class": by_class,
+           "other_cores_at_start": others, "waited_seconds": waited}
     console.print(f"  {s['step_seconds'] * 1e3:.1f} ms/step, AUC {run['eval_auc']:.4f}; training hosts sent "
                   f"{run['training_hosts_tx_bytes'] / 1e6:.1f} MB over the job")
     return run
@@ -243,14 +247,9 @@ def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report:
                   / runs["direct-hash"]["training_hosts_tx_bytes"], "ratio")
     report.note("mirrors_remote_bytes_vs_hash_all_hosts", runs["bounded-s100"]["all_hosts_tx_bytes"]
                 / runs["direct-hash"]["all_hosts_tx_bytes"], "ratio")
-    # The dense gradients' allreduce is the same for every contender: a ring allreduce sends 2 (H - 1) x the
-    # dense gradient's bytes per step over all hosts (gloo's choice of algorithm may differ; framing aside).
-    allreduce = 2 * (cfg.hosts - 1) * report.context["dense_gradient_bytes"]["value"]
-    report.note("dense_allreduce_bytes_per_step_estimate", allreduce, "B")
-    if runs["direct-hash"]["training_hosts_tx_bytes_per_step"] and runs["bounded-s100"]["training_hosts_tx_bytes_per_step"]:
-        report.note("mirrors_remote_bytes_vs_hash_less_allreduce_estimate",
-                    (runs["bounded-s100"]["training_hosts_tx_bytes_per_step"] - allreduce)
-                    / (runs["direct-hash"]["training_hosts_tx_bytes_per_step"] - allreduce), "ratio")
+    service_bytes = {n: r["training_hosts_tx_bytes_by_class"][cluster_bench.SERVICES] for n, r in runs.items()}
+    report.note("mirrors_remote_service_bytes_vs_hash", service_bytes["bounded-s100"] / service_bytes["direct-hash"],
+                "ratio")
     report.note("direct_graph_remote_bytes_vs_hash", runs["direct-graph"]["training_hosts_tx_bytes"]
                 / runs["direct-hash"]["training_hosts_tx_bytes"], "ratio")
     report.figure("bounded_vs_sync_speedup", runs["sync-graph"]["step_seconds"] / runs["bounded-s100"]["step_seconds"],
@@ -261,6 +260,7 @@ def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report:
         report.note(f"{tag}_ms_per_step", r["step_seconds"] * 1e3, "ms")
         report.note(f"{tag}_eval_auc", r["eval_auc"], "AUC")
         report.note(f"{tag}_training_hosts_tx_bytes", r["training_hosts_tx_bytes"], "B")
+        report.note(f"{tag}_training_hosts_tx_service_bytes", service_bytes[name], "B")
         if r["training_hosts_tx_bytes_per_step"] is not None:
             report.note(f"{tag}_training_hosts_tx_bytes_per_step", r["training_hosts_tx_bytes_per_step"], "B")
 
