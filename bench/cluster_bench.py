@@ -17,7 +17,10 @@ Bytes: the kernel's counters of every host's link (embps.testing.netns_hosts), s
 trainer 0's step count.  "Between hosts" is the sum over hosts of what each host sent (every byte once, the
 Ethernet header included); "busiest link" is the largest of any host link's two directions.  Per step:
 over the timed window; over the job: from before its shards start to after its last process stops
-(start-up, evaluation and sync's final write-back included).
+(start-up, evaluation and sync's final write-back included).  Over the job the kernel also splits what the
+hosts sent by TCP port (NetnsHosts.classify_ports, nftables): "services" is every frame to or from a port
+of the shards, the oracle or the gateways (rows, gradients, plans, the gateways' exchange); the rest is
+torch.distributed's (DDP's allreduce of the dense gradients and its store), which no cache changes.
 
 Figures (goals in GOALS):
   train_sync_vs_direct_speedup_netbound  s/step of direct / s/step of sync at the rate R where direct's
@@ -27,6 +30,7 @@ Figures (goals in GOALS):
                                          (shaping never speeds a step up; the machine is shared) (context
                                          train_netbound_rate_mbit)
   train_wire_bytes_direct_vs_sync        kernel-counted bytes between hosts over the unshaped jobs, direct / sync
+                                         (context train_wire_service_bytes_direct_vs_sync: the services' part)
   shard_lookup_vs_redis_1gbit            PSClient.lookup keys/s / Redis MGET keys/s, this process (the client)
                                          reaching one server host whose link is shaped to 1 Gbit/s
   shard_update_vs_redis_1gbit            PSClient.update (Adagrad) keys/s / Redis MSET keys/s, the same
@@ -42,6 +46,7 @@ cluster.png (cluster-quick.* with --quick).  Needs root and iproute2; says why a
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -151,6 +156,21 @@ class LinkSampler:
         return {name: {k: v / steps for k, v in asdict(end[1][name] - start[1][name]).items()} for name in end[1]}
 
 
+SERVICES = "services"   # the traffic class of the job's services' ports (NetnsHosts.classify_ports)
+
+
+def count_services(hosts):
+    """run_local_job's on_ports: the hosts count the services' frames apart from torch.distributed's."""
+    return lambda ports: hosts.classify_ports({SERVICES: ports})
+
+
+def class_bytes(hosts, names) -> dict[str, int]:
+    """What hosts `names` sent since count_services, per class, summed over them."""
+    from embps.testing.netns_hosts import OTHER
+    counts = hosts.class_counters()
+    return {c: sum(counts[h][c] for h in names) for c in (SERVICES, OTHER)}
+
+
 def traffic(per_host: dict) -> dict[str, float]:
     """Between hosts (what every host sent), the busiest link direction, and the shard hosts' links."""
     return {"between_hosts": sum(c["tx_bytes"] for c in per_host.values()),
@@ -168,39 +188,60 @@ def layout(hosts):
                      trainers=tuple(hosts.host(h) for h in TRAINER_HOSTS), oracle=hosts.host(ORACLE_HOST))
 
 
-def run_job(cfg: Config, hosts, mode: str, rate: float | None, work: Path) -> dict:
-    from embps.testing.netns_hosts import LinkShape
+@dataclass
+class HostsRun:
+    """One training job on the hosts, as run_on_hosts saw it."""
+    summary: dict              # train_command.summarize of its result
+    metrics: dict              # what trainer 0 wrote
+    per_step: dict | None      # each host's link counters per step over the timed window (LinkSampler.per_step)
+    job_bytes: dict            # each host's link counters over the job
+    by_class: dict[str, int]   # what the hosts of count_hosts sent over the job, per class (class_bytes)
+    waited: float              # seconds spent waiting for the machine to go quiet first
+    others: float              # cores other processes used when it started
+
+
+def run_on_hosts(hosts, label: str, job, work: Path, job_layout, count_hosts, steps: int, max_quiet_wait: float,
+                 sample_seconds: float) -> HostsRun:
+    """Runs `job` on the hosts as job_layout places it, counting the kernel's bytes; a failed job's logs are
+    kept (their directory is printed), the rest of its files go."""
     from embps.trainer.local_job import run_local_job
     from embps.trainer.train_command import summarize
 
-    hosts.reshape(LinkShape(rate_mbit=rate))
-    data_dir = work / f"{mode}-{rate or 'unshaped'}"
-    waited, others = train_bench.wait_for_quiet(cfg.max_quiet_wait)
-    console.print(f"[bold]{mode}[/bold] at {f'{rate:g} Mbit/s' if rate else 'unshaped links'}"
-                  + (f" (other processes use {others:.2f} cores)" if others > 0.2 else ""))
+    slug = re.sub(r"[^\w.]+", "-", label)
+    data_dir = work / slug
+    waited, others = train_bench.wait_for_quiet(max_quiet_wait)
+    console.print(f"[bold]{label}[/bold]" + (f" (other processes use {others:.2f} cores)" if others > 0.2 else ""))
     try:
         before = hosts.counters()
-        with LinkSampler(hosts, data_dir, cfg.sample_seconds) as sampler:
-            result = run_local_job(train_bench.job_config(cfg.train, mode), data_dir, layout=layout(hosts),
-                                   show_progress=True)
+        with LinkSampler(hosts, data_dir, sample_seconds) as sampler:
+            result = run_local_job(job, data_dir, layout=job_layout, show_progress=True, on_ports=count_services(hosts))
         after = hosts.counters()
+        by_class = class_bytes(hosts, count_hosts)
     except BaseException:
-        kept = Path(tempfile.mkdtemp(prefix=f"embps-cluster-bench-failed-{mode}-"))
+        kept = Path(tempfile.mkdtemp(prefix=f"embps-bench-failed-{slug}-"))
         with contextlib.suppress(OSError):
             shutil.copytree(data_dir / "logs", kept / "logs")
-        console.print(f"[red]{mode} job failed; its logs are kept in {kept}")
+        console.print(f"[red]{label} failed; its logs are kept in {kept}")
         raise
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-    s = summarize(result)
-    lo, hi = train_bench.window(cfg.train.steps)
-    per_step = sampler.per_step(lo - 1, hi - 1)
-    job_bytes = {name: asdict(after[name] - before[name]) for name in after}
+    lo, hi = train_bench.window(steps)
+    return HostsRun(summarize(result), result.metrics, sampler.per_step(lo - 1, hi - 1),
+                    {name: asdict(after[name] - before[name]) for name in after}, by_class, waited, others)
+
+
+def run_job(cfg: Config, hosts, mode: str, rate: float | None, work: Path) -> dict:
+    from embps.testing.netns_hosts import LinkShape
+    hosts.reshape(LinkShape(rate_mbit=rate))
+    r = run_on_hosts(hosts, f"{mode} at {f'{rate:g} Mbit/s' if rate else 'unshaped links'}",
+                     train_bench.job_config(cfg.train, mode), work, layout(hosts), hosts.names, cfg.train.steps,
+                     cfg.max_quiet_wait, cfg.sample_seconds)
+    s = r.summary
     run = {"mode": mode, "rate_mbit": rate, "step_seconds": s["step_seconds"], "steps": s["steps"],
            "final_loss": s["final_loss"], "eval_auc": s.get("eval_auc"), "gateway_ps_bytes": s["ps_bytes"],
-           "cache_hit_rate": s["cache_hit_rate"], "bytes_per_step": traffic(per_step) if per_step else None,
-           "job_bytes": traffic(job_bytes), "job_bytes_by_host": job_bytes, "other_cores_at_start": others,
-           "waited_seconds": waited}
+           "cache_hit_rate": s["cache_hit_rate"], "bytes_per_step": traffic(r.per_step) if r.per_step else None,
+           "job_bytes": traffic(r.job_bytes), "job_bytes_by_host": r.job_bytes, "job_bytes_by_class": r.by_class,
+           "other_cores_at_start": r.others, "waited_seconds": r.waited}
     per = run["bytes_per_step"] or {}
     console.print(f"  {s['step_seconds'] * 1e3:.1f} ms/step; per step {per.get('between_hosts', 0) / 1e6:.2f} MB "
                   f"between hosts, busiest link {per.get('busiest_link', 0) / 1e6:.2f} MB; job "
@@ -244,6 +285,8 @@ def train_part(cfg: Config, hosts, report: Report) -> None:
     unshaped = {r["mode"]: r for r in runs if r["rate_mbit"] is None}
     report.figure("train_wire_bytes_direct_vs_sync",
                   unshaped["direct"]["job_bytes"]["between_hosts"] / unshaped["sync"]["job_bytes"]["between_hosts"], "x")
+    report.note("train_wire_service_bytes_direct_vs_sync", unshaped["direct"]["job_bytes_by_class"][SERVICES]
+                / unshaped["sync"]["job_bytes_by_class"][SERVICES], "x")
     report.note("train_shard_link_bytes_direct_vs_sync",
                 unshaped["direct"]["job_bytes"]["shard_links"] / unshaped["sync"]["job_bytes"]["shard_links"], "x")
     report.note("train_gateway_ps_bytes_direct_vs_sync",
@@ -256,6 +299,8 @@ def train_part(cfg: Config, hosts, report: Report) -> None:
                 report.note(f"train_{run['mode']}_{tag}_{what}_bytes_per_step", run["bytes_per_step"][what], "B")
     for mode in MODES:
         report.note(f"train_{mode}_job_bytes_between_hosts", unshaped[mode]["job_bytes"]["between_hosts"], "B")
+        for what, sent in unshaped[mode]["job_bytes_by_class"].items():
+            report.note(f"train_{mode}_job_bytes_{'torch_distributed' if what != SERVICES else what}", sent, "B")
         report.note(f"train_{mode}_unshaped_trainer_links_bytes_per_step",
                     sum(unshaped[mode]["bytes_per_step"][f"{h}_{d}"] for h in TRAINER_HOSTS for d in ("tx", "rx")), "B")
     report.note("train_sync_unshaped_cache_hit_rate", unshaped["sync"]["cache_hit_rate"], "fraction")
@@ -387,16 +432,24 @@ def plot(report: Report, goals: dict, cfg: Config, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    started = time.perf_counter()
-    from embps.testing.netns_hosts import NamespacesUnavailable, NetnsHosts, unavailable_reason
-    cfg = parse_args()
+def hosts_can_be_made(bench: str) -> bool:
+    """Whether this process can make hosts (else it says why `bench` is skipped); SIGTERM then unwinds
+    like Ctrl-C, so the harness removes its namespaces (a SIGKILL's leftovers go at the next start)."""
+    from embps.testing.netns_hosts import unavailable_reason
     reason = unavailable_reason()
     if reason:
-        print(f"cluster bench skipped: {reason}")
-        return 0
-    # SIGTERM unwinds like Ctrl-C, so the harness removes its namespaces (a SIGKILL's leftovers go at the next start).
+        print(f"{bench} skipped: {reason}")
+        return False
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return True
+
+
+def main() -> int:
+    started = time.perf_counter()
+    from embps.testing.netns_hosts import NamespacesUnavailable, NetnsHosts
+    cfg = parse_args()
+    if not hosts_can_be_made("cluster bench"):
+        return 0
     report = Report(GOALS)
     load = {"before": list(os.getloadavg())}
     print(f"cluster bench: DLRM, global batch {cfg.train.global_batch}, {cfg.train.steps} steps per run, rates "

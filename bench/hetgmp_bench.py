@@ -26,8 +26,9 @@ Figures (goals in GOALS):
                                  replay's total rows per iteration is checked against the gateways' rows_fetched.
   mirrors_remote_bytes_vs_hash   kernel-counted bytes the training hosts sent over the job, bounded-s100 /
                                  direct-hash (the oracle's feed of samples, the same for both, is context;
-                                 so is the ratio less an estimate of the dense allreduce, which no placement
-                                 or mirror changes)
+                                 so is mirrors_remote_service_bytes_vs_hash, the ratio of the services'
+                                 part alone, kernel-counted by port as in cluster_bench: without DDP's
+                                 allreduce of the dense gradients, which no placement or mirror changes)
   bounded_vs_sync_speedup        s/step of sync-graph / s/step of bounded-s100, links at RATE_MBIT
   bounded_auc_loss_s100          held-out AUC of sync-graph minus that of bounded-s100
 
@@ -39,15 +40,13 @@ Needs root and iproute2; says why and exits 0 otherwise.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -182,40 +181,22 @@ def job(cfg: Config, mode: str, placement_file: Path | None, staleness: int = 0)
 
 
 def run_job(cfg: Config, hosts, name: str, job_config, work: Path) -> dict:
-    from embps.trainer.local_job import JobLayout, run_local_job
-    from embps.trainer.train_command import summarize
-    layout = JobLayout.on_hosts([hosts.host(h) for h in host_names(cfg)], oracle=hosts.host(ORACLE_HOST))
-    data_dir = work / name
-    waited, others = train_bench.wait_for_quiet(cfg.max_quiet_wait)
-    console.print(f"[bold]{name}[/bold] at {cfg.rate_mbit:g} Mbit/s"
-                  + (f" (other processes use {others:.2f} cores)" if others > 0.2 else ""))
-    try:
-        before = hosts.counters()
-        with cluster_bench.LinkSampler(hosts, data_dir, cfg.sample_seconds) as sampler:
-            result = run_local_job(job_config, data_dir, layout=layout, show_progress=True)
-        after = hosts.counters()
-    except BaseException:
-        kept = Path(tempfile.mkdtemp(prefix=f"embps-hetgmp-bench-failed-{name}-"))
-        with contextlib.suppress(OSError):
-            shutil.copytree(data_dir / "logs", kept / "logs")
-        console.print(f"[red]{name} failed; its logs are kept in {kept}")
-        raise
-    finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    s = summarize(result)
-    lo, hi = train_bench.window(cfg.train.steps)
-    per_step = sampler.per_step(lo - 1, hi - 1) or {}
-    job_bytes = {h: asdict(after[h] - before[h]) for h in after}
+    from embps.trainer.local_job import JobLayout
     training = host_names(cfg)
+    layout = JobLayout.on_hosts([hosts.host(h) for h in training], oracle=hosts.host(ORACLE_HOST))
+    r = cluster_bench.run_on_hosts(hosts, f"{name} at {cfg.rate_mbit:g} Mbit/s", job_config, work, layout, training,
+                                   cfg.train.steps, cfg.max_quiet_wait, cfg.sample_seconds)
+    s, per_step, job_bytes = r.summary, r.per_step or {}, r.job_bytes
     run = {"name": name, "mode": job_config.mode, "staleness": job_config.staleness,
            "placement": bool(job_config.placement), "step_seconds": s["step_seconds"], "final_loss": s["final_loss"],
            "eval_auc": s.get("eval_auc"), "gateway_rows_fetched": sum(g.get("rows_fetched", 0) for g in
-                                                                       result.metrics["gateways"]),
+                                                                       r.metrics["gateways"]),
            "gateway_ps_bytes": s["ps_bytes"],
            "training_hosts_tx_bytes": sum(job_bytes[h]["tx_bytes"] for h in training),
            "all_hosts_tx_bytes": sum(c["tx_bytes"] for c in job_bytes.values()),
            "training_hosts_tx_bytes_per_step": sum(per_step[h]["tx_bytes"] for h in training) if per_step else None,
-           "job_bytes_by_host": job_bytes, "other_cores_at_start": others, "waited_seconds": waited}
+           "job_bytes_by_host": job_bytes, "training_hosts_tx_bytes_by_class": r.by_class,
+           "other_cores_at_start": r.others, "waited_seconds": r.waited}
     console.print(f"  {s['step_seconds'] * 1e3:.1f} ms/step, AUC {run['eval_auc']:.4f}; training hosts sent "
                   f"{run['training_hosts_tx_bytes'] / 1e6:.1f} MB over the job")
     return run
@@ -243,14 +224,9 @@ def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report:
                   / runs["direct-hash"]["training_hosts_tx_bytes"], "ratio")
     report.note("mirrors_remote_bytes_vs_hash_all_hosts", runs["bounded-s100"]["all_hosts_tx_bytes"]
                 / runs["direct-hash"]["all_hosts_tx_bytes"], "ratio")
-    # The dense gradients' allreduce is the same for every contender: a ring allreduce sends 2 (H - 1) x the
-    # dense gradient's bytes per step over all hosts (gloo's choice of algorithm may differ; framing aside).
-    allreduce = 2 * (cfg.hosts - 1) * report.context["dense_gradient_bytes"]["value"]
-    report.note("dense_allreduce_bytes_per_step_estimate", allreduce, "B")
-    if runs["direct-hash"]["training_hosts_tx_bytes_per_step"] and runs["bounded-s100"]["training_hosts_tx_bytes_per_step"]:
-        report.note("mirrors_remote_bytes_vs_hash_less_allreduce_estimate",
-                    (runs["bounded-s100"]["training_hosts_tx_bytes_per_step"] - allreduce)
-                    / (runs["direct-hash"]["training_hosts_tx_bytes_per_step"] - allreduce), "ratio")
+    service_bytes = {n: r["training_hosts_tx_bytes_by_class"][cluster_bench.SERVICES] for n, r in runs.items()}
+    report.note("mirrors_remote_service_bytes_vs_hash", service_bytes["bounded-s100"] / service_bytes["direct-hash"],
+                "ratio")
     report.note("direct_graph_remote_bytes_vs_hash", runs["direct-graph"]["training_hosts_tx_bytes"]
                 / runs["direct-hash"]["training_hosts_tx_bytes"], "ratio")
     report.figure("bounded_vs_sync_speedup", runs["sync-graph"]["step_seconds"] / runs["bounded-s100"]["step_seconds"],
@@ -261,6 +237,7 @@ def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report:
         report.note(f"{tag}_ms_per_step", r["step_seconds"] * 1e3, "ms")
         report.note(f"{tag}_eval_auc", r["eval_auc"], "AUC")
         report.note(f"{tag}_training_hosts_tx_bytes", r["training_hosts_tx_bytes"], "B")
+        report.note(f"{tag}_training_hosts_tx_service_bytes", service_bytes[name], "B")
         if r["training_hosts_tx_bytes_per_step"] is not None:
             report.note(f"{tag}_training_hosts_tx_bytes_per_step", r["training_hosts_tx_bytes_per_step"], "B")
 
@@ -304,13 +281,10 @@ def plot(report: Report, goals: dict, cfg: Config, path: Path) -> None:
 
 def main() -> int:
     started = time.perf_counter()
-    from embps.testing.netns_hosts import LinkShape, NamespacesUnavailable, NetnsHosts, unavailable_reason
+    from embps.testing.netns_hosts import LinkShape, NamespacesUnavailable, NetnsHosts
     cfg = parse_args()
-    reason = unavailable_reason()
-    if reason:
-        print(f"hetgmp bench skipped: {reason}")
+    if not cluster_bench.hosts_can_be_made("hetgmp bench"):
         return 0
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = Report(GOALS)
     load = {"before": list(os.getloadavg())}
     print(f"hetgmp bench: {cfg.hosts} hosts, global batch {cfg.train.global_batch}, {cfg.train.steps} steps per run, "

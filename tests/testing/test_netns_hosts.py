@@ -1,7 +1,7 @@
 """The hosts-on-one-machine harness (embps.testing.netns_hosts): a 2-host job (each host a shard and a
 trainer with its gateway, the oracle cacher on a third host) trains a few steps across links shaped by
 tc, and the kernel's counters on those links see at least the rows each host read from the other's
-shard; a harness whose owner died leaves nothing behind once the next one starts.
+shard, counted as the services' traffic, and DDP's allreduce of the dense gradients apart; a harness whose owner died leaves nothing behind once the next one starts.
 
 Needs root and iproute2; skipped with the reason otherwise.  Untimed."""
 
@@ -19,7 +19,8 @@ import pytest
 from embps.client import jump_hash
 from embps.common.job_config import JobConfig, feature_keys
 from embps.datasets import open_dataset
-from embps.testing.netns_hosts import LinkShape, NamespacesUnavailable, NetnsHosts, unavailable_reason
+from embps.models import build_model
+from embps.testing.netns_hosts import OTHER, LinkShape, NamespacesUnavailable, NetnsHosts, unavailable_reason
 from embps.trainer.local_job import JobLayout, run_local_job
 
 HOSTS = ("host-0", "host-1")
@@ -54,8 +55,10 @@ def test_a_two_host_job_trains_across_shaped_links(netns_hosts, tmp_path):
                     global_batch=128, steps=4, eval_batches=1, dim=8, lookahead=4, timeout_seconds=60)
     layout = JobLayout.on_hosts([netns_hosts.host(h) for h in HOSTS], oracle=netns_hosts.host("oracle"))
     before = netns_hosts.counters()
-    result = run_local_job(job, tmp_path, layout=layout, show_progress=False)
+    result = run_local_job(job, tmp_path, layout=layout, show_progress=False,
+                           on_ports=lambda ports: netns_hosts.classify_ports({"services": ports}))
     after = netns_hosts.counters()
+    by_class = netns_hosts.class_counters()
     crossed = {name: after[name] - before[name] for name in after}
     print(netns_hosts.latency_note, {name: (c.tx_bytes, c.rx_bytes) for name, c in crossed.items()})
 
@@ -70,6 +73,14 @@ def test_a_two_host_job_trains_across_shaped_links(netns_hosts, tmp_path):
     for host, payload in remote_row_bytes(job).items():
         assert payload > 0
         assert crossed[host].rx_bytes >= payload, f"{host} received {crossed[host].rx_bytes} B, its remote rows are {payload} B"
+        other = HOSTS[1 - HOSTS.index(host)]   # whose shard sent them
+        assert by_class[other]["services"] >= payload, by_class
+    # With 2 ranks, each step's allreduce has each trainer send about one copy of the dense gradients.
+    info = open_dataset(job.dataset, **job.dataset_options).info
+    dense = 4 * sum(p.numel() for p in build_model(job.model, info.n_dense, len(info.table_sizes), job.dim).parameters())
+    for host in HOSTS:
+        assert by_class[host][OTHER] >= job.steps * dense // 2, (by_class, dense)
+        assert by_class[host]["services"] + by_class[host][OTHER] <= crossed[host].tx_bytes
     switch = netns_hosts.switch_counters()   # the other end of each link agrees on what crossed it
     for host in HOSTS:
         assert switch[host].tx_bytes >= crossed[host].rx_bytes and switch[host].rx_bytes >= crossed[host].tx_bytes

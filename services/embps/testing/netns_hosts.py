@@ -12,6 +12,13 @@ Byte counters come from the kernel: each device's statistics in its namespace (t
 `sleep` the harness keeps in each namespace, so a benchmark can sample them often): the bytes of every
 frame that crossed the link, Ethernet header included (a veth has no preamble or FCS).
 
+Traffic classes come from the kernel too: `classify_ports` installs, in every host, an nftables table on
+the egress hook of the host's link that counts each frame (Ethernet header included, as the device
+counters do) to the first class holding its TCP source or destination port, and every other frame to
+OTHER; `class_counters` reads them.  A benchmark names its services' ports, so what is left is what the
+job's processes say to each other on ports nobody chose (torch.distributed: gloo's allreduce and its
+store).  Needs nft (Debian's nftables).
+
 Processes run on a host through LocalHost.enter (`ip netns exec NS ...`); embps.trainer.local_job's
 JobLayout places a job's shards, gateways, trainers and oracle cacher on them.
 
@@ -33,8 +40,9 @@ import re
 import shutil
 import signal
 import subprocess
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from embps.common.local_cluster import LocalHost
@@ -44,6 +52,8 @@ NETNS_ETC = "/etc/netns"            # where `ip netns exec` finds a namespace's 
 HOST_DEV, BRIDGE = "eth0", "br0"
 CONTROL = 254                       # the last octet of this process's address on the switch
 QUEUE_LATENCY_MS = 100              # tbf queues this long at the rate before dropping
+ACCOUNTING = "embps_accounting"     # the nftables table (family netdev) of classify_ports
+OTHER = "other"                     # the class of frames no class's ports name
 _NAMESPACE = re.compile(rf"^{PREFIX}-(\d+)-(\d+)-(sw|h\d+)$")
 _CONTROL_LINK = re.compile(r"^eb(\d+)-(\d+)$")
 _sequence = itertools.count()
@@ -80,9 +90,9 @@ def unavailable_reason() -> str | None:
     """Why namespaces cannot be made by this process, or None if they probably can."""
     if os.geteuid() != 0:
         return "network namespaces need root (run as root, or in a container with CAP_NET_ADMIN and CAP_SYS_ADMIN)"
-    for tool in ("ip", "tc"):
+    for tool, package in (("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")):
         if shutil.which(tool) is None:
-            return f"`{tool}` not found: install iproute2 (apt-get install iproute2)"
+            return f"`{tool}` not found: install {package} (apt-get install {package})"
     return None
 
 
@@ -165,6 +175,7 @@ class NetnsHosts:
         self.latency_note = ""
         self._made: list[str] = []   # namespaces made so far, in order
         self._holders: dict[str, subprocess.Popen] = {}   # namespace -> the process whose /proc/<pid>/net we read
+        self._class_names: dict[str, str] = {}            # nft counter -> class, of classify_ports
 
     # ---- life ----------------------------------------------------------------------------------
 
@@ -300,6 +311,36 @@ class NetnsHosts:
         ports = {self._port(name): name for name in self.names}
         read = self._read(self.switch, [*ports, "ctl"])
         return {**{ports[p]: read[p] for p in ports}, "control": read["ctl"]}
+
+    def classify_ports(self, classes: Mapping[str, Collection[int]]) -> None:
+        """From now on every host counts the frames it sends to the first of classes (name -> TCP ports)
+        that holds the frame's source or destination port, and the rest to OTHER (replacing the last
+        classes and zeroing the counts)."""
+        if OTHER in classes:
+            raise ValueError(f"'{OTHER}' is the class of every frame the others leave")
+        lines, rules = [f"table netdev {ACCOUNTING} {{", f"counter {OTHER} {{}}"], []
+        for i, (name, ports) in enumerate(classes.items()):
+            elements = f"elements = {{ {', '.join(str(p) for p in sorted(set(ports)))} }}" if ports else ""
+            lines += [f"set ports{i} {{ type inet_service; {elements} }}", f"counter c{i} {{}}"]
+            rules += [f"tcp sport @ports{i} counter name c{i} accept", f"tcp dport @ports{i} counter name c{i} accept"]
+        lines += [f"chain egress {{ type filter hook egress device \"{HOST_DEV}\" priority 0;", *rules,
+                  f"counter name {OTHER}", "}", "}"]
+        self._class_names = {f"c{i}": name for i, name in enumerate(classes)} | {OTHER: OTHER}
+        table = "\n".join(lines) + "\n"
+        for namespace in self.namespaces.values():
+            _run("ip", "netns", "exec", namespace, "nft", "delete", "table", "netdev", ACCOUNTING, check=False)
+            subprocess.run(["ip", "netns", "exec", namespace, "nft", "-f", "-"], input=table, capture_output=True,
+                           text=True, check=True, timeout=30)
+
+    def class_counters(self) -> dict[str, dict[str, int]]:
+        """Per host, the bytes it sent in each class of classify_ports (and OTHER) since that call."""
+        counts = {}
+        for name, namespace in self.namespaces.items():
+            listing = _run("ip", "netns", "exec", namespace, "nft", "-j", "list", "counters", "table", "netdev",
+                           ACCOUNTING).stdout
+            counters = [item["counter"] for item in json.loads(listing)["nftables"] if "counter" in item]
+            counts[name] = {self._class_names[c["name"]]: int(c["bytes"]) for c in counters}
+        return counts
 
     def _read(self, namespace: str, devices: list[str]) -> dict[str, LinkBytes]:
         # /proc/<pid>/net is the network namespace of <pid>: here, the holder's.

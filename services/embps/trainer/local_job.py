@@ -15,13 +15,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from embps.common.addresses import split_host_port
 from embps.common.job_config import Addresses, JobConfig
 from embps.common.health import wait_serving
 from embps.common.job_messages import GATEWAY_MODES
@@ -125,10 +126,12 @@ def _wait_started(process: LocalProcess, address: str, job: JobConfig, timeout: 
 @contextmanager
 def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
                    layout: JobLayout | None = None,
-                   oracle_flags: tuple[str, ...] = ()) -> Iterator[tuple[JobConfig, list]]:
+                   oracle_flags: tuple[str, ...] = (),
+                   on_ports: Callable[[set[int]], None] | None = None) -> Iterator[tuple[JobConfig, list]]:
     """Shards with a fresh table, the oracle cacher (with oracle_flags) and the gateways, all serving, on
     their hosts (default: n_shards shards and the job's trainers on loopback); yields the job (with its
-    addresses, also saved as data_dir/job.toml) and the processes, and stops them all on exit."""
+    addresses, also saved as data_dir/job.toml) and the processes, and stops them all on exit.  on_ports,
+    if given, is called with every port the services listen on before any of them talks to another."""
     layout = layout or JobLayout.loopback(n_shards, job.trainers)
     layout.check(job)
     logs = data_dir / "logs"
@@ -141,6 +144,8 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
         job = dataclasses.replace(job, addresses=_addresses(job, layout, cluster))
         job_file = data_dir / "job.toml"
         job.save(job_file)
+        if on_ports:
+            on_ports(service_ports(job, cluster))
         try:
             processes.append(LocalProcess("oracle", ["oracle-cacher", "--job", str(job_file), *oracle_flags],
                                           logs / "oracle.log", layout.oracle))
@@ -157,13 +162,22 @@ def local_services(job: JobConfig, data_dir: Path, n_shards: int = 2,
                 process.stop()
 
 
+def service_ports(job: JobConfig, cluster: LocalCluster) -> set[int]:
+    """The ports of the job's shards (all of each: gRPC and data paths), oracle and gateways; not the
+    trainers' rendezvous, which is torch.distributed's."""
+    addresses = (job.addresses.oracle, *job.addresses.gateways)
+    return set().union(*(s.ports for s in cluster.shards)) | {split_host_port(a)[1] for a in addresses}
+
+
 def run_local_job(job: JobConfig, data_dir: Path, n_shards: int = 2, show_progress: bool = True,
-                  layout: JobLayout | None = None, oracle_flags: tuple[str, ...] = ()) -> JobResult:
+                  layout: JobLayout | None = None, oracle_flags: tuple[str, ...] = (),
+                  on_ports: Callable[[set[int]], None] | None = None) -> JobResult:
+    """The job's services and trainers (see local_services), until the trainers are done."""
     layout = layout or JobLayout.loopback(n_shards, job.trainers)
     out = data_dir / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "progress.jsonl").unlink(missing_ok=True)
-    with local_services(job, data_dir, n_shards, layout, oracle_flags) as (job, processes):
+    with local_services(job, data_dir, n_shards, layout, oracle_flags, on_ports) as (job, processes):
         started = time.perf_counter()
         trainers = [LocalProcess(f"trainer {r}", ["trainer", "--job", str(data_dir / "job.toml"), "--rank", str(r),
                                                   "--out", str(out)], data_dir / "logs" / f"trainer-{r}.log",
