@@ -4,7 +4,8 @@ embedding row, its optimizer state and every dense parameter equal to one proces
 model on the same global batches with plain PyTorch -- for DLRM in every mode, and in sync mode for
 FGCNN (Criteo-shaped data) and Caser (MovieLens sequences).  With a placement, the same holds for the
 batches dealt by it (each trainer its own samples), and every row lives on its owner host's shard.
-And bounded mode with s > 0 keeps its bound."""
+And bounded mode with s > 0 keeps its bound, and sends its gradients to the rows' owners, none to the
+other gateways."""
 
 import dataclasses
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from embps.client import PlacementRouter
+from embps.client import JumpHashRouter, PlacementRouter
 from embps.common.job_config import JobConfig, feature_keys
 from embps.models import build_model
 from embps.models.local_training import LocalTrainer
@@ -20,8 +21,8 @@ from embps.datasets import Batch, open_dataset
 from embps.placement import Placement
 from embps.placement.placement_file import save_placement
 from embps.store import Store, initial_rows
-from embps.trainer.local_job import run_local_job
-from embps.trainer_gateway.bounded_strategy import AUDIT_ENV
+from embps.trainer.local_job import JobLayout, run_local_job
+from embps.trainer_gateway.bounded_strategy import AUDIT_ENV, mirror_keys, usage_placement
 
 TOLERANCE = 1e-5
 
@@ -113,6 +114,7 @@ def test_two_trainers_equal_one_process(tmp_path, monkeypatch, model, data, mode
         audits = [np.load(tmp_path / f"audit-{t}.npz") for t in range(job.trainers)]
         assert all(len(a["key"]) > 1000 for a in audits), "mirrors were served"
         assert all((a["owner"] == a["held"]).all() for a in audits), "s = 0: every mirror served is current"
+        assert all(g.get("peer_grad_bytes_out", 0) > 0 for g in result.metrics["gateways"]), "s = 0: exchanged"
     expected, keys = reference(job)
     check_equal(job, result, expected, keys, tmp_path / "shards")
     if model == "caser":   # a sequence data set's held-out figures: its ranking queries, all of them
@@ -180,3 +182,37 @@ def test_bounded_mirrors_stay_within_the_staleness_bound(tmp_path, monkeypatch):
         assert (audit["pending"] > 0).mean() > 0.05, "mirrors held unpushed contributions"
         refreshed = {int(k) for k in audit["key"][behind > 0]} & {int(k) for k in audit["key"][behind == 0]}
         assert refreshed, "refreshes brought stale mirrors back to their owners"
+
+
+def test_bounded_above_staleness_0_pushes_to_the_owners_and_no_gradient_to_the_peers(tmp_path):
+    """s = 3 on two hosts: no gateway sends a gradient to the other, yet every contribution reaches its row's
+    owner once (each row's version on its shard is the number of (trainer, batch) pairs that used it), and
+    each gateway counts the rows it read from the other host's shard: every unmirrored remote key of its
+    batches, plus the mirrors its refreshes took."""
+    job = dataclasses.replace(small_job("bounded", "sgd", staleness=3, store_rate=0.3), steps=20)
+    result = run_local_job(job, tmp_path, show_progress=False, layout=JobLayout.loopback_hosts(2))
+    router = JumpHashRouter(2)
+    uses: dict[int, int] = {}
+    placement = usage_placement(job, router.shard_of)
+    batches = list(zip(range(job.steps), open_dataset(job.dataset, **job.dataset_options).batches(job.global_batch,
+                                                                                                   "train")))
+    for t, gateway in enumerate(result.metrics["gateways"]):
+        assert gateway.get("peer_grad_bytes_out", 0) == 0, f"gateway {t} sent gradients to a peer"
+        mirrored = mirror_keys(placement, t, job.store_rate)
+        remote_unmirrored = mirrored_uses = 0
+        for _, batch in batches:
+            keys = np.unique(feature_keys(batch.sparse[t * job.local_batch:(t + 1) * job.local_batch]))
+            for key in keys:
+                uses[int(key)] = uses.get(int(key), 0) + 1
+            hit = np.isin(keys, mirrored)
+            remote_unmirrored += int(((router.shard_of(keys) != t) & ~hit).sum())
+            mirrored_uses += int(hit.sum())
+        refreshed = gateway["remote_rows_fetched"] - remote_unmirrored
+        assert 0 < refreshed <= mirrored_uses, f"gateway {t}: {refreshed} mirror refreshes of {mirrored_uses} uses"
+        assert gateway["remote_rows_fetched"] < gateway["rows_fetched"], "rows of its own host's shard are local"
+    keys = np.array(sorted(uses), np.uint64)
+    versions = np.zeros(len(keys), np.uint64)
+    for store_dir in sorted((tmp_path / "shards").glob("shard-*/store")):
+        with Store(store_dir) as store:
+            versions += store.table(job.table).lookup_versioned(keys)[2]
+    assert versions.tolist() == [uses[int(k)] for k in keys], "every contribution applied once, at its owner"

@@ -12,26 +12,46 @@ the shards, the gateway sends the (key, version) of the batch's mirrored keys to
 (`PSClient.refresh_stale`); an owner answers only the rows more than s ahead, with their state and
 version, and the mirror takes them.  Push bound.  A mirror applies its trainer's gradient at once, with
 the table's own optimizer kernel, and keeps the raw gradient and its count as pending; when more than s
-contributions are pending they join the gateway's contribution of that step.  Contributions (the
-gradients of unmirrored keys, counting 1 each, and the pending sums of mirrors, counting what they hold)
-are summed across gateways in trainer order, and each gateway applies its share with the counts, so an
-owner applies every row's step as one update.
+contributions are pending they join the gateway's contribution of that step.  A contribution is the
+gradients of unmirrored keys, counting 1 each, and the pending sums of mirrors, counting what they hold.
+
+Writes.  At s = 0 the contributions are summed across gateways in trainer order (the peer exchange) and
+each gateway applies its share with the counts, so an owner applies every row's step as one update.  At
+s > 0 no gradient goes to a peer: each gateway sends its contribution straight to the owners
+(`PSClient.update` with the counts; rows its own host owns go to its own shard, over no link), and an
+owner applies each gateway's push as an optimizer step of its own.
+
+Rounds (PeerExchange's notices).  Round 2b+1 from a gateway: its updates of batch b are on the shards;
+rows of batch b are read only once every gateway has passed round 2b-1.  At s > 0, round 2b: it has
+served batch b's rows; a gateway sends its updates of b only once every gateway has passed it (at s = 0
+the exchange waits for every gateway's contribution, which comes later still).  So no update lands on
+a shard while another gateway reads the same batch: the owner versions a mirror is checked against
+cannot move while its rows are served (the bound holds when the trainer gets the row, as the audit
+reads it), and an unmirrored row read for batch b holds every update pushed for the batches before b.
+What such a read misses is what other gateways' mirrors of that row still hold pending (at most s
+contributions each), with either write path.  Reading without waiting would also miss the peers'
+updates of the previous batch, and of more as the gateways drift apart, with no bound: the two notices
+per step (a few bytes to each peer) keep that from happening.
 
 Optimizer state (SGD and Adagrad; the table's other optimizers are refused when the gateway starts):
 - The owner holds the authoritative row and Adagrad accumulator, and applies each update it is sent as
-  one optimizer step on the summed gradient.  Mirrors push raw gradients, never their local deltas, so
-  the owner's accumulator takes every gradient once, in its own step.
+  one optimizer step on its gradient.  Mirrors push raw gradients, never their local deltas, so the
+  owner's accumulator takes every gradient once, in its own step.
 - A mirror holds a copy of the owner's row and accumulator as of its last refresh, and applies its own
   trainer's gradients to that copy (its accumulator copy grows by their squares): provisional values
   that the next refresh replaces.  A refresh takes the owner's row and accumulator and applies the
   still-pending gradient once more, as one step.
-- SGD is linear, so that is exact for any s: the owner's row is its start minus lr x every pushed
-  gradient, and a mirror's the owner's minus lr x its pending ones.  Adagrad is exact at s = 0: every
-  contribution is pushed in the step it is made and summed with the other gateways' before the owner's
-  one step, which is the single-process step; a mirror then is either refreshed (others moved the row)
-  or equal to the owner bit for bit (the same kernel on the same row, accumulator and gradient).  For
-  s > 0 an owner applies a push of k steps' gradients as one step (its accumulator grows by the square
-  of their sum, not the sum of their squares): the deviation s buys.
+- SGD is linear, so it is exact for any s, up to the order of float additions: the owner's row is its
+  start minus lr x every pushed gradient, in whatever order the pushes land, and a mirror's the owner's
+  minus lr x its pending ones.  Adagrad is exact at s = 0: every contribution is pushed in the step it
+  is made and summed with the other gateways' before the owner's one step, which is the single-process
+  step; a mirror then is either refreshed (others moved the row) or equal to the owner bit for bit (the
+  same kernel on the same row, accumulator and gradient).  At s > 0 an owner applies each gateway's push
+  as its own step, so a row that k gateways update in one batch takes k steps, each dividing by an
+  accumulator that has grown by that push's square alone (one process: one step on the sum, its
+  accumulator grown by the square of the sum), in the order the pushes arrive; and a mirror's push of k
+  steps' gradients is one step (the square of their sum, not the sum of their squares).  That deviation,
+  and the order it depends on, is what s buys.
 
 Mirror candidates come from the job's placement file (`embps partition`: HET-GMP's priority order);
 under hash placement, from the job's own batches (see `usage_placement`), each host ranking the remote
@@ -103,7 +123,7 @@ class BoundedStrategy(Strategy):
 
     def rows(self, b: int, plan: pb.BatchPlan, keys: np.ndarray) -> np.ndarray:
         c = self.context
-        c.peers.wait_round(b - 1)   # every gateway's updates of the previous batch are on the shards
+        c.peers.wait_round(2 * b - 1)   # every gateway's updates of the previous batch are on the shards
         hit, at = self._mirrored(keys)
         if len(at):
             self._refresh(at)
@@ -113,7 +133,7 @@ class BoundedStrategy(Strategy):
         if len(others):
             rows[~hit] = c.ps.lookup(c.job.table, others)
         c.traffic.add(bytes_in=len(others) * (4 * c.dim + 1), bytes_out=16 * len(at) + 8 * len(others),
-                      rows_fetched=len(others), rows_used=len(keys))
+                      rows_fetched=len(others), rows_used=len(keys), remote_rows_fetched=c.remote_rows(others))
         if self.audit is not None and len(at):
             self._record(b, at)
         return rows
@@ -123,11 +143,11 @@ class BoundedStrategy(Strategy):
         then apply their pending gradient again."""
         c = self.context
         stale = c.ps.refresh_stale(c.job.table, self.keys[at], self.version[at], self.s, with_state=True)
-        c.traffic.add(bytes_in=8 + len(stale.positions) * (12 + 4 * (c.dim + c.state_floats)),
-                      rows_fetched=len(stale.positions))
-        if not len(stale.positions):
-            return
         taken = at[stale.positions]
+        c.traffic.add(bytes_in=8 + len(taken) * (12 + 4 * (c.dim + c.state_floats)), rows_fetched=len(taken),
+                      remote_rows_fetched=c.remote_rows(self.keys[taken]))
+        if not len(taken):
+            return
         assert stale.state is not None   # asked for with_state
         self.cache.insert(self.keys[taken], stale.rows, stale.state)
         self.version[taken] = stale.versions
@@ -156,14 +176,25 @@ class BoundedStrategy(Strategy):
         sent_keys = np.concatenate([keys[~hit], self.keys[due]])   # disjoint: unmirrored, then mirrored
         sent_grads = np.concatenate([grads[~hit], self.pending[due]])
         sent_counts = np.concatenate([np.ones(len(keys) - len(at), np.uint32), self.pending_count[due]])
-        order = np.argsort(sent_keys, kind="stable")
-        c.peers.contribute(b, sent_keys[order], sent_grads[order], sent_counts[order])
+        self._write(b, sent_keys, sent_grads, sent_counts)
         self.version[due] += self.pending_count[due]
         self.pending[due] = 0
         self.pending_count[due] = 0
-        all_keys, summed, counts = sum_counted(c.peers.gather(b), c.dim)
-        c.update_shards(all_keys, summed, counts)
-        c.peers.round_done(b)
+        c.peers.round_done(2 * b + 1)
+
+    def _write(self, b: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray) -> None:
+        """Puts this gateway's contribution of batch b on the shards (see Writes and Rounds above)."""
+        c = self.context
+        if self.s == 0:   # summed with every gateway's first: the owner's one step is the single-process step
+            order = np.argsort(keys, kind="stable")
+            c.contribute(b, keys[order], grads[order], counts[order])
+            c.update_shards(*sum_counted(c.peers.gather(b), c.dim))
+            return
+        c.peers.round_done(2 * b)
+        c.peers.wait_round(2 * b)   # no update of b lands before every gateway has served b's rows
+        if len(keys):
+            c.ps.update(c.job.table, keys, grads, counts)
+            c.traffic.add(bytes_out=len(keys) * (12 + 4 * c.dim))
 
     def finish(self) -> None:
         """Pushes what the mirrors still hold, and writes the audit if one was asked for."""

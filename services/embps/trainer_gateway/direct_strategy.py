@@ -19,7 +19,7 @@ class DirectStrategy(Strategy):
         c.peers.wait_round(b - 1)   # every gateway's updates of the previous batch are on the shards
         rows = c.ps.lookup(c.job.table, keys)
         c.traffic.add(bytes_in=rows.nbytes + len(keys), bytes_out=keys.nbytes, rows_fetched=len(keys),
-                      rows_used=len(keys))
+                      rows_used=len(keys), remote_rows_fetched=c.remote_rows(keys))
         return rows
 
     def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:

@@ -197,7 +197,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         t = self.traffic
         return pb.GatewayStats(steps=self.steps, rows_used=t.rows_used, rows_fetched=t.rows_fetched,
                                ps_bytes_in=t.bytes_in, ps_bytes_out=t.bytes_out,
-                               mode=GATEWAY_MODES.to_message(self.job.mode), wait_seconds=self.wait_seconds)
+                               mode=GATEWAY_MODES.to_message(self.job.mode), wait_seconds=self.wait_seconds,
+                               remote_rows_fetched=t.remote_rows_fetched, peer_grad_bytes_out=t.peer_grad_bytes_out)
 
     # ---- GatewayPeer -----------------------------------------------------------------------
 

@@ -43,11 +43,23 @@ class GatewayContext:
     def dim(self) -> int:
         return self.spec.dim
 
+    def remote_rows(self, keys: np.ndarray) -> int:
+        """How many of keys live on a shard of another host than this gateway's (all, when the job has no
+        hosts)."""
+        local = self.job.local_shard(self.me)
+        return len(keys) if local is None else int(np.count_nonzero(self.ps.router.shard_of(keys) != local))
+
+    def contribute(self, b: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Sends this trainer's gradients of batch b to every peer (see PeerExchange.contribute)."""
+        self.peers.contribute(b, keys, grads, counts)
+        sent = keys.nbytes + grads.nbytes + (0 if counts is None else counts.nbytes)
+        self.traffic.add(peer_grad_bytes_out=sent * (self.peers.n - 1))
+
     def summed_gradients(self, b: int, plan: pb.BatchPlan, keys: np.ndarray,
                          grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every trainer's gradients of batch b, summed with the peers': the batch's keys (sorted, the same on
         every gateway) and their sums."""
-        self.peers.contribute(b, keys, grads)
+        self.contribute(b, keys, grads)
         batch_keys = wire.keys_from_bytes(plan.keys)
         return batch_keys, sum_contributions(batch_keys, self.peers.gather(b), self.dim)
 

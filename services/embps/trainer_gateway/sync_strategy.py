@@ -74,9 +74,10 @@ class SyncStrategy(Strategy):
                 rows, state, _ = c.ps.lookup(c.job.table, keys, with_state=True)
                 self.cache.insert(keys, rows, state)
                 c.traffic.add(bytes_in=rows.nbytes + state.nbytes + len(keys), bytes_out=keys.nbytes,
-                              rows_fetched=len(keys))
+                              rows_fetched=len(keys), remote_rows_fetched=c.remote_rows(keys))
             streamed = c.ps.lookup(c.job.table, mine) if len(mine) else np.empty((0, c.dim), np.float32)
-            c.traffic.add(bytes_in=streamed.nbytes + len(mine), bytes_out=mine.nbytes, rows_fetched=len(mine))
+            c.traffic.add(bytes_in=streamed.nbytes + len(mine), bytes_out=mine.nbytes, rows_fetched=len(mine),
+                          remote_rows_fetched=c.remote_rows(mine))
             with progress.changing():
                 self.streamed[b] = (mine, streamed)
                 self.prefetched = b

@@ -231,7 +231,7 @@ class GetGatewayStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GatewayStats(_message.Message):
-    __slots__ = ("steps", "rows_used", "rows_fetched", "ps_bytes_in", "ps_bytes_out", "mode", "wait_seconds")
+    __slots__ = ("steps", "rows_used", "rows_fetched", "ps_bytes_in", "ps_bytes_out", "mode", "wait_seconds", "remote_rows_fetched", "peer_grad_bytes_out")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     ROWS_USED_FIELD_NUMBER: _ClassVar[int]
     ROWS_FETCHED_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,8 @@ class GatewayStats(_message.Message):
     PS_BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_ROWS_FETCHED_FIELD_NUMBER: _ClassVar[int]
+    PEER_GRAD_BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     steps: int
     rows_used: int
     rows_fetched: int
@@ -246,7 +248,9 @@ class GatewayStats(_message.Message):
     ps_bytes_out: int
     mode: GatewayMode
     wait_seconds: float
-    def __init__(self, steps: _Optional[int] = ..., rows_used: _Optional[int] = ..., rows_fetched: _Optional[int] = ..., ps_bytes_in: _Optional[int] = ..., ps_bytes_out: _Optional[int] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., wait_seconds: _Optional[float] = ...) -> None: ...
+    remote_rows_fetched: int
+    peer_grad_bytes_out: int
+    def __init__(self, steps: _Optional[int] = ..., rows_used: _Optional[int] = ..., rows_fetched: _Optional[int] = ..., ps_bytes_in: _Optional[int] = ..., ps_bytes_out: _Optional[int] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., wait_seconds: _Optional[float] = ..., remote_rows_fetched: _Optional[int] = ..., peer_grad_bytes_out: _Optional[int] = ...) -> None: ...
 
 class ContributeRequest(_message.Message):
     __slots__ = ("batch", "trainer", "keys", "grads", "counts")
