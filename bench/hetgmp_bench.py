@@ -19,11 +19,11 @@ Every contender with the graph placement trains on the same global batches (the 
 direct-hash's differ by construction (hash placement deals the split in order).
 
 Figures (goals in GOALS):
-  placement_remote_rows_vs_hash  remote row fetches per iteration, direct-graph / direct-hash.  The gateways'
-                                 stats count rows fetched, not where from, and the shards' count keys, not
-                                 from whom, so the remote ones are counted by replaying each run's batches
-                                 (the oracle cacher's dealing, the planner's keys, the job's router); the
-                                 replay's total rows per iteration is checked against the gateways' rows_fetched.
+  placement_remote_rows_vs_hash  remote row fetches per iteration, direct-graph / direct-hash, counted by
+                                 replaying each run's training batches (the oracle cacher's dealing, the
+                                 planner's keys, the job's router); the gateways' own counters
+                                 (rows_fetched, remote_rows_fetched), which also count evaluation's and
+                                 warm-up's reads, are context beside it.
   mirrors_remote_bytes_vs_hash   kernel-counted bytes the training hosts sent over the job, bounded-s100 /
                                  direct-hash (the oracle's feed of samples, the same for both, is context;
                                  so is mirrors_remote_service_bytes_vs_hash, the ratio of the services'
@@ -189,8 +189,9 @@ def run_job(cfg: Config, hosts, name: str, job_config, work: Path) -> dict:
     s, per_step, job_bytes = r.summary, r.per_step or {}, r.job_bytes
     run = {"name": name, "mode": job_config.mode, "staleness": job_config.staleness,
            "placement": bool(job_config.placement), "step_seconds": s["step_seconds"], "final_loss": s["final_loss"],
-           "eval_auc": s.get("eval_auc"), "gateway_rows_fetched": sum(g.get("rows_fetched", 0) for g in
-                                                                       r.metrics["gateways"]),
+           "eval_auc": s.get("eval_auc"),
+           **{f"gateway_{what}": sum(g.get(what, 0) for g in r.metrics["gateways"])
+              for what in ("rows_fetched", "remote_rows_fetched")},
            "gateway_ps_bytes": s["ps_bytes"],
            "training_hosts_tx_bytes": sum(job_bytes[h]["tx_bytes"] for h in training),
            "all_hosts_tx_bytes": sum(c["tx_bytes"] for c in job_bytes.values()),
@@ -216,8 +217,8 @@ def figures(cfg: Config, runs: dict[str, dict], replay: dict[str, dict], report:
         for what, value in r.items():
             report.note(f"{name}_{what}_replayed", value, "rows")
         # The replay counts the training steps' fetches; the gateways' also count evaluation's and warm-up's.
-        report.note(f"{name}_gateway_rows_fetched_per_step", runs[name]["gateway_rows_fetched"] / cfg.train.steps,
-                    "rows")
+        for what in ("rows_fetched", "remote_rows_fetched"):
+            report.note(f"{name}_gateway_{what}_per_step", runs[name][f"gateway_{what}"] / cfg.train.steps, "rows")
     report.figure("placement_remote_rows_vs_hash", replay["direct-graph"]["remote_rows_per_iteration"]
                   / replay["direct-hash"]["remote_rows_per_iteration"], "ratio")
     report.figure("mirrors_remote_bytes_vs_hash", runs["bounded-s100"]["training_hosts_tx_bytes"]
