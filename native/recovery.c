@@ -5,8 +5,8 @@
 #include "status.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 enum {
     RECOVER_AHEAD = 4,              /* buckets between prefetching a bucket's claims and making them */
@@ -100,12 +100,13 @@ static void *restore_range(void *arg)
     return NULL;
 }
 
+/* One thread per core this process may run on, each with a range worth a thread. */
 static unsigned thread_count(uint64_t n_buckets)
 {
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t cpus;
     uint64_t n = n_buckets / MIN_BUCKETS_PER_THREAD;
-    if (cpus > 0 && n > (uint64_t)cpus)
-        n = (uint64_t)cpus;
+    if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && n > (uint64_t)CPU_COUNT(&cpus))
+        n = (uint64_t)CPU_COUNT(&cpus);
     if (n > MAX_THREADS)
         n = MAX_THREADS;
     return n ? (unsigned)n : 1;
