@@ -138,13 +138,17 @@ void pethash_remove(pethash *ph, pm_region *pm, ph_pos pos, uint64_t h)
             ph->meta[p].overflow--;
 }
 
-void pethash_recover_slot(pethash *ph, uint64_t bucket, unsigned i, uint64_t h)
+int pethash_restore_probe(pethash *ph, uint64_t bucket, uint64_t key, uint64_t h)
 {
-    ph_meta *m = &ph->meta[bucket];
-    m->tags[i] = ph_tag(h);
-    m->count++;
+    const uint8_t tag = ph_tag(h);
     const uint64_t step = ph_step(h);
-    for (uint64_t p = ph_home(ph, h); p != bucket; p = (p + step) & ph->mask)
-        if (ph->meta[p].overflow < 255)
-            ph->meta[p].overflow++;
+    for (uint64_t p = ph_home(ph, h); p != bucket; p = (p + step) & ph->mask) {
+        ph_meta *m = &ph->meta[p];
+        for (unsigned bits = ph_tag_matches(m, tag); bits; bits &= bits - 1)
+            if (ph->buckets[p].slot[__builtin_ctz(bits)].key == key)
+                return 0;
+        if (m->overflow < 255)
+            m->overflow++;
+    }
+    return 1;
 }

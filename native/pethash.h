@@ -98,7 +98,22 @@ ph_pos pethash_insert(pethash *ph, pm_region *pm, uint64_t key, uint64_t h, uint
 /* Writer: empties the slot at pos and flushes it (the caller drains). */
 void pethash_remove(pethash *ph, pm_region *pm, ph_pos pos, uint64_t h);
 
-/* Recovery: rebuilds the DRAM side for a slot found live in PM. */
-void pethash_recover_slot(pethash *ph, uint64_t bucket, unsigned i, uint64_t h);
+/* Recovery rebuilds the DRAM side from the slots found live in PM in two passes.  The first, for every
+ * live slot, sets its tag and its bucket's count; buckets in disjoint ranges may be restored by threads
+ * at once.  Returns 0 (restoring nothing) if an earlier restored slot of the bucket holds the same key. */
+static inline int ph_restore_slot(pethash *ph, uint64_t bucket, unsigned i, uint64_t key, uint64_t h)
+{
+    ph_meta *m = &ph->meta[bucket];
+    const uint8_t tag = ph_tag(h);
+    for (unsigned bits = ph_tag_matches(m, tag); bits; bits &= bits - 1)
+        if (ph->buckets[bucket].slot[__builtin_ctz(bits)].key == key)
+            return 0;
+    m->tags[i] = tag;
+    m->count++;
+    return 1;
+}
+/* The second pass, after the first is done, by one thread: a key restored in a bucket other than its
+ * home counts in the overflow of each bucket it probed past.  Returns 0 if one of those holds the key. */
+int pethash_restore_probe(pethash *ph, uint64_t bucket, uint64_t key, uint64_t h);
 
 #endif

@@ -34,22 +34,32 @@ int slab_pool_is_used(const slab_pool *p, uint64_t ref)
     return (p->used[i / 64] >> (i % 64)) & 1;
 }
 
-int slab_pool_claim(slab_pool *p, uint64_t ref)
+uint64_t *slab_pool_new_claims(const slab_pool *p)
 {
-    uint64_t i = ref - 1;
-    if (slab_pool_is_used(p, ref))
-        return 0;
-    p->used[i / 64] |= 1ull << (i % 64);
-    p->n_used++;
-    if (i >= p->high_water)
-        p->high_water = i + 1;
-    return 1;
+    return calloc((p->n_slabs + 63) / 64, sizeof(uint64_t));
+}
+
+uint64_t slab_pool_merge_claims(slab_pool *p, const uint64_t *claims)
+{
+    uint64_t twice = 0;
+    for (uint64_t w = 0; w < (p->n_slabs + 63) / 64; w++) {
+        if (!twice && (p->used[w] & claims[w]))
+            twice = w * 64 + (uint64_t)__builtin_ctzll(p->used[w] & claims[w]) + 1;
+        p->used[w] |= claims[w];
+    }
+    return twice;
 }
 
 void slab_pool_finish_recovery(slab_pool *p)
 {
-    p->n_free = 0;
-    for (uint64_t w = 0; w * 64 < p->high_water; w++) {
+    const uint64_t words = (p->n_slabs + 63) / 64;
+    uint64_t top = words;
+    while (top && !p->used[top - 1])
+        top--;
+    p->high_water = top ? (top - 1) * 64 + 64 - (uint64_t)__builtin_clzll(p->used[top - 1]) : 0;
+    p->n_used = p->n_free = 0;
+    for (uint64_t w = 0; w < top; w++) {
+        p->n_used += (uint64_t)__builtin_popcountll(p->used[w]);
         uint64_t holes = ~p->used[w];
         for (; holes; holes &= holes - 1) {
             uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(holes);

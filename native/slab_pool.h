@@ -36,16 +36,28 @@ void slab_pool_free(slab_pool *p);
 
 static inline char *slab_at(const slab_pool *p, uint64_t ref) { return p->base + (ref - 1) * p->slab_bytes; }
 
-/* Recovery: claims the slab of a live ref; 0 if it was already claimed (corruption). */
-int slab_pool_claim(slab_pool *p, uint64_t ref);
+/* Recovery claims the slab of each live ref in a bitmap of the pool's size: the pool's own (used), or
+ * one per further thread, merged into it after.  A claim returns 0 if the slab was claimed already
+ * (corruption); 1 <= ref <= n_slabs. */
+static inline int slab_claim(uint64_t *claims, uint64_t ref)
+{
+    const uint64_t i = ref - 1, bit = 1ull << (i % 64);
+    const int fresh = !(claims[i / 64] & bit);
+    claims[i / 64] |= bit;
+    return fresh;
+}
 /* Recovery visits refs in index order, so their bits lie at random in the bitmap: a claim's word is
  * fetched while earlier claims are made. */
-static inline void slab_pool_prefetch_claim(const slab_pool *p, uint64_t ref)
+static inline void slab_claim_prefetch(const uint64_t *claims, uint64_t n_slabs, uint64_t ref)
 {
-    if (ref && ref <= p->n_slabs)
-        __builtin_prefetch(&p->used[(ref - 1) / 64], 1);
+    if (ref && ref <= n_slabs)
+        __builtin_prefetch(&claims[(ref - 1) / 64], 1);
 }
-/* Recovery: turns the claimed set into the allocator's free lists. */
+/* An empty bitmap for claims (the caller frees it), or NULL: out of memory. */
+uint64_t *slab_pool_new_claims(const slab_pool *p);
+/* Adds claims to the pool's; returns the lowest ref claimed in both, or 0. */
+uint64_t slab_pool_merge_claims(slab_pool *p, const uint64_t *claims);
+/* Recovery, once every claim is merged: counts the claimed slabs and turns the rest into the free list. */
 void slab_pool_finish_recovery(slab_pool *p);
 int slab_pool_is_used(const slab_pool *p, uint64_t ref);
 

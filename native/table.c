@@ -3,6 +3,7 @@
 
 #include "optimizer.h"
 #include "pethash.h"
+#include "recovery.h"
 #include "slab_pool.h"
 #include "status.h"
 
@@ -184,42 +185,14 @@ static int header_is_valid(const table_header *h, size_t file_bytes, const char 
     return EMBPS_OK;
 }
 
-enum { RECOVER_AHEAD = 4 };   /* buckets between prefetching a bucket's claims and making them */
-
 /* Rebuilds tags, counts, overflow counters and the allocator from the slots in PM. */
 static int recover(embps_table *t)
 {
-    const uint64_t n_buckets = t->index.mask + 1, n_slabs = t->pool.n_slabs;
-    uint64_t rows = 0;
-    for (uint64_t b = 0; b < n_buckets; b++) {
-        if (b + RECOVER_AHEAD < n_buckets) {
-            const ph_bucket *ahead = &t->index.buckets[b + RECOVER_AHEAD];
-            for (unsigned i = 0; i < PH_SLOTS; i++)
-                slab_pool_prefetch_claim(&t->pool, atomic_load_explicit(&ahead->slot[i].ref, memory_order_relaxed));
-            __builtin_prefetch(&t->index.meta[b + RECOVER_AHEAD], 1);   /* most keys live in their home bucket */
-        }
-        ph_bucket *bucket = &t->index.buckets[b];
-        for (unsigned i = 0; i < PH_SLOTS; i++) {
-            uint64_t ref = atomic_load_explicit(&bucket->slot[i].ref, memory_order_relaxed);
-            if (!ref)
-                continue;
-            uint64_t key = bucket->slot[i].key;
-            if (ref > n_slabs || key == EMBPS_RESERVED_KEY)
-                return fail(EMBPS_E_CORRUPT, "table %s: bucket %llu slot %u holds an impossible entry", t->name,
-                            (unsigned long long)b, i);
-            if (!slab_pool_claim(&t->pool, ref))
-                return fail(EMBPS_E_CORRUPT, "table %s: slab %llu is referenced twice", t->name,
-                            (unsigned long long)ref);
-            const uint64_t h = mix64(key);
-            if (pethash_find(&t->index, key, h).slot)   /* one copy would shadow the other */
-                return fail(EMBPS_E_CORRUPT, "table %s: key %llu is held twice", t->name, (unsigned long long)key);
-            pethash_recover_slot(&t->index, b, i, h);
-            rows++;
-        }
-    }
-    atomic_store(&t->rows, rows);
-    slab_pool_finish_recovery(&t->pool);
-    return EMBPS_OK;
+    uint64_t rows;
+    int rc = recovery_rebuild(&t->index, &t->pool, t->name, &rows);
+    if (!rc)
+        atomic_store(&t->rows, rows);
+    return rc;
 }
 
 static double now_seconds(void)

@@ -364,6 +364,115 @@ static void test_store_refuses_a_table_file_under_another_name(void)
     }
 }
 
+/* Recovery of a table whose index was tampered with, slot by slot, in a copy of its index in memory.
+ * The table has enough buckets to be recovered by two threads where there are two cores: the tampering
+ * pairs a slot of the first half of the buckets with one of the second. */
+#define INDEX_OFFSET 4096   /* table.c: the index of 256-byte buckets follows a 4 KB header */
+typedef struct { uint64_t key, ref; } index_slot;
+
+typedef struct {
+    char path[512];
+    index_slot *slots, *pristine;
+    size_t n_slots;
+    uint64_t n_slabs;
+} tampered_table;
+
+/* Writes the index as tampered, reopens the store and expects the table refused with a message
+ * containing expect (or, NULL, served whole); then puts the pristine index back. */
+static void reopen_tampered(tampered_table *tt, const char *expect)
+{
+    FILE *f = fopen(tt->path, "r+");
+    EXPECT(f && fseek(f, INDEX_OFFSET, SEEK_SET) == 0 &&
+           fwrite(tt->slots, sizeof(index_slot), tt->n_slots, f) == tt->n_slots);
+    if (f)
+        fclose(f);
+    embps_store *s = open_store("tampered", 0, 0, 0);
+    embps_table *t;
+    int rc = embps_table_get(s, "c", &t);
+    if (expect) {
+        EXPECT(rc == EMBPS_E_CORRUPT && strstr(embps_errormsg(), expect));
+    } else {
+        embps_table_stats st;
+        EXPECT_OK(rc);
+        if (!rc) {
+            embps_table_describe(t, NULL, &st);
+            EXPECT(st.rows == 256 && st.slabs_used == 256);
+            EXPECT_OK(embps_table_check(t));
+        }
+    }
+    embps_store_close(s);
+    memcpy(tt->slots, tt->pristine, tt->n_slots * sizeof(index_slot));
+}
+
+/* A live slot of the first (half 0) or second half of the buckets, the n-th found. */
+static size_t live_slot(const tampered_table *tt, int half, size_t n)
+{
+    for (size_t i = half ? tt->n_slots / 2 : 0; i < tt->n_slots; i++)
+        if (tt->slots[i].ref && !n--)
+            return i;
+    return 0;
+}
+
+/* An empty slot of bucket b. */
+static size_t empty_slot(const tampered_table *tt, size_t b)
+{
+    for (size_t i = b * 16; i < b * 16 + 16; i++)
+        if (!tt->slots[i].ref)
+            return i;
+    return 0;
+}
+
+static void test_recovery_reports_corruption(void)
+{
+    embps_store *s = open_store("tampered", 0, 0, 0);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 4, 500000);
+    embps_table *t;
+    embps_table_stats st;
+    uint64_t keys[256];
+    float rows[256 * 4];
+    for (int i = 0; i < 256; i++)
+        keys[i] = 1000 + (uint64_t)i;
+    fill(rows, 256 * 4, 1.0f);
+    EXPECT_OK(embps_table_create(s, "c", &spec, &t));
+    EXPECT_OK(embps_table_assign(t, keys, 256, rows, 256 * 4, NULL, 0));
+    embps_table_describe(t, NULL, &st);
+    embps_store_close(s);
+    EXPECT(st.buckets >= 65536);
+    tampered_table tt = {.n_slots = st.buckets * 16, .n_slabs = st.slabs_total};
+    snprintf(tt.path, sizeof(tt.path), "%s/tampered/c.table", root);
+    tt.slots = malloc(tt.n_slots * sizeof(index_slot));
+    tt.pristine = malloc(tt.n_slots * sizeof(index_slot));
+    FILE *f = fopen(tt.path, "r");
+    EXPECT(f && fseek(f, INDEX_OFFSET, SEEK_SET) == 0 &&
+           fread(tt.pristine, sizeof(index_slot), tt.n_slots, f) == tt.n_slots);
+    if (f)
+        fclose(f);
+    memcpy(tt.slots, tt.pristine, tt.n_slots * sizeof(index_slot));
+    const size_t a = live_slot(&tt, 0, 0), a2 = live_slot(&tt, 0, 1), b = live_slot(&tt, 1, 0);
+    EXPECT(tt.slots[a].ref && tt.slots[a2].ref && tt.slots[b].ref);
+    char twice[64];
+    snprintf(twice, sizeof(twice), "slab %llu is referenced twice", (unsigned long long)tt.slots[a].ref);
+
+    reopen_tampered(&tt, NULL);
+    tt.slots[b].ref = tt.slots[a].ref;   /* slabs shared within a half, and across */
+    reopen_tampered(&tt, twice);
+    tt.slots[a2].ref = tt.slots[a].ref;
+    reopen_tampered(&tt, twice);
+    tt.slots[b].ref = tt.n_slabs + 1;    /* beyond the pool; then the reserved key */
+    reopen_tampered(&tt, "holds an impossible entry");
+    tt.slots[a].key = UINT64_MAX;
+    reopen_tampered(&tt, "holds an impossible entry");
+    char held[64];   /* a copy of a's key, with a slab of its own: in a's bucket, and in the other half */
+    snprintf(held, sizeof(held), "key %llu is held twice", (unsigned long long)tt.slots[a].key);
+    tt.slots[empty_slot(&tt, a / 16)] = (index_slot){tt.slots[a].key, tt.n_slabs};
+    reopen_tampered(&tt, held);
+    tt.slots[empty_slot(&tt, tt.n_slots / 16 - 1)] = (index_slot){tt.slots[a].key, tt.n_slabs};
+    reopen_tampered(&tt, held);
+    reopen_tampered(&tt, NULL);
+    free(tt.slots);
+    free(tt.pristine);
+}
+
 /* Crash at every persist point of an assign/delete workload whose values encode (key, version). */
 static void test_crash_sweep(void)
 {
@@ -895,6 +1004,7 @@ int main(void)
     test_concurrent_create_and_drop();
     test_drop_waits_only_for_its_table();
     test_store_refuses_a_table_file_under_another_name();
+    test_recovery_reports_corruption();
     test_crash_sweep();
     test_versions_count_contributions();
     test_lock_free_reads_race_writer();
