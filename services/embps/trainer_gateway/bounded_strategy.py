@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import grpc
@@ -109,8 +108,7 @@ class BoundedStrategy(Strategy):
         self.version = np.full(n, wire.NO_VERSION, np.uint64)   # the owner version each mirror reflects
         self.pending = np.zeros((n, dim), np.float32)            # raw gradients not yet pushed
         self.pending_count = np.zeros(n, np.uint32)
-        directory = Path(tempfile.mkdtemp(prefix=f"embps-mirrors-{context.me}-", dir=context.cache_dir))
-        self.cache = RowCache(directory, context.spec, n + 16)
+        self.cache = RowCache(context.cache_dir, f"mirrors-{context.me}", context.spec, n + 16)
         self.audit: list[tuple[np.ndarray, ...]] | None = [] if os.environ.get(AUDIT_ENV) else None
 
     def _mirrored(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

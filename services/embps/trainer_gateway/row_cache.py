@@ -1,11 +1,17 @@
 """The gateway's cache of rows and optimizer state: a volatile table of the native store in a
 DRAM-backed directory, so inserts, lookups, evictions and the optimizer step run in C on whole
-batches, with the very kernels the shards use, and without the flushes persistence would cost."""
+batches, with the very kernels the shards use, and without the flushes persistence would cost.
+
+Each cache has a directory of its own, named for its process; a gateway that was killed (no close())
+leaves one behind, which the next cache made in the same place removes once that process is gone."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -17,8 +23,15 @@ from embps.store import Store
 from .errors import GatewayError
 
 
+_DIRECTORY = re.compile(r"^embps-cache-(\d+)-")
+
+
 class RowCache:
-    def __init__(self, directory: Path, spec: TableSpec, capacity: int):
+    def __init__(self, cache_dir: Path, name: str, spec: TableSpec, capacity: int):
+        """A cache of up to capacity rows of spec's shape in a new directory under cache_dir (name says
+        whose it is)."""
+        remove_orphans(cache_dir)
+        directory = Path(tempfile.mkdtemp(prefix=f"embps-cache-{os.getpid()}-{name}-", dir=cache_dir))
         self.store = Store(directory, persist="none")
         self.table = self.store.create_table("cache", dataclasses.replace(spec, capacity=capacity,
                                                                           missing_keys=MissingKeys.REPORT))
@@ -59,3 +72,11 @@ class RowCache:
         directory = self.store.path
         self.store.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def remove_orphans(cache_dir: Path) -> None:
+    """Removes the cache directories under cache_dir whose processes have ended."""
+    for entry in cache_dir.iterdir():
+        match = _DIRECTORY.match(entry.name)
+        if match and not Path(f"/proc/{match[1]}").exists():
+            shutil.rmtree(entry, ignore_errors=True)

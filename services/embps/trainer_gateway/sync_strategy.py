@@ -10,9 +10,7 @@ evictions before batch b, and its streamed updates before b, are on the shards.
 from __future__ import annotations
 
 import queue
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
@@ -52,9 +50,7 @@ class SyncStrategy(Strategy):
         features = len(plan.features.sparse) // 8 // max(plan.features.samples, 1)
         window = job.lookahead + 2 * job.cleanup_every + 2
         capacity = min(window * job.global_batch * features, self.context.spec.capacity) + 4096
-        directory = Path(tempfile.mkdtemp(prefix=f"embps-gateway-{self.context.me}-",
-                                          dir=self.context.cache_dir))   # one per process
-        return RowCache(directory, self.context.spec, capacity)
+        return RowCache(self.context.cache_dir, f"gateway-{self.context.me}", self.context.spec, capacity)
 
     # ---- background work ------------------------------------------------------------------
 
