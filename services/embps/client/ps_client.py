@@ -114,6 +114,8 @@ class _Shard:
     def rdma_lookup(self, table: str, keys: np.ndarray, dim: int, state_floats: int, with_state: bool,
                     timeout: float):
         """(rows, state, found) over RDMA, or None when this call must take another path."""
+        if self.rdma is None:
+            return None
         try:
             rows, found = self.rdma.lookup(table, keys, dim + (state_floats if with_state else 0), with_state,
                                            timeout)
@@ -194,13 +196,13 @@ class PSClient:
         dim, state_floats = self._dim(table) if with_state else (0, 0)
 
         def shard_lookup(shard: _Shard, part: np.ndarray, timeout: float):
-            path = self._path(shard)
+            tcp = self._tcp(shard)
             if shard.rdma is not None:
                 d, s = self._dim(table)
                 if (answer := shard.rdma_lookup(table, part, d, s, with_state, timeout)) is not None:
                     return answer
-            if path == "tcp":
-                return shard.tcp.lookup(table, part, dim, state_floats, with_state, timeout)
+            if tcp is not None:
+                return tcp.lookup(table, part, dim, state_floats, with_state, timeout)
             reply = shard.stub.Lookup(pb.LookupRequest(table=table, keys=part.tobytes(), with_state=with_state),
                                       timeout=timeout)
             rows = wire.rows_from_bytes(reply.rows, len(part))
@@ -225,8 +227,8 @@ class PSClient:
         per_key = (grads,) if counts is None else (grads, np.ascontiguousarray(counts, wire.COUNT_DTYPE))
 
         def shard_update(shard: _Shard, part: np.ndarray, timeout: float, rows: np.ndarray, part_counts=None):
-            if self._path(shard) == "tcp":
-                return shard.tcp.update(table, part, rows, timeout, part_counts)
+            if (tcp := self._tcp(shard)) is not None:
+                return tcp.update(table, part, rows, timeout, part_counts)
             shard.stub.Update(pb.UpdateRequest(table=table, keys=part.tobytes(), grads=rows.tobytes(),
                                                counts=b"" if part_counts is None else part_counts.tobytes()),
                               timeout=timeout)
@@ -241,8 +243,8 @@ class PSClient:
         dim, state_floats = self._dim(table)
 
         def shard_refresh(shard: _Shard, part: np.ndarray, timeout: float, held: np.ndarray) -> StaleRows:
-            if self._path(shard) == "tcp":
-                return shard.tcp.refresh(table, part, held, bound, dim, state_floats, with_state, timeout)
+            if (tcp := self._tcp(shard)) is not None:
+                return tcp.refresh(table, part, held, bound, dim, state_floats, with_state, timeout)
             reply = shard.stub.RefreshStale(pb.RefreshStaleRequest(table=table, keys=part.tobytes(),
                                                                    versions=held.tobytes(), bound=bound,
                                                                    with_state=with_state), timeout=timeout)
@@ -264,7 +266,7 @@ class PSClient:
     def assign(self, table: str, keys, rows, state=None) -> None:
         """Overwrites rows and optimizer state (zero state if not given)."""
         keys = as_keys(keys)
-        per_key = (np.ascontiguousarray(rows, np.float32),)
+        per_key: tuple[np.ndarray, ...] = (np.ascontiguousarray(rows, np.float32),)
         if state is not None:
             per_key += (np.ascontiguousarray(state, np.float32),)
 
@@ -300,7 +302,7 @@ class PSClient:
     def import_rows(self, table: str, chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> int:
         """Streams (keys, rows, state) chunks to the shards that own their keys (one Import stream per
         shard, bounded queues for back-pressure); returns the rows imported."""
-        streams = [queue.Queue(maxsize=4) for _ in self._shards]
+        streams: list[queue.Queue] = [queue.Queue(maxsize=4) for _ in self._shards]
 
         def requests(q: queue.Queue):
             while (chunk := q.get()) is not None:
@@ -345,6 +347,10 @@ class PSClient:
 
     def _path(self, shard: _Shard) -> str:
         return shard.path_kind or shard.choose_path(self.config.data_path, self.config.deadline_seconds)
+
+    def _tcp(self, shard: _Shard) -> TcpDataPath | None:
+        """The shard's TCP data path if row traffic takes it."""
+        return shard.tcp if self._path(shard) == "tcp" else None
 
     def _dim(self, table: str) -> tuple[int, int]:
         if table not in self._dims:

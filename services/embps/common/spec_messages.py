@@ -62,10 +62,11 @@ def spec_from_message(message: pb.TableSpec) -> TableSpec:
     optimizer = OptimizerSpec()
     if message.HasField("optimizer"):
         o = message.optimizer
-        optimizer = OptimizerSpec(OPTIMIZER_KINDS.from_message(o.kind), o.lr, o.eps, o.beta1, o.beta2)
+        optimizer = OptimizerSpec(OptimizerKind(OPTIMIZER_KINDS.from_message(o.kind)), o.lr, o.eps, o.beta1, o.beta2)
     initializer = InitializerSpec()
     if message.HasField("initializer"):
         i = message.initializer
-        initializer = InitializerSpec(INITIALIZER_KINDS.from_message(i.kind), i.scale, i.seed)
+        initializer = InitializerSpec(InitializerKind(INITIALIZER_KINDS.from_message(i.kind)), i.scale, i.seed)
     return TableSpec(dim=message.dim, capacity=message.capacity, optimizer=optimizer, initializer=initializer,
-                     missing_keys=MISSING_KEYS.from_message(message.missing_keys, default=TableSpec.missing_keys))
+                     missing_keys=MissingKeys(MISSING_KEYS.from_message(message.missing_keys,
+                                                                        default=TableSpec.missing_keys)))

@@ -68,7 +68,7 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
         with PSClient(job.cluster_config()) as ps:
             ps.create_table(job.table, job.table_spec(sum(self.dataset.info.table_sizes)), if_not_exists=True)
         depth = queue_batches or max(2, job.lookahead)
-        self.queues = [queue.Queue(maxsize=depth) for _ in range(job.trainers)]
+        self.queues: list[queue.Queue] = [queue.Queue(maxsize=depth) for _ in range(job.trainers)]
         self.subscribed: set[int] = set()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -96,8 +96,8 @@ class OracleCacher(pb_grpc.OracleCacherServicer):
                               fetch_after_round=plan.fetch_after_round)
                 for trainer, q in enumerate(self.queues):
                     # A dict, not a BatchPlan: wrapping a built message would copy it again.
-                    plan = dict(features=slice_message(batch, trainer, job.local_batch), **common)
-                    self._put(q, pb.StreamPlansResponse(plan=plan))
+                    message = dict(features=slice_message(batch, trainer, job.local_batch), **common)
+                    self._put(q, pb.StreamPlansResponse(plan=message))
             for q in self.queues:
                 self._put(q, None)   # end of stream
             log.info("planning finished", extra={"batches": job.steps})

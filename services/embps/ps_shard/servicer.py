@@ -168,9 +168,8 @@ class ParameterShardServicer(pb_grpc.ParameterShardServicer):
 
     @staticmethod
     def _assign(table: Table, keys: np.ndarray, rows: bytes, state: bytes) -> None:
-        rows = wire.matrix_from_bytes(rows, len(keys), table.dim, "rows")
-        state = wire.matrix_from_bytes(state, len(keys), table.state_floats, "state") if state else None
-        table.assign(keys, rows, state)
+        table.assign(keys, wire.matrix_from_bytes(rows, len(keys), table.dim, "rows"),
+                     wire.matrix_from_bytes(state, len(keys), table.state_floats, "state") if state else None)
 
     @_rpc
     def Delete(self, request, context):

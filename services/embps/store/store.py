@@ -330,7 +330,8 @@ class GatherList:
 
     def __init__(self, table: Table, entries: np.ndarray, guard: int):
         self.entries = entries
-        self._table, self._guard = table, guard
+        self._table = table
+        self._guard: int | None = guard
 
     def release(self) -> None:
         if self._guard is not None:
@@ -413,7 +414,7 @@ class Store:
 
     def _listed(self) -> list[str]:
         name = ffi.new("char[]", lib.EMBPS_NAME_MAX + 1)
-        names = []
+        names: list[str] = []
         while lib.embps_store_table_at(self.handle, len(names), name) == lib.EMBPS_OK:
             names.append(ffi.string(name).decode())
         return names

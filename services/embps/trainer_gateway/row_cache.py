@@ -66,7 +66,8 @@ class RowCache:
         if not chunks:
             return (np.empty(0, np.uint64), np.empty((0, self.table.dim), np.float32),
                     np.empty((0, self.table.state_floats), np.float32))
-        return tuple(np.concatenate(parts) for parts in zip(*chunks))
+        keys, rows, state = (np.concatenate(parts) for parts in zip(*chunks))
+        return keys, rows, state
 
     def close(self) -> None:
         directory = self.store.path
