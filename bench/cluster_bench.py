@@ -51,7 +51,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,38 +120,21 @@ def parse_args() -> Config:
 
 # ---- counting bytes -------------------------------------------------------------------------------
 
-class LinkSampler:
+class LinkSampler(train_bench.StepSampler):
     """Every `interval` s: trainer 0's step count and every host link's kernel counters."""
 
     def __init__(self, hosts, data_dir: Path, interval: float):
-        self.hosts, self.progress, self.interval = hosts, data_dir / "out" / "progress.jsonl", interval
-        self.samples: list[tuple[int, dict]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="link-sampler", daemon=True)
+        super().__init__(data_dir, interval, "link-sampler")
+        self.hosts = hosts
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval):
-            try:
-                steps = self.progress.read_bytes().count(b"\n")
-            except OSError:
-                steps = 0
-            self.samples.append((steps, self.hosts.counters()))
+    def sample(self) -> tuple:
+        return (self.hosts.counters(),)
 
     def per_step(self, first: int, last: int) -> dict | None:
         """Each host's counters per step from the sample where `first` steps were done to the one where `last` were."""
-        start = next((s for s in self.samples if s[0] >= first), None)
-        end = next((s for s in reversed(self.samples) if s[0] <= last), None)
-        if start is None or end is None or end[0] <= start[0]:
+        if (bounds := self.window(first, last)) is None:
             return None
-        steps = end[0] - start[0]
+        start, end, steps = bounds
         return {name: {k: v / steps for k, v in asdict(end[1][name] - start[1][name]).items()} for name in end[1]}
 
 

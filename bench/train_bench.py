@@ -185,20 +185,18 @@ def wait_for_quiet(max_seconds: float, threshold_cores: float = 0.2, interval: f
             return waited, others
 
 
-class CpuSampler:
-    """Samples, every `interval` s, the CPU time of the job's processes by role (those whose command line
-    names the job's data directory), of this process, and of the whole machine, with trainer 0's step
-    count; per_step() turns the samples into CPU ms per step over a window of steps."""
+class StepSampler:
+    """A thread that takes a sample every `interval` s, each tagged with trainer 0's step count (the
+    lines of the job's progress file); window() finds the samples that bound a window of steps."""
 
-    def __init__(self, data_dir: Path, interval: float = 0.1):
-        self.marker, self.progress = str(data_dir), data_dir / "out" / "progress.jsonl"
-        self.interval = interval
-        self.roles: dict[int, str] = {}
-        self.last: dict[int, int] = {}               # pid -> last ticks seen (a process's ticks outlive it here)
-        # (step, ticks by role, this process's ticks, machine's busy ticks, perf_counter seconds)
-        self.samples: list[tuple[int, dict[str, int], int, int, float]] = []
+    def __init__(self, data_dir: Path, interval: float, name: str):
+        self.progress, self.interval = data_dir / "out" / "progress.jsonl", interval
+        self.samples: list[tuple] = []   # (steps, *what sample() returns)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def sample(self) -> tuple:
+        raise NotImplementedError
 
     def __enter__(self):
         self.thread.start()
@@ -207,6 +205,38 @@ class CpuSampler:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+    def _steps(self) -> int:
+        try:
+            return self.progress.read_bytes().count(b"\n")
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.samples.append((self._steps(), *self.sample()))
+
+    def window(self, first: int, last: int) -> tuple[tuple, tuple, int] | None:
+        """(the sample where `first` steps were done, the one where `last` were, the steps between)."""
+        start = next((s for s in self.samples if s[0] >= first), None)
+        end = next((s for s in reversed(self.samples) if s[0] <= last), None)
+        if start is None or end is None or end[0] <= start[0]:
+            return None
+        return start, end, end[0] - start[0]
+
+
+class CpuSampler(StepSampler):
+    """Samples the CPU time of the job's processes by role (those whose command line names the job's
+    data directory), of this process, and of the whole machine; per_step() turns the samples into CPU
+    ms per step over a window of steps."""
+
+    def __init__(self, data_dir: Path, interval: float = 0.1):
+        super().__init__(data_dir, interval, "cpu-sampler")
+        self.marker = str(data_dir)
+        self.roles: dict[int, str] = {}
+        self.last: dict[int, int] = {}               # pid -> last ticks seen (a process's ticks outlive it here)
+        self.taken = 0
+        # samples: (step, ticks by role, this process's ticks, machine's busy ticks, perf_counter seconds)
 
     def _scan(self) -> None:
         for entry in Path("/proc").iterdir():
@@ -221,35 +251,24 @@ class CpuSampler:
                 if role:
                     self.roles[int(entry.name)] = role
 
-    def _steps(self) -> int:
-        try:
-            return self.progress.read_bytes().count(b"\n")
-        except OSError:
-            return 0
-
-    def _run(self) -> None:
-        n = 0
-        while not self.stop.wait(self.interval):
-            if n % 10 == 0:
-                self._scan()
-            n += 1
-            by_role: dict[str, int] = {}
-            for pid, role in self.roles.items():
-                ticks = _cpu_ticks(pid)
-                if ticks is not None:
-                    self.last[pid] = ticks
-                by_role[role] = by_role.get(role, 0) + self.last.get(pid, 0)
-            self.samples.append((self._steps(), by_role, _cpu_ticks(os.getpid()) or 0, _machine_busy_ticks(),
-                                 time.perf_counter()))
+    def sample(self) -> tuple:
+        if self.taken % 10 == 0:
+            self._scan()
+        self.taken += 1
+        by_role: dict[str, int] = {}
+        for pid, role in self.roles.items():
+            ticks = _cpu_ticks(pid)
+            if ticks is not None:
+                self.last[pid] = ticks
+            by_role[role] = by_role.get(role, 0) + self.last.get(pid, 0)
+        return by_role, _cpu_ticks(os.getpid()) or 0, _machine_busy_ticks(), time.perf_counter()
 
     def per_step(self, first: int, last: int) -> dict[str, float] | None:
         """CPU ms per step by role from the sample where `first` steps were done to the one where `last` were,
         plus 'bench' (this process), 'other' (the rest of the machine) and 'idle' (cores not used)."""
-        start = next((s for s in self.samples if s[0] >= first), None)
-        end = next((s for s in reversed(self.samples) if s[0] <= last), None)
-        if start is None or end is None or end[0] <= start[0]:
+        if (bounds := self.window(first, last)) is None:
             return None
-        steps = end[0] - start[0]
+        start, end, steps = bounds
         ms = 1e3 / CLOCK_TICKS / steps
         out = {role: (end[1].get(role, 0) - start[1].get(role, 0)) * ms for _, role in ROLES}
         out["bench"] = (end[2] - start[2]) * ms
