@@ -342,12 +342,11 @@ static int check_lookup_lens(const embps_table *t, size_t n, size_t rows_len, co
 
 enum { PF_DIST = 16 };  /* keys between a write's prefetch of a key's memory and its use */
 
-static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
+static void prefetch_slab(const char *slab, size_t bytes)
 {
     /* Slabs are 16-byte aligned, so a row may start mid-line and end one line later: its last byte is
      * fetched too.  A fixed count of prefetches per row, where a loop to the row's last line would
      * take 2 or 3 turns at random and mispredict its branch for every other key. */
-    const char *slab = slab_at(p, ref);
     for (size_t offset = 0; offset < bytes; offset += 64)
         __builtin_prefetch(slab + offset);
     __builtin_prefetch(slab + bytes - 1);
@@ -375,11 +374,16 @@ static void prefetch_new_slab(const slab_pool *p, uint64_t ref)
 enum { RING = 64 };   /* hashes and refs of the keys in flight: a power of 2 above READ_AT */
 
 typedef struct {
-    const embps_table *t;
+    /* Copies of what the stages read per key: in the caller's frame the compiler keeps them in registers,
+     * where through the table it would reload them after every store (the build does not assume strict
+     * aliasing).  They never change while the table is open. */
+    pethash index;
+    const char *slabs;          /* the pool: slab ref at slabs + (ref - 1) * slab_bytes */
+    size_t slab_bytes;
+    const uint64_t *versions;   /* the slabs' versions, prefetched with them; NULL: not read */
     const uint64_t *keys;
     size_t n;
     size_t fetch_bytes;         /* of each slab, prefetched once its ref is known */
-    int versions;               /* prefetch each slab's version too */
     size_t next;                /* the turn about to run: key `next` enters the pipeline */
     uint64_t hash[RING], ref[RING];
 } read_pipe;
@@ -387,52 +391,77 @@ typedef struct {
 static read_pipe read_pipe_start(const embps_table *t, const uint64_t *keys, size_t n, size_t fetch_bytes,
                                  int versions)
 {
-    return (read_pipe){.t = t, .keys = keys, .n = n, .fetch_bytes = fetch_bytes, .versions = versions};
+    return (read_pipe){.index = t->index, .slabs = t->pool.base, .slab_bytes = t->pool.slab_bytes,
+                       .versions = versions ? t->versions : NULL, .keys = keys, .n = n, .fetch_bytes = fetch_bytes};
+}
+
+/* Slab ref (> 0) of the pipe's table. */
+static inline const char *pipe_slab(const read_pipe *p, uint64_t ref)
+{
+    return p->slabs + (ref - 1) * p->slab_bytes;
+}
+
+static inline void pipe_tags(read_pipe *p, size_t k)
+{
+    p->hash[k % RING] = mix64(p->keys[k]);
+    ph_prefetch_meta(&p->index, p->hash[k % RING]);
+}
+
+static inline void pipe_ref(read_pipe *p, size_t k)
+{
+    const uint64_t r = pethash_get(&p->index, p->keys[k], p->hash[k % RING]);
+    p->ref[k % RING] = r;
+    if (r)
+        prefetch_slab(pipe_slab(p, r), p->fetch_bytes);
+    if (r && p->versions)
+        __builtin_prefetch(&p->versions[r - 1]);
 }
 
 /* Runs turns of the pipeline until a key's ref is ready: that key (they come in order), its ref in
  * ref[k % RING] (0: not in the table) and its slab prefetched; n when every key has been read.  The
  * caller holds an epoch.  Inline, as is everything it calls: it runs once per key. */
-static inline size_t read_pipe_next(read_pipe *p)
+static inline __attribute__((always_inline)) size_t read_pipe_next(read_pipe *p)
 {
-    const embps_table *t = p->t;
     const size_t n = p->n;
     for (;;) {
         const size_t i = p->next++;
-        if (i < n) {
-            p->hash[i % RING] = mix64(p->keys[i]);
-            ph_prefetch_meta(&t->index, p->hash[i % RING]);
+        if (i >= READ_AT && i < n) {   /* every stage busy: most turns of a large batch */
+            pipe_tags(p, i);
+            ph_prefetch_slot(&p->index, p->hash[(i - SLOT_AT) % RING]);
+            pipe_ref(p, i - REF_AT);
+            return i - READ_AT;
         }
+        if (i < n)
+            pipe_tags(p, i);
         if (i >= SLOT_AT && i - SLOT_AT < n)
-            ph_prefetch_slot(&t->index, p->hash[(i - SLOT_AT) % RING]);
-        if (i >= REF_AT && i - REF_AT < n) {
-            const size_t k = i - REF_AT;
-            const uint64_t r = pethash_get(&t->index, p->keys[k], p->hash[k % RING]);
-            p->ref[k % RING] = r;
-            if (r)
-                prefetch_slab(&t->pool, r, p->fetch_bytes);
-            if (r && p->versions)
-                __builtin_prefetch(slab_version(t, r));
-        }
+            ph_prefetch_slot(&p->index, p->hash[(i - SLOT_AT) % RING]);
+        if (i >= REF_AT && i - REF_AT < n)
+            pipe_ref(p, i - REF_AT);
         if (i >= READ_AT)
             return i - READ_AT < n ? i - READ_AT : n;
     }
 }
 
-/* Row (and state) of slab ref into row_out; a key not in the table (ref 0) reads as a lookup gives it. */
-static void read_row(const embps_table *t, uint64_t key, uint64_t ref, float *row_out, float *state_out)
+/* Row (and state) of a slab into row_out; a key not in the table (slab NULL) reads as a lookup gives it. */
+static void read_row(const embps_table *t, uint64_t key, const char *slab, float *row_out, float *state_out)
 {
     const size_t dim = t->dim, sf = t->state_floats;
-    if (!ref) {
+    if (!slab) {
         table_missing_row(t, key, row_out);
         if (state_out)
             memset(state_out, 0, sf * sizeof(float));
         return;
     }
-    const float *slab = (const float *)slab_at(&t->pool, ref);
     memcpy(row_out, slab, dim * sizeof(float));
     if (state_out)
-        memcpy(state_out, slab + dim, sf * sizeof(float));
+        memcpy(state_out, slab + dim * sizeof(float), sf * sizeof(float));
+}
+
+/* The slab of the pipe's key k, NULL if the key is not in the table. */
+static inline const char *pipe_row(const read_pipe *p, size_t k)
+{
+    const uint64_t r = p->ref[k % RING];
+    return r ? pipe_slab(p, r) : NULL;
 }
 
 int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
@@ -446,7 +475,7 @@ int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *ro
     uint64_t epoch = epoch_enter(&t->pool);
     read_pipe p = read_pipe_start(t, keys, n, fetch_bytes, 0);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
-        read_row(t, keys[k], p.ref[k % RING], rows_out + k * dim, state_out ? state_out + k * sf : NULL);
+        read_row(t, keys[k], pipe_row(&p, k), rows_out + k * dim, state_out ? state_out + k * sf : NULL);
         if (found_out)
             found_out[k] = p.ref[k % RING] != 0;
     }
@@ -462,8 +491,8 @@ int embps_table_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int
     /* The slab prefetches serve the send that follows. */
     read_pipe p = read_pipe_start(t, keys, n, len, 0);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
-        uint64_t r = p.ref[k % RING];
-        sge_out[k] = r ? (embps_sge){(uint64_t)(uintptr_t)slab_at(&t->pool, r), len, 1} : (embps_sge){0, 0, 0};
+        const char *slab = pipe_row(&p, k);
+        sge_out[k] = slab ? (embps_sge){(uint64_t)(uintptr_t)slab, len, 1} : (embps_sge){0, 0, 0};
         }
     *guard_out = epoch;
     return EMBPS_OK;
@@ -490,9 +519,8 @@ int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n,
     uint64_t epoch = epoch_enter(&t->pool);
     read_pipe p = read_pipe_start(t, keys, n, (dim + (state_out ? sf : 0)) * sizeof(float), 1);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
-        uint64_t r = p.ref[k % RING];
-        read_row(t, keys[k], r, rows_out + k * dim, state_out ? state_out + k * sf : NULL);
-        versions_out[k] = ref_version(t, r);
+        read_row(t, keys[k], pipe_row(&p, k), rows_out + k * dim, state_out ? state_out + k * sf : NULL);
+        versions_out[k] = ref_version(t, p.ref[k % RING]);
     }
     epoch_exit(&t->pool, epoch);
     return EMBPS_OK;
@@ -516,7 +544,7 @@ int embps_table_lookup_stale(embps_table *t, const uint64_t *keys, const uint64_
         /* Written without overflow: v - versions[i] > bound. */
         if (versions[i] == EMBPS_NO_VERSION || (v > versions[i] && v - versions[i] > bound)) {
             float *row = rows_out + m * width;
-            read_row(t, keys[i], r, row, with_state ? row + dim : NULL);
+            read_row(t, keys[i], pipe_row(&p, i), row, with_state ? row + dim : NULL);
             index_out[m] = (uint32_t)i;
             versions_out[m++] = v;
         }
@@ -676,7 +704,7 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
         ph_slot *slot = ws->upos[u].slot;
         ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
         if (ws->old_ref[u] && !src)
-            prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
+            prefetch_slab(slab_at(pool, ws->old_ref[u]), pool->slab_bytes);
         ws->new_ref[u] = 0;
         if (in_place && ws->old_ref[u])
             continue;
@@ -757,7 +785,7 @@ static int check_update_finite(embps_table *t, size_t nu)
     for (size_t u = 0; u < nu; u++) {
         const ph_slot *ahead = u + PF_DIST < nu ? ws->upos[u + PF_DIST].slot : NULL;
         if (ahead)
-            prefetch_slab(&t->pool, atomic_load(&ahead->ref), t->pool.slab_bytes);
+            prefetch_slab(slab_at(&t->pool, atomic_load(&ahead->ref)), t->pool.slab_bytes);
         const float *old = ws->init_slab;
         if (ws->upos[u].slot)
             old = (const float *)slab_at(&t->pool, atomic_load(&ws->upos[u].slot->ref));
