@@ -366,12 +366,10 @@ static void prefetch_new_slab(const slab_pool *p, uint64_t ref)
  * is read and its slab prefetched; READ_AT keys later the caller reads the slab.  Stages in rounds (a
  * tight loop per stage over 4 to 16 keys) measured about twice as slow on cold rows here: bursts of
  * prefetches, each to another page, seem to outrun the core's misses in flight. */
-#ifndef SLOT_AT
-#define SLOT_AT 8
-#define REF_AT 16
-#define READ_AT 32
-#endif
-enum { RING = 64 };   /* hashes and refs of the keys in flight: a power of 2 above READ_AT */
+enum {
+    SLOT_AT = 8, REF_AT = 16, READ_AT = 32,   /* longer distances measured no faster here; shorter, slower */
+    RING = 64,                                 /* hashes and refs of the keys in flight: a power of 2 above READ_AT */
+};
 
 typedef struct {
     /* Copies of what the stages read per key: in the caller's frame the compiler keeps them in registers,
