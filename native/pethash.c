@@ -29,38 +29,6 @@ void pethash_free(pethash *ph)
     ph->meta = NULL;
 }
 
-uint64_t pethash_get(const pethash *ph, uint64_t key, uint64_t h)
-{
-    const uint8_t tag = ph_tag(h);
-    const uint64_t step = ph_step(h);
-    uint64_t b = ph_home(ph, h);
-    for (uint64_t probes = 0; probes <= ph->mask; probes++, b = (b + step) & ph->mask) {
-        const ph_meta *m = &ph->meta[b];
-        uint64_t ref;
-        uint8_t overflow;
-        uint32_t v;
-        do {
-            while ((v = atomic_load_explicit(&m->version, memory_order_acquire)) & 1)
-                ;
-            ref = 0;
-            for (unsigned bits = ph_tag_matches(m, tag); bits; bits &= bits - 1) {
-                const ph_slot *s = &ph->buckets[b].slot[__builtin_ctz(bits)];
-                if (s->key == key) {
-                    ref = atomic_load_explicit(&s->ref, memory_order_acquire);
-                    break;
-                }
-            }
-            overflow = m->overflow;
-            atomic_thread_fence(memory_order_acquire);
-        } while (atomic_load_explicit(&m->version, memory_order_relaxed) != v);
-        if (ref)
-            return ref;
-        if (!overflow)
-            return 0;
-    }
-    return 0;
-}
-
 ph_pos pethash_find(const pethash *ph, uint64_t key, uint64_t h)
 {
     const uint8_t tag = ph_tag(h);

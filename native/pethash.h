@@ -88,8 +88,40 @@ static inline void ph_prefetch_slot(const pethash *ph, uint64_t h)
 int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets);
 void pethash_free(pethash *ph);
 
-/* Lock-free lookup: the key's ref, or 0.  h = mix64(key). */
-uint64_t pethash_get(const pethash *ph, uint64_t key, uint64_t h);
+/* Lock-free lookup: the key's ref, or 0.  h = mix64(key).  Inline: batched lookups call it once per key,
+ * and a call with its loops set up costs as much as the rest of a cached lookup. */
+static inline uint64_t pethash_get(const pethash *ph, uint64_t key, uint64_t h)
+{
+    const uint8_t tag = ph_tag(h);
+    const uint64_t step = ph_step(h);
+    uint64_t b = ph_home(ph, h);
+    for (uint64_t probes = 0; probes <= ph->mask; probes++, b = (b + step) & ph->mask) {
+        const ph_meta *m = &ph->meta[b];
+        uint64_t ref;
+        uint8_t overflow;
+        uint32_t v;
+        do {
+            while ((v = atomic_load_explicit(&m->version, memory_order_acquire)) & 1)
+                ;
+            ref = 0;
+            for (unsigned bits = ph_tag_matches(m, tag); bits; bits &= bits - 1) {
+                const ph_slot *s = &ph->buckets[b].slot[__builtin_ctz(bits)];
+                if (s->key == key) {
+                    ref = atomic_load_explicit(&s->ref, memory_order_acquire);
+                    break;
+                }
+            }
+            overflow = m->overflow;
+            atomic_thread_fence(memory_order_acquire);
+        } while (atomic_load_explicit(&m->version, memory_order_relaxed) != v);
+        if (ref)
+            return ref;
+        if (!overflow)
+            return 0;
+    }
+    return 0;
+}
+
 /* Writer-side lookup. */
 ph_pos pethash_find(const pethash *ph, uint64_t key, uint64_t h);
 /* Writer: puts key -> ref in a free slot and flushes it (the caller drains).

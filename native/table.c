@@ -340,15 +340,16 @@ static int check_lookup_lens(const embps_table *t, size_t n, size_t rows_len, co
     return rc;
 }
 
-enum { PF_DIST = 16, PF_RING = 64 };  /* keys between the lookup pipeline's stages; PF_RING > 2 * PF_DIST */
+enum { PF_DIST = 16 };  /* keys between a write's prefetch of a key's memory and its use */
 
-static void prefetch_slab(const slab_pool *p, uint64_t ref, size_t bytes)
+static void prefetch_slab(const char *slab, size_t bytes)
 {
-    /* Slabs are 16-byte aligned, so a row may start mid-line and end one line later. */
-    uintptr_t first = (uintptr_t)slab_at(p, ref) & ~(uintptr_t)63;
-    uintptr_t end = (uintptr_t)slab_at(p, ref) + bytes;
-    for (uintptr_t line = first; line < end; line += 64)
-        __builtin_prefetch((const void *)line);
+    /* Slabs are 16-byte aligned, so a row may start mid-line and end one line later: its last byte is
+     * fetched too.  A fixed count of prefetches per row, where a loop to the row's last line would
+     * take 2 or 3 turns at random and mispredict its branch for every other key. */
+    for (size_t offset = 0; offset < bytes; offset += 64)
+        __builtin_prefetch(slab + offset);
+    __builtin_prefetch(slab + bytes - 1);
 }
 
 /* A slab about to be written whole: its lines fetched for writing while other rows are computed. */
@@ -360,6 +361,107 @@ static void prefetch_new_slab(const slab_pool *p, uint64_t ref)
         __builtin_prefetch((const void *)line, 1);
 }
 
+/* The batched reads' pipeline: a software-pipelined loop, each turn moving every key in flight one stage
+ * on.  A key's tags are prefetched; SLOT_AT keys later the slot they point at; REF_AT keys later its ref
+ * is read and its slab prefetched; READ_AT keys later the caller reads the slab.  Stages in rounds (a
+ * tight loop per stage over 4 to 16 keys) measured about twice as slow on cold rows here: bursts of
+ * prefetches, each to another page, seem to outrun the core's misses in flight. */
+enum {
+    SLOT_AT = 8, REF_AT = 16, READ_AT = 32,   /* longer distances measured no faster here; shorter, slower */
+    RING = 64,                                 /* hashes and refs of the keys in flight: a power of 2 above READ_AT */
+};
+
+typedef struct {
+    /* Copies of what the stages read per key: in the caller's frame the compiler keeps them in registers,
+     * where through the table it would reload them after every store (the build does not assume strict
+     * aliasing).  They never change while the table is open. */
+    pethash index;
+    const char *slabs;          /* the pool: slab ref at slabs + (ref - 1) * slab_bytes */
+    size_t slab_bytes;
+    const uint64_t *versions;   /* the slabs' versions, prefetched with them; NULL: not read */
+    const uint64_t *keys;
+    size_t n;
+    size_t fetch_bytes;         /* of each slab, prefetched once its ref is known */
+    size_t next;                /* the turn about to run: key `next` enters the pipeline */
+    uint64_t hash[RING], ref[RING];
+} read_pipe;
+
+static read_pipe read_pipe_start(const embps_table *t, const uint64_t *keys, size_t n, size_t fetch_bytes,
+                                 int versions)
+{
+    return (read_pipe){.index = t->index, .slabs = t->pool.base, .slab_bytes = t->pool.slab_bytes,
+                       .versions = versions ? t->versions : NULL, .keys = keys, .n = n, .fetch_bytes = fetch_bytes};
+}
+
+/* Slab ref (> 0) of the pipe's table. */
+static inline const char *pipe_slab(const read_pipe *p, uint64_t ref)
+{
+    return p->slabs + (ref - 1) * p->slab_bytes;
+}
+
+static inline void pipe_tags(read_pipe *p, size_t k)
+{
+    p->hash[k % RING] = mix64(p->keys[k]);
+    ph_prefetch_meta(&p->index, p->hash[k % RING]);
+}
+
+static inline void pipe_ref(read_pipe *p, size_t k)
+{
+    const uint64_t r = pethash_get(&p->index, p->keys[k], p->hash[k % RING]);
+    p->ref[k % RING] = r;
+    if (r)
+        prefetch_slab(pipe_slab(p, r), p->fetch_bytes);
+    if (r && p->versions)
+        __builtin_prefetch(&p->versions[r - 1]);
+}
+
+/* Runs turns of the pipeline until a key's ref is ready: that key (they come in order), its ref in
+ * ref[k % RING] (0: not in the table) and its slab prefetched; n when every key has been read.  The
+ * caller holds an epoch.  Inline, as is everything it calls: it runs once per key. */
+static inline __attribute__((always_inline)) size_t read_pipe_next(read_pipe *p)
+{
+    const size_t n = p->n;
+    for (;;) {
+        const size_t i = p->next++;
+        if (i >= READ_AT && i < n) {   /* every stage busy: most turns of a large batch */
+            pipe_tags(p, i);
+            ph_prefetch_slot(&p->index, p->hash[(i - SLOT_AT) % RING]);
+            pipe_ref(p, i - REF_AT);
+            return i - READ_AT;
+        }
+        if (i < n)
+            pipe_tags(p, i);
+        if (i >= SLOT_AT && i - SLOT_AT < n)
+            ph_prefetch_slot(&p->index, p->hash[(i - SLOT_AT) % RING]);
+        if (i >= REF_AT && i - REF_AT < n)
+            pipe_ref(p, i - REF_AT);
+        if (i >= READ_AT)
+            return i - READ_AT < n ? i - READ_AT : n;
+    }
+}
+
+/* Row (and state) of a slab into row_out; a key not in the table (slab NULL) reads as a lookup gives it. */
+static void read_row(const embps_table *t, uint64_t key, const char *slab, float *row_out, float *state_out)
+{
+    const size_t dim = t->dim, sf = t->state_floats;
+    if (!slab) {
+        table_missing_row(t, key, row_out);
+        if (state_out)
+            memset(state_out, 0, sf * sizeof(float));
+        return;
+    }
+    memcpy(row_out, slab, dim * sizeof(float));
+    if (state_out)
+        memcpy(state_out, slab + dim * sizeof(float), sf * sizeof(float));
+}
+
+/* The slab of the pipe's key k, NULL if the key is not in the table. */
+static inline const char *pipe_row(const read_pipe *p, size_t k)
+{
+    const uint64_t r = p->ref[k % RING];
+    return r ? pipe_slab(p, r) : NULL;
+}
+
 int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
                        float *state_out, size_t state_len, uint8_t *found_out)
 {
@@ -367,42 +469,13 @@ int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *ro
     int rc = check_lookup_lens(t, n, rows_len, state_out, state_len);
     if (rc)
         return rc;
-    const size_t row_bytes = dim * sizeof(float);
-    const size_t fetch_bytes = row_bytes + (state_out ? sf * sizeof(float) : 0);
-    uint64_t hash[PF_RING], ref[PF_RING];
+    const size_t fetch_bytes = (dim + (state_out ? sf : 0)) * sizeof(float);
     uint64_t epoch = epoch_enter(&t->pool);
-    /* Four stages per key: hash and prefetch the tags; PF_DIST/2 keys later prefetch the matching
-     * slot; PF_DIST keys later find the ref and prefetch the slab; PF_DIST keys later copy. */
-    for (size_t i = 0; i < n + 2 * PF_DIST; i++) {
-        if (i < n) {
-            hash[i % PF_RING] = mix64(keys[i]);
-            ph_prefetch_meta(&t->index, hash[i % PF_RING]);
-        }
-        if (i >= PF_DIST / 2 && i - PF_DIST / 2 < n)
-            ph_prefetch_slot(&t->index, hash[(i - PF_DIST / 2) % PF_RING]);
-        if (i >= PF_DIST && i - PF_DIST < n) {
-            size_t k = i - PF_DIST;
-            uint64_t r = pethash_get(&t->index, keys[k], hash[k % PF_RING]);
-            ref[k % PF_RING] = r;
-            if (r)
-                prefetch_slab(&t->pool, r, fetch_bytes);
-        }
-        if (i >= 2 * PF_DIST) {
-            size_t k = i - 2 * PF_DIST;
-            uint64_t r = ref[k % PF_RING];
-            if (r) {
-                const char *slab = slab_at(&t->pool, r);
-                memcpy(rows_out + k * dim, slab, row_bytes);
-                if (state_out)
-                    memcpy(state_out + k * sf, slab + row_bytes, sf * sizeof(float));
-            } else {
-                table_missing_row(t, keys[k], rows_out + k * dim);
-                if (state_out)
-                    memset(state_out + k * sf, 0, sf * sizeof(float));
-            }
-            if (found_out)
-                found_out[k] = r != 0;
-        }
+    read_pipe p = read_pipe_start(t, keys, n, fetch_bytes, 0);
+    for (size_t k; (k = read_pipe_next(&p)) < n;) {
+        read_row(t, keys[k], pipe_row(&p, k), rows_out + k * dim, state_out ? state_out + k * sf : NULL);
+        if (found_out)
+            found_out[k] = p.ref[k % RING] != 0;
     }
     epoch_exit(&t->pool, epoch);
     return EMBPS_OK;
@@ -412,24 +485,13 @@ int embps_table_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int
                              uint64_t *guard_out)
 {
     const uint32_t len = (uint32_t)((t->dim + (with_state ? t->state_floats : 0)) * sizeof(float));
-    uint64_t hash[PF_RING];
     uint64_t epoch = epoch_enter(&t->pool);
-    /* The lookup pipeline's first three stages; the slab prefetch serves the send that follows. */
-    for (size_t i = 0; i < n + PF_DIST; i++) {
-        if (i < n) {
-            hash[i % PF_RING] = mix64(keys[i]);
-            ph_prefetch_meta(&t->index, hash[i % PF_RING]);
+    /* The slab prefetches serve the send that follows. */
+    read_pipe p = read_pipe_start(t, keys, n, len, 0);
+    for (size_t k; (k = read_pipe_next(&p)) < n;) {
+        const char *slab = pipe_row(&p, k);
+        sge_out[k] = slab ? (embps_sge){(uint64_t)(uintptr_t)slab, len, 1} : (embps_sge){0, 0, 0};
         }
-        if (i >= PF_DIST / 2 && i - PF_DIST / 2 < n)
-            ph_prefetch_slot(&t->index, hash[(i - PF_DIST / 2) % PF_RING]);
-        if (i >= PF_DIST) {
-            size_t k = i - PF_DIST;
-            uint64_t r = pethash_get(&t->index, keys[k], hash[k % PF_RING]);
-            sge_out[k] = r ? (embps_sge){(uint64_t)(uintptr_t)slab_at(&t->pool, r), len, 1} : (embps_sge){0, 0, 0};
-            if (r)
-                prefetch_slab(&t->pool, r, len);
-        }
-    }
     *guard_out = epoch;
     return EMBPS_OK;
 }
@@ -439,23 +501,10 @@ void embps_table_gather_end(embps_table *t, uint64_t guard)
     epoch_exit(&t->pool, guard);
 }
 
-/* Row (and state) of key into row_out, and its version; a key not in the table reads as a lookup gives
- * it, at version 0.  The caller holds an epoch. */
-static uint64_t read_versioned(embps_table *t, uint64_t key, float *row_out, float *state_out)
+/* A row's version: 0 for a key never written (ref 0). */
+static uint64_t ref_version(const embps_table *t, uint64_t ref)
 {
-    const size_t dim = t->dim, sf = t->state_floats;
-    uint64_t r = pethash_get(&t->index, key, mix64(key));
-    if (!r) {
-        table_missing_row(t, key, row_out);
-        if (state_out)
-            memset(state_out, 0, sf * sizeof(float));
-        return 0;
-    }
-    const float *slab = (const float *)slab_at(&t->pool, r);
-    memcpy(row_out, slab, dim * sizeof(float));
-    if (state_out)
-        memcpy(state_out, slab + dim, sf * sizeof(float));
-    return *slab_version(t, r);
+    return ref ? *slab_version(t, ref) : 0;
 }
 
 int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
@@ -466,8 +515,11 @@ int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n,
     if (rc)
         return rc;
     uint64_t epoch = epoch_enter(&t->pool);
-    for (size_t i = 0; i < n; i++)
-        versions_out[i] = read_versioned(t, keys[i], rows_out + i * dim, state_out ? state_out + i * sf : NULL);
+    read_pipe p = read_pipe_start(t, keys, n, (dim + (state_out ? sf : 0)) * sizeof(float), 1);
+    for (size_t k; (k = read_pipe_next(&p)) < n;) {
+        read_row(t, keys[k], pipe_row(&p, k), rows_out + k * dim, state_out ? state_out + k * sf : NULL);
+        versions_out[k] = ref_version(t, p.ref[k % RING]);
+    }
     epoch_exit(&t->pool, epoch);
     return EMBPS_OK;
 }
@@ -484,11 +536,13 @@ int embps_table_lookup_stale(embps_table *t, const uint64_t *keys, const uint64_
         return fail(EMBPS_E_INVALID_ARGUMENT, "a refresh takes at most %u keys, not %zu", UINT32_MAX, n);
     size_t m = 0;
     uint64_t epoch = epoch_enter(&t->pool);
-    for (size_t i = 0; i < n; i++) {
-        float *row = rows_out + m * width;
-        uint64_t v = read_versioned(t, keys[i], row, with_state ? row + dim : NULL);
+    read_pipe p = read_pipe_start(t, keys, n, width * sizeof(float), 1);
+    for (size_t i; (i = read_pipe_next(&p)) < n;) {
+        uint64_t r = p.ref[i % RING], v = ref_version(t, r);
         /* Written without overflow: v - versions[i] > bound. */
         if (versions[i] == EMBPS_NO_VERSION || (v > versions[i] && v - versions[i] > bound)) {
+            float *row = rows_out + m * width;
+            read_row(t, keys[i], pipe_row(&p, i), row, with_state ? row + dim : NULL);
             index_out[m] = (uint32_t)i;
             versions_out[m++] = v;
         }
@@ -648,7 +702,7 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
         ph_slot *slot = ws->upos[u].slot;
         ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
         if (ws->old_ref[u] && !src)
-            prefetch_slab(pool, ws->old_ref[u], pool->slab_bytes);
+            prefetch_slab(slab_at(pool, ws->old_ref[u]), pool->slab_bytes);
         ws->new_ref[u] = 0;
         if (in_place && ws->old_ref[u])
             continue;
@@ -729,7 +783,7 @@ static int check_update_finite(embps_table *t, size_t nu)
     for (size_t u = 0; u < nu; u++) {
         const ph_slot *ahead = u + PF_DIST < nu ? ws->upos[u + PF_DIST].slot : NULL;
         if (ahead)
-            prefetch_slab(&t->pool, atomic_load(&ahead->ref), t->pool.slab_bytes);
+            prefetch_slab(slab_at(&t->pool, atomic_load(&ahead->ref)), t->pool.slab_bytes);
         const float *old = ws->init_slab;
         if (ws->upos[u].slot)
             old = (const float *)slab_at(&t->pool, atomic_load(&ws->upos[u].slot->ref));

@@ -166,6 +166,42 @@ def test_the_api_state_width_is_the_cores(store, kind):
         assert table.stats().state_floats == state_floats(kind, dim)
 
 
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 17, 31, 32, 33, 64, 65, 300])
+def test_batched_reads_agree_with_the_rows_written_at_every_batch_length(store, n):
+    """The reads run keys through a pipeline some dozens of keys deep: batches shorter and longer than its
+    stages, present and missing keys mixed, return each key's own row, state, version and slab."""
+    t = make_table(store, "adagrad", dim=5)
+    rng = np.random.default_rng(n)
+    present = rng.permutation(10_000)[:400].astype(np.uint64) + 1
+    rows = rng.standard_normal((400, 5), dtype=np.float32)
+    state = rng.random((400, 5), dtype=np.float32)
+    t.assign(present, rows, state)
+    pick = rng.integers(0, 800, n)                     # >= 400: a missing key
+    keys = np.where(pick < 400, present[pick % 400], 20_000 + pick).astype(np.uint64)
+    hit = pick < 400
+    want_rows = np.where(hit[:, None], rows[pick % 400], initial_rows(t.spec, keys))
+    want_state = np.where(hit[:, None], state[pick % 400], 0)
+    got_rows, got_state, found = t.lookup_with_state(keys)
+    np.testing.assert_array_equal(found, hit)
+    np.testing.assert_array_equal(got_rows, want_rows)
+    np.testing.assert_array_equal(got_state, want_state)
+    v_rows, v_state, versions = t.lookup_versioned(keys, with_state=True)
+    np.testing.assert_array_equal(v_rows, want_rows)
+    np.testing.assert_array_equal(v_state, want_state)
+    np.testing.assert_array_equal(versions, hit.astype(np.uint64))   # an assign is version 1
+    held = np.where(rng.random(n) < 0.5, NO_VERSION, 0).astype(np.uint64)
+    stale = t.lookup_stale(keys, held, bound=0, with_state=True)
+    selected = np.flatnonzero((held == NO_VERSION) | hit)
+    np.testing.assert_array_equal(stale.positions, selected)
+    np.testing.assert_array_equal(stale.rows, want_rows[selected])
+    np.testing.assert_array_equal(stale.state, want_state[selected])
+    with t.gather(keys, with_state=True) as g:
+        np.testing.assert_array_equal(g.entries["found"], hit)
+        for i in np.flatnonzero(hit):
+            slab = (np.ctypeslib.as_ctypes_type(np.float32) * 10).from_address(int(g.entries["addr"][i]))
+            np.testing.assert_array_equal(np.frombuffer(slab, np.float32), np.concatenate([want_rows[i], want_state[i]]))
+
+
 def test_versions_count_contributions_and_select_stale_rows(tmp_path):
     keys = np.array([10, 20, 30], np.uint64)
     with Store(tmp_path / "s") as s:
