@@ -10,6 +10,8 @@
  * unknown value (the owner type's maximum); other keys are binary-searched among sparse_keys, and
  * keys found nowhere go by jump hash over n_shards.
  *
+ * Splitting a batch by shard, after routing, is a counting sort in one pass over it.
+ *
  * Every call returns an embps_status (embps_errormsg() says why it failed).  Tables are borrowed,
  * never written: any number of threads may route through one table at once.
  */
@@ -41,5 +43,11 @@ EMBPS_API int embps_jump_hash_batch(const uint64_t *keys, uint64_t n, uint32_t n
 /* shard[i] = the shard of keys[i] by the placement table (see above). */
 EMBPS_API int embps_router_route(const embps_router_table *table, const uint64_t *keys, uint64_t n,
                                  int64_t *shard);
+/* Groups a routed batch by shard, stably (a counting sort): order[] holds the batch positions of shard
+ * 0's keys, then of shard 1's, ..., each shard's in batch order; keys_out[j] = keys[order[j]]; shard s
+ * has [bounds[s], bounds[s + 1]) of them (n_shards + 1 bounds).  INVALID_ARGUMENT, with order and
+ * keys_out untouched, when a shard is outside [0, n_shards). */
+EMBPS_API int embps_router_split(const int64_t *shard, const uint64_t *keys, uint64_t n, uint32_t n_shards,
+                                 int64_t *order, uint64_t *keys_out, int64_t *bounds);
 
 #endif

@@ -1,5 +1,7 @@
-/* key_router.c -- jump consistent hash and placement-table routing over a batch (embps_key_router.h). */
+/* key_router.c -- jump consistent hash, placement-table routing and the split by shard over a batch (embps_key_router.h). */
 #include "embps_key_router.h"
+
+#include <string.h>
 
 #include "status.h"
 
@@ -111,5 +113,33 @@ int embps_router_route(const embps_router_table *t, const uint64_t *keys, uint64
         int64_t owner = slot_owner(t, slot);
         shard[i] = owner >= 0 ? owner : fallback_owner(t, keys[i]);
     }
+    return EMBPS_OK;
+}
+
+int embps_router_split(const int64_t *shard, const uint64_t *keys, uint64_t n, uint32_t n_shards,
+                       int64_t *order, uint64_t *keys_out, int64_t *bounds)
+{
+    if (n_shards < 1 || !bounds || (n && (!shard || !keys || !order || !keys_out)))
+        return fail(EMBPS_E_INVALID_ARGUMENT, "a split needs shards, and arrays for its batch");
+    memset(bounds, 0, ((size_t)n_shards + 1) * sizeof(*bounds));
+    for (uint64_t i = 0; i < n; i++) {
+        if ((uint64_t)shard[i] >= n_shards) {
+            memset(bounds, 0, ((size_t)n_shards + 1) * sizeof(*bounds));
+            return fail(EMBPS_E_INVALID_ARGUMENT, "key %llu was routed to shard %lld, of %u",
+                        (unsigned long long)i, (long long)shard[i], n_shards);
+        }
+        bounds[shard[i] + 1]++;
+    }
+    for (uint32_t s = 0; s < n_shards; s++)
+        bounds[s + 1] += bounds[s];
+    /* bounds[s] is now where shard s starts; walking it forward fills shard s and leaves bounds[s] at
+     * shard s + 1's start, so shifting back restores the starts. */
+    for (uint64_t i = 0; i < n; i++) {
+        int64_t at = bounds[shard[i]]++;
+        order[at] = (int64_t)i;
+        keys_out[at] = keys[i];
+    }
+    memmove(bounds + 1, bounds, (size_t)n_shards * sizeof(*bounds));
+    bounds[0] = 0;
     return EMBPS_OK;
 }

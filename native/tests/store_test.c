@@ -1037,6 +1037,19 @@ static void test_router_routes_a_batch(void)
     EXPECT(memcmp(shard, expected, 3 * sizeof(int64_t)) == 0);
     t.owner_bytes = 3;
     EXPECT(embps_router_route(&t, batch, 40, shard) == EMBPS_E_INVALID_ARGUMENT);
+
+    /* The split: a stable counting sort, and a shard out of range refused with order untouched. */
+    const int64_t routed[] = {2, 0, 2, 1, 0, 2}, sorted_order[] = {1, 4, 3, 0, 2, 5}, sorted_bounds[] = {0, 2, 3, 6, 6};
+    const uint64_t split_keys[] = {10, 11, 12, 13, 14, 15};
+    int64_t order[6] = {-1, -1, -1, -1, -1, -1}, bounds[5];
+    uint64_t grouped[6];
+    EXPECT(embps_router_split(routed, split_keys, 6, 4, order, grouped, bounds) == EMBPS_OK);
+    EXPECT(memcmp(order, sorted_order, sizeof(order)) == 0 && memcmp(bounds, sorted_bounds, sizeof(bounds)) == 0);
+    for (int i = 0; i < 6; i++)
+        EXPECT(grouped[i] == split_keys[sorted_order[i]]);
+    memset(order, 0xff, sizeof(order));
+    EXPECT(embps_router_split(routed, split_keys, 6, 2, order, grouped, bounds) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT(order[0] == -1 && order[5] == -1);
 }
 
 int main(void)

@@ -44,3 +44,12 @@ class PlacementTable:
         check_status(lib.embps_router_route(self._table, _from_buffer(_KEYS, keys), len(keys),
                                             _from_buffer(_SHARDS, shard)))
         return shard
+
+
+def split(keys: np.ndarray, shard: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    keys, shard = np.ascontiguousarray(keys, np.uint64), np.ascontiguousarray(shard, np.int64)
+    order, grouped, bounds = np.empty(len(keys), np.int64), np.empty(len(keys), np.uint64), np.empty(n_shards + 1, np.int64)
+    check_status(lib.embps_router_split(_from_buffer(_SHARDS, shard), _from_buffer(_KEYS, keys), len(keys), n_shards,
+                                        _from_buffer(_SHARDS, order), _from_buffer(_KEYS, grouped),
+                                        _from_buffer(_SHARDS, bounds)))
+    return order, grouped, bounds

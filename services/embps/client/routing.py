@@ -53,6 +53,15 @@ def numpy_jump_hash(keys: np.ndarray, n_shards: int) -> np.ndarray:
     return bucket
 
 
+def split_by_shard(keys: np.ndarray, shard: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A routed batch grouped by shard, stably: (order, keys[order], bounds), shard s's keys being
+    [bounds[s], bounds[s + 1]) of order, each shard's in batch order."""
+    if native is not None:
+        return native.split(keys, shard, n_shards)
+    order = np.argsort(shard, kind="stable")
+    return order, keys[order], np.searchsorted(shard[order], np.arange(n_shards + 1))
+
+
 class Router(Protocol):
     n_shards: int
 
