@@ -84,8 +84,9 @@ class PlacementRouter:
 
     A binary search per key over tens of millions of keys would cost more than the RPC it routes (a chain
     of ~25 dependent cache misses), so a feature whose listed ids are dense, as a trained table's are,
-    maps id -> owner directly: one array slot per id in its range, a dozen vectorised steps per key and one
-    cache miss.  The keys of sparse features (and of features >= 2^16) are binary-searched."""
+    maps id -> owner directly: one array slot per id in its range, a few instructions per key and one cache
+    miss, which the native loop prefetches a few keys ahead.  The keys of sparse features (and of features
+    >= 2^16) are binary-searched."""
 
     def __init__(self, placement: Placement):
         self.n_shards = placement.hosts
