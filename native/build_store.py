@@ -9,7 +9,7 @@ import cffi
 
 NATIVE = Path(__file__).resolve().parent
 HEADERS = [NATIVE / "embps_store.h", NATIVE / "embps_data_server.h", NATIVE / "embps_data_client.h",
-           NATIVE / "embps_partitioner.h"]
+           NATIVE / "embps_partitioner.h", NATIVE / "embps_key_router.h"]
 SOURCES = sorted(NATIVE.glob("*.c"))
 # Hidden by default: only the declarations marked EMBPS_API (and cffi's PyInit) are exported.
 COMPILE_ARGS = ["-std=c11", "-O3", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-fno-strict-aliasing",

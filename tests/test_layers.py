@@ -7,7 +7,8 @@
 - embps.api imports nothing from embps but itself;
 - embps.testing (harnesses for tests and benchmarks) is a library nothing else in embps imports;
 - once embps.api exists, embps.client talks gRPC without the native core: only its native TCP
-  module (embps.client.tcp_data_path) imports embps.store.
+  module (embps.client.tcp_data_path) and its native routing loops (embps.client.key_router, which
+  routing imports when it can) import embps.store.
 """
 
 import ast
@@ -15,7 +16,7 @@ from pathlib import Path
 
 SERVICES = ("ps_shard", "oracle_cacher", "trainer_gateway", "trainer", "deploy")
 COMMAND = "embps.cli"
-NATIVE_CLIENT_MODULES = ("embps.client.tcp_data_path",)
+NATIVE_CLIENT_MODULES = ("embps.client.tcp_data_path", "embps.client.key_router")
 SOURCE_ROOT = Path(__file__).resolve().parents[1] / "services"
 
 

@@ -6,6 +6,7 @@
  */
 #include "embps_data_client.h"
 #include "embps_data_server.h"
+#include "embps_key_router.h"
 #include "embps_store.h"
 
 #include <arpa/inet.h>
@@ -993,6 +994,64 @@ static void test_data_server_replies_despite_signals(void)
     embps_store_close(s);
 }
 
+/* Jump hash gives the published algorithm's buckets (computed with Lamping & Veach's figure 1); a
+ * placement table routes dense ids to their slot's owner and the rest (unlisted ids, ids outside a
+ * feature's range, features past the table, sparse keys) by binary search, then jump hash. */
+static void test_router_routes_a_batch(void)
+{
+    const uint64_t keys[] = {0, 1, 0xdeadbeef, UINT64_MAX, UINT64_C(1) << 63, UINT64_C(12345678901234567)};
+    const int64_t by_4[] = {0, 0, 3, 2, 3, 0}, by_65536[] = {0, 21134, 64244, 18311, 53854, 46958};
+    int64_t shard[40];
+    EXPECT(embps_jump_hash_batch(keys, 6, 4, shard) == EMBPS_OK);
+    EXPECT(memcmp(shard, by_4, sizeof(by_4)) == 0);
+    EXPECT(embps_jump_hash_batch(keys, 6, 65536, shard) == EMBPS_OK);
+    EXPECT(memcmp(shard, by_65536, sizeof(by_65536)) == 0);
+    EXPECT(embps_jump_hash_batch(keys, 6, 0, shard) == EMBPS_E_INVALID_ARGUMENT);
+
+    const uint64_t f = EMBPS_ROUTER_FEATURE_SHIFT;
+    const uint64_t first[] = {10, 0}, span[] = {4, 0}, delta[] = {(uint64_t)-10, 0};
+    const uint16_t owner16[] = {3, 1, UINT16_MAX, 2, UINT16_MAX};
+    const uint32_t owner32[] = {3, 1, UINT32_MAX, 2, UINT32_MAX};
+    const uint64_t sparse_keys[] = {(UINT64_C(5) << f) | 7, (UINT64_C(9) << f) | 1};
+    const uint16_t sparse_owner[] = {1, 0};
+    const uint64_t pattern[8] = {10, 11, 12, 13, 9, 14, (UINT64_C(5) << f) | 7, (UINT64_C(2) << f) | 10};
+    uint64_t batch[40];
+    int64_t expected[40], hashed;
+    for (int i = 0; i < 40; i++) {
+        batch[i] = pattern[i % 8] + (uint64_t)(i / 8) * (i % 8 >= 4 && i % 8 != 6 ? 1000 : 0);
+        EXPECT(embps_jump_hash_batch(&batch[i], 1, 4, &hashed) == EMBPS_OK);
+        const int64_t listed[] = {3, 1, hashed, 2, hashed, hashed, 1, hashed};
+        expected[i] = listed[i % 8];
+    }
+    embps_router_table t = {.n_shards = 4, .n_features = 2, .first = first, .span = span, .delta = delta,
+                            .owner_by_slot = owner16, .n_slots = 5, .owner_bytes = 2,
+                            .sparse_keys = sparse_keys, .sparse_owner = sparse_owner, .n_sparse = 2};
+    EXPECT(embps_router_route(&t, batch, 40, shard) == EMBPS_OK);
+    EXPECT(memcmp(shard, expected, sizeof(expected)) == 0);
+    t.owner_by_slot = owner32;
+    t.owner_bytes = 4;
+    memset(shard, 0xff, sizeof(shard));
+    EXPECT(embps_router_route(&t, batch, 40, shard) == EMBPS_OK);
+    EXPECT(memcmp(shard, expected, sizeof(expected)) == 0);
+    EXPECT(embps_router_route(&t, batch, 3, shard) == EMBPS_OK);   /* shorter than the prefetch ring */
+    EXPECT(memcmp(shard, expected, 3 * sizeof(int64_t)) == 0);
+    t.owner_bytes = 3;
+    EXPECT(embps_router_route(&t, batch, 40, shard) == EMBPS_E_INVALID_ARGUMENT);
+
+    /* The split: a stable counting sort, and a shard out of range refused with order untouched. */
+    const int64_t routed[] = {2, 0, 2, 1, 0, 2}, sorted_order[] = {1, 4, 3, 0, 2, 5}, sorted_bounds[] = {0, 2, 3, 6, 6};
+    const uint64_t split_keys[] = {10, 11, 12, 13, 14, 15};
+    int64_t order[6] = {-1, -1, -1, -1, -1, -1}, bounds[5];
+    uint64_t grouped[6];
+    EXPECT(embps_router_split(routed, split_keys, 6, 4, order, grouped, bounds) == EMBPS_OK);
+    EXPECT(memcmp(order, sorted_order, sizeof(order)) == 0 && memcmp(bounds, sorted_bounds, sizeof(bounds)) == 0);
+    for (int i = 0; i < 6; i++)
+        EXPECT(grouped[i] == split_keys[sorted_order[i]]);
+    memset(order, 0xff, sizeof(order));
+    EXPECT(embps_router_split(routed, split_keys, 6, 2, order, grouped, bounds) == EMBPS_E_INVALID_ARGUMENT);
+    EXPECT(order[0] == -1 && order[5] == -1);
+}
+
 int main(void)
 {
     snprintf(root, sizeof(root), "/tmp/embps-native-test-%d", (int)getpid());
@@ -1013,6 +1072,7 @@ int main(void)
     test_data_server_over_loopback();
     test_data_client_exchanges();
     test_data_server_replies_despite_signals();
+    test_router_routes_a_batch();
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
     if (system(cmd) != 0)

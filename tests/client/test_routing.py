@@ -1,12 +1,22 @@
 """Routing: jump consistent hash matches the published algorithm, spreads keys evenly and moves few on
-growth; a placement routes its keys to their owners (others by jump hash), chosen by the cluster config."""
+growth; a placement routes its keys to their owners (others by jump hash), chosen by the cluster config.
+Every test runs twice: with the native loops and with the numpy loops of a process without the native core."""
 
 import numpy as np
 import pytest
 
-from embps.client import ClusterConfig, JumpHashRouter, PlacementRouter, jump_hash, router_for
+from embps.api.errors import InvalidArgument
+from embps.client import ClusterConfig, JumpHashRouter, PlacementRouter, jump_hash, key_router, router_for, routing
 from embps.placement import Placement
 from embps.placement.placement_file import PlacementMismatchError, save_placement
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def loops(request, monkeypatch):
+    assert routing.native is not None, "the native core is built for the tests: its loops must be importable"
+    if request.param == "numpy":
+        monkeypatch.setattr(routing, "native", None)
+    return request.param
 
 
 def jump_hash_scalar(key: int, n: int) -> int:
@@ -72,6 +82,30 @@ def test_placement_router_edges():
     assert PlacementRouter(empty).shard_of(keys).tolist() == jump_hash(keys, 3).tolist()
     assert PlacementRouter(placement_of(keys, hosts=1)).shard_of(keys[::-1]).tolist() == [0] * 4
     assert PlacementRouter(placement_of(keys, hosts=2)).shard_of(np.zeros(0, np.uint64)).tolist() == []
+
+
+def test_an_owner_table_wider_than_16_bits():
+    """65536 hosts: the unknown owner no longer fits in uint16, so the table holds uint32 owners."""
+    rng = np.random.default_rng(2)
+    placement = placement_of(np.arange(3000, dtype=np.uint64), hosts=65536, seed=3)
+    asked = np.concatenate([placement.row_keys, rng.integers(0, 2**64, 50, dtype=np.uint64, endpoint=False)])
+    assert PlacementRouter(placement).shard_of(asked).tolist() == routed_one_by_one(placement, asked)
+
+
+def test_a_batch_splits_by_shard_stably():
+    rng = np.random.default_rng(4)
+    for n, n_shards in ((0, 3), (1, 1), (5000, 5), (300, 64)):
+        keys = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        shard = rng.integers(0, n_shards, n).astype(np.int64)
+        order, grouped, bounds = routing.split_by_shard(keys, shard, n_shards)
+        assert order.tolist() == np.argsort(shard, kind="stable").tolist()
+        assert grouped.tolist() == keys[order].tolist()
+        assert bounds.tolist() == np.r_[0, np.cumsum(np.bincount(shard, minlength=n_shards))].tolist()
+
+
+def test_the_native_split_refuses_a_shard_out_of_range():
+    with pytest.raises(InvalidArgument, match="key 1 was routed to shard 3, of 3"):
+        key_router.split(np.arange(3, dtype=np.uint64), np.array([0, 3, 1]), 3)
 
 
 def test_a_cluster_routes_by_its_placement_file_or_by_jump_hash(tmp_path):

@@ -36,7 +36,7 @@ from embps.v1 import ps_shard_pb2 as pb
 from embps.v1 import ps_shard_pb2_grpc as pb_grpc
 
 from .errors import ShardError
-from .routing import Router, router_for
+from .routing import Router, router_for, split_by_shard
 
 if TYPE_CHECKING:
     from .tcp_data_path import TcpDataPath
@@ -392,14 +392,13 @@ class PSClient:
                 raise ValueError(f"{len(keys)} keys but {len(values)} rows")
         if len(self._shards) == 1:
             return [(None, self._call(self._shards[0], lambda s, t: fn(s, keys, t, *per_key), idempotent))]
-        owner = self.router.shard_of(keys)
-        order = np.argsort(owner, kind="stable")
-        bounds = np.searchsorted(owner[order], np.arange(len(self._shards) + 1))
+        order, grouped, bounds = split_by_shard(keys, self.router.shard_of(keys), len(self._shards))
         jobs = []
         for i, shard in enumerate(self._shards):
-            pos = order[bounds[i]:bounds[i + 1]]
-            if len(pos):
-                parts = [keys[pos]] + [values[pos] for values in per_key]
+            lo, hi = bounds[i], bounds[i + 1]
+            if hi > lo:
+                pos = order[lo:hi]
+                parts = [grouped[lo:hi]] + [values[pos] for values in per_key]
                 jobs.append((pos, self._pool.submit(self._call, shard, lambda s, t, p=parts: fn(s, p[0], t, *p[1:]),
                                                     idempotent)))
         return [(pos, future.result()) for pos, future in jobs]

@@ -1,6 +1,10 @@
 """Which shard holds a key.  Jump consistent hash (Lamping & Veach) by default: growing from n to n+1
 shards moves only 1/(n+1) of the keys.  A placement file (`[cluster] placement`) routes the keys it lists
-to their owner host's shard instead.  Any object with shard_of(keys) -> shard indexes can route."""
+to their owner host's shard instead.  Any object with shard_of(keys) -> shard indexes can route.
+
+This module builds the routers' tables; the per-key loops over a batch run in the native core
+(embps.client.key_router) when this process has it, else as the numpy loops below (a gRPC client
+needs no native core), with equal results."""
 
 from __future__ import annotations
 
@@ -13,6 +17,11 @@ from embps.common.job_config import FEATURE_SHIFT
 from embps.placement import Placement
 from embps.placement.placement_file import load_placement
 
+try:
+    from . import key_router as native
+except ImportError:   # no native core here: the numpy loops route
+    native = None  # type: ignore[assignment]
+
 _MULTIPLIER = np.uint64(2862933555777941757)
 _SHIFT = np.uint64(FEATURE_SHIFT)
 _ID_MASK = np.uint64((1 << FEATURE_SHIFT) - 1)
@@ -21,9 +30,16 @@ _DENSE_SLOTS_PER_ROW = 4                  # ... while their id range is at most 
 
 
 def jump_hash(keys: np.ndarray, n_shards: int) -> np.ndarray:
-    """Vectorised over keys: each iteration advances every key still below n_shards by one jump."""
+    """The shard of each key (int64) by jump consistent hash over n_shards."""
     if n_shards < 1:
         raise ValueError("n_shards must be positive")
+    if native is not None:
+        return native.jump_hash(keys, n_shards)
+    return numpy_jump_hash(keys, n_shards)
+
+
+def numpy_jump_hash(keys: np.ndarray, n_shards: int) -> np.ndarray:
+    """Vectorised over keys: each iteration advances every key still below n_shards by one jump."""
     key = np.array(keys, dtype=np.uint64, copy=True)
     bucket = np.full(len(key), -1, np.int64)
     jump = np.zeros(len(key), np.int64)
@@ -35,6 +51,15 @@ def jump_hash(keys: np.ndarray, n_shards: int) -> np.ndarray:
         jump[active] = ((bucket[active] + 1) * step).astype(np.int64)
         active = active[jump[active] < n_shards]
     return bucket
+
+
+def split_by_shard(keys: np.ndarray, shard: np.ndarray, n_shards: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A routed batch grouped by shard, stably: (order, keys[order], bounds), shard s's keys being
+    [bounds[s], bounds[s + 1]) of order, each shard's in batch order."""
+    if native is not None:
+        return native.split(keys, shard, n_shards)
+    order = np.argsort(shard, kind="stable")
+    return order, keys[order], np.searchsorted(shard[order], np.arange(n_shards + 1))
 
 
 class Router(Protocol):
@@ -59,8 +84,9 @@ class PlacementRouter:
 
     A binary search per key over tens of millions of keys would cost more than the RPC it routes (a chain
     of ~25 dependent cache misses), so a feature whose listed ids are dense, as a trained table's are,
-    maps id -> owner directly: one array slot per id in its range, a dozen vectorised steps per key and one
-    cache miss.  The keys of sparse features (and of features >= 2^16) are binary-searched."""
+    maps id -> owner directly: one array slot per id in its range, a few instructions per key and one cache
+    miss, which the native loop prefetches a few keys ahead.  The keys of sparse features (and of features
+    >= 2^16) are binary-searched."""
 
     def __init__(self, placement: Placement):
         self.n_shards = placement.hosts
@@ -83,6 +109,9 @@ class PlacementRouter:
         slots += self._delta[(keys[in_dense] >> _SHIFT).astype(np.int64)]   # wraps back into range
         self._owner_by_slot[slots.astype(np.int64)] = owner[in_dense]
         self._sparse_keys, self._sparse_owner = keys[~in_dense], owner[~in_dense]
+        self._native = None if native is None else native.PlacementTable(
+            self.n_shards, self._first, self._span, self._delta, self._owner_by_slot, self._sparse_keys,
+            self._sparse_owner)
 
     @property
     def index_bytes(self) -> int:
@@ -93,6 +122,11 @@ class PlacementRouter:
         keys = np.asarray(keys, np.uint64)
         if self.n_shards == 1:
             return np.zeros(len(keys), np.int64)
+        if self._native is not None:
+            return self._native.route(keys)
+        return self._numpy_shard_of(keys)
+
+    def _numpy_shard_of(self, keys: np.ndarray) -> np.ndarray:
         feature = np.minimum(keys >> _SHIFT, np.uint64(len(self._span) - 1)).astype(np.int64)
         ids = keys & _ID_MASK
         listed = (ids - self._first[feature]) < self._span[feature]          # below the first id wraps to huge
@@ -104,7 +138,7 @@ class PlacementRouter:
             self._route_sparse(keys, shard, np.flatnonzero(unknown))
             unknown = shard == self._unknown
         if unknown.any():
-            shard[unknown] = jump_hash(keys[unknown], self.n_shards)
+            shard[unknown] = numpy_jump_hash(keys[unknown], self.n_shards)
         return shard
 
     def _route_sparse(self, keys: np.ndarray, shard: np.ndarray, where: np.ndarray) -> None:
