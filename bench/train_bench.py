@@ -26,7 +26,7 @@ Figures (goals in GOALS):
                                  their Adagrad state, the rows it streams past the cache, and its final
                                  write-back of every cached row)
   train_sync_vs_local_torch      s/step of sync / s/step of local
-  train_sync_vs_torchrec         s/step of TorchRec / s/step of sync (no goal)
+  train_sync_vs_torchrec         s/step of TorchRec / s/step of sync
 Context: s/step and samples/s of every contender, cache hit rate, bytes per mode (in / out), wall times,
 and where the 2 cores went during each job's timed steps: CPU ms per step of its trainers, gateways,
 shards and oracle (from /proc, sampled every 0.1 s), of this process, of everything else on the machine
@@ -74,9 +74,10 @@ from bench_common import Report, save_results, mount_of, write_atomically  # noq
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
-    "train_sync_vs_direct_speedup": (">=", 2.0),
+    "train_sync_vs_direct_speedup": (">=", 1.0),   # on loopback sync must never be slower
     "train_ps_bytes_direct_vs_sync": (">=", 5.0),
-    "train_sync_vs_local_torch": ("<=", 1.5),
+    "train_sync_vs_local_torch": ("<=", 1.1),
+    "train_sync_vs_torchrec": (">=", 1.0),
 }
 CONTENDERS = ("sync", "direct", "local", "torchrec")
 console = Console()

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from embps.models import MODELS, build_model, check_model_fits
+from embps.models.layers import PairwiseDots
 
 N_DENSE, N_TABLES, DIM, BATCH = 5, 4, 8, 7
 
@@ -113,6 +114,20 @@ def test_dlrm_interaction_is_the_pairwise_dots():
     want = [x] + [(vecs[:, i] * vecs[:, j]).sum(1, keepdim=True)
                   for i in range(N_TABLES + 1) for j in range(i)]
     torch.testing.assert_close(captured["x"], torch.cat(want, dim=1))
+
+
+def test_pairwise_dots_and_their_gradient_are_the_gram_matrixs_bit_for_bit():
+    n = 6
+    g = torch.Generator().manual_seed(1)
+    vectors = torch.randn(BATCH, n, DIM, generator=g, requires_grad=True)
+    rows, cols = torch.tril_indices(n, n, offset=-1)
+    want = torch.bmm(vectors, vectors.transpose(1, 2))[:, rows, cols]
+    got = PairwiseDots(n)(vectors)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    weights = torch.randn(want.shape, generator=g)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), vectors)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), vectors)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=0)
 
 
 def test_deepfm_second_order_term_is_the_sum_over_pairs():

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from embps.models.layers import check_inputs, mlp
+from embps.models.layers import PairwiseDots, check_inputs, mlp
 
 
 class DLRM(nn.Module):
@@ -13,24 +13,17 @@ class DLRM(nn.Module):
     among the n_tables + 1 vectors (strictly lower triangle, no self-products), concatenated with that
     vector, feed the top MLP whose last layer gives the logit."""
 
-    pair_rows: torch.Tensor   # buffers: the (row, column) indices of the pairs
-    pair_cols: torch.Tensor
-
     def __init__(self, n_dense: int, n_tables: int, dim: int,
                  bottom: Sequence[int] = (128, 64), top: Sequence[int] = (256, 128)):
         super().__init__()
         self.n_dense, self.n_tables, self.dim = n_dense, n_tables, dim
         self.bottom = mlp(n_dense, [*bottom, dim], last_activation=True)
-        n_vectors = n_tables + 1
-        rows, cols = torch.tril_indices(n_vectors, n_vectors, offset=-1)
-        self.register_buffer("pair_rows", rows, persistent=False)
-        self.register_buffer("pair_cols", cols, persistent=False)
-        self.top = mlp(dim + len(rows), [*top, 1])
+        self.interaction = PairwiseDots(n_tables + 1)
+        self.top = mlp(dim + self.interaction.n_pairs, [*top, 1])
 
     def forward(self, dense: torch.Tensor, embs: torch.Tensor) -> torch.Tensor:
         check_inputs(dense, embs, self.n_dense, self.n_tables, self.dim)
         x = self.bottom(dense)                                   # [B, dim]
         vectors = torch.cat([x.unsqueeze(1), embs], dim=1)       # [B, n_tables + 1, dim]
-        dots = torch.bmm(vectors, vectors.transpose(1, 2))       # [B, n+1, n+1]
-        pairs = dots[:, self.pair_rows, self.pair_cols]          # [B, (n+1)n/2]
+        pairs = self.interaction(vectors)                        # [B, (n+1)n/2]
         return self.top(torch.cat([x, pairs], dim=1)).squeeze(1)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from embps.models.layers import check_inputs, mlp
+from embps.models.layers import PairwiseDots, check_inputs, mlp
 
 
 class FeatureGeneration(nn.Module):
@@ -42,9 +42,6 @@ class FGCNN(nn.Module):
     inner products of every pair of them (strictly lower triangle) concatenated with them all flattened,
     through the MLP deep... -> 1 (the paper's IPNN, without its dropout and BatchNorm)."""
 
-    pair_rows: torch.Tensor   # buffers: the (row, column) indices of the pairs
-    pair_cols: torch.Tensor
-
     def __init__(self, n_dense: int, n_tables: int, dim: int, conv_channels: Sequence[int] = (6, 8),
                  kernel: int = 7, pool: int = 2, new_maps: Sequence[int] = (1, 1),
                  deep: Sequence[int] = (256, 128)):
@@ -60,10 +57,8 @@ class FGCNN(nn.Module):
             channels_in, fields = channels, layers[-1].fields_out
         self.generation = nn.ModuleList(layers)
         n_fields = n_tables + 1 + sum(layer.new_maps * layer.fields_out for layer in layers)
-        rows, cols = torch.tril_indices(n_fields, n_fields, offset=-1)
-        self.register_buffer("pair_rows", rows, persistent=False)
-        self.register_buffer("pair_cols", cols, persistent=False)
-        self.deep = mlp(n_fields * dim + len(rows), [*deep, 1])
+        self.interaction = PairwiseDots(n_fields)
+        self.deep = mlp(n_fields * dim + self.interaction.n_pairs, [*deep, 1])
 
     def forward(self, dense: torch.Tensor, embs: torch.Tensor) -> torch.Tensor:
         check_inputs(dense, embs, self.n_dense, self.n_tables, self.dim)
@@ -73,5 +68,5 @@ class FGCNN(nn.Module):
             maps, new = layer(maps)
             fields.append(new)
         x = torch.cat(fields, dim=1)                                          # [B, all fields, dim]
-        products = torch.bmm(x, x.transpose(1, 2))[:, self.pair_rows, self.pair_cols]
+        products = self.interaction(x)
         return self.deep(torch.cat([x.flatten(1), products], dim=1)).squeeze(1)

@@ -27,3 +27,22 @@ def check_inputs(dense: torch.Tensor, embs: torch.Tensor, n_dense: int, n_tables
         raise ValueError(f"dense must be [B, {n_dense}], got {list(dense.shape)}")
     if embs.dim() != 3 or tuple(embs.shape[1:]) != (n_tables, dim) or embs.shape[0] != dense.shape[0]:
         raise ValueError(f"embs must be [{dense.shape[0]}, {n_tables}, {dim}], got {list(embs.shape)}")
+
+
+
+class PairwiseDots(nn.Module):
+    """The dot product of every pair among n vectors: [B, n, dim] -> [B, n(n-1)/2], pair (i, j) with i > j,
+    in the order (1, 0), (2, 0), (2, 1), (3, 0), ... (the strictly lower triangle of each sample's Gram
+    matrix, row by row).  The pairs are gathered from the flat Gram matrix with index_select, the same bits
+    forward and backward as indexing it on two axes (`gram[:, rows, cols]`), which costs a few times more."""
+
+    flat_pairs: torch.Tensor   # buffer: each pair's position i * n + j in the flat [n, n] Gram matrix
+
+    def __init__(self, n: int):
+        super().__init__()
+        rows, cols = torch.tril_indices(n, n, offset=-1)
+        self.n_pairs = len(rows)
+        self.register_buffer("flat_pairs", rows * n + cols, persistent=False)
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1).index_select(1, self.flat_pairs)

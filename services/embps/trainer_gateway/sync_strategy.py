@@ -3,8 +3,9 @@ to L batches ahead, as the oracle's plans say; gradients are summed with the pee
 cache (rows the next batch uses before the trainer's push is acknowledged, the rest just after); every
 C batches the rows whose lease ended go back to the shards, each gateway writing its share.  Rows no
 other batch in the window uses are streamed: read for their batch only (by the gateways whose
-trainers use them), and their summed gradients applied by the shards.  Round b says a gateway's
-evictions before batch b, and its streamed updates before b, are on the shards.
+trainers use them), and their summed gradients applied by the shards (just after the push, with the
+deferred updates).  Round b says a gateway's evictions before batch b, and its streamed updates
+before b, are on the shards.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ class SyncStrategy(Strategy):
 
     def _apply_later(self) -> None:
         while True:
-            batch, keys, grads = self.later.get()
+            batch, streamed_keys, streamed_sums, keys, grads = self.later.get()
             if batch is None:
                 return
+            self.context.update_shards(streamed_keys, streamed_sums)
             if len(keys):
                 self.cache.apply(keys, grads)
             with self.context.progress.changing():
@@ -117,14 +119,15 @@ class SyncStrategy(Strategy):
     def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:
         batch_keys, summed = self.context.summed_gradients(b, plan, keys, grads)
         streamed = members(batch_keys, wire.keys_from_bytes(plan.stream))
-        self.context.update_shards(batch_keys[streamed], summed[streamed])
         now = members(batch_keys, wire.keys_from_bytes(plan.sync_now)) & ~streamed
         self.cache.apply(batch_keys[now], summed[now])
         later = ~now & ~streamed
-        self.later.put((b, batch_keys[later], summed[later]))
+        # The streamed rows' sums go to the shards with the deferred updates, off the trainer's path: a later
+        # batch reads those rows only after the round that the deferred updates before it gate.
+        self.later.put((b, batch_keys[streamed], summed[streamed], batch_keys[later], summed[later]))
 
     def finish(self) -> None:
-        self.later.put((None, None, None))
+        self.later.put((None, None, None, None, None))
         self.context.progress.wait(lambda: self.later_applied >= self.context.progress.pushed,
                                    "deferred gradient updates")
         if self._cache is not None:
