@@ -103,6 +103,14 @@ def mount_of(path: str) -> str:
     return f"{best[2]} {best[3]}"
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lays out a matplotlib figure, writes it to path as a PNG (atomically) and closes it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(path.name + ".tmp")  # bench/results/*.tmp is git-ignored
     write(tmp)

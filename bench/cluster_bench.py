@@ -65,7 +65,7 @@ from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
 import shard_bench  # noqa: E402
 import train_bench  # noqa: E402
-from bench_common import Report, save_results, write_atomically  # noqa: E402
+from bench_common import Report, save_figure, save_results  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -409,9 +409,7 @@ def plot(report: Report, goals: dict, cfg: Config, path: Path) -> None:
               "shard_update_vs_redis_1gbit": "shard ÷ Redis\nupdate, 1 Gbit/s"}
     ax_fig.set_xticks(range(len(names)), [labels[n] for n in names], fontsize=8)
     ax_fig.set_title("figures (green: goal met, red: missed, gray: no goal)")
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def hosts_can_be_made(bench: str) -> bool:

@@ -59,7 +59,7 @@ from rich.console import Console  # noqa: E402
 import cluster_bench  # noqa: E402
 import partition_bench  # noqa: E402
 import train_bench  # noqa: E402
-from bench_common import Report, save_results, write_atomically  # noqa: E402
+from bench_common import Report, save_figure, save_results  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -275,9 +275,7 @@ def plot(report: Report, goals: dict, cfg: Config, path: Path) -> None:
               "bounded_auc_loss_s100": "AUC sync −\nbounded s=100"}
     ax_fig.set_xticks(range(len(shown)), [labels[n] for n in shown], fontsize=8)
     ax_fig.set_title("figures (green: goal met, red: missed; dashed: goal)")
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from bench_common import Report, save_results, write_atomically  # noqa: E402
+from bench_common import Report, save_figure, save_results  # noqa: E402
 
 from embps.api import InitializerSpec, OptimizerSpec, TableSpec  # noqa: E402
 from embps.client import ClusterConfig, JumpHashRouter, PlacementRouter, PSClient  # noqa: E402
@@ -204,9 +204,7 @@ def plot(report: Report, cfg: Config, goals: dict, path: Path) -> None:
     ax.set_title(f"routing {int(report.context['placement_rows']['value']):,} placed rows over {cfg.hosts} "
                  f"hosts vs a lookup RPC ({met})")
     ax.legend()
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ import redis  # noqa: E402
 import redis.utils  # noqa: E402
 from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
-from bench_common import Report, save_results, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
+from bench_common import Report, make_keys, mount_of, save_figure, save_results, zipf_batches  # noqa: E402
 from store_bench import pm_directory  # noqa: E402  (the PM stand-in both benchmarks use)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -618,9 +618,7 @@ def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
     ax_lat.set_title("lookup latency at half of own peak")
     ax_lat.legend()
 
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:

@@ -60,7 +60,7 @@ from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
 from embps.api import OptimizerSpec, TableSpec  # noqa: E402
 from embps.store import Store  # noqa: E402
-from bench_common import Report, save_results, make_keys, mount_of, write_atomically, zipf_batches  # noqa: E402
+from bench_common import Report, make_keys, mount_of, save_figure, save_results, zipf_batches  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TABLE = "emb"
@@ -550,9 +550,7 @@ def plot(report: Report, goals: dict[str, dict], path: Path) -> None:
     plot_ratios(ax_ratio, report, goals)
     plot_rates(ax_rate, report)
     plot_restart(ax_restart, report)
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_results(report: Report, cfg: Config, wall_seconds: float) -> None:

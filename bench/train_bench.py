@@ -70,7 +70,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench_common import Report, save_results, mount_of, write_atomically  # noqa: E402
+from bench_common import Report, mount_of, save_figure, save_results  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -646,9 +646,7 @@ def plot(report: Report, goals: dict[str, dict], cfg: Config, path: Path) -> Non
     ax_ratio.set_title("figures (green: goal met, red: missed, gray: no goal)")
     ax_ratio.legend()
 
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_results(report: Report, cfg: Config, wall_seconds: float, load: dict) -> None:
