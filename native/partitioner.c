@@ -312,17 +312,48 @@ static int count_degrees(embps_partitioner *p)
     return EMBPS_OK;
 }
 
+/* Rows in order of decreasing degree (capped here; ties in row order): the cells' layout, so that the
+ * few hot rows, which take most of the edges, share cache lines and stay in cache. */
+#define LAYOUT_DEGREE_CAP 65535u
+
+/* Header indices in that order: head[e] for every row; *n_cells the cells in all. */
+static int lay_out(embps_partitioner *p, uint64_t *n_cells_out)
+{
+    uint64_t *start = calloc(LAYOUT_DEGREE_CAP + 1, sizeof(uint64_t));
+    if (!start)
+        return fail(EMBPS_E_NOMEM, "out of memory for the row layout");
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e];
+        start[LAYOUT_DEGREE_CAP - (d < LAYOUT_DEGREE_CAP ? d : LAYOUT_DEGREE_CAP)] += 1 + (d < p->hosts ? d : p->hosts);
+    }
+    uint64_t n_cells = 0;
+    for (uint32_t b = 0; b <= LAYOUT_DEGREE_CAP; b++) {
+        uint64_t size = start[b];
+        start[b] = n_cells;
+        n_cells += size;
+    }
+    if (n_cells > UINT32_MAX) {
+        free(start);
+        return fail(EMBPS_E_INVALID_ARGUMENT, "the graph needs more than 2^32 row counters");
+    }
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e];
+        uint64_t *at = &start[LAYOUT_DEGREE_CAP - (d < LAYOUT_DEGREE_CAP ? d : LAYOUT_DEGREE_CAP)];
+        p->head[e] = (uint32_t)*at;
+        *at += 1 + (d < p->hosts ? d : p->hosts);
+    }
+    free(start);
+    *n_cells_out = n_cells;
+    return EMBPS_OK;
+}
+
 /* Lays out the cells, then points the edges at the headers and counts each host's uses. */
 static int build_cells(embps_partitioner *p, const uint16_t *row_owner)
 {
     uint64_t n_cells = 0;
-    for (uint64_t e = 0; e < p->n_rows; e++) {
-        uint32_t d = p->degree[e];
-        p->head[e] = (uint32_t)n_cells;
-        n_cells += 1 + (d < p->hosts ? d : p->hosts);
-        if (n_cells > UINT32_MAX)
-            return fail(EMBPS_E_INVALID_ARGUMENT, "the graph needs more than 2^32 row counters");
-    }
+    int st = lay_out(p, &n_cells);
+    if (st)
+        return st;
     p->cells = calloc(n_cells ? n_cells : 1, sizeof(cell));
     if (!p->cells)
         return fail(EMBPS_E_NOMEM, "out of memory for %llu row counters", (unsigned long long)n_cells);
@@ -335,16 +366,16 @@ static int build_cells(embps_partitioner *p, const uint16_t *row_owner)
             p->rows_at[row_owner[e]]++;
         }
     }
-    uint64_t n_edges = p->n_samples * p->width;
-    for (uint64_t i = 0; i < n_edges; i++) {
-        if (i + 16 < n_edges)
-            __builtin_prefetch(&p->head[p->edges[i + 16]]);
-        p->edges[i] = p->head[p->edges[i]];
-    }
     for (uint64_t s = 0; s < p->n_samples; s++) {
-        p->samples_at[p->host_of[s]]++;
-        for (uint32_t j = 0; j < p->width; j++)
-            count_add(p, p->edges[s * p->width + j], p->host_of[s]);
+        uint32_t *row = &p->edges[s * p->width], host = p->host_of[s];
+        p->samples_at[host]++;
+        if (s + PREFETCH_SAMPLES < p->n_samples)
+            for (uint32_t j = 0; j < p->width; j++)
+                __builtin_prefetch(&p->head[row[(PREFETCH_SAMPLES * p->width) + j]]);
+        for (uint32_t j = 0; j < p->width; j++) {
+            row[j] = p->head[row[j]];
+            count_add(p, row[j], host);
+        }
     }
     return EMBPS_OK;
 }
