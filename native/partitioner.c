@@ -604,16 +604,43 @@ static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
     }
 }
 
-/* Re-checks the window's proposals in order against the placement as it now is, applying the moves. */
+/* The count of host's slot of the row at header hd (0 without one). */
+static uint32_t count_at(const embps_partitioner *p, uint32_t hd, uint32_t host)
+{
+    const cell *c = find_slot((embps_partitioner *)p, hd, host);
+    return c ? c->a : 0;
+}
+
+/* Whether moving sample s to host `to` lowers the score, as the placement is now: gain[to] of
+ * sample_move_gains() (the same terms, summed in the same order) and its balance term, under the cap. */
+static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
+{
+    uint32_t from = p->host_of[s], hosts = p->hosts;
+    if ((double)p->samples_at[to] + 1.0 > (1.0 + p->sample_slack) * p->mean_samples)
+        return 0;
+    double gain = 0.0;
+    for (uint32_t j = 0; j < p->width; j++) {
+        uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
+        uint32_t c = count_at(p, hd, from), ck = count_at(p, hd, to);
+        double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
+        double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * (prob(p, to, ck + 1) - prob(p, to, ck));
+        gain += added - saved;
+    }
+    double change = gain + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
+                                                         (double)p->samples_at[to], 1.0, p->mean_samples);
+    return change < -MIN_GAIN;
+}
+
+/* Re-checks the window's proposals in order against the placement as it now is, applying those that
+ * still lower the score.  (Only the proposed host is re-checked: a full search here, single-threaded,
+ * cost as much as the proposals of both threads.) */
 static uint64_t commit(embps_partitioner *p, uint64_t lo, uint64_t hi)
 {
     uint64_t moved = 0;
     for (uint64_t i = lo; i < hi; i++) {
         uint64_t s = sample_at(p, i);
-        if (p->proposal[i - lo] == p->host_of[s])
-            continue;
-        uint32_t to = best_host(p, s, p->gain, p->count_of);
-        if (to != p->host_of[s]) {
+        uint32_t to = p->proposal[i - lo];
+        if (to != p->host_of[s] && move_pays(p, s, to)) {
             move_sample(p, s, to);
             moved++;
         }
