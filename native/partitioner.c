@@ -296,20 +296,102 @@ static int allocate(embps_partitioner *p)
     return EMBPS_OK;
 }
 
-/* Degrees, checking every edge on the way. */
-static int count_degrees(embps_partitioner *p)
+/* Runs work(job w) for each of n workers, on one thread each (the caller is worker 0); a worker whose
+ * thread cannot start is run by the caller, to the same result. */
+static void run_workers(uint32_t n, void *(*work)(void *), void *jobs, size_t job_size)
+{
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (uint32_t w = 1; w < n; w++)
+        started[w] = pthread_create(&threads[w], NULL, work, (char *)jobs + w * job_size) == 0;
+    work(jobs);
+    for (uint32_t w = 1; w < n; w++) {
+        if (started[w])
+            pthread_join(threads[w], NULL);
+        else
+            work((char *)jobs + w * job_size);
+    }
+}
+
+/* Edges [lo, hi) of one worker of the passes over all edges. */
+typedef struct {
+    embps_partitioner *p;
+    uint64_t lo, hi;
+    uint32_t *degree;          /* count_degrees: this worker's counts */
+    uint64_t bad;              /* count_degrees: the first edge beyond n_rows, or UINT64_MAX */
+} edge_range;
+
+#define MIN_EDGES_PER_WORKER (1u << 12)   /* a thread costs ~20 us */
+
+/* Workers for n_edges: at most p->threads, each with at least MIN_EDGES_PER_WORKER edges. */
+static uint32_t edge_workers(const embps_partitioner *p, uint64_t n_edges)
+{
+    uint64_t n = n_edges / MIN_EDGES_PER_WORKER;
+    return n < 1 ? 1 : n < p->threads ? (uint32_t)n : p->threads;
+}
+
+static void split_edges(embps_partitioner *p, uint32_t n, edge_range *ranges)
 {
     uint64_t n_edges = p->n_samples * p->width;
-    for (uint64_t i = 0; i < n_edges; i++) {
-        uint32_t e = p->edges[i];
-        if (e >= p->n_rows)
-            return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
-                        (unsigned long long)(i / p->width), e, (unsigned long long)p->n_rows);
-        if (i + 16 < n_edges && p->edges[i + 16] < p->n_rows)
-            __builtin_prefetch(&p->degree[p->edges[i + 16]], 1);
-        p->degree[e]++;
+    for (uint32_t w = 0; w < n; w++)
+        ranges[w] = (edge_range){p, n_edges * w / n, n_edges * (w + 1) / n, NULL, UINT64_MAX};
+}
+
+static void *count_range(void *job)
+{
+    edge_range *r = job;
+    const uint32_t *edges = r->p->edges;
+    uint64_t n_rows = r->p->n_rows;
+    for (uint64_t i = r->lo; i < r->hi; i++) {
+        uint32_t e = edges[i];
+        if (e >= n_rows) {
+            r->bad = i;
+            break;
+        }
+        if (i + 16 < r->hi && edges[i + 16] < n_rows)
+            __builtin_prefetch(&r->degree[edges[i + 16]], 1);
+        r->degree[e]++;
     }
+    return NULL;
+}
+
+/* Degrees, checking every edge on the way: each worker counts a range of edges into its own array,
+ * then the counts are summed (the same whatever the number of workers). */
+static int count_degrees(embps_partitioner *p)
+{
+    edge_range ranges[MAX_THREADS];
+    uint32_t n = edge_workers(p, p->n_samples * p->width);
+    split_edges(p, n, ranges);
+    ranges[0].degree = p->degree;
+    for (uint32_t w = 1; w < n; w++)
+        if (!(ranges[w].degree = calloc(p->n_rows, sizeof(uint32_t)))) {
+            for (uint32_t v = 1; v < w; v++)
+                free(ranges[v].degree);
+            return fail(EMBPS_E_NOMEM, "out of memory for counting degrees");
+        }
+    run_workers(n, count_range, ranges, sizeof(edge_range));
+    uint64_t bad = UINT64_MAX;
+    for (uint32_t w = 0; w < n; w++)
+        if (ranges[w].bad < bad)
+            bad = ranges[w].bad;
+    for (uint32_t w = 1; w < n; w++) {
+        for (uint64_t e = 0; e < p->n_rows; e++)
+            p->degree[e] += ranges[w].degree[e];
+        free(ranges[w].degree);
+    }
+    if (bad != UINT64_MAX)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
+                    (unsigned long long)(bad / p->width), p->edges[bad], (unsigned long long)p->n_rows);
     return EMBPS_OK;
+}
+
+/* The edges back from header indices to row indices. */
+static void *restore_range(void *job)
+{
+    edge_range *r = job;
+    for (uint64_t i = r->lo; i < r->hi; i++)
+        r->p->edges[i] = r->p->cells[r->p->edges[i]].a;
+    return NULL;
 }
 
 /* Rows in order of decreasing degree (capped here; ties in row order): the cells' layout, so that the
@@ -426,9 +508,12 @@ void embps_partition_destroy(embps_partitioner *p)
 {
     if (!p)
         return;
-    if (p->edges && p->cells)
-        for (uint64_t i = 0; i < p->n_samples * p->width; i++)
-            p->edges[i] = p->cells[p->edges[i]].a;
+    if (p->edges && p->cells) {
+        edge_range ranges[MAX_THREADS];
+        uint32_t n = edge_workers(p, p->n_samples * p->width);
+        split_edges(p, n, ranges);
+        run_workers(n, restore_range, ranges, sizeof(edge_range));
+    }
     free(p->cost);
     free(p->host_of);
     free(p->degree);
@@ -584,24 +669,13 @@ static void *propose_main(void *job)
     return NULL;
 }
 
-/* Proposals for the window [lo, hi): one thread per worker (the caller is worker 0); a worker whose
- * thread cannot start is done by the caller, to the same result. */
+/* Proposals for the window [lo, hi), a worker per thread. */
 static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
 {
     proposer jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (uint32_t w = 0; w < p->threads; w++)
         jobs[w] = (proposer){p, w, lo, hi};
-    for (uint32_t w = 1; w < p->threads; w++)
-        started[w] = pthread_create(&threads[w], NULL, propose_main, &jobs[w]) == 0;
-    propose(&jobs[0]);
-    for (uint32_t w = 1; w < p->threads; w++) {
-        if (started[w])
-            pthread_join(threads[w], NULL);
-        else
-            propose(&jobs[w]);
-    }
+    run_workers(p->threads, propose_main, jobs, sizeof(proposer));
 }
 
 /* The count of host's slot of the row at header hd (0 without one). */
