@@ -296,19 +296,136 @@ static int allocate(embps_partitioner *p)
     return EMBPS_OK;
 }
 
-/* Degrees, checking every edge on the way. */
-static int count_degrees(embps_partitioner *p)
+/* Runs work(job w) for each of n workers, on one thread each (the caller is worker 0); a worker whose
+ * thread cannot start is run by the caller, to the same result. */
+static void run_workers(uint32_t n, void *(*work)(void *), void *jobs, size_t job_size)
+{
+    pthread_t threads[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (uint32_t w = 1; w < n; w++)
+        started[w] = pthread_create(&threads[w], NULL, work, (char *)jobs + w * job_size) == 0;
+    work(jobs);
+    for (uint32_t w = 1; w < n; w++) {
+        if (started[w])
+            pthread_join(threads[w], NULL);
+        else
+            work((char *)jobs + w * job_size);
+    }
+}
+
+/* Edges [lo, hi) of one worker of the passes over all edges. */
+typedef struct {
+    embps_partitioner *p;
+    uint64_t lo, hi;
+    uint32_t *degree;          /* count_degrees: this worker's counts */
+    uint64_t bad;              /* count_degrees: the first edge beyond n_rows, or UINT64_MAX */
+} edge_range;
+
+#define MIN_EDGES_PER_WORKER (1u << 12)   /* a thread costs ~20 us */
+
+/* Workers for n_edges: at most p->threads, each with at least MIN_EDGES_PER_WORKER edges. */
+static uint32_t edge_workers(const embps_partitioner *p, uint64_t n_edges)
+{
+    uint64_t n = n_edges / MIN_EDGES_PER_WORKER;
+    return n < 1 ? 1 : n < p->threads ? (uint32_t)n : p->threads;
+}
+
+static void split_edges(embps_partitioner *p, uint32_t n, edge_range *ranges)
 {
     uint64_t n_edges = p->n_samples * p->width;
-    for (uint64_t i = 0; i < n_edges; i++) {
-        uint32_t e = p->edges[i];
-        if (e >= p->n_rows)
-            return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
-                        (unsigned long long)(i / p->width), e, (unsigned long long)p->n_rows);
-        if (i + 16 < n_edges && p->edges[i + 16] < p->n_rows)
-            __builtin_prefetch(&p->degree[p->edges[i + 16]], 1);
-        p->degree[e]++;
+    for (uint32_t w = 0; w < n; w++)
+        ranges[w] = (edge_range){p, n_edges * w / n, n_edges * (w + 1) / n, NULL, UINT64_MAX};
+}
+
+static void *count_range(void *job)
+{
+    edge_range *r = job;
+    const uint32_t *edges = r->p->edges;
+    uint64_t n_rows = r->p->n_rows;
+    for (uint64_t i = r->lo; i < r->hi; i++) {
+        uint32_t e = edges[i];
+        if (e >= n_rows) {
+            r->bad = i;
+            break;
+        }
+        if (i + 16 < r->hi && edges[i + 16] < n_rows)
+            __builtin_prefetch(&r->degree[edges[i + 16]], 1);
+        r->degree[e]++;
     }
+    return NULL;
+}
+
+/* Degrees, checking every edge on the way: each worker counts a range of edges into its own array,
+ * then the counts are summed (the same whatever the number of workers). */
+static int count_degrees(embps_partitioner *p)
+{
+    edge_range ranges[MAX_THREADS];
+    uint32_t n = edge_workers(p, p->n_samples * p->width);
+    split_edges(p, n, ranges);
+    ranges[0].degree = p->degree;
+    for (uint32_t w = 1; w < n; w++)
+        if (!(ranges[w].degree = calloc(p->n_rows, sizeof(uint32_t)))) {
+            for (uint32_t v = 1; v < w; v++)
+                free(ranges[v].degree);
+            return fail(EMBPS_E_NOMEM, "out of memory for counting degrees");
+        }
+    run_workers(n, count_range, ranges, sizeof(edge_range));
+    uint64_t bad = UINT64_MAX;
+    for (uint32_t w = 0; w < n; w++)
+        if (ranges[w].bad < bad)
+            bad = ranges[w].bad;
+    for (uint32_t w = 1; w < n; w++) {
+        for (uint64_t e = 0; e < p->n_rows; e++)
+            p->degree[e] += ranges[w].degree[e];
+        free(ranges[w].degree);
+    }
+    if (bad != UINT64_MAX)
+        return fail(EMBPS_E_INVALID_ARGUMENT, "sample %llu uses row %u, beyond n_rows %llu",
+                    (unsigned long long)(bad / p->width), p->edges[bad], (unsigned long long)p->n_rows);
+    return EMBPS_OK;
+}
+
+/* The edges back from header indices to row indices. */
+static void *restore_range(void *job)
+{
+    edge_range *r = job;
+    for (uint64_t i = r->lo; i < r->hi; i++)
+        r->p->edges[i] = r->p->cells[r->p->edges[i]].a;
+    return NULL;
+}
+
+/* Rows in order of decreasing degree (capped here; ties in row order): the cells' layout, so that the
+ * few hot rows, which take most of the edges, share cache lines and stay in cache. */
+#define LAYOUT_DEGREE_CAP 65535u
+
+/* Header indices in that order: head[e] for every row; *n_cells the cells in all. */
+static int lay_out(embps_partitioner *p, uint64_t *n_cells_out)
+{
+    uint64_t *start = calloc(LAYOUT_DEGREE_CAP + 1, sizeof(uint64_t));
+    if (!start)
+        return fail(EMBPS_E_NOMEM, "out of memory for the row layout");
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e];
+        start[LAYOUT_DEGREE_CAP - (d < LAYOUT_DEGREE_CAP ? d : LAYOUT_DEGREE_CAP)] += 1 + (d < p->hosts ? d : p->hosts);
+    }
+    uint64_t n_cells = 0;
+    for (uint32_t b = 0; b <= LAYOUT_DEGREE_CAP; b++) {
+        uint64_t size = start[b];
+        start[b] = n_cells;
+        n_cells += size;
+    }
+    if (n_cells > UINT32_MAX) {
+        free(start);
+        return fail(EMBPS_E_INVALID_ARGUMENT, "the graph needs more than 2^32 row counters");
+    }
+    for (uint64_t e = 0; e < p->n_rows; e++) {
+        uint32_t d = p->degree[e];
+        uint64_t *at = &start[LAYOUT_DEGREE_CAP - (d < LAYOUT_DEGREE_CAP ? d : LAYOUT_DEGREE_CAP)];
+        p->head[e] = (uint32_t)*at;
+        *at += 1 + (d < p->hosts ? d : p->hosts);
+    }
+    free(start);
+    *n_cells_out = n_cells;
     return EMBPS_OK;
 }
 
@@ -316,13 +433,9 @@ static int count_degrees(embps_partitioner *p)
 static int build_cells(embps_partitioner *p, const uint16_t *row_owner)
 {
     uint64_t n_cells = 0;
-    for (uint64_t e = 0; e < p->n_rows; e++) {
-        uint32_t d = p->degree[e];
-        p->head[e] = (uint32_t)n_cells;
-        n_cells += 1 + (d < p->hosts ? d : p->hosts);
-        if (n_cells > UINT32_MAX)
-            return fail(EMBPS_E_INVALID_ARGUMENT, "the graph needs more than 2^32 row counters");
-    }
+    int st = lay_out(p, &n_cells);
+    if (st)
+        return st;
     p->cells = calloc(n_cells ? n_cells : 1, sizeof(cell));
     if (!p->cells)
         return fail(EMBPS_E_NOMEM, "out of memory for %llu row counters", (unsigned long long)n_cells);
@@ -335,16 +448,16 @@ static int build_cells(embps_partitioner *p, const uint16_t *row_owner)
             p->rows_at[row_owner[e]]++;
         }
     }
-    uint64_t n_edges = p->n_samples * p->width;
-    for (uint64_t i = 0; i < n_edges; i++) {
-        if (i + 16 < n_edges)
-            __builtin_prefetch(&p->head[p->edges[i + 16]]);
-        p->edges[i] = p->head[p->edges[i]];
-    }
     for (uint64_t s = 0; s < p->n_samples; s++) {
-        p->samples_at[p->host_of[s]]++;
-        for (uint32_t j = 0; j < p->width; j++)
-            count_add(p, p->edges[s * p->width + j], p->host_of[s]);
+        uint32_t *row = &p->edges[s * p->width], host = p->host_of[s];
+        p->samples_at[host]++;
+        if (s + PREFETCH_SAMPLES < p->n_samples)
+            for (uint32_t j = 0; j < p->width; j++)
+                __builtin_prefetch(&p->head[row[(PREFETCH_SAMPLES * p->width) + j]]);
+        for (uint32_t j = 0; j < p->width; j++) {
+            row[j] = p->head[row[j]];
+            count_add(p, row[j], host);
+        }
     }
     return EMBPS_OK;
 }
@@ -395,9 +508,12 @@ void embps_partition_destroy(embps_partitioner *p)
 {
     if (!p)
         return;
-    if (p->edges && p->cells)
-        for (uint64_t i = 0; i < p->n_samples * p->width; i++)
-            p->edges[i] = p->cells[p->edges[i]].a;
+    if (p->edges && p->cells) {
+        edge_range ranges[MAX_THREADS];
+        uint32_t n = edge_workers(p, p->n_samples * p->width);
+        split_edges(p, n, ranges);
+        run_workers(n, restore_range, ranges, sizeof(edge_range));
+    }
     free(p->cost);
     free(p->host_of);
     free(p->degree);
@@ -553,36 +669,52 @@ static void *propose_main(void *job)
     return NULL;
 }
 
-/* Proposals for the window [lo, hi): one thread per worker (the caller is worker 0); a worker whose
- * thread cannot start is done by the caller, to the same result. */
+/* Proposals for the window [lo, hi), a worker per thread. */
 static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
 {
     proposer jobs[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     for (uint32_t w = 0; w < p->threads; w++)
         jobs[w] = (proposer){p, w, lo, hi};
-    for (uint32_t w = 1; w < p->threads; w++)
-        started[w] = pthread_create(&threads[w], NULL, propose_main, &jobs[w]) == 0;
-    propose(&jobs[0]);
-    for (uint32_t w = 1; w < p->threads; w++) {
-        if (started[w])
-            pthread_join(threads[w], NULL);
-        else
-            propose(&jobs[w]);
-    }
+    run_workers(p->threads, propose_main, jobs, sizeof(proposer));
 }
 
-/* Re-checks the window's proposals in order against the placement as it now is, applying the moves. */
+/* The count of host's slot of the row at header hd (0 without one). */
+static uint32_t count_at(const embps_partitioner *p, uint32_t hd, uint32_t host)
+{
+    const cell *c = find_slot((embps_partitioner *)p, hd, host);
+    return c ? c->a : 0;
+}
+
+/* Whether moving sample s to host `to` lowers the score, as the placement is now: gain[to] of
+ * sample_move_gains() (the same terms, summed in the same order) and its balance term, under the cap. */
+static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
+{
+    uint32_t from = p->host_of[s], hosts = p->hosts;
+    if ((double)p->samples_at[to] + 1.0 > (1.0 + p->sample_slack) * p->mean_samples)
+        return 0;
+    double gain = 0.0;
+    for (uint32_t j = 0; j < p->width; j++) {
+        uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
+        uint32_t c = count_at(p, hd, from), ck = count_at(p, hd, to);
+        double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
+        double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * (prob(p, to, ck + 1) - prob(p, to, ck));
+        gain += added - saved;
+    }
+    double change = gain + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
+                                                         (double)p->samples_at[to], 1.0, p->mean_samples);
+    return change < -MIN_GAIN;
+}
+
+/* Re-checks the window's proposals in order against the placement as it now is, applying those that
+ * still lower the score.  (Only the proposed host is re-checked: a full search here, single-threaded,
+ * cost as much as the proposals of both threads.) */
 static uint64_t commit(embps_partitioner *p, uint64_t lo, uint64_t hi)
 {
     uint64_t moved = 0;
     for (uint64_t i = lo; i < hi; i++) {
         uint64_t s = sample_at(p, i);
-        if (p->proposal[i - lo] == p->host_of[s])
-            continue;
-        uint32_t to = best_host(p, s, p->gain, p->count_of);
-        if (to != p->host_of[s]) {
+        uint32_t to = p->proposal[i - lo];
+        if (to != p->host_of[s] && move_pays(p, s, to)) {
             move_sample(p, s, to);
             moved++;
         }

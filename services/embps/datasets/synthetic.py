@@ -48,6 +48,7 @@ BLOCK = 8192                 # samples per seeded block
 HOT_WEIGHT_STD = 0.5         # spread of the hidden per-row weights of hot rows
 DENSE_WEIGHT_STD = 0.3       # spread of the hidden weights of the dense latent z
 TARGET_CTR = 0.25            # the bias aims here; sigmoid's convexity lands it near 0.3
+_TABLE_SHIFT = 40            # above any table's row count
 
 
 class SyntheticDataset:
@@ -76,12 +77,21 @@ class SyntheticDataset:
         # hot_ids[t]: the hot rows of table t, sorted (public: benchmarks may want the true hot set).
         self.hot_ids = [np.sort(hidden.choice(rows, hot, replace=False)) for rows, hot in zip(sizes, n_hot)]
         # Cold rank c is the c-th row that is not hot: c + #{j : hot_ids[j] - j <= c}.
-        self._cold_skip = [hot - np.arange(len(hot)) for hot in self.hot_ids]
-        self._hot_weights = [hidden.normal(0, HOT_WEIGHT_STD, hot) for hot in n_hot]
+        cold_skip = [hot - np.arange(len(hot)) for hot in self.hot_ids]
+        hot_weights = [hidden.normal(0, HOT_WEIGHT_STD, hot) for hot in n_hot]
+        # All tables' hot ids, weights and skips in one array each, so that a block's lookups are a few
+        # vectorised gathers: table t's part starts at _hot_base[t]; skips carry t in their top bits.
+        self._hot_base = np.concatenate([[0], np.cumsum(n_hot)[:-1]]).astype(np.int64)
+        self._hot_flat = np.concatenate(self.hot_ids)
+        self._hot_weight_flat = np.concatenate(hot_weights)
+        self._skip_flat = np.concatenate([(t << _TABLE_SHIFT) | skip for t, skip in enumerate(cold_skip)])
+        # A segment's slice of each table's hot and cold ranks: first rank, width (as a float, as the draw
+        # scales it) and the last rank.
+        self._slices = [_segment_slices(n, max(segments, 1)) for n in (self.n_hot, self.n_cold)]
         self._dense_mu = hidden.uniform(0, 5, n_dense)
         self._dense_sigma = hidden.uniform(0.5, 1.5, n_dense)
         self._dense_weights = hidden.normal(0, DENSE_WEIGHT_STD, n_dense)
-        expected_hot = hot_access * sum(w.mean() for w in self._hot_weights)
+        expected_hot = hot_access * sum(w.mean() for w in hot_weights)
         self._bias = math.log(TARGET_CTR / (1 - TARGET_CTR)) - expected_hot
         self._cache: tuple[tuple[str, int], Batch] | None = None
 
@@ -96,13 +106,17 @@ class SyntheticDataset:
     def samples(self, split: str, start: int, stop: int) -> Batch:
         """Samples [start, stop) of a split's fixed sample stream."""
         parts = []
-        for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+        for block, lo, hi in _block_spans(start, stop):
             data = self._block(split, block)
-            lo, hi = max(start - block * BLOCK, 0), min(stop - block * BLOCK, BLOCK)
             parts.append((data.dense[lo:hi], data.sparse[lo:hi], data.labels[lo:hi]))
         if len(parts) == 1:
             return Batch(*(a.copy() for a in parts[0]))
         return Batch(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+    def sample_ids(self, split: str, start: int, stop: int) -> np.ndarray:
+        """samples(split, start, stop).sparse, without making the dense features and labels (the graph
+        partitioner reads tens of millions of samples)."""
+        return np.concatenate([self._block_ids(split, block)[lo:hi] for block, lo, hi in _block_spans(start, stop)])
 
     def _block(self, split: str, block: int) -> Batch:
         """Samples [block * BLOCK, (block + 1) * BLOCK) of a split; the last block is kept because
@@ -110,35 +124,67 @@ class SyntheticDataset:
         key = (split, block)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        rng = np.random.default_rng([self.seed, SPLITS.index(split), block])
+        rng = self._block_rng(split, block)
         z = rng.standard_normal((BLOCK, self.info.n_dense))
         dense = np.log1p(np.exp(self._dense_mu + self._dense_sigma * z)).astype(np.float32)
-        is_hot = rng.random((BLOCK, self.info.n_tables)) < self.hot_access
-        hot_rank = rng.integers(0, self.n_hot, (BLOCK, self.info.n_tables))
-        cold_rank = rng.integers(0, self.n_cold, (BLOCK, self.info.n_tables))
-        if self.segments:
-            hot_rank, cold_rank = self._segment_ranks(rng, hot_rank, cold_rank)
-        sparse = np.empty((BLOCK, self.info.n_tables), np.int64)
+        sparse, is_hot, hot_rank = self._draw_ids(rng)
+        weight = np.where(is_hot, self._hot_weight_flat[self._hot_base + hot_rank], 0.0)
         logit = self._bias + z @ self._dense_weights
-        for t, (hot_ids, skip, weights) in enumerate(zip(self.hot_ids, self._cold_skip, self._hot_weights)):
-            hot, h, c = is_hot[:, t], hot_rank[:, t], cold_rank[:, t]
-            sparse[:, t] = np.where(hot, hot_ids[h], c + np.searchsorted(skip, c, side="right"))
-            logit += np.where(hot, weights[h], 0.0)
+        for t in range(self.info.n_tables):     # table by table: the labels' rounding stays as it was
+            logit += weight[:, t]
         labels = (rng.random(BLOCK) < 1 / (1 + np.exp(-logit))).astype(np.float32)
         batch = Batch(dense, sparse, labels)
         self._cache = (key, batch)
         return batch
 
-    def _segment_ranks(self, rng: np.random.Generator, hot_rank: np.ndarray,
-                       cold_rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ranks of the structured option: drawn from the sample's segment's slice where the
-        affinity draw says so, kept as drawn elsewhere."""
-        segment = rng.integers(0, self.segments, BLOCK)[:, None]
-        affine = rng.random((BLOCK, self.info.n_tables)) < self.segment_affinity
-        ranks = []
-        for drawn, n in ((hot_rank, self.n_hot), (cold_rank, self.n_cold)):
-            lo = segment * n // self.segments
-            width = np.maximum((segment + 1) * n // self.segments - lo, 1)
-            inside = np.minimum(lo + (rng.random(drawn.shape) * width).astype(np.int64), n - 1)
-            ranks.append(np.where(affine, inside, drawn))
-        return ranks[0], ranks[1]
+    def _block_ids(self, split: str, block: int) -> np.ndarray:
+        rng = self._block_rng(split, block)
+        rng.standard_normal((BLOCK, self.info.n_dense))     # the dense latent: drawn, as the stream has it
+        return self._draw_ids(rng)[0]
+
+    def _block_rng(self, split: str, block: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, SPLITS.index(split), block])
+
+    def _draw_ids(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A block's ids (the draws after the dense latent), with which lookups hit the hot set and
+        their hot ranks."""
+        shape = (BLOCK, self.info.n_tables)
+        is_hot = rng.random(shape) < self.hot_access
+        hot_rank = rng.integers(0, self.n_hot, shape)
+        cold_rank = rng.integers(0, self.n_cold, shape)
+        if self.segments:
+            self._segment_ranks(rng, hot_rank, cold_rank)
+        at = hot_rank + self._hot_base
+        sparse = self._hot_flat.take(at, out=at)
+        # Cold rank c of table t is id c + #{skip of t <= c}: searched among the cold lookups only.
+        cold = np.flatnonzero(~is_hot)
+        table = cold % self.info.n_tables
+        rank = cold_rank.ravel()[cold]
+        below = np.searchsorted(self._skip_flat, (table << _TABLE_SHIFT) | rank, side="right") - self._hot_base[table]
+        sparse.ravel()[cold] = rank + below
+        return sparse, is_hot, hot_rank
+
+    def _segment_ranks(self, rng: np.random.Generator, hot_rank: np.ndarray, cold_rank: np.ndarray) -> None:
+        """The ranks of the structured option, in place: drawn from the sample's segment's slice where
+        the affinity draw says so, kept as drawn elsewhere."""
+        segment = rng.integers(0, self.segments, BLOCK)
+        affine = rng.random(hot_rank.shape) < self.segment_affinity
+        for drawn, (first, width, last) in zip((hot_rank, cold_rank), self._slices):
+            offset = rng.random(drawn.shape)
+            offset *= width[segment]
+            inside = offset.astype(np.int64)
+            inside += first[segment]
+            np.minimum(inside, last, out=inside)
+            np.copyto(drawn, inside, where=affine)
+
+
+def _segment_slices(n: np.ndarray, segments: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    group = np.arange(segments)[:, None]
+    first = group * n // segments
+    return first, np.maximum((group + 1) * n // segments - first, 1).astype(np.float64), n - 1
+
+
+def _block_spans(start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+    """The blocks of samples [start, stop): (block, first and end offset within it)."""
+    for block in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+        yield block, max(start - block * BLOCK, 0), min(stop - block * BLOCK, BLOCK)

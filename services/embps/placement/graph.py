@@ -5,8 +5,8 @@ Row index r of feature f is `offsets[f] + id` (features in column order, ids bel
 so the rows of a data set are numbered in the order of their shard keys `(f << FEATURE_SHIFT) | id`
 and a graph of Criteo's size (33.8 M rows) fits uint32.  Edges are an [n_samples, n_features]
 uint32 matrix: 4.8 GB for Criteo Kaggle's 45.8 M samples.  Samples are read in blocks; a data set
-with `samples(split, start, stop)` (the synthetic generator) is read in parallel by forked workers
-writing into one shared array.
+with `sample_ids(split, start, stop)` (the synthetic generator) is read in parallel by forked workers
+writing into one shared array (and marking the rows used in another).
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ def graph_from_ids(sparse: np.ndarray, table_sizes, dataset: str) -> SampleGraph
     """The graph of an in-memory [samples, features] id matrix (tests, small data)."""
     offsets = _offsets(table_sizes)
     edges = _row_indices(np.asarray(sparse), offsets, 0)
-    used = np.zeros(int(offsets[-1]), bool)
-    used[edges.ravel()] = True
-    return SampleGraph(edges, offsets, used, dataset)
+    return SampleGraph(edges, offsets, _used(edges, offsets), dataset)
 
 
 def read_graph(dataset: Dataset, n_samples: int | None = None, workers: int | None = None,
@@ -67,18 +65,21 @@ def read_graph(dataset: Dataset, n_samples: int | None = None, workers: int | No
     offsets = _offsets(info.table_sizes)
     if offsets[-1] >= 1 << 32:
         raise ValueError(f"{info.name} has {offsets[-1]} rows; the partitioner numbers rows in uint32")
-    if not hasattr(dataset, "samples"):
+    if not hasattr(dataset, "sample_ids"):
         edges = _read_whole(dataset, n, offsets)
-    else:
-        edges = _read_blocks(dataset, n, offsets, workers or os.cpu_count() or 1, progress or (lambda _k: None))
-    used = np.zeros(int(offsets[-1]), bool)
-    for start in range(0, n, READ_BLOCK):
-        used[edges[start:start + READ_BLOCK].ravel()] = True
+        return SampleGraph(edges, offsets, _used(edges, offsets), info.name)
+    edges, used = _read_blocks(dataset, n, offsets, workers or os.cpu_count() or 1, progress or (lambda _k: None))
     return SampleGraph(edges, offsets, used, info.name)
 
 
 def _offsets(table_sizes) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.asarray(table_sizes, np.int64))])
+
+
+def _used(edges: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    used = np.zeros(int(offsets[-1]), bool)
+    used[edges.ravel()] = True
+    return used
 
 
 def _row_indices(sparse: np.ndarray, offsets: np.ndarray, first: int) -> np.ndarray:
@@ -100,16 +101,17 @@ def _read_whole(dataset: Dataset, n: int, offsets: np.ndarray) -> np.ndarray:
     return _row_indices(next(dataset.batches(n, "train", epochs=1)).sparse, offsets, 0)
 
 
-# The forked readers' view of the shared edge array and the data set (set before the pool forks).
+# The forked readers' view of the shared arrays and the data set (set before the pool forks).
 _shared: dict = {}
 
 
-def _read_blocks(dataset, n: int, offsets: np.ndarray, workers: int, progress: Callable[[int], None]) -> np.ndarray:
+def _read_blocks(dataset, n: int, offsets: np.ndarray, workers: int,
+                 progress: Callable[[int], None]) -> tuple[np.ndarray, np.ndarray]:
     width = len(offsets) - 1
-    buffer = mmap.mmap(-1, max(n * width * 4, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
-    edges = np.frombuffer(buffer, np.uint32, n * width).reshape(n, width)
+    edges = _shared_array(np.uint32, n * width).reshape(n, width)
+    used = _shared_array(np.bool_, int(offsets[-1]))
     starts = range(0, n, READ_BLOCK)
-    _shared.update(edges=edges, dataset=dataset, offsets=offsets, n=n)
+    _shared.update(edges=edges, used=used, dataset=dataset, offsets=offsets, n=n)
     try:
         if workers == 1:
             for start in starts:
@@ -120,13 +122,22 @@ def _read_blocks(dataset, n: int, offsets: np.ndarray, workers: int, progress: C
                     progress(count)
     finally:
         _shared.clear()
-    return edges
+    return edges, used
+
+
+def _shared_array(dtype, size: int) -> np.ndarray:
+    """Zeros in memory that forked workers share."""
+    buffer = mmap.mmap(-1, max(size * np.dtype(dtype).itemsize, 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buffer, dtype, size)
 
 
 def _read_block(start: int) -> int:
+    """Reads samples [start, start + READ_BLOCK) into the edges and marks their rows used (the
+    workers' concurrent stores of True into one byte are harmless)."""
     stop = min(start + READ_BLOCK, _shared["n"])
-    sparse = _shared["dataset"].samples("train", start, stop).sparse
-    _shared["edges"][start:stop] = _row_indices(sparse, _shared["offsets"], start)
+    rows = _row_indices(_shared["dataset"].sample_ids("train", start, stop), _shared["offsets"], start)
+    _shared["edges"][start:stop] = rows
+    _shared["used"][rows.ravel()] = True
     return stop - start
 
 

@@ -58,7 +58,8 @@ def run(args) -> int:
         def show(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
         console.print(f"graph: {graph.n_samples:,} samples, {int(graph.used.sum()):,} rows used, "
-                      f"{graph.edges.size:,} edges; {settings.hosts} hosts, batch {settings.batch} per host")
+                      f"{graph.edges.size:,} edges (read in {time.monotonic() - started:.1f} s); "
+                      f"{settings.hosts} hosts, batch {settings.batch} per host")
         result = partition(graph, settings, progress=show, report=console.print)
     save_placement(args.out, result.placement)
     stats = result.hosts

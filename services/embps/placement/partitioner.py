@@ -119,11 +119,13 @@ class NativePartitioner:
 
 
 def hash_start(graph: SampleGraph, hosts: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Today's placement: (row owners by jump hash of the row's key, sample hosts by batch slice)."""
+    """Today's placement: (row owners by jump hash of the row's key, sample hosts by batch slice).  Rows
+    no sample uses are given host 0: they count nowhere and are not placed."""
     owner = np.zeros(graph.n_rows, np.uint16)
-    for lo in range(0, graph.n_rows, CHUNK * 8):
-        rows = np.arange(lo, min(lo + CHUNK * 8, graph.n_rows))
-        owner[lo:lo + len(rows)] = jump_hash(graph.keys_of(rows), hosts)
+    used = np.flatnonzero(graph.used)
+    for lo in range(0, len(used), CHUNK * 8):
+        rows = used[lo:lo + CHUNK * 8]
+        owner[rows] = jump_hash(graph.keys_of(rows), hosts)
     sample_host = ((np.arange(graph.n_samples, dtype=np.int64) % (hosts * batch)) // batch).astype(np.uint16)
     return owner, sample_host
 
