@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench_common import Report, save_results, write_atomically  # noqa: E402
+from bench_common import Report, save_figure, save_results  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 CRITEO_KAGGLE_TRAIN = 45_840_617
@@ -169,9 +169,7 @@ def plot(runs: dict[float, dict], offline: dict[str, list[float]], path: Path) -
     ax_time.set(ylabel="seconds", title="wall time (peak GB: " +
                 ", ".join(f"{r['peak_gb']:.1f}" for r in runs.values()) + ")")
     ax_time.legend()
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
