@@ -316,7 +316,7 @@ def shard_part(cfg: Config, report: Report) -> None:
             hosts = stack.enter_context(NetnsHosts([SERVER_HOST], LinkShape(rate_mbit=SHARD_LINK_MBIT)))
             server = hosts.host(SERVER_HOST)
             progress = stack.enter_context(Progress(*Progress.get_default_columns(), TimeElapsedColumn()))
-            port, _ = stack.enter_context(shard_bench.redis_server(tmp, server.address, server.enter))
+            port, redis_pid = stack.enter_context(shard_bench.redis_server(tmp, server.address, server.enter))
             rs = shard_bench.RedisSide(port, scfg, wl, server.address)
             sides.append(rs)
             rs.load(progress, report)
@@ -331,14 +331,14 @@ def shard_part(cfg: Config, report: Report) -> None:
                 report.note(f"{name}_1gbit_link_bytes_per_key", link_bytes_per_key(hosts, call, scfg), "B")
             rates = shard_bench.keys_per_s(report, scfg, shard_bench.throughput_passes(
                 progress, f"lookup passes ({SHARD_LINK_MBIT} Mbit/s link)",
-                {"shard_lookup_1gbit": ours.lookup, "redis_mget_1gbit": rs.lookup}, scfg))
+                {"shard_lookup_1gbit": (ours.lookup, shard.process.pid), "redis_mget_1gbit": (rs.lookup, redis_pid)}, scfg))
             report.figure("shard_lookup_vs_redis_1gbit", rates["shard_lookup_1gbit"] / rates["redis_mget_1gbit"], "x")
             shard_bench.check_update(ours, np.arange(0, scfg.batch))
             for name, call in (("shard_update", ours.update), ("redis_mset", rs.update)):
                 report.note(f"{name}_1gbit_link_bytes_per_key", link_bytes_per_key(hosts, call, scfg), "B")
             rates |= shard_bench.keys_per_s(report, scfg, shard_bench.throughput_passes(
                 progress, f"update passes ({SHARD_LINK_MBIT} Mbit/s link)",
-                {"shard_update_1gbit": ours.update, "redis_mset_1gbit": rs.update}, scfg))
+                {"shard_update_1gbit": (ours.update, shard.process.pid), "redis_mset_1gbit": (rs.update, redis_pid)}, scfg))
             report.figure("shard_update_vs_redis_1gbit", rates["shard_update_1gbit"] / rates["redis_mset_1gbit"], "x")
             wire = SHARD_LINK_MBIT * 1e6 / 8
             for name in ("shard_lookup", "redis_mget", "shard_update", "redis_mset"):
