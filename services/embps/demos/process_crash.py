@@ -114,8 +114,10 @@ def _stream_and_kill(plan: WriterPlan, kill_after: int, rng: np.random.Generator
                 proc.send_signal(signal.SIGKILL)
                 log.info("sent SIGKILL to writer pid %d in batch %s", proc.pid, batch_id)
                 break
-        # The batch may have finished before the kill: acks still in the pipe were sent, so they count.
-        acks += [int(batch_id) for event, batch_id in map(str.split, proc.stdout) if event == "ack"]
+        # The batch may have finished before the kill: acks still in the pipe were sent, so they count.  A
+        # line the kill cut short is no ack (its batch is the one in flight, checked as all or nothing).
+        acks += [int(line.split()[1]) for line in proc.stdout
+                 if line.endswith("\n") and line.startswith("ack ") and len(line.split()) == 2]
         proc.wait()
     finally:
         watchdog.cancel()
