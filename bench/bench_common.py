@@ -4,10 +4,15 @@ name from bench/.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import os
-from collections.abc import Callable
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,6 +80,44 @@ def save_results(report: Report, results_dir: Path, name: str, benchmark: str, c
     write_atomically(json_path, lambda tmp: tmp.write_text(json.dumps(results, indent=2) + "\n"))
     plot(goals, png_path)
     print(f"wrote {json_path} and {png_path}")
+
+
+class BenchRun:
+    """One run of a benchmark: its wall time and the load average before and after, which its results
+    file records (on a shared machine the load says how far to trust the figures)."""
+
+    def __init__(self, benchmark: str):
+        self.benchmark = benchmark
+        self.started = time.perf_counter()
+        self.load = {"before": list(os.getloadavg())}
+
+    def save(self, report: Report, results_dir: Path, config, timing: str, environment: dict,
+             plot: Callable[[Report, dict, object, Path], None]) -> None:
+        """save_results with this run's wall time and load; plot(report, goals, config, png_path)."""
+        self.load["after"] = list(os.getloadavg())
+        save_results(report, results_dir, config.results_name, self.benchmark, config, timing, environment,
+                     time.perf_counter() - self.started, lambda goals, path: plot(report, goals, config, path),
+                     load_average=self.load)
+        print(f"{self.benchmark} bench took {time.perf_counter() - self.started:.1f} s")
+
+
+@contextlib.contextmanager
+def logs_kept_on_failure(data_dir: Path, label: str, console) -> Iterator[None]:
+    """A job under data_dir that fails leaves its logs in a new temporary directory, named on the console
+    (the caller removes data_dir)."""
+    try:
+        yield
+    except BaseException:
+        kept = Path(tempfile.mkdtemp(prefix=f"embps-bench-failed-{slug(label)}-"))
+        with contextlib.suppress(OSError):
+            shutil.copytree(data_dir / "logs", kept / "logs")
+        console.print(f"[red]{label} failed; its logs are kept in {kept}")
+        raise
+
+
+def slug(label: str) -> str:
+    """label as a file name: every run of other characters than word characters and dots becomes a dash."""
+    return re.sub(r"[^\w.]+", "-", label)
 
 
 def make_keys(rows: int) -> np.ndarray:

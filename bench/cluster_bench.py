@@ -47,12 +47,10 @@ cluster.png (cluster-quick.* with --quick).  Needs root and iproute2; says why a
 import argparse
 import contextlib
 import os
-import re
 import shutil
 import signal
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,7 +64,7 @@ from rich.progress import Progress, TimeElapsedColumn  # noqa: E402
 
 import shard_bench  # noqa: E402
 import train_bench  # noqa: E402
-from bench_common import Report, save_figure, save_results  # noqa: E402
+from bench_common import BenchRun, Report, logs_kept_on_failure, save_figure, slug  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -191,22 +189,17 @@ def run_on_hosts(hosts, label: str, job, work: Path, job_layout, count_hosts, st
     from embps.trainer.local_job import run_local_job
     from embps.trainer.train_command import summarize
 
-    slug = re.sub(r"[^\w.]+", "-", label)
-    data_dir = work / slug
+    data_dir = work / slug(label)
     waited, others = train_bench.wait_for_quiet(max_quiet_wait)
     console.print(f"[bold]{label}[/bold]" + (f" (other processes use {others:.2f} cores)" if others > 0.2 else ""))
     try:
-        before = hosts.counters()
-        with LinkSampler(hosts, data_dir, sample_seconds) as sampler:
-            result = run_local_job(job, data_dir, layout=job_layout, show_progress=True, on_ports=count_services(hosts))
-        after = hosts.counters()
-        by_class = class_bytes(hosts, count_hosts)
-    except BaseException:
-        kept = Path(tempfile.mkdtemp(prefix=f"embps-bench-failed-{slug}-"))
-        with contextlib.suppress(OSError):
-            shutil.copytree(data_dir / "logs", kept / "logs")
-        console.print(f"[red]{label} failed; its logs are kept in {kept}")
-        raise
+        with logs_kept_on_failure(data_dir, label, console):
+            before = hosts.counters()
+            with LinkSampler(hosts, data_dir, sample_seconds) as sampler:
+                result = run_local_job(job, data_dir, layout=job_layout, show_progress=True,
+                                       on_ports=count_services(hosts))
+            after = hosts.counters()
+            by_class = class_bytes(hosts, count_hosts)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     lo, hi = train_bench.window(steps)
@@ -432,15 +425,14 @@ def hosts_can_be_made(bench: str) -> bool:
 
 
 def main() -> int:
-    started = time.perf_counter()
+    run = BenchRun("cluster")
     from embps.testing.netns_hosts import NamespacesUnavailable, NetnsHosts
     cfg = parse_args()
     if not hosts_can_be_made("cluster bench"):
         return 0
     report = Report(GOALS)
-    load = {"before": list(os.getloadavg())}
     print(f"cluster bench: DLRM, global batch {cfg.train.global_batch}, {cfg.train.steps} steps per run, rates "
-          f"{[r or 'unshaped' for r in cfg.rates_mbit]} Mbit/s; load average {load['before'][0]:.2f}", flush=True)
+          f"{[r or 'unshaped' for r in cfg.rates_mbit]} Mbit/s; load average {run.load['before'][0]:.2f}", flush=True)
     try:
         if not cfg.skip_train:
             with NetnsHosts([*TRAINER_HOSTS, *SHARD_HOSTS, ORACLE_HOST]) as hosts:
@@ -453,16 +445,13 @@ def main() -> int:
     except NamespacesUnavailable as error:
         print(f"cluster bench skipped: {error}")
         return 0
-    load["after"] = list(os.getloadavg())
     timing = (f"training: s/step over the middle half of each run of {cfg.train.steps} steps (train_command.summarize, "
               f"trainer 0's step end times), one run per mode and rate ({NETBOUND_RUNS} at the netbound rate, the "
               f"faster kept); bytes from the kernel counters of every "
               f"host link, sampled every {cfg.sample_seconds} s with trainer 0's step count. shard: "
               f"bench/shard_bench.py's throughput passes (best of {cfg.shard.reps}) across one "
               f"{SHARD_LINK_MBIT} Mbit/s link")
-    save_results(report, RESULTS_DIR, cfg.results_name, "cluster", cfg, timing, train_bench.environment(),
-                 time.perf_counter() - started, lambda g, path: plot(report, g, cfg, path), load_average=load)
-    print(f"cluster bench took {time.perf_counter() - started:.1f} s")
+    run.save(report, RESULTS_DIR, cfg, timing, train_bench.environment(), plot)
     return 0
 
 

@@ -59,7 +59,7 @@ from rich.console import Console  # noqa: E402
 import cluster_bench  # noqa: E402
 import partition_bench  # noqa: E402
 import train_bench  # noqa: E402
-from bench_common import Report, save_figure, save_results  # noqa: E402
+from bench_common import BenchRun, Report, save_figure  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -279,15 +279,14 @@ def plot(report: Report, goals: dict, cfg: Config, path: Path) -> None:
 
 
 def main() -> int:
-    started = time.perf_counter()
+    run = BenchRun("hetgmp")
     from embps.testing.netns_hosts import LinkShape, NamespacesUnavailable, NetnsHosts
     cfg = parse_args()
     if not cluster_bench.hosts_can_be_made("hetgmp bench"):
         return 0
     report = Report(GOALS)
-    load = {"before": list(os.getloadavg())}
     print(f"hetgmp bench: {cfg.hosts} hosts, global batch {cfg.train.global_batch}, {cfg.train.steps} steps per run, "
-          f"links {cfg.rate_mbit:g} Mbit/s; load average {load['before'][0]:.2f}", flush=True)
+          f"links {cfg.rate_mbit:g} Mbit/s; load average {run.load['before'][0]:.2f}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="embps-hetgmp-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     runs: dict[str, dict] = {}
     try:
@@ -308,12 +307,9 @@ def main() -> int:
     report.info["runs"] = runs
     report.info["replay"] = replay
     figures(cfg, runs, replay, report)
-    load["after"] = list(os.getloadavg())
     timing = (f"one run per contender, {cfg.train.steps} steps; s/step over the middle half (train_command.summarize); "
               f"bytes: kernel counters of every host link over each job; remote rows: the run's batches replayed")
-    save_results(report, RESULTS_DIR, cfg.results_name, "hetgmp", cfg, timing, train_bench.environment(),
-                 time.perf_counter() - started, lambda g, path: plot(report, g, cfg, path), load_average=load)
-    print(f"hetgmp bench took {time.perf_counter() - started:.1f} s")
+    run.save(report, RESULTS_DIR, cfg, timing, train_bench.environment(), plot)
     return 0
 
 

@@ -70,7 +70,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench_common import Report, mount_of, save_figure, save_results  # noqa: E402
+from bench_common import BenchRun, Report, logs_kept_on_failure, mount_of, save_figure  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GOALS = {
@@ -290,31 +290,26 @@ def run_job(cfg: Config, mode: str, work: Path, run_index: int) -> dict:
     data_dir = work / f"{mode}-{run_index}"
     started = time.perf_counter()
     try:
-        with CpuSampler(data_dir) as sampler:
-            result = run_local_job(job, data_dir, n_shards=cfg.shards, show_progress=True)
-        wall = time.perf_counter() - started
-        s = summarize(result)
-        lo, hi = window(cfg.steps)
-        gateways = result.metrics["gateways"]
-        return {
-            **s,
-            "ps_bytes_in": sum(g.get("ps_bytes_in", 0) for g in gateways),
-            "ps_bytes_out": sum(g.get("ps_bytes_out", 0) for g in gateways),
-            "rows_fetched": sum(g.get("rows_fetched", 0) for g in gateways),
-            "rows_used": sum(g.get("rows_used", 0) for g in gateways),
-            "gateway_wait_seconds": [g.get("wait_seconds", 0.0) for g in gateways],
-            "trainer_seconds": result.seconds,          # from the first trainer's start to the last one's exit
-            "wall_seconds": wall,                       # with the shards', oracle's and gateways' start-up
-            "training_seconds": result.metrics["step_end_seconds"][-1],
-            "losses": result.metrics["losses"],
-            "cpu_ms_per_step": sampler.per_step(lo - 1, hi - 1),
-        }
-    except BaseException:
-        kept = Path(tempfile.mkdtemp(prefix=f"embps-train-bench-failed-{mode}-"))
-        with contextlib.suppress(OSError):
-            shutil.copytree(data_dir / "logs", kept / "logs")
-        console.print(f"[red]{mode} job failed; its logs are kept in {kept}")
-        raise
+        with logs_kept_on_failure(data_dir, f"{mode} job", console):
+            with CpuSampler(data_dir) as sampler:
+                result = run_local_job(job, data_dir, n_shards=cfg.shards, show_progress=True)
+            wall = time.perf_counter() - started
+            s = summarize(result)
+            lo, hi = window(cfg.steps)
+            gateways = result.metrics["gateways"]
+            return {
+                **s,
+                "ps_bytes_in": sum(g.get("ps_bytes_in", 0) for g in gateways),
+                "ps_bytes_out": sum(g.get("ps_bytes_out", 0) for g in gateways),
+                "rows_fetched": sum(g.get("rows_fetched", 0) for g in gateways),
+                "rows_used": sum(g.get("rows_used", 0) for g in gateways),
+                "gateway_wait_seconds": [g.get("wait_seconds", 0.0) for g in gateways],
+                "trainer_seconds": result.seconds,          # from the first trainer's start to the last one's exit
+                "wall_seconds": wall,                       # with the shards', oracle's and gateways' start-up
+                "training_seconds": result.metrics["step_end_seconds"][-1],
+                "losses": result.metrics["losses"],
+                "cpu_ms_per_step": sampler.per_step(lo - 1, hi - 1),
+            }
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -402,7 +397,7 @@ def probe_threads(report: Report, name: str, measure) -> int:
 
 # ---- measurement ----------------------------------------------------------------------------------
 
-def run(cfg: Config) -> Report:
+def run_contenders(cfg: Config) -> Report:
     from embps.datasets import open_dataset
 
     report = Report(GOALS)
@@ -649,7 +644,7 @@ def plot(report: Report, goals: dict[str, dict], cfg: Config, path: Path) -> Non
     save_figure(fig, path)
 
 
-def write_results(report: Report, cfg: Config, wall_seconds: float, load: dict) -> None:
+def write_results(report: Report, cfg: Config, run: BenchRun) -> None:
     lo, hi = window(cfg.steps)
     timing = (f"s/step over the middle half of each run of {cfg.steps} steps: steps {lo}..{hi - 1} "
               f"(0-based), the same window for every contender (the jobs' from trainer 0's step end times "
@@ -658,29 +653,25 @@ def write_results(report: Report, cfg: Config, wall_seconds: float, load: dict) 
               f"contender's fastest round is used, every round is in samples_seconds. Bytes: the gateways' "
               f"payload counts to and from the shards over the whole job (including sync's initial "
               f"prefetches and final write-back), from the run that gave the best time.")
-    save_results(report, RESULTS_DIR, cfg.results_name, "train", cfg, timing, environment(), wall_seconds,
-                 lambda g, path: plot(report, g, cfg, path), load_average=load)
+    run.save(report, RESULTS_DIR, cfg, timing, environment(), plot)
 
 
 def main() -> None:
-    started = time.perf_counter()
+    run = BenchRun("train")
     cfg = parse_args()
-    load = {"before": list(os.getloadavg())}
     print(f"train bench: {cfg.model} dim {cfg.dim}, synthetic scale {cfg.scale:g}, global batch {cfg.global_batch}, "
           f"{cfg.steps} steps, {cfg.trainers} trainers, {cfg.shards} shards, lookahead {cfg.lookahead}, "
           f"{cfg.emb_optimizer} (lr {cfg.emb_lr:g}) / {cfg.dense_optimizer}; {cfg.rounds} round(s); "
-          f"load average {load['before'][0]:.2f}", flush=True)
+          f"load average {run.load['before'][0]:.2f}", flush=True)
     code_before = code_state()
-    report = run(cfg)
-    load["after"] = list(os.getloadavg())
+    report = run_contenders(cfg)
     code_after = code_state()
     report.info["code_changed_during_run"] = code_before != code_after
     if code_before != code_after:
         report.info["code_at_start"] = code_before
         console.print("[yellow]the product's code changed while the benchmark ran (others are editing it): "
                       "the runs may have measured different code")
-    write_results(report, cfg, time.perf_counter() - started, load)
-    print(f"train bench took {time.perf_counter() - started:.1f} s")
+    write_results(report, cfg, run)
 
 
 if __name__ == "__main__":
