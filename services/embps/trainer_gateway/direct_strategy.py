@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
 from .strategy import Strategy
@@ -23,6 +24,6 @@ class DirectStrategy(Strategy):
         return rows
 
     def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:
-        batch_keys, summed = self.context.summed_gradients(b, plan, keys, grads)
-        self.context.update_shards(batch_keys, summed)
+        batch_keys = wire.keys_from_bytes(plan.keys)
+        self.context.update_shards(batch_keys, self.context.summed_gradients(b, batch_keys, keys, grads))
         self.context.peers.round_done(b)

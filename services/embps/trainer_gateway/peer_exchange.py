@@ -2,7 +2,8 @@
 
 Every gateway sends its trainer's gradient rows for batch b to every peer and sums the N
 contributions in trainer order, so all replicas apply the same bits (sync, direct, and bounded at
-staleness 0; bounded above 0 sends no gradients to peers).  A round notice "r from t" says gateway t
+staleness 0; bounded above 0 sends no gradients to peers).  A batch's gradients may go in parts, each
+gathered on its own (sync: the rows the next step needs first, the rest off the trainer's path).  A round notice "r from t" says gateway t
 has put on the shards everything the round owes them (sync: the evictions before batch r; direct: the
 updates of batch r; bounded: 2b+1 the updates of batch b, and above staleness 0, 2b that it has served
 batch b's rows); a gateway about to read rows from, or write rows to, the shards first waits until
@@ -41,7 +42,7 @@ class PeerExchange:
         self.me, self.n, self.timeout = me, len(addresses), timeout
         self.addresses = addresses
         self._cond = threading.Condition()
-        self._contributions: dict[int, dict[int, Contribution]] = {}
+        self._contributions: dict[tuple[int, int], dict[int, Contribution]] = {}   # (batch, part) -> by trainer
         self._rounds = [initial_round] * self.n
         self._stopping = False
         self._channels = {t: security.channel(a, channel_options(TRAINING_MAX_MESSAGE_BYTES))
@@ -51,12 +52,14 @@ class PeerExchange:
 
     # ---- what this gateway says ------------------------------------------------------------
 
-    def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None) -> None:
+    def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None,
+                   part: int = 0) -> None:
         """counts (bounded mode): the contributions each gradient carries, None for one each."""
-        self.receive(batch, self.me, keys, grads, counts)
+        self.receive(batch, self.me, keys, grads, counts, part)
         message = pb.ContributeRequest(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes(),
-                                       counts=b"" if counts is None else counts.tobytes())
-        self._broadcast(lambda stub: stub.Contribute(message, timeout=self.timeout), f"gradients of batch {batch}")
+                                       counts=b"" if counts is None else counts.tobytes(), part=part)
+        self._broadcast(lambda stub: stub.Contribute(message, timeout=self.timeout),
+                        f"gradients of batch {batch} (part {part})")
 
     def round_done(self, round_: int) -> None:
         self.receive_round(self.me, round_)
@@ -79,9 +82,9 @@ class PeerExchange:
     # ---- what peers say --------------------------------------------------------------------
 
     def receive(self, batch: int, trainer: int, keys: np.ndarray, grads: np.ndarray,
-                counts: np.ndarray | None = None) -> None:
+                counts: np.ndarray | None = None, part: int = 0) -> None:
         with self._cond:
-            self._contributions.setdefault(batch, {})[trainer] = Contribution(keys, grads, counts)
+            self._contributions.setdefault((batch, part), {})[trainer] = Contribution(keys, grads, counts)
             self._cond.notify_all()
 
     def receive_round(self, trainer: int, round_: int) -> None:
@@ -91,13 +94,14 @@ class PeerExchange:
 
     # ---- waiting ---------------------------------------------------------------------------
 
-    def gather(self, batch: int) -> list[Contribution]:
-        """Every trainer's contribution for batch, in trainer order."""
+    def gather(self, batch: int, part: int = 0) -> list[Contribution]:
+        """Every trainer's contribution to this part of batch, in trainer order."""
+        at = (batch, part)
         with self._cond:
-            self._wait(lambda: len(self._contributions.get(batch, ())) == self.n,
-                       lambda: f"gradients of batch {batch} from trainers "
-                               f"{sorted(set(range(self.n)) - set(self._contributions.get(batch, {})))}")
-            parts = self._contributions.pop(batch)
+            self._wait(lambda: len(self._contributions.get(at, ())) == self.n,
+                       lambda: f"gradients of batch {batch} (part {part}) from trainers "
+                               f"{sorted(set(range(self.n)) - set(self._contributions.get(at, {})))}")
+            parts = self._contributions.pop(at)
         return [parts[t] for t in range(self.n)]
 
     def wait_round(self, round_: int) -> None:

@@ -208,7 +208,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         counts = wire.uints_from_bytes(request.counts, len(keys), wire.COUNT_DTYPE, "counts") \
             if request.counts else None
         self.peers.receive(request.batch, request.trainer, keys,
-                           wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"), counts)
+                           wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads"), counts, request.part)
         return pb.ContributeResponse()
 
     @_reported

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from embps.api import TableSpec, wire
+from embps.api import TableSpec
 from embps.client import PSClient
 from embps.common.job_config import JobConfig
 from embps.v1 import training_pb2 as pb
@@ -49,19 +49,20 @@ class GatewayContext:
         local = self.job.local_shard(self.me)
         return len(keys) if local is None else int(np.count_nonzero(self.ps.router.shard_of(keys) != local))
 
-    def contribute(self, b: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None) -> None:
-        """Sends this trainer's gradients of batch b to every peer (see PeerExchange.contribute)."""
-        self.peers.contribute(b, keys, grads, counts)
+    def contribute(self, b: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None,
+                   part: int = 0) -> None:
+        """Sends this trainer's gradients of batch b (or of a part of it) to every peer (see
+        PeerExchange.contribute)."""
+        self.peers.contribute(b, keys, grads, counts, part)
         sent = keys.nbytes + grads.nbytes + (0 if counts is None else counts.nbytes)
         self.traffic.add(peer_grad_bytes_out=sent * (self.peers.n - 1))
 
-    def summed_gradients(self, b: int, plan: pb.BatchPlan, keys: np.ndarray,
-                         grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Every trainer's gradients of batch b, summed with the peers': the batch's keys (sorted, the same on
-        every gateway) and their sums."""
-        self.contribute(b, keys, grads)
-        batch_keys = wire.keys_from_bytes(plan.keys)
-        return batch_keys, sum_contributions(batch_keys, self.peers.gather(b), self.dim)
+    def summed_gradients(self, b: int, batch_keys: np.ndarray, keys: np.ndarray, grads: np.ndarray,
+                         part: int = 0) -> np.ndarray:
+        """Every trainer's gradients of batch b (or of a part of it: keys and batch_keys are that part's), summed
+        with the peers' at batch_keys (sorted, the same on every gateway)."""
+        self.contribute(b, keys, grads, part=part)
+        return sum_contributions(batch_keys, self.peers.gather(b, part), self.dim)
 
     def update_shards(self, keys: np.ndarray, summed: np.ndarray, counts: np.ndarray | None = None) -> None:
         """The shards apply the summed gradients, each gateway sending its share (every gateway has the

@@ -18,7 +18,7 @@ import numpy as np
 from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
-from .batch_keys import members
+from .batch_keys import found_in, members
 from .row_cache import RowCache
 from .strategy import GatewayContext, Strategy
 
@@ -81,14 +81,19 @@ class SyncStrategy(Strategy):
             b += 1
 
     def _apply_later(self) -> None:
+        """Part 1 of every batch's gradients, in batch order: summed with the peers', the streamed rows' sums go
+        to the shards and the rest to the cache."""
+        c = self.context
         while True:
-            batch, streamed_keys, streamed_sums, keys, grads = self.later.get()
+            batch, later_keys, stream, keys, grads = self.later.get()
             if batch is None:
                 return
-            self.context.update_shards(streamed_keys, streamed_sums)
-            if len(keys):
-                self.cache.apply(keys, grads)
-            with self.context.progress.changing():
+            summed = c.summed_gradients(batch, later_keys, keys, grads, part=1)
+            streamed = members(later_keys, stream)
+            c.update_shards(later_keys[streamed], summed[streamed])
+            if (~streamed).any():
+                self.cache.apply(later_keys[~streamed], summed[~streamed])
+            with c.progress.changing():
                 self.later_applied = batch
 
     # ---- the trainer's steps ---------------------------------------------------------------
@@ -117,14 +122,15 @@ class SyncStrategy(Strategy):
         return rows
 
     def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:
-        batch_keys, summed = self.context.summed_gradients(b, plan, keys, grads)
-        streamed = members(batch_keys, wire.keys_from_bytes(plan.stream))
-        now = members(batch_keys, wire.keys_from_bytes(plan.sync_now)) & ~streamed
-        self.cache.apply(batch_keys[now], summed[now])
-        later = ~now & ~streamed
-        # The streamed rows' sums go to the shards with the deferred updates, off the trainer's path: a later
-        # batch reads those rows only after the round that the deferred updates before it gate.
-        self.later.put((b, batch_keys[streamed], summed[streamed], batch_keys[later], summed[later]))
+        batch_keys, stream = wire.keys_from_bytes(plan.keys), wire.keys_from_bytes(plan.stream)
+        needed = members(batch_keys, wire.keys_from_bytes(plan.sync_now)) & ~members(batch_keys, stream)
+        now_keys = batch_keys[needed]
+        mine_now = found_in(keys, now_keys)
+        self.cache.apply(now_keys, self.context.summed_gradients(b, now_keys, keys[mine_now], grads[mine_now]))
+        # The rest goes to the peers from the later-applier, while the trainer steps on: a later batch reads
+        # those rows only after the deferred updates before it (rows), and the streamed ones after the round
+        # that those updates gate.
+        self.later.put((b, batch_keys[~needed], stream, keys[~mine_now], grads[~mine_now]))
 
     def finish(self) -> None:
         self.later.put((None, None, None, None, None))

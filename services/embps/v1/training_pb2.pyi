@@ -253,18 +253,20 @@ class GatewayStats(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., rows_used: _Optional[int] = ..., rows_fetched: _Optional[int] = ..., ps_bytes_in: _Optional[int] = ..., ps_bytes_out: _Optional[int] = ..., mode: _Optional[_Union[GatewayMode, str]] = ..., wait_seconds: _Optional[float] = ..., remote_rows_fetched: _Optional[int] = ..., peer_grad_bytes_out: _Optional[int] = ...) -> None: ...
 
 class ContributeRequest(_message.Message):
-    __slots__ = ("batch", "trainer", "keys", "grads", "counts")
+    __slots__ = ("batch", "trainer", "keys", "grads", "counts", "part")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     TRAINER_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     batch: int
     trainer: int
     keys: bytes
     grads: bytes
     counts: bytes
-    def __init__(self, batch: _Optional[int] = ..., trainer: _Optional[int] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., counts: _Optional[bytes] = ...) -> None: ...
+    part: int
+    def __init__(self, batch: _Optional[int] = ..., trainer: _Optional[int] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., counts: _Optional[bytes] = ..., part: _Optional[int] = ...) -> None: ...
 
 class ContributeResponse(_message.Message):
     __slots__ = ()
