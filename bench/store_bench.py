@@ -95,6 +95,7 @@ class Config:
     persist: str = "cache_line"  # Store's default: cache-line flushes and fences, as on real PM
     recovery_rows: int = 0      # rows of the crash-recovery table (0: not measured)
     recovery_dim: int = 4
+    lookup_only: bool = False   # only the lookup comparison, on both page sizes; no results written
 
 
 def parse_args() -> Config:
@@ -107,11 +108,14 @@ def parse_args() -> Config:
                              "which gives the store the 2 MB pages a real PM (DAX) mapping gets")
     parser.add_argument("--recovery-rows", type=int,
                         help="rows of the table reopened after a SIGKILL (default 40M, quick: not measured)")
+    parser.add_argument("--lookup-only", action="store_true",
+                        help="only the lookup comparison (2 MB and 4 KB pages): prints its figures, writes no results")
     args = parser.parse_args()
     default_rows, reps, recovery_rows = (500_000, 9, 0) if args.quick else (4_000_000, 15, 40_000_000)
     return Config(rows=args.rows or default_rows, dim=args.dim, reps=reps, tmp_dir=args.tmp_dir,
-                  results_name="store-quick" if args.quick else "store",
-                  recovery_rows=recovery_rows if args.recovery_rows is None else args.recovery_rows)
+                  results_name="store-quick" if args.quick else "store", lookup_only=args.lookup_only,
+                  recovery_rows=0 if args.lookup_only else recovery_rows if args.recovery_rows is None
+                  else args.recovery_rows)
 
 
 # ---- pages ----------------------------------------------------------------------------------------
@@ -619,20 +623,27 @@ def run(cfg: Config, started: float) -> None:
             table = store.create_table(TABLE, spec)
             dense = build_table(report, table, keys, cfg, rng)
             bench_lookup(report, table, keys, dense, batch_rows, cfg, gather)
-            bench_update(report, table, keys, dense, batch_rows, cfg, rng)
+            if not cfg.lookup_only:
+                bench_update(report, table, keys, dense, batch_rows, cfg, rng)
             report.note("store_file_bytes", float(table.stats().file_bytes), "B")
-        checkpoint = (Path(tmp) / "keys.npy", Path(tmp) / "rows.npy")
-        np.save(checkpoint[0], keys)
-        # The table's rows after the updates, as the baseline mirrored them.  Keys and rows only: the
-        # store also recovers the optimizer state, so leaving it out favours the baseline.
-        np.save(checkpoint[1], dense)
-        del dense
-        bench_restart(report, store_dir, checkpoint, cfg)
+        if cfg.lookup_only:
+            del dense
+        else:
+            checkpoint = (Path(tmp) / "keys.npy", Path(tmp) / "rows.npy")
+            np.save(checkpoint[0], keys)
+            # The table's rows after the updates, as the baseline mirrored them.  Keys and rows only: the
+            # store also recovers the optimizer state, so leaving it out favours the baseline.
+            np.save(checkpoint[1], dense)
+            del dense
+            bench_restart(report, store_dir, checkpoint, cfg)
     if cfg.recovery_rows:
         bench_crash_recovery(report, cfg)
     if "huge=" in mount_of(cfg.tmp_dir):
         lookup_on_small_pages(report, keys, batch_rows, cfg, rng, gather)
-    write_results(report, cfg, time.perf_counter() - started)
+    if cfg.lookup_only:
+        report.print_goals()
+    else:
+        write_results(report, cfg, time.perf_counter() - started)
     print(f"store bench took {time.perf_counter() - started:.1f} s")
 
 

@@ -77,12 +77,15 @@ static inline void ph_prefetch_meta(const pethash *ph, uint64_t h)
     __builtin_prefetch(&ph->meta[ph_home(ph, h)]);
 }
 
-static inline void ph_prefetch_slot(const pethash *ph, uint64_t h)
+/* Prefetches the first slot of the key's home bucket whose tag matches and returns its index, the
+ * guess pethash_get_guessed checks; PH_SLOTS if no tag matches (then the next bucket's first slot is
+ * prefetched: no branch to mispredict, and a prefetch never faults). */
+static inline unsigned ph_prefetch_slot(const pethash *ph, uint64_t h)
 {
-    uint64_t b = ph_home(ph, h);
-    unsigned bits = ph_tag_matches(&ph->meta[b], ph_tag(h));
-    if (bits)
-        __builtin_prefetch(&ph->buckets[b].slot[__builtin_ctz(bits)]);
+    const uint64_t b = ph_home(ph, h);
+    const unsigned i = (unsigned)__builtin_ctz(ph_tag_matches(&ph->meta[b], ph_tag(h)) | 1u << PH_SLOTS);
+    __builtin_prefetch(&ph->buckets[b].slot[i]);
+    return i;
 }
 
 int pethash_init(pethash *ph, void *pm_buckets, uint64_t n_buckets);
@@ -120,6 +123,28 @@ static inline uint64_t pethash_get(const pethash *ph, uint64_t key, uint64_t h)
             return 0;
     }
     return 0;
+}
+
+/* Lock-free lookup of a key whose slot was guessed by ph_prefetch_slot: its ref, or 0.  The guess, read
+ * outside any version window, is only a hint: the slot holds the key if its key matches and its ref is
+ * live within one stable version of the bucket (a slot changes key only under its bucket's version,
+ * and keys are unique).  Any other case -- no guess, a tag shared with another key, a writer at work, a
+ * key past its home bucket -- takes pethash_get's full probe. */
+static inline uint64_t pethash_get_guessed(const pethash *ph, uint64_t key, uint64_t h, unsigned guess)
+{
+    if (guess < PH_SLOTS) {
+        const uint64_t b = ph_home(ph, h);
+        const ph_meta *m = &ph->meta[b];
+        const ph_slot *s = &ph->buckets[b].slot[guess];
+        const uint32_t v = atomic_load_explicit(&m->version, memory_order_acquire);
+        if (s->key == key) {
+            const uint64_t ref = atomic_load_explicit(&s->ref, memory_order_acquire);
+            atomic_thread_fence(memory_order_acquire);
+            if (ref && !(v & 1) && atomic_load_explicit(&m->version, memory_order_relaxed) == v)
+                return ref;
+        }
+    }
+    return pethash_get(ph, key, h);
 }
 
 /* Writer-side lookup. */

@@ -365,10 +365,16 @@ static void prefetch_new_slab(const slab_pool *p, uint64_t ref)
  * on.  A key's tags are prefetched; SLOT_AT keys later the slot they point at; REF_AT keys later its ref
  * is read and its slab prefetched; READ_AT keys later the caller reads the slab.  Stages in rounds (a
  * tight loop per stage over 4 to 16 keys) measured about twice as slow on cold rows here: bursts of
- * prefetches, each to another page, seem to outrun the core's misses in flight. */
+ * prefetches, each to another page, seem to outrun the core's misses in flight.
+ *
+ * Each distance must outlast a miss to memory at the pace a turn takes (a turn of a cached key is a
+ * few ns): the index's slot, a dependent read of the tags, is what a short one leaves stalled.  With
+ * 8/16/32 here, a 500K-row table's lookups ran as fast as without any row copy at all, and 4x slower
+ * than without reading the slots; 24/56/80 ran 1.35x faster (2 MB pages; 1.1-1.2x on 4 KB), and 32/64/88
+ * or 24/56/72 no faster. */
 enum {
-    SLOT_AT = 8, REF_AT = 16, READ_AT = 32,   /* longer distances measured no faster here; shorter, slower */
-    RING = 64,                                 /* hashes and refs of the keys in flight: a power of 2 above READ_AT */
+    SLOT_AT = 24, REF_AT = 56, READ_AT = 80,
+    RING = 128,                                /* what the stages keep per key in flight: a power of 2 above READ_AT */
 };
 
 typedef struct {
@@ -376,27 +382,31 @@ typedef struct {
      * where through the table it would reload them after every store (the build does not assume strict
      * aliasing).  They never change while the table is open. */
     pethash index;
-    const char *slabs;          /* the pool: slab ref at slabs + (ref - 1) * slab_bytes */
+    const char *slab0;          /* the pool less one slab: slab ref at slab0 + ref * slab_bytes */
     size_t slab_bytes;
     const uint64_t *versions;   /* the slabs' versions, prefetched with them; NULL: not read */
     const uint64_t *keys;
     size_t n;
     size_t fetch_bytes;         /* of each slab, prefetched once its ref is known */
+    size_t row_bytes, state_bytes;
     size_t next;                /* the turn about to run: key `next` enters the pipeline */
     uint64_t hash[RING], ref[RING];
+    uint8_t guess[RING];        /* the slot of the key's home bucket its tags point at (ph_prefetch_slot) */
 } read_pipe;
 
 static read_pipe read_pipe_start(const embps_table *t, const uint64_t *keys, size_t n, size_t fetch_bytes,
                                  int versions)
 {
-    return (read_pipe){.index = t->index, .slabs = t->pool.base, .slab_bytes = t->pool.slab_bytes,
-                       .versions = versions ? t->versions : NULL, .keys = keys, .n = n, .fetch_bytes = fetch_bytes};
+    return (read_pipe){.index = t->index, .slab0 = t->pool.base - t->pool.slab_bytes,
+                       .slab_bytes = t->pool.slab_bytes, .versions = versions ? t->versions : NULL, .keys = keys,
+                       .n = n, .fetch_bytes = fetch_bytes, .row_bytes = t->dim * sizeof(float),
+                       .state_bytes = t->state_floats * sizeof(float)};
 }
 
 /* Slab ref (> 0) of the pipe's table. */
 static inline const char *pipe_slab(const read_pipe *p, uint64_t ref)
 {
-    return p->slabs + (ref - 1) * p->slab_bytes;
+    return p->slab0 + ref * p->slab_bytes;
 }
 
 static inline void pipe_tags(read_pipe *p, size_t k)
@@ -405,12 +415,30 @@ static inline void pipe_tags(read_pipe *p, size_t k)
     ph_prefetch_meta(&p->index, p->hash[k % RING]);
 }
 
+static inline void pipe_slot(read_pipe *p, size_t k)
+{
+    p->guess[k % RING] = (uint8_t)ph_prefetch_slot(&p->index, p->hash[k % RING]);
+}
+
+/* prefetch_slab's lines with branches that go the same way for every key of a batch (a loop's would
+ * not: fetch_bytes is not known when compiling).  Most rows span at most three lines. */
+static inline void pipe_prefetch_slab(const read_pipe *p, const char *slab)
+{
+    const size_t bytes = p->fetch_bytes;
+    __builtin_prefetch(slab);
+    if (bytes > 64)
+        __builtin_prefetch(slab + 64);
+    for (size_t offset = 128; offset < bytes; offset += 64)
+        __builtin_prefetch(slab + offset);
+    __builtin_prefetch(slab + bytes - 1);
+}
+
 static inline void pipe_ref(read_pipe *p, size_t k)
 {
-    const uint64_t r = pethash_get(&p->index, p->keys[k], p->hash[k % RING]);
+    const uint64_t r = pethash_get_guessed(&p->index, p->keys[k], p->hash[k % RING], p->guess[k % RING]);
     p->ref[k % RING] = r;
     if (r)
-        prefetch_slab(pipe_slab(p, r), p->fetch_bytes);
+        pipe_prefetch_slab(p, pipe_slab(p, r));
     if (r && p->versions)
         __builtin_prefetch(&p->versions[r - 1]);
 }
@@ -425,14 +453,14 @@ static inline __attribute__((always_inline)) size_t read_pipe_next(read_pipe *p)
         const size_t i = p->next++;
         if (i >= READ_AT && i < n) {   /* every stage busy: most turns of a large batch */
             pipe_tags(p, i);
-            ph_prefetch_slot(&p->index, p->hash[(i - SLOT_AT) % RING]);
+            pipe_slot(p, i - SLOT_AT);
             pipe_ref(p, i - REF_AT);
             return i - READ_AT;
         }
         if (i < n)
             pipe_tags(p, i);
         if (i >= SLOT_AT && i - SLOT_AT < n)
-            ph_prefetch_slot(&p->index, p->hash[(i - SLOT_AT) % RING]);
+            pipe_slot(p, i - SLOT_AT);
         if (i >= REF_AT && i - REF_AT < n)
             pipe_ref(p, i - REF_AT);
         if (i >= READ_AT)
@@ -440,19 +468,27 @@ static inline __attribute__((always_inline)) size_t read_pipe_next(read_pipe *p)
     }
 }
 
-/* Row (and state) of a slab into row_out; a key not in the table (slab NULL) reads as a lookup gives it. */
-static void read_row(const embps_table *t, uint64_t key, const char *slab, float *row_out, float *state_out)
+/* What a key not in the table reads as: a lookup's missing row, and zero state. */
+static void read_missing(const embps_table *t, uint64_t key, float *row_out, float *state_out)
 {
-    const size_t dim = t->dim, sf = t->state_floats;
-    if (!slab) {
-        table_missing_row(t, key, row_out);
-        if (state_out)
-            memset(state_out, 0, sf * sizeof(float));
+    table_missing_row(t, key, row_out);
+    if (state_out)
+        memset(state_out, 0, t->state_floats * sizeof(float));
+}
+
+/* The row (and state) of the pipe's key k into row_out (and state_out). */
+static inline void pipe_read_row(const embps_table *t, const read_pipe *p, size_t k, float *row_out,
+                                 float *state_out)
+{
+    const uint64_t r = p->ref[k % RING];
+    if (__builtin_expect(!r, 0)) {
+        read_missing(t, p->keys[k], row_out, state_out);
         return;
     }
-    memcpy(row_out, slab, dim * sizeof(float));
+    const char *slab = pipe_slab(p, r);
+    memcpy(row_out, slab, p->row_bytes);
     if (state_out)
-        memcpy(state_out, slab + dim * sizeof(float), sf * sizeof(float));
+        memcpy(state_out, slab + p->row_bytes, p->state_bytes);
 }
 
 /* The slab of the pipe's key k, NULL if the key is not in the table. */
@@ -473,7 +509,7 @@ int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *ro
     uint64_t epoch = epoch_enter(&t->pool);
     read_pipe p = read_pipe_start(t, keys, n, fetch_bytes, 0);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
-        read_row(t, keys[k], pipe_row(&p, k), rows_out + k * dim, state_out ? state_out + k * sf : NULL);
+        pipe_read_row(t, &p, k, rows_out + k * dim, state_out ? state_out + k * sf : NULL);
         if (found_out)
             found_out[k] = p.ref[k % RING] != 0;
     }
@@ -517,7 +553,7 @@ int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n,
     uint64_t epoch = epoch_enter(&t->pool);
     read_pipe p = read_pipe_start(t, keys, n, (dim + (state_out ? sf : 0)) * sizeof(float), 1);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
-        read_row(t, keys[k], pipe_row(&p, k), rows_out + k * dim, state_out ? state_out + k * sf : NULL);
+        pipe_read_row(t, &p, k, rows_out + k * dim, state_out ? state_out + k * sf : NULL);
         versions_out[k] = ref_version(t, p.ref[k % RING]);
     }
     epoch_exit(&t->pool, epoch);
@@ -542,7 +578,7 @@ int embps_table_lookup_stale(embps_table *t, const uint64_t *keys, const uint64_
         /* Written without overflow: v - versions[i] > bound. */
         if (versions[i] == EMBPS_NO_VERSION || (v > versions[i] && v - versions[i] > bound)) {
             float *row = rows_out + m * width;
-            read_row(t, keys[i], pipe_row(&p, i), row, with_state ? row + dim : NULL);
+            pipe_read_row(t, &p, i, row, with_state ? row + dim : NULL);
             index_out[m] = (uint32_t)i;
             versions_out[m++] = v;
         }
@@ -844,7 +880,7 @@ static int write_rows(embps_table *t, const uint64_t *keys, size_t n, const floa
         if (u + PF_DIST < nu)
             ph_prefetch_meta(&t->index, ws->uhash[u + PF_DIST]);
         if (u + PF_DIST / 2 < nu)
-            ph_prefetch_slot(&t->index, ws->uhash[u + PF_DIST / 2]);
+            (void)ph_prefetch_slot(&t->index, ws->uhash[u + PF_DIST / 2]);
         ws->upos[u] = pethash_find(&t->index, ws->ukeys[u], ws->uhash[u]);
         added += ws->upos[u].slot == NULL;
     }

@@ -592,26 +592,32 @@ static void test_versions_count_contributions(void)
     embps_store_close(s);
 }
 
-/* Readers must never see a torn row while a writer replaces and deletes rows. */
+/* Readers must never see a torn row, nor another key's, while a writer replaces and deletes rows (and
+ * reuses the slots of deleted keys for others).  A row's floats all hold v * 64 + key.  Batches longer
+ * than the read pipeline's depth, so that its every stage runs. */
+enum { RACE_KEYS = 64, RACE_BATCH = 3 * RACE_KEYS };
+
 typedef struct {
     embps_table *t;
     volatile int stop;
-    int torn;
+    int torn, misplaced;
 } race;
 
 static void *reader(void *arg)
 {
     race *r = arg;
-    uint64_t keys[64];
-    float out[64 * 16];
-    for (int i = 0; i < 64; i++)
-        keys[i] = (uint64_t)i;
+    uint64_t keys[RACE_BATCH];
+    float out[RACE_BATCH * 16];
+    for (int i = 0; i < RACE_BATCH; i++)
+        keys[i] = (uint64_t)(i % RACE_KEYS);
     while (!r->stop) {
-        uint8_t found[64];
-        embps_table_lookup(r->t, keys, 64, out, 64 * 16, NULL, 0, found);
-        for (int i = 0; i < 64; i++)
+        uint8_t found[RACE_BATCH];
+        embps_table_lookup(r->t, keys, RACE_BATCH, out, RACE_BATCH * 16, NULL, 0, found);
+        for (int i = 0; i < RACE_BATCH; i++) {
             for (int j = 1; j < 16 && found[i]; j++)
                 r->torn |= out[i * 16 + j] != out[i * 16];
+            r->misplaced |= found[i] && (uint64_t)out[i * 16] % RACE_KEYS != keys[i];
+        }
     }
     return NULL;
 }
@@ -619,7 +625,7 @@ static void *reader(void *arg)
 static void test_lock_free_reads_race_writer(void)
 {
     embps_store *s = open_store("race", 0, 0, 0);
-    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 16, 64);
+    embps_table_spec spec = spec_of(EMBPS_OPT_SGD, 16, RACE_KEYS);
     embps_table *t;
     EXPECT_OK(embps_table_create(s, "t", &spec, &t));
     race r = {.t = t};
@@ -629,9 +635,10 @@ static void test_lock_free_reads_race_writer(void)
     for (int v = 0; v < 3000; v++) {
         uint64_t keys[8];
         float rows[8 * 16];
-        for (int i = 0; i < 8; i++)
-            keys[i] = (uint64_t)((v * 8 + i) % 64);
-        fill(rows, 8 * 16, (float)v);
+        for (int i = 0; i < 8; i++) {
+            keys[i] = (uint64_t)((v * 8 + i) % RACE_KEYS);
+            fill(rows + i * 16, 16, (float)(v * RACE_KEYS + (int)keys[i]));
+        }
         if (v % 7 == 6)
             EXPECT_OK(embps_table_delete(t, keys, 8, NULL));
         else
@@ -641,6 +648,7 @@ static void test_lock_free_reads_race_writer(void)
     for (int i = 0; i < 2; i++)
         pthread_join(threads[i], NULL);
     EXPECT(!r.torn);
+    EXPECT(!r.misplaced);
     EXPECT_OK(embps_table_check(t));
     embps_store_close(s);
 }
