@@ -145,6 +145,11 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 
     @_reported
     def NextBatch(self, request, context):
+        return pb.NextBatchResponse(**self._next_batch())
+
+    def _next_batch(self) -> dict:
+        """The fields of the NextBatchResponse that serves the next batch: a dict, as a built message would
+        be copied again when it goes into another (PushGradientsResponse.next)."""
         progress = self.progress
         b = progress.next_batch
         if progress.pushed != b - 1:
@@ -153,16 +158,15 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         started = time.monotonic()
         plan = progress.plan(b)
         if plan is None:
-            return pb.NextBatchResponse(done=True)
+            return dict(done=True)
         keys, inverse = progress.local[b]
         rows = self.strategy.rows(b, plan, keys)
         self.wait_seconds += time.monotonic() - started
         with progress.changing():
             del progress.local[b]   # the strategy is past b: rows are in hand
             progress.next_batch = b + 1
-        batch = dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
-                     inverse=inverse.tobytes())   # a dict: a built message would be copied again
-        return pb.NextBatchResponse(batch=batch)
+        return dict(batch=dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
+                               inverse=inverse.tobytes()))
 
     @_reported
     def PushGradients(self, request, context):
@@ -180,7 +184,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             progress.pushed = b
             self.steps += 1
             progress.plans.pop(b - 1, None)
-        return pb.PushGradientsResponse()
+        return pb.PushGradientsResponse(next=self._next_batch()) if request.then_next_batch \
+            else pb.PushGradientsResponse()
 
     @_reported
     def Finish(self, request, context):
