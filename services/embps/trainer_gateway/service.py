@@ -21,6 +21,7 @@ from embps.client import PSClient, ShardError
 from embps.common import structured_log
 from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES, channel_options
 from embps.common.grpc_service import GrpcService, ServerLimits, run_service
+from embps.common.heap import keep_freed_memory
 from embps.common.job_config import JobConfig, feature_keys
 from embps.common.job_messages import GATEWAY_MODES
 from embps.common.spec_messages import spec_from_message
@@ -235,6 +236,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
+    keep_freed_memory()   # every batch allocates buffers of the sizes the last one freed
     cache_dir = Path(args.cache_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
     service = GrpcService(job.addresses.gateways[args.trainer], job.security,
                           ServerLimits(workers=8 + 2 * job.trainers, max_message_bytes=TRAINING_MAX_MESSAGE_BYTES))
