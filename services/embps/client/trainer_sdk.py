@@ -103,11 +103,13 @@ class GatewayCache:
         self._push = self._pusher.submit(self._call, self._stub.PushGradients, request)
 
     def _finish_push(self) -> pb.NextBatchResponse | None:
-        """Waits for the last push; returns the next batch that came with its answer (None: no push)."""
+        """Waits for the last push; returns the next batch that came with its answer (None: no push, or a
+        gateway older than then_next_batch, whose answer is empty: next_batch asks it then)."""
         if self._push is None:
             return None
         push, self._push = self._push, None
-        return push.result().next
+        answer = push.result()
+        return answer.next if answer.HasField("next") else None
 
     def finish(self) -> pb.GatewayStats:
         """Writes every cached row back to the shards (all gateways); returns this gateway's traffic."""
