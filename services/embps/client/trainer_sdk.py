@@ -9,8 +9,8 @@
     cache.finish()
 
 Embedding gradients are pushed from a hook on the batch's rows while the rest of backward (and DDP's
-all-reduce of dense gradients) goes on, and once the gateway has acknowledged them the next batch is
-asked for at once, while the trainer's optimizer steps; next_batch() waits for that answer.
+all-reduce of dense gradients) goes on, and the gateway answers the push with the next batch (one call,
+not two), while the trainer's optimizer steps; next_batch() waits for that answer.
 """
 
 from __future__ import annotations
@@ -98,19 +98,18 @@ class GatewayCache:
 
     def _start_push(self, batch: Batch, grad: torch.Tensor) -> None:
         grads = (grad.detach() * self.grad_scale).numpy().astype(np.float32, copy=False)
-        request = pb.PushGradientsRequest(batch=batch.number, keys=batch.keys.tobytes(), grads=grads.tobytes())
-        self._push = self._pusher.submit(self._push_then_ask, request)
-
-    def _push_then_ask(self, request: pb.PushGradientsRequest) -> pb.NextBatchResponse:
-        self._call(self._stub.PushGradients, request)
-        return self._call(self._stub.NextBatch, pb.NextBatchRequest())
+        request = pb.PushGradientsRequest(batch=batch.number, keys=batch.keys.tobytes(), grads=grads.tobytes(),
+                                          then_next_batch=True)
+        self._push = self._pusher.submit(self._call, self._stub.PushGradients, request)
 
     def _finish_push(self) -> pb.NextBatchResponse | None:
-        """Waits for the last push; returns the answer to the NextBatch that followed it (None: no push)."""
+        """Waits for the last push; returns the next batch that came with its answer (None: no push, or a
+        gateway older than then_next_batch, whose answer is empty: next_batch asks it then)."""
         if self._push is None:
             return None
         push, self._push = self._push, None
-        return push.result()
+        answer = push.result()
+        return answer.next if answer.HasField("next") else None
 
     def finish(self) -> pb.GatewayStats:
         """Writes every cached row back to the shards (all gateways); returns this gateway's traffic."""

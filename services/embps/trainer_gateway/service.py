@@ -21,6 +21,7 @@ from embps.client import PSClient, ShardError
 from embps.common import structured_log
 from embps.common.grpc_channels import TRAINING_MAX_MESSAGE_BYTES, channel_options
 from embps.common.grpc_service import GrpcService, ServerLimits, run_service
+from embps.common.heap import keep_freed_memory
 from embps.common.job_config import JobConfig, feature_keys
 from embps.common.job_messages import GATEWAY_MODES
 from embps.common.spec_messages import spec_from_message
@@ -145,6 +146,11 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 
     @_reported
     def NextBatch(self, request, context):
+        return pb.NextBatchResponse(**self._next_batch())
+
+    def _next_batch(self) -> dict:
+        """The fields of the NextBatchResponse that serves the next batch: a dict, as a built message would
+        be copied again when it goes into another (PushGradientsResponse.next)."""
         progress = self.progress
         b = progress.next_batch
         if progress.pushed != b - 1:
@@ -153,16 +159,15 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         started = time.monotonic()
         plan = progress.plan(b)
         if plan is None:
-            return pb.NextBatchResponse(done=True)
+            return dict(done=True)
         keys, inverse = progress.local[b]
         rows = self.strategy.rows(b, plan, keys)
         self.wait_seconds += time.monotonic() - started
         with progress.changing():
             del progress.local[b]   # the strategy is past b: rows are in hand
             progress.next_batch = b + 1
-        batch = dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
-                     inverse=inverse.tobytes())   # a dict: a built message would be copied again
-        return pb.NextBatchResponse(batch=batch)
+        return dict(batch=dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
+                               inverse=inverse.tobytes()))
 
     @_reported
     def PushGradients(self, request, context):
@@ -180,7 +185,8 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             progress.pushed = b
             self.steps += 1
             progress.plans.pop(b - 1, None)
-        return pb.PushGradientsResponse()
+        return pb.PushGradientsResponse(next=self._next_batch()) if request.then_next_batch \
+            else pb.PushGradientsResponse()
 
     @_reported
     def Finish(self, request, context):
@@ -230,6 +236,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
 def run(args) -> int:
     job = JobConfig.load(args.job)
     structured_log.configure("INFO")
+    keep_freed_memory()   # every batch allocates buffers of the sizes the last one freed
     cache_dir = Path(args.cache_dir or ("/dev/shm" if Path("/dev/shm").is_dir() else tempfile.gettempdir()))
     service = GrpcService(job.addresses.gateways[args.trainer], job.security,
                           ServerLimits(workers=8 + 2 * job.trainers, max_message_bytes=TRAINING_MAX_MESSAGE_BYTES))

@@ -203,18 +203,22 @@ class NextBatchResponse(_message.Message):
     def __init__(self, batch: _Optional[_Union[TrainingBatch, _Mapping]] = ..., done: _Optional[bool] = ...) -> None: ...
 
 class PushGradientsRequest(_message.Message):
-    __slots__ = ("batch", "keys", "grads")
+    __slots__ = ("batch", "keys", "grads", "then_next_batch")
     BATCH_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     GRADS_FIELD_NUMBER: _ClassVar[int]
+    THEN_NEXT_BATCH_FIELD_NUMBER: _ClassVar[int]
     batch: int
     keys: bytes
     grads: bytes
-    def __init__(self, batch: _Optional[int] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ...) -> None: ...
+    then_next_batch: bool
+    def __init__(self, batch: _Optional[int] = ..., keys: _Optional[bytes] = ..., grads: _Optional[bytes] = ..., then_next_batch: _Optional[bool] = ...) -> None: ...
 
 class PushGradientsResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("next",)
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    next: NextBatchResponse
+    def __init__(self, next: _Optional[_Union[NextBatchResponse, _Mapping]] = ...) -> None: ...
 
 class FinishRequest(_message.Message):
     __slots__ = ()

@@ -183,7 +183,8 @@ class TrainerGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PushGradients(self, request, context):
-        """Acknowledged once the summed gradient of every row the next batch uses is applied.
+        """Acknowledged once the summed gradient of every row the next batch uses is applied (and, if asked,
+        with the next batch: one call less between a trainer's steps).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
