@@ -31,13 +31,14 @@ def _status_name(status: int) -> str:
 class _Connection:
     """A socket and the native structs its exchanges fill."""
 
-    __slots__ = ("sock", "fd", "request", "reply", "message", "pooled")
+    __slots__ = ("sock", "fd", "request", "reply", "message", "got", "pooled")
 
     def __init__(self, sock: socket.socket):
         self.sock, self.fd = sock, sock.fileno()
         self.request = ffi.new("embps_exchange_request *")
         self.reply = ffi.new("embps_wire_reply *")
         self.message = ffi.new("char[]", _MESSAGE_BYTES)
+        self.got = ffi.new("size_t *")
         self.pooled = 0
 
 
@@ -126,7 +127,8 @@ class TcpDataPath:
                 rq.body[part], rq.body_bytes[part] = \
                     (body_ptrs[part], body[part].nbytes) if part < len(body) else (ffi.NULL, 0)
             end = lib.embps_data_client_exchange(conn.fd, rq, conn.pooled, timeout_ms, conn.reply, conn.message,
-                                                 _MESSAGE_BYTES, _from_buffer(_BYTES, payload, True), payload_guess)
+                                                 _MESSAGE_BYTES, _from_buffer(_BYTES, payload, True), payload_guess,
+                                                 conn.got)
             if end != lib.EMBPS_EXCHANGE_STALE:
                 break
             conn.sock.close()
@@ -134,10 +136,12 @@ class TcpDataPath:
         if end == lib.EMBPS_EXCHANGE_REPLIED:
             if reply.payload_bytes <= payload_guess:   # received with the reply
                 payload = payload[:reply.payload_bytes]
-            else:   # a width not yet known: the payload is still to come
+            else:   # a width not yet known: the rest of the payload is still to come
+                got, early = conn.got[0], payload
                 payload = np.empty(reply.payload_bytes, np.uint8)
-                end = lib.embps_data_client_receive(conn.fd, _from_buffer(_BYTES, payload, True),
-                                                    reply.payload_bytes, timeout_ms)
+                payload[:got] = early[:got]
+                end = lib.embps_data_client_receive(conn.fd, _from_buffer(_BYTES, payload[got:], True),
+                                                    reply.payload_bytes - got, timeout_ms)
         if end != lib.EMBPS_EXCHANGE_REPLIED:
             conn.sock.close()
             code = grpc.StatusCode.DEADLINE_EXCEEDED if end == lib.EMBPS_EXCHANGE_TIMED_OUT \
