@@ -35,7 +35,8 @@ static int recv_message(int fd, embps_wire_reply *reply, const char *early, size
 {
     size_t keep = reply->msg_len < msg_cap ? reply->msg_len : msg_cap - 1;
     size_t kept = have < keep ? have : keep;
-    memcpy(msg, early, kept);
+    if (kept)
+        memcpy(msg, early, kept);
     if (recv_all(fd, msg + kept, keep - kept, dl))
         return -1;
     msg[keep] = '\0';
@@ -74,10 +75,11 @@ static int recv_reply(int fd, embps_wire_reply *reply, char *msg, size_t msg_cap
     if (early_msg && early)
         memmove(payload, payload + early_msg, early);
     *got = early;
-    if (reply->payload_bytes <= payload_cap && recv_all(fd, payload + early, reply->payload_bytes - early, dl))
+    if (reply->payload_bytes > payload_cap)
+        return 0;
+    if (reply->payload_bytes > early && recv_all(fd, payload + early, reply->payload_bytes - early, dl))
         return -1;
-    if (reply->payload_bytes <= payload_cap)
-        *got = reply->payload_bytes;
+    *got = reply->payload_bytes;
     return 0;
 }
 
