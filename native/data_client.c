@@ -28,15 +28,20 @@ static int broken(const deadline *dl, const char *doing)
     return EMBPS_EXCHANGE_BROKEN;
 }
 
-/* The message's first msg_cap - 1 bytes into msg, NUL-terminated; the rest read and dropped. */
-static int recv_message(int fd, embps_wire_reply *reply, char *msg, size_t msg_cap, deadline *dl)
+/* The message's first msg_cap - 1 bytes into msg, NUL-terminated; the rest read and dropped.  Its
+ * first `have` bytes (at most msg_len) came already, at early. */
+static int recv_message(int fd, embps_wire_reply *reply, const char *early, size_t have, char *msg, size_t msg_cap,
+                        deadline *dl)
 {
     size_t keep = reply->msg_len < msg_cap ? reply->msg_len : msg_cap - 1;
-    if (recv_all(fd, msg, keep, dl))
+    size_t kept = have < keep ? have : keep;
+    if (kept)
+        memcpy(msg, early, kept);
+    if (recv_all(fd, msg + kept, keep - kept, dl))
         return -1;
     msg[keep] = '\0';
     char drop[256];
-    for (size_t left = reply->msg_len - keep; left;) {
+    for (size_t left = reply->msg_len - (have > keep ? have : keep); left;) {
         size_t chunk = left < sizeof(drop) ? left : sizeof(drop);
         if (recv_all(fd, drop, chunk, dl))
             return -1;
@@ -46,8 +51,41 @@ static int recv_message(int fd, embps_wire_reply *reply, char *msg, size_t msg_c
     return 0;
 }
 
+/* The reply to the request just sent: its header and, in the same recvmsg as a rule, what follows it
+ * straight into payload (a reply is all the connection carries until the next request, so reading
+ * ahead takes nothing of another).  What came early of an error's message is moved out of payload.
+ * *got: the payload bytes now in payload, all of them if they fit in payload_cap. */
+static int recv_reply(int fd, embps_wire_reply *reply, char *msg, size_t msg_cap, char *payload, size_t payload_cap,
+                      size_t *got, deadline *dl)
+{
+    if (wait_ready(fd, POLLIN, dl))   /* a read now would only find the reply not there yet */
+        return -1;
+    struct iovec iov[2] = {{reply, sizeof(*reply)}, {payload, payload_cap}};
+    ssize_t n = recv_iov(fd, iov, payload_cap ? 2 : 1, sizeof(*reply), dl);
+    if (n < 0)
+        return -1;
+    size_t early = (size_t)n - sizeof(*reply), early_msg = early < reply->msg_len ? early : reply->msg_len;
+    if (recv_message(fd, reply, payload, early_msg, msg, msg_cap, dl))
+        return -1;
+    early -= early_msg;
+    if (early > reply->payload_bytes) {
+        errno = EPROTO;   /* bytes beyond the reply: not an embps shard */
+        return -1;
+    }
+    if (early_msg && early)
+        memmove(payload, payload + early_msg, early);
+    *got = early;
+    if (reply->payload_bytes > payload_cap)
+        return 0;
+    if (reply->payload_bytes > early && recv_all(fd, payload + early, reply->payload_bytes - early, dl))
+        return -1;
+    *got = reply->payload_bytes;
+    return 0;
+}
+
 int embps_data_client_exchange(int fd, const embps_exchange_request *rq, int pooled, uint32_t timeout_ms,
-                               embps_wire_reply *reply, char *msg, size_t msg_cap, void *payload, size_t payload_cap)
+                               embps_wire_reply *reply, char *msg, size_t msg_cap, void *payload, size_t payload_cap,
+                               size_t *payload_got)
 {
     const size_t name_len = rq->name_len;
     if (name_len > UINT8_MAX || !msg_cap) {   /* the connection is left untouched */
@@ -69,10 +107,7 @@ int embps_data_client_exchange(int fd, const embps_exchange_request *rq, int poo
     /* A shard refusing the connection answers before it reads: the reply says why. */
     if (send_iov(fd, iov, n_iov, &dl) && errno != EPIPE && errno != ECONNRESET)
         return broken(&dl, "sending the request");
-    if (recv_all(fd, reply, sizeof(*reply), &dl) || recv_message(fd, reply, msg, msg_cap, &dl))
-        return broken(&dl, "receiving the reply");
-    if (reply->payload_bytes && reply->payload_bytes <= payload_cap &&
-        recv_all(fd, payload, reply->payload_bytes, &dl))
+    if (recv_reply(fd, reply, msg, msg_cap, payload, payload_cap, payload_got, &dl))
         return broken(&dl, "receiving the reply");
     return EMBPS_EXCHANGE_REPLIED;
 }

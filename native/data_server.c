@@ -289,10 +289,11 @@ int wire_request_check(const embps_wire_request *rq, const embps_data_server_con
     return EMBPS_OK;
 }
 
-/* Request bytes within the request's deadline; -1 when the connection must close. */
-static int recv_request(connection *c, void *buf, size_t len, deadline *dl)
+/* The n parts of a request's bytes (their total is len) within the request's deadline; -1 when the
+ * connection must close. */
+static int recv_request(connection *c, struct iovec *iov, size_t n, size_t len, deadline *dl)
 {
-    if (!recv_all(c->fd, buf, len, dl))
+    if (!len || recv_iov(c->fd, iov, n, len, dl) >= 0)
         return 0;
     if (deadline_passed(dl))
         atomic_fetch_add(&c->server->connections_timed_out, 1);
@@ -311,7 +312,8 @@ static int recv_header(connection *c, embps_wire_request *rq, deadline *dl)
         atomic_fetch_add(&c->server->connections_timed_out, 1);   /* idle */
     if (got <= 0)
         return -1;
-    return recv_request(c, (char *)rq + got, sizeof(*rq) - (size_t)got, dl);
+    struct iovec rest = {(char *)rq + got, sizeof(*rq) - (size_t)got};
+    return recv_request(c, &rest, 1, rest.iov_len, dl);
 }
 
 /* Answers a request received whole; returns the status sent, or -1 if the connection broke. */
@@ -371,7 +373,8 @@ static int serve_one(connection *c)
     }
     uint64_t *keys = c->in;
     char *name = (char *)c->in + data_bytes;
-    if (recv_request(c, name, rq.name_len, &dl) || recv_request(c, keys, data_bytes, &dl))
+    struct iovec parts[2] = {{name, rq.name_len}, {keys, data_bytes}};   /* one recvmsg, as a rule */
+    if (recv_request(c, parts, 2, body, &dl))
         return -1;
     name[rq.name_len] = '\0';
     atomic_fetch_add(&d->bytes_in, sizeof(rq) + body);

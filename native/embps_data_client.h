@@ -37,14 +37,15 @@ typedef struct {
 
 /* Sends rq on fd and receives the reply within timeout_ms of the call's start.  The reply's header goes
  * to *reply; its message to msg (at most msg_cap - 1 bytes and a NUL; reply->msg_len is what was kept,
- * the rest is read and dropped); its payload to payload if it fits in payload_cap bytes, else it is left
- * unread for embps_data_client_receive (reply->payload_bytes says how much).  pooled: fd carried an
- * earlier exchange, so a shard that closed it meanwhile (idle timeout, restart) makes it readable before
- * the request: STALE, and nothing is sent.  A shard that refuses the request before reading it (too
- * many connections) still has its reply read. */
+ * the rest is read and dropped); its payload to payload: all of it if it fits in payload_cap bytes,
+ * else the part that came with the header (the caller moves it, and embps_data_client_receive reads
+ * the rest; reply->payload_bytes says how much there is).  *payload_got: the payload bytes in payload.
+ * pooled: fd carried an earlier exchange, so a shard that closed it meanwhile (idle timeout, restart)
+ * makes it readable before the request: STALE, and nothing is sent.  A shard that refuses the request
+ * before reading it (too many connections) still has its reply read. */
 EMBPS_API int embps_data_client_exchange(int fd, const embps_exchange_request *rq, int pooled, uint32_t timeout_ms,
                                          embps_wire_reply *reply, char *msg, size_t msg_cap, void *payload,
-                                         size_t payload_cap);
+                                         size_t payload_cap, size_t *payload_got);
 /* The next len bytes of fd into buf within timeout_ms: EMBPS_EXCHANGE_REPLIED once they came. */
 EMBPS_API int embps_data_client_receive(int fd, void *buf, size_t len, uint32_t timeout_ms);
 

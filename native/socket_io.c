@@ -37,22 +37,44 @@ int would_block(void)
     return errno == EAGAIN || errno == EWOULDBLOCK;
 }
 
-int recv_all(int fd, void *buf, size_t len, deadline *dl)
+/* Drops the first `done` bytes from the front of iov[0..*n). */
+static struct iovec *iov_advance(struct iovec *iov, size_t *n, size_t done)
 {
-    char *p = buf;
-    while (len) {
-        ssize_t got = recv(fd, p, len, MSG_DONTWAIT);
-        if (got > 0) {
-            p += got;
-            len -= (size_t)got;
-        } else if (got == 0) {
+    while (*n && done >= iov->iov_len) {
+        done -= iov->iov_len;
+        iov++;
+        (*n)--;
+    }
+    if (*n) {
+        iov->iov_base = (char *)iov->iov_base + done;
+        iov->iov_len -= done;
+    }
+    return iov;
+}
+
+ssize_t recv_iov(int fd, struct iovec *iov, size_t n, size_t least, deadline *dl)
+{
+    size_t got = 0;
+    while (n && (got < least || !got)) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = n < IOV_MAX ? n : IOV_MAX};
+        ssize_t r = recvmsg(fd, &msg, MSG_DONTWAIT);
+        if (r > 0) {
+            got += (size_t)r;
+            iov = iov_advance(iov, &n, (size_t)r);
+        } else if (r == 0) {
             errno = 0;
             return -1;
         } else if (errno != EINTR && (!would_block() || wait_ready(fd, POLLIN, dl))) {
             return -1;
         }
     }
-    return 0;
+    return (ssize_t)got;
+}
+
+int recv_all(int fd, void *buf, size_t len, deadline *dl)
+{
+    struct iovec iov = {buf, len};
+    return recv_iov(fd, &iov, len ? 1 : 0, len, dl) < 0 ? -1 : 0;
 }
 
 int send_iov(int fd, struct iovec *iov, size_t n, deadline *dl)
@@ -65,15 +87,7 @@ int send_iov(int fd, struct iovec *iov, size_t n, deadline *dl)
                 return -1;
             continue;
         }
-        while (n && (size_t)sent >= iov->iov_len) {
-            sent -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n) {
-            iov->iov_base = (char *)iov->iov_base + sent;
-            iov->iov_len -= (size_t)sent;
-        }
+        iov = iov_advance(iov, &n, (size_t)sent);
     }
     return 0;
 }

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 /* The deadline of one exchange (receiving a request, sending a reply): it starts at the exchange's
@@ -20,6 +21,10 @@ int deadline_passed(const deadline *dl);
 /* Waits until fd is ready for events; -1 once the deadline has passed. */
 int wait_ready(int fd, short events, deadline *dl);
 int would_block(void);
+/* Receives into iov (which it consumes) until at least `least` bytes, and at least one, have come,
+ * reading whatever more is already there up to the iov's end, in as few recvmsg calls as the bytes
+ * allow; returns the count, or -1 as recv_all. */
+ssize_t recv_iov(int fd, struct iovec *iov, size_t n, size_t least, deadline *dl);
 /* Exactly len bytes into buf; -1 if the connection broke (errno says how; 0 when the peer closed
  * it) or the deadline passed. */
 int recv_all(int fd, void *buf, size_t len, deadline *dl);

@@ -658,6 +658,13 @@ static int grow_scratch(embps_table *t, size_t n)
     return ok ? EMBPS_OK : fail(EMBPS_E_NOMEM, "out of memory for a batch of %zu keys", n);
 }
 
+/* sum[j] += v[j]: the two never overlap (scratch and the caller's gradients), which lets it vectorize. */
+static void add_floats(float *restrict sum, const float *restrict v, size_t n)
+{
+    for (size_t j = 0; j < n; j++)
+        sum[j] += v[j];
+}
+
 /* Collapses repeated keys into ukeys and uhash, in the order they first appear; uindex remembers
  * each one's last input position (the row an assign writes) and, given grads, ugrads holds its
  * summed gradients.  Returns the unique count. */
@@ -686,8 +693,7 @@ static size_t dedupe(embps_table *t, const uint64_t *keys, size_t n, const float
         ws->uindex[u] = i;
         ws->ucount[u] += counts ? counts[i] : 1;
         if (grads)
-            for (size_t j = 0; j < dim; j++)
-                ws->ugrads[u * dim + j] += grads[i * dim + j];
+            add_floats(ws->ugrads + u * dim, grads + i * dim, dim);
     }
     return nu;
 }
@@ -737,8 +743,11 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
     for (size_t u = lo; u < hi; u++) {   /* every slab touched below, prefetched first */
         ph_slot *slot = ws->upos[u].slot;
         ws->old_ref[u] = slot ? atomic_load(&slot->ref) : 0;
-        if (ws->old_ref[u] && !src)
-            prefetch_slab(slab_at(pool, ws->old_ref[u]), pool->slab_bytes);
+        if (ws->old_ref[u]) {   /* its version is read below, from an array apart from the slabs */
+            __builtin_prefetch(slab_version(t, ws->old_ref[u]));
+            if (!src)
+                prefetch_slab(slab_at(pool, ws->old_ref[u]), pool->slab_bytes);
+        }
         ws->new_ref[u] = 0;
         if (in_place && ws->old_ref[u])
             continue;
@@ -748,6 +757,7 @@ static int fill_round(embps_table *t, size_t lo, size_t hi, const assign_src *sr
             return rc;
         }
         prefetch_new_slab(pool, ws->new_ref[u]);
+        __builtin_prefetch(slab_version(t, ws->new_ref[u]), 1);
     }
     for (size_t u = lo; u < hi; u++) {
         if (!ws->new_ref[u]) {

@@ -193,6 +193,8 @@ class PSClient:
     def lookup(self, table: str, keys, with_state: bool = False):
         """Rows of keys, (n, dim) float32; with_state: (rows, optimizer state, found mask)."""
         keys = as_keys(keys)
+        if not with_state and (tcp := self._sole_tcp()) is not None:
+            return self._call(self._shards[0], lambda _, t: tcp.lookup_rows(table, keys, t), True)
         dim, state_floats = self._dim(table) if with_state else (0, 0)
 
         def shard_lookup(shard: _Shard, part: np.ndarray, timeout: float):
@@ -225,6 +227,10 @@ class PSClient:
         if grads.ndim != 2 or len(grads) != len(keys):
             raise ValueError(f"grads must have shape ({len(keys)}, dim), got {grads.shape}")
         per_key = (grads,) if counts is None else (grads, np.ascontiguousarray(counts, wire.COUNT_DTYPE))
+        if (tcp := self._sole_tcp()) is not None:
+            _check_lengths(keys, per_key)
+            self._call(self._shards[0], lambda _, t: tcp.update(table, keys, grads, t, *per_key[1:]), False)
+            return
 
         def shard_update(shard: _Shard, part: np.ndarray, timeout: float, rows: np.ndarray, part_counts=None):
             if (tcp := self._tcp(shard)) is not None:
@@ -348,6 +354,14 @@ class PSClient:
     def _path(self, shard: _Shard) -> str:
         return shard.path_kind or shard.choose_path(self.config.data_path, self.config.deadline_seconds)
 
+    def _sole_tcp(self) -> TcpDataPath | None:
+        """The TCP data path when row traffic has one shard to go to and goes there by TCP (lookups too:
+        no RDMA): the way with nothing to split and merge."""
+        if len(self._shards) != 1:
+            return None
+        shard = self._shards[0]
+        return shard.tcp if shard.rdma is None and self._path(shard) == "tcp" else None
+
     def _tcp(self, shard: _Shard) -> TcpDataPath | None:
         """The shard's TCP data path if row traffic takes it."""
         return shard.tcp if self._path(shard) == "tcp" else None
@@ -387,9 +401,7 @@ class PSClient:
     def _scatter(self, keys: np.ndarray, fn: Callable, idempotent: bool, per_key: tuple = ()) -> list:
         """Calls fn(shard, its keys, timeout, its slices of per_key...) on each shard owning keys;
         returns [(positions in the batch or None for all, result)]."""
-        for values in per_key:
-            if len(values) != len(keys):
-                raise ValueError(f"{len(keys)} keys but {len(values)} rows")
+        _check_lengths(keys, per_key)
         if len(self._shards) == 1:
             return [(None, self._call(self._shards[0], lambda s, t: fn(s, keys, t, *per_key), idempotent))]
         order, grouped, bounds = split_by_shard(keys, self.router.shard_of(keys), len(self._shards))
@@ -404,6 +416,12 @@ class PSClient:
         futures = [(pos, self._pool.submit(self._call, shard, call, idempotent)) for pos, shard, call in jobs[:-1]]
         last = [(pos, self._call(shard, call, idempotent)) for pos, shard, call in jobs[-1:]]
         return [(pos, future.result()) for pos, future in futures] + last
+
+
+def _check_lengths(keys: np.ndarray, per_key: tuple) -> None:
+    for values in per_key:
+        if len(values) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(values)} rows")
 
 
 def _gather(n: int, parts: list, dtype=np.float32) -> np.ndarray:

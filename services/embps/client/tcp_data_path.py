@@ -22,6 +22,8 @@ _CLOSES_CONNECTION = {lib.EMBPS_E_TOO_LARGE, lib.EMBPS_E_PROTOCOL}
 _MESSAGE_BYTES = 1024   # the shard's messages are shorter (native/status.c keeps 511 bytes)
 _KEYS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("uint8_t[]")
 _from_buffer = ffi.from_buffer
+_NO_BODY = [(ffi.NULL, 0)] * 2
+_NAMES_KEPT = 1024   # encoded table names kept per path (a caller cycling through more only re-encodes)
 
 
 def _status_name(status: int) -> str:
@@ -31,13 +33,14 @@ def _status_name(status: int) -> str:
 class _Connection:
     """A socket and the native structs its exchanges fill."""
 
-    __slots__ = ("sock", "fd", "request", "reply", "message", "pooled")
+    __slots__ = ("sock", "fd", "request", "reply", "message", "got", "pooled")
 
     def __init__(self, sock: socket.socket):
         self.sock, self.fd = sock, sock.fileno()
         self.request = ffi.new("embps_exchange_request *")
         self.reply = ffi.new("embps_wire_reply *")
         self.message = ffi.new("char[]", _MESSAGE_BYTES)
+        self.got = ffi.new("size_t *")
         self.pooled = 0
 
 
@@ -47,6 +50,16 @@ class TcpDataPath:
         self._timeout = timeout
         self._idle: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
         self._widths: dict[tuple[str, int], int] = {}   # (table, flags) -> floats per row, from replies
+        self._names: dict[str, tuple] = {}   # table -> (its name's C view, its length), encoded once
+
+    def lookup_rows(self, table: str, keys: np.ndarray, timeout: float) -> np.ndarray:
+        """lookup's rows alone, by the shortest way (PSClient's hot path)."""
+        n = len(keys)
+        width = self._widths.get((table, 0), 0)
+        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, 0, table, keys, 0, (), timeout, n * (4 * width + 1))
+        if width and len(payload) == n * (4 * width + 1):
+            return payload[:n * 4 * width].view(np.float32).reshape(n, width)
+        return self._rows_of(table, 0, payload, n)[0]
 
     def lookup(self, table: str, keys: np.ndarray, dim: int = 0, state_floats: int = 0, with_state: bool = False,
                timeout: float | None = None):
@@ -58,12 +71,18 @@ class TcpDataPath:
         if n == 0:
             return np.empty((0, dim), np.float32), np.empty((0, state_floats), np.float32) if with_state else None, \
                 np.empty(0, np.bool_)
-        matrix = payload[:len(payload) - n].view(np.float32).reshape(n, -1)
-        self._widths[(table, flags)] = matrix.shape[1]
-        found = payload[len(payload) - n:].view(np.bool_)
+        matrix, found = self._rows_of(table, flags, payload, n)
         if with_state:
             return matrix[:, :dim], matrix[:, dim:], found
         return matrix, None, found
+
+    def _rows_of(self, table: str, flags: int, payload: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A lookup payload's (rows, found); remembers the row width it shows."""
+        if n == 0:
+            return np.empty((0, self._widths.get((table, flags), 0)), np.float32), np.empty(0, np.bool_)
+        matrix = payload[:len(payload) - n].view(np.float32).reshape(n, -1)
+        self._widths[(table, flags)] = matrix.shape[1]
+        return matrix, payload[len(payload) - n:].view(np.bool_)
 
     def update(self, table: str, keys: np.ndarray, grads: np.ndarray, timeout: float | None = None,
                counts: np.ndarray | None = None) -> None:
@@ -102,55 +121,72 @@ class TcpDataPath:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _Connection(sock)
 
+    def _name(self, table: str) -> tuple:
+        entry = self._names.get(table)
+        if entry is None:
+            name = table.encode()
+            if len(name) > 255:   # the frame has a byte for its length; the shard allows far fewer
+                raise ShardError(grpc.StatusCode.INVALID_ARGUMENT, f"table name of {len(name)} bytes: a table name "
+                                 f"has at most 63", self.address)
+            if len(self._names) >= _NAMES_KEPT:
+                self._names.clear()
+            entry = self._names[table] = (_from_buffer(name), len(name))   # the C view keeps name alive
+        return entry
+
     def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple[np.ndarray, ...],
               timeout: float | None, payload_guess: int) -> np.ndarray:
         """body: the arrays that follow the keys (at most two, each C-contiguous)."""
-        name = table.encode()
-        if len(name) > 255:   # the frame has a byte for its length; the shard allows far fewer
-            raise ShardError(grpc.StatusCode.INVALID_ARGUMENT, f"table name of {len(name)} bytes: a table name "
-                             f"has at most 63", self.address)
-        timeout = timeout or self._timeout
-        timeout_ms = max(1, min(round(timeout * 1000), 2**32 - 1))
-        name_ptr, keys_ptr = _from_buffer(name), _from_buffer(_KEYS, keys)
-        body_ptrs = [_from_buffer(part) for part in body]
+        name_ptr, name_len = self._name(table)
+        timeout_ms = max(1, min(round((timeout or self._timeout) * 1000), 2**32 - 1))
+        keys_ptr = _from_buffer(_KEYS, keys)
+        body_ptrs = [(_from_buffer(part), part.nbytes) for part in body] + _NO_BODY[len(body):]
         payload = np.empty(payload_guess, np.uint8)
+        payload_ptr = _from_buffer(_BYTES, payload, True)
         while True:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = self._connect(timeout)
+                conn = self._connect(timeout or self._timeout)
             rq = conn.request
             rq.op, rq.flags, rq.name, rq.name_len, rq.keys, rq.n_keys, rq.dim = \
-                op, flags, name_ptr, len(name), keys_ptr, len(keys), dim
-            for part in range(2):
-                rq.body[part], rq.body_bytes[part] = \
-                    (body_ptrs[part], body[part].nbytes) if part < len(body) else (ffi.NULL, 0)
+                op, flags, name_ptr, name_len, keys_ptr, len(keys), dim
+            (rq.body[0], rq.body_bytes[0]), (rq.body[1], rq.body_bytes[1]) = body_ptrs
             end = lib.embps_data_client_exchange(conn.fd, rq, conn.pooled, timeout_ms, conn.reply, conn.message,
-                                                 _MESSAGE_BYTES, _from_buffer(_BYTES, payload, True), payload_guess)
+                                                 _MESSAGE_BYTES, payload_ptr, payload_guess, conn.got)
             if end != lib.EMBPS_EXCHANGE_STALE:
                 break
             conn.sock.close()
         reply = conn.reply
         if end == lib.EMBPS_EXCHANGE_REPLIED:
-            if reply.payload_bytes <= payload_guess:   # received with the reply
-                payload = payload[:reply.payload_bytes]
-            else:   # a width not yet known: the payload is still to come
-                payload = np.empty(reply.payload_bytes, np.uint8)
-                end = lib.embps_data_client_receive(conn.fd, _from_buffer(_BYTES, payload, True),
-                                                    reply.payload_bytes, timeout_ms)
+            size = reply.payload_bytes
+            if size <= payload_guess:   # received with the reply
+                if size < payload_guess:
+                    payload = payload[:size]
+            else:   # a width not yet known: the rest of the payload is still to come
+                got, early = conn.got[0], payload
+                payload = np.empty(size, np.uint8)
+                payload[:got] = early[:got]
+                end = lib.embps_data_client_receive(conn.fd, _from_buffer(_BYTES, payload[got:], True), size - got,
+                                                    timeout_ms)
         if end != lib.EMBPS_EXCHANGE_REPLIED:
             conn.sock.close()
             code = grpc.StatusCode.DEADLINE_EXCEEDED if end == lib.EMBPS_EXCHANGE_TIMED_OUT \
                 else grpc.StatusCode.UNAVAILABLE
             raise ShardError(code, ffi.string(lib.embps_errormsg()).decode(errors="replace"), self.address)
         status = reply.status
+        if status:
+            return self._failed(conn, status)
+        conn.pooled = 1
+        self._idle.put(conn)
+        return payload
+
+    def _failed(self, conn: _Connection, status: int):
+        """Raises the ShardError of a reply's status; a connection the shard closes is not pooled again."""
         if status in _CLOSES_CONNECTION:
             conn.sock.close()
         else:
             conn.pooled = 1
             self._idle.put(conn)
-        if status != lib.EMBPS_OK:
-            reason = _status_name(status)
-            message = ffi.string(conn.message, reply.msg_len).decode(errors="replace")
-            raise ShardError(grpc_code(reason), message, self.address, reason)
-        return payload
+        reason = _status_name(status)
+        message = ffi.string(conn.message, conn.reply.msg_len).decode(errors="replace")
+        raise ShardError(grpc_code(reason), message, self.address, reason)

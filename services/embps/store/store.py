@@ -21,7 +21,7 @@ from ._native import ffi, lib
 
 # native_version() of the public declarations in native/*.h this binding is written against (see
 # native/build_store.py); tests/store/test_native_build.py fails when the headers change without it.
-NATIVE_VERSION = "abi-4a09988dc19fef4c"
+NATIVE_VERSION = "abi-c8e7813a275dbc6d"
 
 
 def check_native_version(built: str) -> None:
