@@ -8,8 +8,8 @@
 
 #include "status.h"
 
-/* Fetch probabilities are tabulated per host for counts below this many entries in all (beyond a
- * host's table they are computed). */
+/* Fetch probabilities and their steps are tabulated per host for counts below this many entries in
+ * all, in each of the two tables (beyond a host's table they are computed). */
 #define PROB_TABLE_ENTRIES (1u << 23)
 /* Above (1 - e^-40) M_h users, (1 - c/M)^B < 4e-18: the probability is 1 in double precision. */
 #define SATURATION_EXPONENT 40.0
@@ -39,6 +39,7 @@ struct embps_partitioner {
     uint64_t *round_m;         /* per host: M_h frozen when the tables were built */
     uint64_t *saturation;      /* per host: counts from here on fetch with probability 1 */
     double *prob;              /* hosts x table_len, room for hosts x table_room */
+    double *step;              /* the same layout: step() of each count */
     uint64_t table_len, table_room;
     double scale;              /* the starting objective: the balance terms' unit */
     double w_samples, w_rows, w_load, sample_slack, row_slack;
@@ -48,6 +49,7 @@ struct embps_partitioner {
     double *gain;              /* scratch, threads x hosts */
     uint32_t *count_of;        /* scratch, threads x hosts, kept all zero between uses */
     uint16_t *proposal;        /* a window's proposed hosts */
+    uint32_t *candidate;       /* the window positions whose proposal is a move */
 };
 
 /* Sample sweeps go in windows: the threads propose a host for each sample of a window against the
@@ -95,6 +97,15 @@ static inline __attribute__((always_inline)) double prob(const embps_partitioner
     return exact_prob(c, p->round_m[h], p->batch);
 }
 
+/* prob(h, c + 1) - prob(h, c), what one more user of a row at h adds: the gains' term, tabulated
+ * like prob() (the table holds exactly this difference, so sums of it are the same bit for bit). */
+static inline __attribute__((always_inline)) double step(const embps_partitioner *p, uint32_t h, uint64_t c)
+{
+    if (c < p->table_len)
+        return p->step[(uint64_t)h * p->table_len + c];
+    return prob(p, h, c + 1) - prob(p, h, c);
+}
+
 /* Tables as long as the longest unsaturated range (within the allocation), so that lookups of the
  * counts that matter stay in cache. */
 static void build_tables(embps_partitioner *p)
@@ -113,6 +124,11 @@ static void build_tables(embps_partitioner *p)
         double *row = p->prob + (uint64_t)h * p->table_len;
         for (uint64_t c = 0; c < p->table_len; c++)
             row[c] = exact_prob(c, p->round_m[h], p->batch);
+    }
+    for (uint32_t h = 0; h < p->hosts; h++) {
+        double *row = p->step + (uint64_t)h * p->table_len;
+        for (uint64_t c = 0; c < p->table_len; c++)
+            row[c] = prob(p, h, c + 1) - prob(p, h, c);
     }
 }
 
@@ -286,11 +302,14 @@ static int allocate(embps_partitioner *p)
     p->round_m = calloc(h, sizeof(uint64_t));
     p->saturation = calloc(h, sizeof(uint64_t));
     p->prob = malloc(h * p->table_room * sizeof(double));
+    p->step = malloc(h * p->table_room * sizeof(double));
     p->gain = calloc(h * p->threads, sizeof(double));
     p->count_of = calloc(h * p->threads, sizeof(uint32_t));
     p->proposal = malloc(WINDOW * sizeof(uint16_t));
+    p->candidate = malloc(WINDOW * sizeof(uint32_t));
     if (!p->cost || !p->host_of || !p->degree || !p->head || !p->samples_at || !p->rows_at || !p->served ||
-        !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of || !p->proposal)
+        !p->round_m || !p->saturation || !p->prob || !p->step || !p->gain || !p->count_of || !p->proposal ||
+        !p->candidate)
         return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
                     (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
     return EMBPS_OK;
@@ -525,9 +544,11 @@ void embps_partition_destroy(embps_partitioner *p)
     free(p->round_m);
     free(p->saturation);
     free(p->prob);
+    free(p->step);
     free(p->gain);
     free(p->count_of);
     free(p->proposal);
+    free(p->candidate);
     free(p);
 }
 
@@ -564,11 +585,23 @@ static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const
     return 1;
 }
 
+/* Reads the headers of sample s's rows in a loop of independent loads, so that the cache misses of
+ * those the prefetches did not bring overlap (in the gains' loop each would wait for the one before). */
+static void touch_rows(const embps_partitioner *p, uint64_t s)
+{
+    const uint32_t *row = &p->edges[s * p->width];
+    uint32_t seen = 0;
+    for (uint32_t j = 0; j < p->width; j++)
+        seen |= p->cells[row[j]].b;
+    __asm__ volatile("" : : "r"(seen));
+}
+
 /* gain[k] = change of the objective if sample s moved from its host to k (gain[from] = 0). */
 static void sample_move_gains(const embps_partitioner *p, uint64_t s, double *gain, uint32_t *count_of)
 {
     uint32_t from = p->host_of[s], hosts = p->hosts;
     memset(gain, 0, hosts * sizeof(double));
+    touch_rows(p, s);
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
         load_counts(p, hd, count_of);
@@ -578,12 +611,12 @@ static void sample_move_gains(const embps_partitioner *p, uint64_t s, double *ga
         }
         uint32_t c = count_of[from];
         double saved = from == o ? 0.0
-                                 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
+                                 : p->cost[(uint64_t)from * hosts + o] * step(p, from, c - 1);
         for (uint32_t k = 0; k < hosts; k++) {
             if (k == from)
                 continue;
             uint32_t ck = count_of[k];
-            double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * (prob(p, k, ck + 1) - prob(p, k, ck));
+            double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * step(p, k, ck);
             gain[k] += added - saved;
         }
         clear_counts(p, hd, count_of);
@@ -617,11 +650,11 @@ static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
         cell *a = find_slot(p, hd, from), *b = find_slot(p, hd, to);
         if (from != o)
-            p->served[o] += prob(p, from, a->a - 1) - prob(p, from, a->a);
+            p->served[o] -= step(p, from, a->a - 1);
         a->a--;
         uint32_t c = b ? b->a : 0;
         if (to != o)
-            p->served[o] += prob(p, to, c + 1) - prob(p, to, c);
+            p->served[o] += step(p, to, c);
         if (b)
             b->a++;
         else
@@ -632,10 +665,16 @@ static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
     p->samples_at[to]++;
 }
 
+/* Prefetches sample s's rows: each row's header and the cell up to 7 on, which brings the next line
+ * too where the row's slots run into it (how many slots follow, the header's line does not yet say). */
 static void prefetch_sample(const embps_partitioner *p, uint64_t s)
 {
-    for (uint32_t j = 0; j < p->width; j++)
-        __builtin_prefetch(&p->cells[p->edges[s * p->width + j]], 1);
+    const uint32_t *row = &p->edges[s * p->width];
+    uint32_t last = p->hosts < 8 ? p->hosts : 7;
+    for (uint32_t j = 0; j < p->width; j++) {
+        __builtin_prefetch(&p->cells[row[j]], 1);
+        __builtin_prefetch(&p->cells[row[j] + last], 1);
+    }
 }
 
 static uint64_t sample_at(const embps_partitioner *p, uint64_t position)
@@ -696,8 +735,8 @@ static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
         uint32_t c = count_at(p, hd, from), ck = count_at(p, hd, to);
-        double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
-        double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * (prob(p, to, ck + 1) - prob(p, to, ck));
+        double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * step(p, from, c - 1);
+        double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * step(p, to, ck);
         gain += added - saved;
     }
     double change = gain + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
@@ -707,14 +746,21 @@ static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
 
 /* Re-checks the window's proposals in order against the placement as it now is, applying those that
  * still lower the score.  (Only the proposed host is re-checked: a full search here, single-threaded,
- * cost as much as the proposals of both threads.) */
+ * cost as much as the proposals of both threads.)  The moves are listed first, so that the rows of
+ * the ones ahead can be prefetched. */
 static uint64_t commit(embps_partitioner *p, uint64_t lo, uint64_t hi)
 {
+    uint32_t n = 0;
+    for (uint64_t i = lo; i < hi; i++)
+        if (p->proposal[i - lo] != p->host_of[sample_at(p, i)])
+            p->candidate[n++] = (uint32_t)(i - lo);
     uint64_t moved = 0;
-    for (uint64_t i = lo; i < hi; i++) {
-        uint64_t s = sample_at(p, i);
-        uint32_t to = p->proposal[i - lo];
-        if (to != p->host_of[s] && move_pays(p, s, to)) {
+    for (uint32_t k = 0; k < n; k++) {
+        if (k + PREFETCH_SAMPLES < n)
+            prefetch_sample(p, sample_at(p, lo + p->candidate[k + PREFETCH_SAMPLES]));
+        uint64_t s = sample_at(p, lo + p->candidate[k]);
+        uint32_t to = p->proposal[p->candidate[k]];
+        if (move_pays(p, s, to)) {
             move_sample(p, s, to);
             moved++;
         }
