@@ -50,6 +50,7 @@ struct embps_partitioner {
     uint32_t *count_of;        /* scratch, threads x hosts, kept all zero between uses */
     uint16_t *proposal;        /* a window's proposed hosts */
     uint32_t *candidate;       /* the window positions whose proposal is a move */
+    cell **move_slots;         /* 2 x width: the slots of the move being committed, from and to per row */
 };
 
 /* Sample sweeps go in windows: the threads propose a host for each sample of a window against the
@@ -155,13 +156,18 @@ static void count_add(embps_partitioner *p, uint32_t hd, uint32_t host)
     c->a++;
 }
 
-/* Loads count_of[] with the row's counts; clear_counts() undoes it. */
-static void load_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
+/* Loads count_of[] with the row's counts (clear_counts() undoes it); returns how many hosts use the
+ * row at least their saturation times. */
+static uint32_t load_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
 {
+    uint32_t saturated = 0;
     const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
     for (; c < end; c++)
-        if (c->a)
+        if (c->a) {
             count_of[c->b] = c->a;
+            saturated += c->a >= p->saturation[c->b];
+        }
+    return saturated;
 }
 
 static void clear_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
@@ -307,9 +313,10 @@ static int allocate(embps_partitioner *p)
     p->count_of = calloc(h * p->threads, sizeof(uint32_t));
     p->proposal = malloc(WINDOW * sizeof(uint16_t));
     p->candidate = malloc(WINDOW * sizeof(uint32_t));
+    p->move_slots = malloc(2 * (uint64_t)p->width * sizeof(cell *));
     if (!p->cost || !p->host_of || !p->degree || !p->head || !p->samples_at || !p->rows_at || !p->served ||
         !p->round_m || !p->saturation || !p->prob || !p->step || !p->gain || !p->count_of || !p->proposal ||
-        !p->candidate)
+        !p->candidate || !p->move_slots)
         return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
                     (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
     return EMBPS_OK;
@@ -549,6 +556,7 @@ void embps_partition_destroy(embps_partitioner *p)
     free(p->count_of);
     free(p->proposal);
     free(p->candidate);
+    free(p->move_slots);
     free(p);
 }
 
@@ -574,15 +582,12 @@ int embps_partition_begin_sweep(embps_partitioner *p, uint32_t round)
 }
 
 /* Whether moving one of the row's users from `from` to any host leaves every fetch probability at 1
- * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts. */
-static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const uint32_t *count_of)
+ * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts and
+ * `saturated` hosts use it at least their saturation times (a host with a slot has a count > 0). */
+static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const uint32_t *count_of,
+                                uint32_t saturated)
 {
-    if (count_of[from] <= p->saturation[from])
-        return 0;
-    for (uint32_t k = 0; k < p->hosts; k++)
-        if (!count_of[k] || count_of[k] < p->saturation[k])
-            return 0;
-    return 1;
+    return saturated == p->hosts && count_of[from] > p->saturation[from];
 }
 
 /* Reads the headers of sample s's rows in a loop of independent loads, so that the cache misses of
@@ -604,8 +609,8 @@ static void sample_move_gains(const embps_partitioner *p, uint64_t s, double *ga
     touch_rows(p, s);
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        load_counts(p, hd, count_of);
-        if (saturated_everywhere(p, from, count_of)) {
+        uint32_t saturated = load_counts(p, hd, count_of);
+        if (saturated_everywhere(p, from, count_of, saturated)) {
             clear_counts(p, hd, count_of);
             continue;
         }
@@ -643,12 +648,15 @@ static uint32_t best_host(const embps_partitioner *p, uint64_t s, double *gain, 
     return best;
 }
 
+/* Moves sample s to `to`, right after move_pays(p, s, to) said it pays: its rows' slots are those
+ * move_pays found, but for `to` where it had none (a row twice in the sample has one after its first
+ * place; a slot of `from` stays, as the sample counts twice in it). */
 static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
 {
     uint32_t from = p->host_of[s];
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        cell *a = find_slot(p, hd, from), *b = find_slot(p, hd, to);
+        cell *a = p->move_slots[2 * j], *b = p->move_slots[2 * j + 1] ? p->move_slots[2 * j + 1] : find_slot(p, hd, to);
         if (from != o)
             p->served[o] -= step(p, from, a->a - 1);
         a->a--;
@@ -717,16 +725,25 @@ static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
     run_workers(p->threads, propose_main, jobs, sizeof(proposer));
 }
 
-/* The count of host's slot of the row at header hd (0 without one). */
-static uint32_t count_at(const embps_partitioner *p, uint32_t hd, uint32_t host)
+
+/* The slots of hosts `from` (which has one) and `to` != from in the row at header hd, in one pass, into
+ * at[0] and at[1] (NULL when `to` has none). */
+static void find_pair(embps_partitioner *p, uint32_t hd, uint32_t from, uint32_t to, cell **at)
 {
-    const cell *c = find_slot((embps_partitioner *)p, hd, host);
-    return c ? c->a : 0;
+    at[0] = at[1] = NULL;
+    cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a) {
+            if (c->b == from)
+                at[0] = c;
+            else if (c->b == to)
+                at[1] = c;
+        }
 }
 
 /* Whether moving sample s to host `to` lowers the score, as the placement is now: gain[to] of
  * sample_move_gains() (the same terms, summed in the same order) and its balance term, under the cap. */
-static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
+static int move_pays(embps_partitioner *p, uint64_t s, uint32_t to)
 {
     uint32_t from = p->host_of[s], hosts = p->hosts;
     if ((double)p->samples_at[to] + 1.0 > (1.0 + p->sample_slack) * p->mean_samples)
@@ -734,7 +751,9 @@ static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
     double gain = 0.0;
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        uint32_t c = count_at(p, hd, from), ck = count_at(p, hd, to);
+        cell **at = &p->move_slots[2 * j];
+        find_pair(p, hd, from, to, at);
+        uint32_t c = at[0]->a, ck = at[1] ? at[1]->a : 0;
         double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * step(p, from, c - 1);
         double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * step(p, to, ck);
         gain += added - saved;
