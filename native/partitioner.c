@@ -591,7 +591,8 @@ static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const
 }
 
 /* Reads the headers of sample s's rows in a loop of independent loads, so that the cache misses of
- * those the prefetches did not bring overlap (in the gains' loop each would wait for the one before). */
+ * those the prefetches did not bring overlap (in a loop over the rows that does the work, each would
+ * wait for the one before). */
 static void touch_rows(const embps_partitioner *p, uint64_t s)
 {
     const uint32_t *row = &p->edges[s * p->width];
@@ -748,6 +749,7 @@ static int move_pays(embps_partitioner *p, uint64_t s, uint32_t to)
     uint32_t from = p->host_of[s], hosts = p->hosts;
     if ((double)p->samples_at[to] + 1.0 > (1.0 + p->sample_slack) * p->mean_samples)
         return 0;
+    touch_rows(p, s);
     double gain = 0.0;
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
