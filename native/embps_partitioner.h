@@ -14,8 +14,10 @@
  * quadratic balance terms (samples per host, rows per host, the remote-fetch load each host
  * serves), under hard caps on samples and rows per host.
  *
- * Memory: the edges (borrowed), 8 bytes per row plus 8 per (row, using host) pair, 10 per row and
- * 2 per sample.
+ * Memory: the edges (borrowed); per row 8 bytes of header, 8 per counter slot (min(hosts, degree)
+ * slots) and 8 of degree and header index; 2 per sample; the tables of fetch probabilities and of
+ * their steps (at most 64 MiB each).  While create counts degrees, 4 more per row for each thread
+ * beyond the first.
  *
  * Deterministic: samples and rows are visited in an order fixed by the seed and the round; sample
  * sweeps take windows of samples, for which threads propose moves against the placement as it is

@@ -8,8 +8,8 @@
 
 #include "status.h"
 
-/* Fetch probabilities are tabulated per host for counts below this many entries in all (beyond a
- * host's table they are computed). */
+/* Fetch probabilities and their steps are tabulated per host for counts below this many entries in
+ * all, in each of the two tables (beyond a host's table they are computed). */
 #define PROB_TABLE_ENTRIES (1u << 23)
 /* Above (1 - e^-40) M_h users, (1 - c/M)^B < 4e-18: the probability is 1 in double precision. */
 #define SATURATION_EXPONENT 40.0
@@ -39,6 +39,7 @@ struct embps_partitioner {
     uint64_t *round_m;         /* per host: M_h frozen when the tables were built */
     uint64_t *saturation;      /* per host: counts from here on fetch with probability 1 */
     double *prob;              /* hosts x table_len, room for hosts x table_room */
+    double *step;              /* the same layout: step() of each count */
     uint64_t table_len, table_room;
     double scale;              /* the starting objective: the balance terms' unit */
     double w_samples, w_rows, w_load, sample_slack, row_slack;
@@ -48,6 +49,8 @@ struct embps_partitioner {
     double *gain;              /* scratch, threads x hosts */
     uint32_t *count_of;        /* scratch, threads x hosts, kept all zero between uses */
     uint16_t *proposal;        /* a window's proposed hosts */
+    uint32_t *candidate;       /* the window positions whose proposal is a move */
+    cell **move_slots;         /* 2 x width: the slots of the move being committed, from and to per row */
 };
 
 /* Sample sweeps go in windows: the threads propose a host for each sample of a window against the
@@ -95,6 +98,15 @@ static inline __attribute__((always_inline)) double prob(const embps_partitioner
     return exact_prob(c, p->round_m[h], p->batch);
 }
 
+/* prob(h, c + 1) - prob(h, c), what one more user of a row at h adds: the gains' term, tabulated
+ * like prob() (the table holds exactly this difference, so sums of it are the same bit for bit). */
+static inline __attribute__((always_inline)) double step(const embps_partitioner *p, uint32_t h, uint64_t c)
+{
+    if (c < p->table_len)
+        return p->step[(uint64_t)h * p->table_len + c];
+    return prob(p, h, c + 1) - prob(p, h, c);
+}
+
 /* Tables as long as the longest unsaturated range (within the allocation), so that lookups of the
  * counts that matter stay in cache. */
 static void build_tables(embps_partitioner *p)
@@ -113,6 +125,11 @@ static void build_tables(embps_partitioner *p)
         double *row = p->prob + (uint64_t)h * p->table_len;
         for (uint64_t c = 0; c < p->table_len; c++)
             row[c] = exact_prob(c, p->round_m[h], p->batch);
+    }
+    for (uint32_t h = 0; h < p->hosts; h++) {
+        double *row = p->step + (uint64_t)h * p->table_len;
+        for (uint64_t c = 0; c < p->table_len; c++)
+            row[c] = prob(p, h, c + 1) - prob(p, h, c);
     }
 }
 
@@ -139,13 +156,18 @@ static void count_add(embps_partitioner *p, uint32_t hd, uint32_t host)
     c->a++;
 }
 
-/* Loads count_of[] with the row's counts; clear_counts() undoes it. */
-static void load_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
+/* Loads count_of[] with the row's counts (clear_counts() undoes it); returns how many hosts use the
+ * row at least their saturation times. */
+static uint32_t load_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
 {
+    uint32_t saturated = 0;
     const cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
     for (; c < end; c++)
-        if (c->a)
+        if (c->a) {
             count_of[c->b] = c->a;
+            saturated += c->a >= p->saturation[c->b];
+        }
+    return saturated;
 }
 
 static void clear_counts(const embps_partitioner *p, uint32_t hd, uint32_t *count_of)
@@ -286,11 +308,15 @@ static int allocate(embps_partitioner *p)
     p->round_m = calloc(h, sizeof(uint64_t));
     p->saturation = calloc(h, sizeof(uint64_t));
     p->prob = malloc(h * p->table_room * sizeof(double));
+    p->step = malloc(h * p->table_room * sizeof(double));
     p->gain = calloc(h * p->threads, sizeof(double));
     p->count_of = calloc(h * p->threads, sizeof(uint32_t));
     p->proposal = malloc(WINDOW * sizeof(uint16_t));
+    p->candidate = malloc(WINDOW * sizeof(uint32_t));
+    p->move_slots = malloc(2 * (uint64_t)p->width * sizeof(cell *));
     if (!p->cost || !p->host_of || !p->degree || !p->head || !p->samples_at || !p->rows_at || !p->served ||
-        !p->round_m || !p->saturation || !p->prob || !p->gain || !p->count_of || !p->proposal)
+        !p->round_m || !p->saturation || !p->prob || !p->step || !p->gain || !p->count_of || !p->proposal ||
+        !p->candidate || !p->move_slots)
         return fail(EMBPS_E_NOMEM, "out of memory for a partitioner of %llu samples and %llu rows",
                     (unsigned long long)p->n_samples, (unsigned long long)p->n_rows);
     return EMBPS_OK;
@@ -525,9 +551,12 @@ void embps_partition_destroy(embps_partitioner *p)
     free(p->round_m);
     free(p->saturation);
     free(p->prob);
+    free(p->step);
     free(p->gain);
     free(p->count_of);
     free(p->proposal);
+    free(p->candidate);
+    free(p->move_slots);
     free(p);
 }
 
@@ -553,15 +582,24 @@ int embps_partition_begin_sweep(embps_partitioner *p, uint32_t round)
 }
 
 /* Whether moving one of the row's users from `from` to any host leaves every fetch probability at 1
- * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts. */
-static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const uint32_t *count_of)
+ * (a row of a tiny table): then the row adds nothing to any gain.  count_of[] holds its counts and
+ * `saturated` hosts use it at least their saturation times (a host with a slot has a count > 0). */
+static int saturated_everywhere(const embps_partitioner *p, uint32_t from, const uint32_t *count_of,
+                                uint32_t saturated)
 {
-    if (count_of[from] <= p->saturation[from])
-        return 0;
-    for (uint32_t k = 0; k < p->hosts; k++)
-        if (!count_of[k] || count_of[k] < p->saturation[k])
-            return 0;
-    return 1;
+    return saturated == p->hosts && count_of[from] > p->saturation[from];
+}
+
+/* Reads the headers of sample s's rows in a loop of independent loads, so that the cache misses of
+ * those the prefetches did not bring overlap (in a loop over the rows that does the work, each would
+ * wait for the one before). */
+static void touch_rows(const embps_partitioner *p, uint64_t s)
+{
+    const uint32_t *row = &p->edges[s * p->width];
+    uint32_t seen = 0;
+    for (uint32_t j = 0; j < p->width; j++)
+        seen |= p->cells[row[j]].b;
+    __asm__ volatile("" : : "r"(seen));
 }
 
 /* gain[k] = change of the objective if sample s moved from its host to k (gain[from] = 0). */
@@ -569,21 +607,22 @@ static void sample_move_gains(const embps_partitioner *p, uint64_t s, double *ga
 {
     uint32_t from = p->host_of[s], hosts = p->hosts;
     memset(gain, 0, hosts * sizeof(double));
+    touch_rows(p, s);
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        load_counts(p, hd, count_of);
-        if (saturated_everywhere(p, from, count_of)) {
+        uint32_t saturated = load_counts(p, hd, count_of);
+        if (saturated_everywhere(p, from, count_of, saturated)) {
             clear_counts(p, hd, count_of);
             continue;
         }
         uint32_t c = count_of[from];
         double saved = from == o ? 0.0
-                                 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
+                                 : p->cost[(uint64_t)from * hosts + o] * step(p, from, c - 1);
         for (uint32_t k = 0; k < hosts; k++) {
             if (k == from)
                 continue;
             uint32_t ck = count_of[k];
-            double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * (prob(p, k, ck + 1) - prob(p, k, ck));
+            double added = k == o ? 0.0 : p->cost[(uint64_t)k * hosts + o] * step(p, k, ck);
             gain[k] += added - saved;
         }
         clear_counts(p, hd, count_of);
@@ -610,18 +649,21 @@ static uint32_t best_host(const embps_partitioner *p, uint64_t s, double *gain, 
     return best;
 }
 
+/* Moves sample s to `to`, right after move_pays(p, s, to) said it pays: its rows' slots are those
+ * move_pays found, but for `to` where it had none (a row twice in the sample has one after its first
+ * place; a slot of `from` stays, as the sample counts twice in it). */
 static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
 {
     uint32_t from = p->host_of[s];
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        cell *a = find_slot(p, hd, from), *b = find_slot(p, hd, to);
+        cell *a = p->move_slots[2 * j], *b = p->move_slots[2 * j + 1] ? p->move_slots[2 * j + 1] : find_slot(p, hd, to);
         if (from != o)
-            p->served[o] += prob(p, from, a->a - 1) - prob(p, from, a->a);
+            p->served[o] -= step(p, from, a->a - 1);
         a->a--;
         uint32_t c = b ? b->a : 0;
         if (to != o)
-            p->served[o] += prob(p, to, c + 1) - prob(p, to, c);
+            p->served[o] += step(p, to, c);
         if (b)
             b->a++;
         else
@@ -632,10 +674,16 @@ static void move_sample(embps_partitioner *p, uint64_t s, uint32_t to)
     p->samples_at[to]++;
 }
 
+/* Prefetches sample s's rows: each row's header and the cell up to 7 on, which brings the next line
+ * too where the row's slots run into it (how many slots follow, the header's line does not yet say). */
 static void prefetch_sample(const embps_partitioner *p, uint64_t s)
 {
-    for (uint32_t j = 0; j < p->width; j++)
-        __builtin_prefetch(&p->cells[p->edges[s * p->width + j]], 1);
+    const uint32_t *row = &p->edges[s * p->width];
+    uint32_t last = p->hosts < 8 ? p->hosts : 7;
+    for (uint32_t j = 0; j < p->width; j++) {
+        __builtin_prefetch(&p->cells[row[j]], 1);
+        __builtin_prefetch(&p->cells[row[j] + last], 1);
+    }
 }
 
 static uint64_t sample_at(const embps_partitioner *p, uint64_t position)
@@ -678,26 +726,38 @@ static void propose_window(embps_partitioner *p, uint64_t lo, uint64_t hi)
     run_workers(p->threads, propose_main, jobs, sizeof(proposer));
 }
 
-/* The count of host's slot of the row at header hd (0 without one). */
-static uint32_t count_at(const embps_partitioner *p, uint32_t hd, uint32_t host)
+
+/* The slots of hosts `from` (which has one) and `to` != from in the row at header hd, in one pass, into
+ * at[0] and at[1] (NULL when `to` has none). */
+static void find_pair(embps_partitioner *p, uint32_t hd, uint32_t from, uint32_t to, cell **at)
 {
-    const cell *c = find_slot((embps_partitioner *)p, hd, host);
-    return c ? c->a : 0;
+    at[0] = at[1] = NULL;
+    cell *c = &p->cells[hd + 1], *end = c + slots_of(p, hd);
+    for (; c < end; c++)
+        if (c->a) {
+            if (c->b == from)
+                at[0] = c;
+            else if (c->b == to)
+                at[1] = c;
+        }
 }
 
 /* Whether moving sample s to host `to` lowers the score, as the placement is now: gain[to] of
  * sample_move_gains() (the same terms, summed in the same order) and its balance term, under the cap. */
-static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
+static int move_pays(embps_partitioner *p, uint64_t s, uint32_t to)
 {
     uint32_t from = p->host_of[s], hosts = p->hosts;
     if ((double)p->samples_at[to] + 1.0 > (1.0 + p->sample_slack) * p->mean_samples)
         return 0;
+    touch_rows(p, s);
     double gain = 0.0;
     for (uint32_t j = 0; j < p->width; j++) {
         uint32_t hd = p->edges[s * p->width + j], o = owner_of(p, hd);
-        uint32_t c = count_at(p, hd, from), ck = count_at(p, hd, to);
-        double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * (prob(p, from, c) - prob(p, from, c - 1));
-        double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * (prob(p, to, ck + 1) - prob(p, to, ck));
+        cell **at = &p->move_slots[2 * j];
+        find_pair(p, hd, from, to, at);
+        uint32_t c = at[0]->a, ck = at[1] ? at[1]->a : 0;
+        double saved = from == o ? 0.0 : p->cost[(uint64_t)from * hosts + o] * step(p, from, c - 1);
+        double added = to == o ? 0.0 : p->cost[(uint64_t)to * hosts + o] * step(p, to, ck);
         gain += added - saved;
     }
     double change = gain + p->w_samples * deviation_change((double)p->samples_at[from], 1.0,
@@ -707,14 +767,21 @@ static int move_pays(const embps_partitioner *p, uint64_t s, uint32_t to)
 
 /* Re-checks the window's proposals in order against the placement as it now is, applying those that
  * still lower the score.  (Only the proposed host is re-checked: a full search here, single-threaded,
- * cost as much as the proposals of both threads.) */
+ * cost as much as the proposals of both threads.)  The moves are listed first, so that the rows of
+ * the ones ahead can be prefetched. */
 static uint64_t commit(embps_partitioner *p, uint64_t lo, uint64_t hi)
 {
+    uint32_t n = 0;
+    for (uint64_t i = lo; i < hi; i++)
+        if (p->proposal[i - lo] != p->host_of[sample_at(p, i)])
+            p->candidate[n++] = (uint32_t)(i - lo);
     uint64_t moved = 0;
-    for (uint64_t i = lo; i < hi; i++) {
-        uint64_t s = sample_at(p, i);
-        uint32_t to = p->proposal[i - lo];
-        if (to != p->host_of[s] && move_pays(p, s, to)) {
+    for (uint32_t k = 0; k < n; k++) {
+        if (k + PREFETCH_SAMPLES < n)
+            prefetch_sample(p, sample_at(p, lo + p->candidate[k + PREFETCH_SAMPLES]));
+        uint64_t s = sample_at(p, lo + p->candidate[k]);
+        uint32_t to = p->proposal[p->candidate[k]];
+        if (move_pays(p, s, to)) {
             move_sample(p, s, to);
             moved++;
         }
