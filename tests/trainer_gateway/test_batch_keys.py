@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from embps.common.job_config import feature_keys
-from embps.trainer_gateway.batch_keys import distinct, found_in, members
+from embps.trainer_gateway.batch_keys import distinct, members
 
 RNG = np.random.default_rng(7)
 CASES = {
@@ -33,10 +33,3 @@ def test_members_marks_a_subset():
     np.testing.assert_array_equal(members(keys, subset), np.isin(keys, subset))
     assert not members(keys, keys[:0]).any()
 
-
-@pytest.mark.parametrize("name", CASES)
-def test_found_in_is_isin_for_any_sorted_set(name):
-    keys = np.unique(CASES[name])
-    others = np.unique(np.concatenate([RNG.choice(keys, max(1, len(keys) // 2)), keys + np.uint64(1)]))
-    for sorted_keys in (others, others[:1], others[-1:], keys[:0]):
-        np.testing.assert_array_equal(found_in(keys, sorted_keys), np.isin(keys, sorted_keys))

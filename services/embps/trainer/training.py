@@ -102,7 +102,7 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
             progress.write(json.dumps({"step": summed.step + 1, "loss": losses[-1]}) + "\n")
             progress.flush()
 
-    summing: LossSum | None = None   # the last step's loss, on its way to the global batch's mean while the next step runs
+    summing: LossSum | None = None   # the last step's loss, summed over the trainers while this step runs
     started = time.perf_counter()
     while (batch := cache.next_batch()) is not None:
         logits = ddp(batch.dense, embeddings(batch))

@@ -32,10 +32,3 @@ def members(keys: np.ndarray, subset: np.ndarray) -> np.ndarray:
     mask[np.searchsorted(keys, subset)] = True
     return mask
 
-
-def found_in(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """Which of keys are in sorted_keys (sorted, distinct), which need not hold them all."""
-    if not len(sorted_keys):
-        return np.zeros(len(keys), np.bool_)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[at] == keys

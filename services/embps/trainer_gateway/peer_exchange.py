@@ -1,13 +1,13 @@
 """Gradient contributions and round notices between the gateways of one job.
 
-Every gateway sends its trainer's gradient rows for batch b to every peer and sums the N
-contributions in trainer order, so all replicas apply the same bits (sync, direct, and bounded at
-staleness 0; bounded above 0 sends no gradients to peers).  A batch's gradients may go in parts, each
-gathered on its own (sync: the rows the next step needs first, the rest off the trainer's path).  A round notice "r from t" says gateway t
-has put on the shards everything the round owes them (sync: the evictions before batch r; direct: the
-updates of batch r; bounded: 2b+1 the updates of batch b, and above staleness 0, 2b that it has served
-batch b's rows); a gateway about to read rows from, or write rows to, the shards first waits until
-every gateway has passed the round they depend on.
+Every gateway sends its trainer's gradient rows for batch b to every peer and sums the N contributions
+in trainer order, so all replicas apply the same bits (sync, direct, and bounded at staleness 0; bounded
+above 0 sends no gradients to peers).  A batch's gradients may go in parts, each gathered on its own
+(sync: the rows the next step needs first, the rest off the trainer's path).  A round notice "r from t"
+says gateway t has put on the shards everything the round owes them (sync: the evictions before batch r;
+direct: the updates of batch r; bounded: 2b+1 the updates of batch b, and above staleness 0, 2b that it
+has served batch b's rows); a gateway about to read rows from, or write rows to, the shards first waits
+until every gateway has passed the round they depend on.
 """
 
 from __future__ import annotations

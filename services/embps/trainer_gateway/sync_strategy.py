@@ -18,7 +18,7 @@ import numpy as np
 from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
-from .batch_keys import found_in, members
+from .batch_keys import members
 from .row_cache import RowCache
 from .strategy import GatewayContext, Strategy
 
@@ -125,7 +125,7 @@ class SyncStrategy(Strategy):
         batch_keys, stream = wire.keys_from_bytes(plan.keys), wire.keys_from_bytes(plan.stream)
         needed = members(batch_keys, wire.keys_from_bytes(plan.sync_now)) & ~members(batch_keys, stream)
         now_keys = batch_keys[needed]
-        mine_now = found_in(keys, now_keys)
+        mine_now = needed[np.searchsorted(batch_keys, keys)]   # this trainer's keys are some of the batch's
         self.cache.apply(now_keys, self.context.summed_gradients(b, now_keys, keys[mine_now], grads[mine_now]))
         # The rest goes to the peers from the later-applier, while the trainer steps on: a later batch reads
         # those rows only after the deferred updates before it (rows), and the streamed ones after the round
