@@ -66,21 +66,6 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return torch.sigmoid(torch.from_numpy(logits)).numpy()
 
 
-class LossSum:
-    """A step's loss summed over the trainers in the background: the trainers meet once a step (in DDP's
-    all-reduce), not once more for a figure that only the loss curve shows."""
-
-    def __init__(self, step: int, loss: torch.Tensor, trainers: int):
-        self.step, self.trainers = step, trainers
-        self.total = loss.detach().clone()
-        self.work = dist.all_reduce(self.total, async_op=True)
-
-    def mean(self) -> float:
-        """The loss of the global batch (its slices are equal)."""
-        self.work.wait()
-        return self.total.item() / self.trainers
-
-
 def train(job: JobConfig, rank: int, out: Path) -> dict:
     dataset = open_dataset(job.dataset, **job.dataset_options)
     info = dataset.info
@@ -95,14 +80,6 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
     loss_fn = torch.nn.BCEWithLogitsLoss()
     progress = open(out / "progress.jsonl", "a") if rank == 0 else None
     losses, step_seconds, batch_aucs = [], [], []
-
-    def record(summed: LossSum) -> None:
-        losses.append(summed.mean())
-        if progress:
-            progress.write(json.dumps({"step": summed.step + 1, "loss": losses[-1]}) + "\n")
-            progress.flush()
-
-    summing: LossSum | None = None   # the last step's loss, summed over the trainers while this step runs
     started = time.perf_counter()
     while (batch := cache.next_batch()) is not None:
         logits = ddp(batch.dense, embeddings(batch))
@@ -110,14 +87,15 @@ def train(job: JobConfig, rank: int, out: Path) -> dict:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if summing:
-            record(summing)
-        summing = LossSum(batch.number, loss, job.trainers)
+        global_loss = loss.detach().clone()
+        dist.all_reduce(global_loss)   # the mean over the global batch: slices are equal
+        losses.append(global_loss.item() / job.trainers)
         if rank == 0:   # AUC of this trainer's slice, before the step learns from it: a held-out view
             batch_aucs.append(auc(batch.labels.numpy(), logits.detach().numpy()))
         step_seconds.append(time.perf_counter() - started)
-    if summing:
-        record(summing)
+        if progress:
+            progress.write(json.dumps({"step": batch.number + 1, "loss": losses[-1]}) + "\n")
+            progress.flush()
     stats = cache.finish()
     cache.close()
     all_stats = [None] * job.trainers
