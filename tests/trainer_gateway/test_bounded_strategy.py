@@ -10,9 +10,9 @@ from embps.client.routing import JumpHashRouter
 from embps.common.job_config import JobConfig, feature_keys
 from embps.datasets import open_dataset
 from embps.placement import Placement
-from embps.trainer_gateway.bounded_strategy import BoundedStrategy, mirror_keys, sum_counted, usage_placement
+from embps.trainer_gateway.bounded_strategy import BoundedStrategy, mirror_keys, usage_placement
 from embps.trainer_gateway.errors import GatewayError
-from embps.trainer_gateway.peer_exchange import Contribution
+from embps.trainer_gateway.peer_exchange import Contribution, sum_counted
 from embps.trainer_gateway.strategy import GatewayContext
 
 

@@ -15,11 +15,11 @@ the table's own optimizer kernel, and keeps the raw gradient and its count as pe
 contributions are pending they join the gateway's contribution of that step.  A contribution is the
 gradients of unmirrored keys, counting 1 each, and the pending sums of mirrors, counting what they hold.
 
-Writes.  At s = 0 the contributions are summed across gateways in trainer order (the peer exchange) and
-each gateway applies its share with the counts, so an owner applies every row's step as one update.  At
-s > 0 no gradient goes to a peer: each gateway sends its contribution straight to the owners
-(`PSClient.update` with the counts; rows its own host owns go to its own shard, over no link), and an
-owner applies each gateway's push as an optimizer step of its own.
+Writes.  At s = 0 each key's contributions are summed in trainer order by the gateway beside its owner
+(the peer exchange's reduce-scatter), which pushes the sum with its count, so an owner applies every
+row's step as one update.  At s > 0 no gradient goes to a peer: each gateway sends its contribution
+straight to the owners (`PSClient.update` with the counts; rows its own host owns go to its own shard,
+over no link), and an owner applies each gateway's push as an optimizer step of its own.
 
 Rounds (PeerExchange's notices).  Round 2b+1 from a gateway: its updates of batch b are on the shards;
 rows of batch b are read only once every gateway has passed round 2b-1.  At s > 0, round 2b: it has
@@ -78,7 +78,6 @@ from embps.placement.placement_file import load_placement
 from embps.v1 import training_pb2 as pb
 
 from .errors import GatewayError
-from .peer_exchange import Contribution
 from .row_cache import RowCache
 from .strategy import GatewayContext, Strategy
 
@@ -184,9 +183,7 @@ class BoundedStrategy(Strategy):
         """Puts this gateway's contribution of batch b on the shards (see Writes and Rounds above)."""
         c = self.context
         if self.s == 0:   # summed with every gateway's first: the owner's one step is the single-process step
-            order = np.argsort(keys, kind="stable")
-            c.contribute(b, keys[order], grads[order], counts[order])
-            c.update_shards(*sum_counted(c.peers.gather(b), c.dim))
+            c.push_to_shards(*c.reduced_gradients(b, keys, grads, counts))
             return
         c.peers.round_done(2 * b)
         c.peers.wait_round(2 * b)   # no update of b lands before every gateway has served b's rows
@@ -210,20 +207,6 @@ class BoundedStrategy(Strategy):
 
     def close(self) -> None:
         self.cache.close()
-
-
-def sum_counted(parts: list[Contribution], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every key the trainers contributed (sorted), its gradients summed in trainer order (the same bits on
-    every gateway) and its contributions summed."""
-    keys = np.unique(np.concatenate([p.keys for p in parts])) if parts else np.empty(0, np.uint64)
-    summed = np.zeros((len(keys), dim), np.float32)
-    counts = np.zeros(len(keys), np.uint32)
-    for part in parts:
-        if len(part.keys):
-            pos = np.searchsorted(keys, part.keys)   # keys are distinct within a contribution
-            summed[pos] += part.grads
-            counts[pos] += 1 if part.counts is None else part.counts
-    return keys, summed, counts
 
 
 def mirror_keys(placement: Placement, host: int, store_rate: float) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""direct (the baseline): every batch's rows are read from the shards, and the summed gradients are
-applied by the shards, each gateway sending its share; round b says a gateway's share of batch b is on
-the shards."""
+"""direct (the baseline): every batch's rows are read from the shards, and the shards apply the batch's
+summed gradients.  Each key's sum is made by one gateway, its pusher (the one beside its owner when the
+job has hosts), from every trainer's gradient of it, so what a parameter server with server-side
+aggregation would receive crosses the links, once; round b says a gateway's sums of batch b are on the
+shards."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
 from .strategy import Strategy
@@ -24,6 +25,7 @@ class DirectStrategy(Strategy):
         return rows
 
     def push(self, b: int, plan: pb.BatchPlan, keys: np.ndarray, grads: np.ndarray) -> None:
-        batch_keys = wire.keys_from_bytes(plan.keys)
-        self.context.update_shards(batch_keys, self.context.summed_gradients(b, batch_keys, keys, grads))
-        self.context.peers.round_done(b)
+        c = self.context
+        pushed, summed, _ = c.reduced_gradients(b, keys, grads)
+        c.push_to_shards(pushed, summed)   # one contribution per trainer and batch: no counts
+        c.peers.round_done(b)

@@ -1,19 +1,24 @@
 """Gradient contributions and round notices between the gateways of one job.
 
-Every gateway sends its trainer's gradient rows for batch b to every peer and sums the N contributions
-in trainer order, so all replicas apply the same bits (sync, direct, and bounded at staleness 0; bounded
-above 0 sends no gradients to peers).  A batch's gradients may go in parts, each gathered on its own
-(sync: the rows the next step needs first, the rest off the trainer's path).  A round notice "r from t"
-says gateway t has put on the shards everything the round owes them (sync: the evictions before batch r;
-direct: the updates of batch r; bounded: 2b+1 the updates of batch b, and above staleness 0, 2b that it
-has served batch b's rows); a gateway about to read rows from, or write rows to, the shards first waits
-until every gateway has passed the round they depend on.
+A gateway sends its trainer's gradient rows for batch b to its peers, and sums the N contributions it
+gets in trainer order, so every sum has the same bits wherever it is made.  Where every replica of a
+row needs the sum (sync mode's cache), every peer gets every gradient (an all-gather); where only the
+shards do (direct mode, bounded at staleness 0, sync's streamed rows), each key's gradients go to the
+one gateway that pushes its sum (a reduce-scatter: per gateway, a gradient crosses at most one link
+instead of one to each peer).  Bounded above staleness 0 sends no gradients to peers.  A batch's
+gradients may go in parts, each gathered on its own (sync: the rows the next step needs first, the rest
+off the trainer's path).  A round notice "r from t" says gateway t has put on the shards everything the
+round owes them (sync: the evictions before batch r; direct: the updates of batch r; bounded: 2b+1 the
+updates of batch b, and above staleness 0, 2b that it has served batch b's rows); a gateway about to
+read rows from, or write rows to, the shards first waits until every gateway has passed the round they
+depend on.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -53,24 +58,34 @@ class PeerExchange:
     # ---- what this gateway says ------------------------------------------------------------
 
     def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None,
-                   part: int = 0) -> None:
-        """counts (bounded mode): the contributions each gradient carries, None for one each."""
-        self.receive(batch, self.me, keys, grads, counts, part)
-        message = pb.ContributeRequest(batch=batch, trainer=self.me, keys=keys.tobytes(), grads=grads.tobytes(),
-                                       counts=b"" if counts is None else counts.tobytes(), part=part)
-        self._broadcast(lambda stub: stub.Contribute(message, timeout=self.timeout),
-                        f"gradients of batch {batch} (part {part})")
+                   part: int = 0, to: np.ndarray | None = None) -> int:
+        """Sends this trainer's gradients of batch (or of a part of it) to every peer, or, with `to` (each
+        key's gateway), each key's gradient to that gateway alone; counts (bounded mode): the contributions
+        each gradient carries, None for one each.  Returns the bytes sent to peers."""
+        shares = {t: Contribution(keys, grads, counts) for t in range(self.n)} if to is None else {
+            t: Contribution(keys[to == t], grads[to == t], None if counts is None else counts[to == t])
+            for t in range(self.n)}
+        self.receive(batch, self.me, *shares.pop(self.me), part)
+        messages = {t: pb.ContributeRequest(batch=batch, trainer=self.me, keys=c.keys.tobytes(),
+                                            grads=c.grads.tobytes(),
+                                            counts=b"" if c.counts is None else c.counts.tobytes(), part=part)
+                    for t, c in shares.items()}
+        self._send({t: lambda stub, m=m: stub.Contribute(m, timeout=self.timeout) for t, m in messages.items()},
+                   f"gradients of batch {batch} (part {part})")
+        return sum(len(m.keys) + len(m.grads) + len(m.counts) for m in messages.values())
 
     def round_done(self, round_: int) -> None:
         self.receive_round(self.me, round_)
         message = pb.NotifyRoundRequest(round=round_, trainer=self.me)
-        self._broadcast(lambda stub: stub.NotifyRound(message, timeout=self.timeout), f"round {round_}")
+        self._send({t: lambda stub: stub.NotifyRound(message, timeout=self.timeout) for t in self._stubs},
+                   f"round {round_}")
 
-    def _broadcast(self, call, what: str) -> None:
-        peers = list(self._stubs.items())
+    def _send(self, calls: dict[int, Callable[[pb_grpc.GatewayPeerStub], object]], what: str) -> None:
+        """Makes calls[t](peer t's stub) for every peer t, together."""
+        peers = list(calls.items())
         # The last peer's call runs on this thread: with two trainers there is no hand-off to the pool at all.
-        futures = {t: self._pool.submit(call, stub) for t, stub in peers[:-1]}
-        futures.update({t: _done(call, stub) for t, stub in peers[-1:]})
+        futures = {t: self._pool.submit(call, self._stubs[t]) for t, call in peers[:-1]}
+        futures.update({t: _done(call, self._stubs[t]) for t, call in peers[-1:]})
         for t, future in futures.items():
             try:
                 future.result()
@@ -154,3 +169,17 @@ def sum_contributions(keys: np.ndarray, parts: list[Contribution], dim: int) -> 
                 raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "gradients for keys outside the batch")
             summed[pos] += grads   # keys are distinct within a contribution
     return summed
+
+
+def sum_counted(parts: list[Contribution], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every key the trainers contributed (sorted), its gradients summed in trainer order (the same bits
+    wherever they are summed) and its contributions summed."""
+    keys = np.unique(np.concatenate([p.keys for p in parts])) if parts else np.empty(0, np.uint64)
+    summed = np.zeros((len(keys), dim), np.float32)
+    counts = np.zeros(len(keys), np.uint32)
+    for part in parts:
+        if len(part.keys):
+            pos = np.searchsorted(keys, part.keys)   # keys are distinct within a contribution
+            summed[pos] += part.grads
+            counts[pos] += 1 if part.counts is None else part.counts
+    return keys, summed, counts

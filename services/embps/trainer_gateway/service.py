@@ -88,6 +88,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         self.traffic = Traffic()
         self.wait_seconds = 0.0
         self.steps = 0
+        self.served_keys = np.empty(0, np.uint64)   # of the batch the trainer holds: its push must be for them
         self.strategy = kind(GatewayContext(job, trainer, self.ps, self.peers, self.progress, self.traffic,
                                             spec, info.state_floats, cache_dir))
         for name, target in self.strategy.background().items():
@@ -166,6 +167,7 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
         with progress.changing():
             del progress.local[b]   # the strategy is past b: rows are in hand
             progress.next_batch = b + 1
+        self.served_keys = keys
         return dict(batch=dict(batch=b, features=plan.features, keys=keys.tobytes(), rows=rows.tobytes(),
                                inverse=inverse.tobytes()))
 
@@ -177,6 +179,10 @@ class Gateway(pb_grpc.TrainerGatewayServicer, pb_grpc.GatewayPeerServicer):
             raise GatewayError(grpc.StatusCode.FAILED_PRECONDITION,
                                f"gradients for batch {b}, but the trainer holds batch {progress.next_batch - 1}")
         keys = wire.keys_from_bytes(request.keys)
+        if not np.array_equal(keys, self.served_keys):
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"gradients of batch {b} must be for the batch's {len(self.served_keys)} keys, as "
+                               f"served and in that order; got {len(keys)} keys that are not")
         grads = wire.matrix_from_bytes(request.grads, len(keys), self.dim, "grads")
         if not np.isfinite(grads).all():
             raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, f"gradients of batch {b} contain NaN or Inf")

@@ -21,7 +21,7 @@ from embps.client import PSClient
 from embps.common.job_config import JobConfig
 from embps.v1 import training_pb2 as pb
 
-from .peer_exchange import PeerExchange, sum_contributions
+from .peer_exchange import PeerExchange, sum_contributions, sum_counted
 from .progress import Progress
 from .traffic import Traffic
 
@@ -50,12 +50,10 @@ class GatewayContext:
         return len(keys) if local is None else int(np.count_nonzero(self.ps.router.shard_of(keys) != local))
 
     def contribute(self, b: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None,
-                   part: int = 0) -> None:
-        """Sends this trainer's gradients of batch b (or of a part of it) to every peer (see
-        PeerExchange.contribute)."""
-        self.peers.contribute(b, keys, grads, counts, part)
-        sent = keys.nbytes + grads.nbytes + (0 if counts is None else counts.nbytes)
-        self.traffic.add(peer_grad_bytes_out=sent * (self.peers.n - 1))
+                   part: int = 0, to: np.ndarray | None = None) -> None:
+        """Sends this trainer's gradients of batch b (or of a part of it) to every peer, or each key's to
+        gateway to[key] alone (see PeerExchange.contribute)."""
+        self.traffic.add(peer_grad_bytes_out=self.peers.contribute(b, keys, grads, counts, part, to))
 
     def summed_gradients(self, b: int, batch_keys: np.ndarray, keys: np.ndarray, grads: np.ndarray,
                          part: int = 0) -> np.ndarray:
@@ -64,13 +62,26 @@ class GatewayContext:
         self.contribute(b, keys, grads, part=part)
         return sum_contributions(batch_keys, self.peers.gather(b, part), self.dim)
 
-    def update_shards(self, keys: np.ndarray, summed: np.ndarray, counts: np.ndarray | None = None) -> None:
-        """The shards apply the summed gradients, each gateway sending its share (every gateway has the
-        same keys in the same order); counts, if given, are the contributions each sum carries."""
-        mine = np.arange(len(keys)) % self.peers.n == self.me
-        if mine.any():
-            self.ps.update(self.job.table, keys[mine], summed[mine], None if counts is None else counts[mine])
-            self.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * self.dim + (0 if counts is None else 4)))
+    def pusher_of(self, keys: np.ndarray) -> np.ndarray:
+        """The gateway that sums and pushes each key's gradients: its shard's number modulo the gateways.
+        With hosts that is the gateway beside the key's owner (shard h is on host h): the push crosses no
+        link."""
+        return np.asarray(self.ps.router.shard_of(keys)) % self.peers.n
+
+    def reduced_gradients(self, b: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None,
+                          part: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The keys of batch b (or of a part of it) that this gateway pushes, sorted, with every trainer's
+        gradients of them summed in trainer order and their contributions counted.  Each trainer's gradient
+        of a key goes to the key's pusher alone (a reduce-scatter)."""
+        self.contribute(b, keys, grads, counts, part, to=self.pusher_of(keys))
+        return sum_counted(self.peers.gather(b, part), self.dim)
+
+    def push_to_shards(self, keys: np.ndarray, summed: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """The shards apply the summed gradients at keys; counts, if given, are the contributions each sum
+        carries (None: one)."""
+        if len(keys):
+            self.ps.update(self.job.table, keys, summed, counts)
+            self.traffic.add(bytes_out=len(keys) * (8 + 4 * self.dim + (0 if counts is None else 4)))
 
 
 class Strategy(ABC):

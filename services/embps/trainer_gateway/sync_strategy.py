@@ -1,10 +1,10 @@
 """sync (Bagpipe): a prefetcher reads each batch's missing rows, with optimizer state, from the shards up
 to L batches ahead, as the oracle's plans say; gradients are summed with the peers and applied to the
 cache (rows the next batch uses before the trainer's push is acknowledged, the rest just after); every
-C batches the rows whose lease ended go back to the shards, each gateway writing its share.  Rows no
-other batch in the window uses are streamed: read for their batch only (by the gateways whose
-trainers use them), and their summed gradients applied by the shards (just after the push, with the
-deferred updates).  Round b says a gateway's evictions before batch b, and its streamed updates
+C batches the rows whose lease ended go back to the shards, each written by its pusher (the gateway
+beside its owner, when the job has hosts).  Rows no other batch in the window uses are streamed: read
+for their batch only (by the gateways whose trainers use them), and their summed gradients, each made by
+its pusher alone, applied by the shards (just after the push, with the deferred updates).  Round b says a gateway's evictions before batch b, and its streamed updates
 before b, are on the shards.
 """
 
@@ -88,11 +88,16 @@ class SyncStrategy(Strategy):
             batch, later_keys, stream, keys, grads = self.later.get()
             if batch is None:
                 return
-            summed = c.summed_gradients(batch, later_keys, keys, grads, part=1)
             streamed = members(later_keys, stream)
-            c.update_shards(later_keys[streamed], summed[streamed])
-            if (~streamed).any():
-                self.cache.apply(later_keys[~streamed], summed[~streamed])
+            mine_streamed = streamed[np.searchsorted(later_keys, keys)]   # keys are some of later_keys
+            # Every cache holds the cached rows, so every gateway needs their sums; only the shards need the
+            # streamed rows', so each of those goes to the one gateway that pushes it.
+            summed = c.summed_gradients(batch, later_keys[~streamed], keys[~mine_streamed], grads[~mine_streamed],
+                                        part=1)
+            pushed, pushed_sums, _ = c.reduced_gradients(batch, keys[mine_streamed], grads[mine_streamed], part=2)
+            c.push_to_shards(pushed, pushed_sums)
+            if len(summed):
+                self.cache.apply(later_keys[~streamed], summed)
             with c.progress.changing():
                 self.later_applied = batch
 
@@ -107,7 +112,7 @@ class SyncStrategy(Strategy):
         if is_round:
             if len(evict):
                 rows, state = self.cache.take(evict)
-                mine = np.arange(len(evict)) % c.peers.n == c.me
+                mine = c.pusher_of(evict) == c.me
                 c.ps.assign(c.job.table, evict[mine], rows[mine], state[mine])
                 c.traffic.add(bytes_out=int(mine.sum()) * (8 + 4 * (c.dim + c.state_floats)))
             c.peers.round_done(b)   # its evictions, and the streamed updates before b, are on the shards
