@@ -7,7 +7,8 @@ and the oracle cacher on a host of its own; every link shaped by tc tbf to the c
 (RATE_MBIT).  Data: the structured synthetic data (64 segments, datasets/synthetic.py) at the training
 benchmarks' scale 0.01, its train split cut to n_train samples so that the placement covers all of it.
 Model, optimizers and timing are bench/train_bench.py's (train_bench.job_config, s/step over the middle
-half of each run, train_command.summarize).  The placement is partition_bench's (its settings: H hosts,
+half of each run, train_command.summarize), with HET-GMP's embedding dim D = 128 (its paper's setting and
+its multi-GPU example's; train_bench's 32 with --dim 32).  The placement is partition_bench's (its settings: H hosts,
 per-host batch = global batch / H, 5 rounds, mirrors for 1% of the rows each host does not own).
 
 Contenders, every one the same number of steps of the same global batch size:
@@ -71,6 +72,7 @@ GOALS = {
 ORACLE_HOST = "oracle"
 STALENESS = (0, 10, 100)
 RATE_MBIT = 50.0           # the cluster benchmark's lowest rate (its full run's), where links bind
+HETGMP_DIM = 128           # D in HET-GMP's experiments: rows 4x train_bench's, the dense model 1.2x
 console = Console()
 
 
@@ -92,12 +94,15 @@ def parse_args() -> Config:
     parser.add_argument("--quick", action="store_true", help="2 hosts, global batch 1024, 30 steps")
     parser.add_argument("--steps", type=int, help="training steps per run")
     parser.add_argument("--rate", type=float, help=f"link rate in Mbit/s (default {RATE_MBIT:g})")
+    parser.add_argument("--dim", type=int, default=HETGMP_DIM, help=f"embedding dim (default {HETGMP_DIM})")
     args = parser.parse_args()
     if args.quick:
-        train = train_bench.Config(steps=30, global_batch=1024, rounds=1, eval_batches=2, trainers=2, shards=2)
+        train = train_bench.Config(steps=30, global_batch=1024, rounds=1, eval_batches=2, trainers=2, shards=2,
+                                   dim=args.dim)
         cfg = Config(train, hosts=2, n_train=100_000, max_quiet_wait=2.0, results_name="hetgmp-quick")
     else:
-        train = train_bench.Config(steps=100, global_batch=2048, rounds=1, eval_batches=4, trainers=4, shards=4)
+        train = train_bench.Config(steps=100, global_batch=2048, rounds=1, eval_batches=4, trainers=4, shards=4,
+                                   dim=args.dim)
         cfg = Config(train, hosts=4, n_train=400_000)
     if args.steps:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=args.steps))
