@@ -564,11 +564,11 @@ int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *ro
         return rc;
     const size_t row_bytes = t->dim * sizeof(float);
     uint64_t epoch = epoch_enter(&t->pool);
-    switch (state_out ? 0 : row_bytes) {
-    case 32:  lookup_rows(t, keys, n, 32, rows_out, NULL, found_out); break;
-    case 64:  lookup_rows(t, keys, n, 64, rows_out, NULL, found_out); break;
-    case 128: lookup_rows(t, keys, n, 128, rows_out, NULL, found_out); break;
-    case 256: lookup_rows(t, keys, n, 256, rows_out, NULL, found_out); break;
+    switch (state_out || found_out ? 0 : row_bytes) {
+    case 32:  lookup_rows(t, keys, n, 32, rows_out, NULL, NULL); break;
+    case 64:  lookup_rows(t, keys, n, 64, rows_out, NULL, NULL); break;
+    case 128: lookup_rows(t, keys, n, 128, rows_out, NULL, NULL); break;
+    case 256: lookup_rows(t, keys, n, 256, rows_out, NULL, NULL); break;
     default:  lookup_rows(t, keys, n, row_bytes, rows_out, state_out, found_out); break;
     }
     epoch_exit(&t->pool, epoch);
