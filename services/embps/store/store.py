@@ -77,6 +77,8 @@ _FLOAT32, _UINT64 = np.dtype(np.float32), np.dtype(np.uint64)
 # Resolved once: ffi.from_buffer parses a type string, and its keyword argument, on every call.
 _KEYS, _FLOATS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("float[]"), ffi.typeof("uint8_t[]")
 _from_buffer = ffi.from_buffer
+# Attributes of ffi and lib are looked up in their dicts on every use; the hot calls use these.
+_NULL, _table_lookup = ffi.NULL, lib.embps_table_lookup
 
 
 def _as_matrix(values, n: int, width: int, what: str) -> np.ndarray:
@@ -176,28 +178,37 @@ class Table:
     def lookup(self, keys, out: np.ndarray | None = None, found: np.ndarray | None = None) -> np.ndarray:
         """Rows of keys, shape (n, dim); missing keys read as their initial rows (or zero rows if the
         table reports missing keys).  `found`, an n-byte bool array if given, tells which were present."""
-        n, keys_ptr = _keys_in(keys)
-        dim, handle = self.dim, self._handle
+        # _keys_in inline: a call costs about as much as the rest of a lookup's Python.
+        keys_ptr = None
+        if type(keys) is np.ndarray and keys.dtype is _UINT64 and keys.ndim == 1:
+            try:
+                keys_ptr = _from_buffer(_KEYS, keys)
+            except ValueError:   # not contiguous
+                pass
+        if keys_ptr is None:
+            keys = as_keys(keys)
+            keys_ptr = _from_buffer(_KEYS, keys)
+        n, dim, handle = len(keys), self.dim, self._handle
         if out is None:
             rows = np.empty((n, dim), np.float32)
             rows_ptr = _from_buffer(_FLOATS, rows)
         else:
             rows, rows_ptr = out, None
-            if rows.shape == (n, dim) and rows.dtype == _FLOAT32:
+            if rows.shape == (n, dim) and (rows.dtype is _FLOAT32 or rows.dtype == _FLOAT32):
                 try:
                     rows_ptr = _from_buffer(_FLOATS, rows, True)   # writable
                 except ValueError:
                     pass
             if rows_ptr is None:
                 raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {dim})")
-        found_ptr = ffi.NULL
+        found_ptr = _NULL
         if found is not None:
             if found.shape != (n,) or found.dtype != np.bool_ or not found.flags.c_contiguous:
                 raise InvalidArgument(f"found must be a contiguous bool array of shape ({n},)")
             found_ptr = _from_buffer(_BYTES, found, True)
         if handle is None:
             raise StoreError("table was dropped or its store closed")
-        status = lib.embps_table_lookup(handle, keys_ptr, n, rows_ptr, n * dim, ffi.NULL, 0, found_ptr)
+        status = _table_lookup(handle, keys_ptr, n, rows_ptr, n * dim, _NULL, 0, found_ptr)
         if status:
             check_status(status)
         return rows
