@@ -178,17 +178,8 @@ class Table:
     def lookup(self, keys, out: np.ndarray | None = None, found: np.ndarray | None = None) -> np.ndarray:
         """Rows of keys, shape (n, dim); missing keys read as their initial rows (or zero rows if the
         table reports missing keys).  `found`, an n-byte bool array if given, tells which were present."""
-        # _keys_in inline: a call costs about as much as the rest of a lookup's Python.
-        keys_ptr = None
-        if type(keys) is np.ndarray and keys.dtype is _UINT64 and keys.ndim == 1:
-            try:
-                keys_ptr = _from_buffer(_KEYS, keys)
-            except ValueError:   # not contiguous
-                pass
-        if keys_ptr is None:
-            keys = as_keys(keys)
-            keys_ptr = _from_buffer(_KEYS, keys)
-        n, dim, handle = len(keys), self.dim, self._handle
+        n, keys_ptr = _keys_in(keys)
+        dim, handle = self.dim, self._handle
         if out is None:
             rows = np.empty((n, dim), np.float32)
             rows_ptr = _from_buffer(_FLOATS, rows)
