@@ -62,9 +62,7 @@ static inline unsigned ph_tag_matches(const ph_meta *m, uint8_t tag)
 {
 #ifdef __SSE2__
     __m128i tags = _mm_load_si128((const __m128i *)m->tags);
-    /* The tag in every byte by a multiply: SSE2's _mm_set1_epi8 takes three shuffles. */
-    const __m128i wanted = _mm_set1_epi64x((long long)(tag * 0x0101010101010101ull));
-    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(tags, wanted));
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(tags, _mm_set1_epi8((char)tag)));
 #else
     unsigned bits = 0;
     for (unsigned i = 0; i < PH_SLOTS; i++)
