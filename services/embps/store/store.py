@@ -185,7 +185,7 @@ class Table:
             rows_ptr = _from_buffer(_FLOATS, rows)
         else:
             rows, rows_ptr = out, None
-            if rows.shape == (n, dim) and (rows.dtype is _FLOAT32 or rows.dtype == _FLOAT32):
+            if rows.shape == (n, dim) and rows.dtype == _FLOAT32:
                 try:
                     rows_ptr = _from_buffer(_FLOATS, rows, True)   # writable
                 except ValueError:
