@@ -392,15 +392,24 @@ typedef struct {
     size_t next;                /* the turn about to run: key `next` enters the pipeline */
     uint64_t hash[RING], ref[RING];
     uint8_t guess[RING];        /* the slot of the key's home bucket its tags point at (ph_prefetch_slot) */
+    const char *slab[RING];     /* the slab of ref[k % RING], NULL for ref 0: found once, read twice */
 } read_pipe;
 
-static read_pipe read_pipe_start(const embps_table *t, const uint64_t *keys, size_t n, size_t fetch_bytes,
-                                 int versions)
+/* Sets up p's fields; its per-key arrays are left as they are, each written by a stage before it is read
+ * (a compound literal would clear their 2 KB on every call). */
+static inline void read_pipe_start(read_pipe *p, const embps_table *t, const uint64_t *keys, size_t n,
+                                   size_t fetch_bytes, int versions)
 {
-    return (read_pipe){.index = t->index, .slab0 = t->pool.base - t->pool.slab_bytes,
-                       .slab_bytes = t->pool.slab_bytes, .versions = versions ? t->versions : NULL, .keys = keys,
-                       .n = n, .fetch_bytes = fetch_bytes, .row_bytes = t->dim * sizeof(float),
-                       .state_bytes = t->state_floats * sizeof(float)};
+    p->index = t->index;
+    p->slab0 = t->pool.base - t->pool.slab_bytes;
+    p->slab_bytes = t->pool.slab_bytes;
+    p->versions = versions ? t->versions : NULL;
+    p->keys = keys;
+    p->n = n;
+    p->fetch_bytes = fetch_bytes;
+    p->row_bytes = t->dim * sizeof(float);
+    p->state_bytes = t->state_floats * sizeof(float);
+    p->next = 0;
 }
 
 /* Slab ref (> 0) of the pipe's table. */
@@ -409,13 +418,13 @@ static inline const char *pipe_slab(const read_pipe *p, uint64_t ref)
     return p->slab0 + ref * p->slab_bytes;
 }
 
-static inline void pipe_tags(read_pipe *p, size_t k)
+static inline __attribute__((always_inline)) void pipe_tags(read_pipe *p, size_t k)
 {
     p->hash[k % RING] = mix64(p->keys[k]);
     ph_prefetch_meta(&p->index, p->hash[k % RING]);
 }
 
-static inline void pipe_slot(read_pipe *p, size_t k)
+static inline __attribute__((always_inline)) void pipe_slot(read_pipe *p, size_t k)
 {
     p->guess[k % RING] = (uint8_t)ph_prefetch_slot(&p->index, p->hash[k % RING]);
 }
@@ -433,14 +442,37 @@ static inline void pipe_prefetch_slab(const read_pipe *p, const char *slab)
     __builtin_prefetch(slab + bytes - 1);
 }
 
-static inline void pipe_ref(read_pipe *p, size_t k)
+static inline __attribute__((always_inline)) void pipe_ref(read_pipe *p, size_t k)
 {
     const uint64_t r = pethash_get_guessed(&p->index, p->keys[k], p->hash[k % RING], p->guess[k % RING]);
     p->ref[k % RING] = r;
-    if (r)
-        pipe_prefetch_slab(p, pipe_slab(p, r));
+    p->slab[k % RING] = NULL;
+    if (r) {
+        p->slab[k % RING] = pipe_slab(p, r);
+        pipe_prefetch_slab(p, p->slab[k % RING]);
+    }
     if (r && p->versions)
         __builtin_prefetch(&p->versions[r - 1]);
+}
+
+/* Turn i of the pipeline with every stage busy (READ_AT <= i < n): most turns of a large batch. */
+static inline __attribute__((always_inline)) void read_pipe_full_turn(read_pipe *p, size_t i)
+{
+    pipe_tags(p, i);
+    pipe_slot(p, i - SLOT_AT);
+    pipe_ref(p, i - REF_AT);
+}
+
+/* Turn i of the pipeline at a batch's ends: each stage only for a key of the batch. */
+static inline __attribute__((always_inline)) void read_pipe_turn(read_pipe *p, size_t i)
+{
+    const size_t n = p->n;
+    if (i < n)
+        pipe_tags(p, i);
+    if (i >= SLOT_AT && i - SLOT_AT < n)
+        pipe_slot(p, i - SLOT_AT);
+    if (i >= REF_AT && i - REF_AT < n)
+        pipe_ref(p, i - REF_AT);
 }
 
 /* Runs turns of the pipeline until a key's ref is ready: that key (they come in order), its ref in
@@ -451,18 +483,11 @@ static inline __attribute__((always_inline)) size_t read_pipe_next(read_pipe *p)
     const size_t n = p->n;
     for (;;) {
         const size_t i = p->next++;
-        if (i >= READ_AT && i < n) {   /* every stage busy: most turns of a large batch */
-            pipe_tags(p, i);
-            pipe_slot(p, i - SLOT_AT);
-            pipe_ref(p, i - REF_AT);
+        if (i >= READ_AT && i < n) {
+            read_pipe_full_turn(p, i);
             return i - READ_AT;
         }
-        if (i < n)
-            pipe_tags(p, i);
-        if (i >= SLOT_AT && i - SLOT_AT < n)
-            pipe_slot(p, i - SLOT_AT);
-        if (i >= REF_AT && i - REF_AT < n)
-            pipe_ref(p, i - REF_AT);
+        read_pipe_turn(p, i);
         if (i >= READ_AT)
             return i - READ_AT < n ? i - READ_AT : n;
     }
@@ -480,12 +505,11 @@ static void read_missing(const embps_table *t, uint64_t key, float *row_out, flo
 static inline void pipe_read_row(const embps_table *t, const read_pipe *p, size_t k, float *row_out,
                                  float *state_out)
 {
-    const uint64_t r = p->ref[k % RING];
-    if (__builtin_expect(!r, 0)) {
+    const char *slab = p->slab[k % RING];
+    if (__builtin_expect(!slab, 0)) {
         read_missing(t, p->keys[k], row_out, state_out);
         return;
     }
-    const char *slab = pipe_slab(p, r);
     memcpy(row_out, slab, p->row_bytes);
     if (state_out)
         memcpy(state_out, slab + p->row_bytes, p->state_bytes);
@@ -494,24 +518,59 @@ static inline void pipe_read_row(const embps_table *t, const read_pipe *p, size_
 /* The slab of the pipe's key k, NULL if the key is not in the table. */
 static inline const char *pipe_row(const read_pipe *p, size_t k)
 {
-    const uint64_t r = p->ref[k % RING];
-    return r ? pipe_slab(p, r) : NULL;
+    return p->slab[k % RING];
+}
+
+/* A lookup's key k, its slab known: its row (and state), and whether it was found. */
+static inline __attribute__((always_inline)) void lookup_key(const embps_table *t, const read_pipe *p, size_t k,
+                                                             float *row_out, float *state_out, uint8_t *found_out)
+{
+    pipe_read_row(t, p, k, row_out, state_out ? state_out + k * t->state_floats : NULL);
+    if (found_out)
+        found_out[k] = p->slab[k % RING] != NULL;
+}
+
+/* A lookup's loop over its keys for rows of row_bytes bytes: embps_table_lookup calls it with constants
+ * for rows of 8, 16, 32 and 64 floats, so that each row's copy is a few moves inline, not a call to memcpy
+ * with its size dispatch (a fifth of a cached key's instructions), and the slab's prefetches fold to a
+ * fixed few.  (Rows of 128 floats are left to memcpy: gcc inlines their copy as rep movsq.) */
+static inline __attribute__((always_inline)) void lookup_rows(const embps_table *t, const uint64_t *keys, size_t n,
+                                                              size_t row_bytes, float *rows_out, float *state_out,
+                                                              uint8_t *found_out)
+{
+    const size_t dim = row_bytes / sizeof(float), sf = t->state_floats;
+    read_pipe p;
+    read_pipe_start(&p, t, keys, n, row_bytes + (state_out ? sf * sizeof(float) : 0), 0);
+    p.row_bytes = row_bytes;
+    /* read_pipe_next's turns as three loops, the middle one free of its tests: with them and the return
+     * between turns, a key took ~10 instructions more (of ~135). */
+    size_t i = 0;
+    for (; i < READ_AT; i++)
+        read_pipe_turn(&p, i);
+    for (; i < n; i++) {
+        read_pipe_full_turn(&p, i);
+        lookup_key(t, &p, i - READ_AT, rows_out + (i - READ_AT) * dim, state_out, found_out);
+    }
+    for (; i < n + READ_AT; i++) {
+        read_pipe_turn(&p, i);
+        lookup_key(t, &p, i - READ_AT, rows_out + (i - READ_AT) * dim, state_out, found_out);
+    }
 }
 
 int embps_table_lookup(embps_table *t, const uint64_t *keys, size_t n, float *rows_out, size_t rows_len,
                        float *state_out, size_t state_len, uint8_t *found_out)
 {
-    const size_t dim = t->dim, sf = t->state_floats;
     int rc = check_lookup_lens(t, n, rows_len, state_out, state_len);
     if (rc)
         return rc;
-    const size_t fetch_bytes = (dim + (state_out ? sf : 0)) * sizeof(float);
+    const size_t row_bytes = t->dim * sizeof(float);
     uint64_t epoch = epoch_enter(&t->pool);
-    read_pipe p = read_pipe_start(t, keys, n, fetch_bytes, 0);
-    for (size_t k; (k = read_pipe_next(&p)) < n;) {
-        pipe_read_row(t, &p, k, rows_out + k * dim, state_out ? state_out + k * sf : NULL);
-        if (found_out)
-            found_out[k] = p.ref[k % RING] != 0;
+    switch (state_out || found_out ? 0 : row_bytes) {
+    case 32:  lookup_rows(t, keys, n, 32, rows_out, NULL, NULL); break;
+    case 64:  lookup_rows(t, keys, n, 64, rows_out, NULL, NULL); break;
+    case 128: lookup_rows(t, keys, n, 128, rows_out, NULL, NULL); break;
+    case 256: lookup_rows(t, keys, n, 256, rows_out, NULL, NULL); break;
+    default:  lookup_rows(t, keys, n, row_bytes, rows_out, state_out, found_out); break;
     }
     epoch_exit(&t->pool, epoch);
     return EMBPS_OK;
@@ -523,7 +582,8 @@ int embps_table_gather_begin(embps_table *t, const uint64_t *keys, size_t n, int
     const uint32_t len = (uint32_t)((t->dim + (with_state ? t->state_floats : 0)) * sizeof(float));
     uint64_t epoch = epoch_enter(&t->pool);
     /* The slab prefetches serve the send that follows. */
-    read_pipe p = read_pipe_start(t, keys, n, len, 0);
+    read_pipe p;
+    read_pipe_start(&p, t, keys, n, len, 0);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
         const char *slab = pipe_row(&p, k);
         sge_out[k] = slab ? (embps_sge){(uint64_t)(uintptr_t)slab, len, 1} : (embps_sge){0, 0, 0};
@@ -551,7 +611,8 @@ int embps_table_lookup_versioned(embps_table *t, const uint64_t *keys, size_t n,
     if (rc)
         return rc;
     uint64_t epoch = epoch_enter(&t->pool);
-    read_pipe p = read_pipe_start(t, keys, n, (dim + (state_out ? sf : 0)) * sizeof(float), 1);
+    read_pipe p;
+    read_pipe_start(&p, t, keys, n, (dim + (state_out ? sf : 0)) * sizeof(float), 1);
     for (size_t k; (k = read_pipe_next(&p)) < n;) {
         pipe_read_row(t, &p, k, rows_out + k * dim, state_out ? state_out + k * sf : NULL);
         versions_out[k] = ref_version(t, p.ref[k % RING]);
@@ -572,7 +633,8 @@ int embps_table_lookup_stale(embps_table *t, const uint64_t *keys, const uint64_
         return fail(EMBPS_E_INVALID_ARGUMENT, "a refresh takes at most %u keys, not %zu", UINT32_MAX, n);
     size_t m = 0;
     uint64_t epoch = epoch_enter(&t->pool);
-    read_pipe p = read_pipe_start(t, keys, n, width * sizeof(float), 1);
+    read_pipe p;
+    read_pipe_start(&p, t, keys, n, width * sizeof(float), 1);
     for (size_t i; (i = read_pipe_next(&p)) < n;) {
         uint64_t r = p.ref[i % RING], v = ref_version(t, r);
         /* Written without overflow: v - versions[i] > bound. */

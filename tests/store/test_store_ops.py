@@ -202,6 +202,28 @@ def test_batched_reads_agree_with_the_rows_written_at_every_batch_length(store, 
             np.testing.assert_array_equal(np.frombuffer(slab, np.float32), np.concatenate([want_rows[i], want_state[i]]))
 
 
+@pytest.mark.parametrize("dim", [8, 16, 32, 64, 5])
+@pytest.mark.parametrize("n", [1, 79, 80, 81, 300])
+def test_lookups_of_every_row_size_agree_with_the_rows_written(store, dim, n):
+    """A lookup without state or found mask copies rows of 8, 16, 32 or 64 floats by loops of their own:
+    around the pipeline's depth (80 keys), present and missing keys mixed, each returns the key's row."""
+    t = make_table(store, "rowwise_adagrad", dim=dim)
+    rng = np.random.default_rng(dim * 1000 + n)
+    present = rng.permutation(10_000)[:400].astype(np.uint64) + 1
+    rows = rng.standard_normal((400, dim), dtype=np.float32)
+    t.assign(present, rows)
+    pick = rng.integers(0, 800, n)                     # >= 400: a missing key
+    keys = np.where(pick < 400, present[pick % 400], 20_000 + pick).astype(np.uint64)
+    want = np.where((pick < 400)[:, None], rows[pick % 400], initial_rows(t.spec, keys))
+    np.testing.assert_array_equal(t.lookup(keys), want)
+    out = np.full((n, dim), np.nan, np.float32)
+    assert t.lookup(keys, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    found = np.zeros(n, np.bool_)
+    np.testing.assert_array_equal(t.lookup(keys, found=found), want)
+    np.testing.assert_array_equal(found, pick < 400)
+
+
 def test_versions_count_contributions_and_select_stale_rows(tmp_path):
     keys = np.array([10, 20, 30], np.uint64)
     with Store(tmp_path / "s") as s:

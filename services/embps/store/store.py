@@ -77,6 +77,8 @@ _FLOAT32, _UINT64 = np.dtype(np.float32), np.dtype(np.uint64)
 # Resolved once: ffi.from_buffer parses a type string, and its keyword argument, on every call.
 _KEYS, _FLOATS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("float[]"), ffi.typeof("uint8_t[]")
 _from_buffer = ffi.from_buffer
+# Attributes of ffi and lib are looked up in their dicts on every use; the hot calls use these.
+_NULL, _table_lookup = ffi.NULL, lib.embps_table_lookup
 
 
 def _as_matrix(values, n: int, width: int, what: str) -> np.ndarray:
@@ -190,14 +192,14 @@ class Table:
                     pass
             if rows_ptr is None:
                 raise InvalidArgument(f"out must be a contiguous float32 array of shape ({n}, {dim})")
-        found_ptr = ffi.NULL
+        found_ptr = _NULL
         if found is not None:
             if found.shape != (n,) or found.dtype != np.bool_ or not found.flags.c_contiguous:
                 raise InvalidArgument(f"found must be a contiguous bool array of shape ({n},)")
             found_ptr = _from_buffer(_BYTES, found, True)
         if handle is None:
             raise StoreError("table was dropped or its store closed")
-        status = lib.embps_table_lookup(handle, keys_ptr, n, rows_ptr, n * dim, ffi.NULL, 0, found_ptr)
+        status = _table_lookup(handle, keys_ptr, n, rows_ptr, n * dim, _NULL, 0, found_ptr)
         if status:
             check_status(status)
         return rows
