@@ -48,6 +48,18 @@ def test_a_host_mirrors_its_first_store_rate_candidates_of_rows_it_does_not_own(
         mirror_keys(placement, 2, 0.5)
 
 
+def test_a_placement_files_store_rate_counts_the_rows_a_host_does_not_own_once():
+    """The file's candidates are already the partition's store_rate of them: the same rate takes them all,
+    a smaller one its first ones (the rate of the 10 rows host 0 does not own, not of the 3 candidates)."""
+    placement = Placement(hosts=2, row_keys=np.arange(1, 16, dtype=np.uint64),
+                          row_owner=np.array([0] * 5 + [1] * 10, np.uint16), sample_host=np.empty(0, np.uint16),
+                          dataset="x", mirrors=(np.array([9, 7, 12], np.uint64), np.array([2], np.uint64)))
+    assert mirror_keys(placement, 0, 0.3).tolist() == [7, 9, 12]
+    assert mirror_keys(placement, 0, 0.2).tolist() == [7, 9]
+    assert mirror_keys(placement, 0, 1.0).tolist() == [7, 9, 12]   # all there are
+    assert mirror_keys(placement, 1, 0.2).tolist() == [2]
+
+
 def test_usage_placement_ranks_each_hosts_remote_keys_by_use():
     job = JobConfig(dataset="synthetic", dataset_options={"scale": 0.0005, "seed": 5}, trainers=2, global_batch=64,
                     steps=20)

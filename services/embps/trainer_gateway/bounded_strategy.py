@@ -63,6 +63,7 @@ within s), in audit-<trainer>.npz there when it finishes.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -84,6 +85,7 @@ from .strategy import GatewayContext, Strategy
 SUPPORTED = (OptimizerKind.SGD, OptimizerKind.ADAGRAD)
 USAGE_BATCHES = 256   # batches usage_placement reads at most
 AUDIT_ENV = "EMBPS_BOUNDED_AUDIT"
+log = logging.getLogger("embps.trainer_gateway")
 
 
 class BoundedStrategy(Strategy):
@@ -210,12 +212,21 @@ class BoundedStrategy(Strategy):
 
 
 def mirror_keys(placement: Placement, host: int, store_rate: float) -> np.ndarray:
-    """The first store_rate of host's mirror candidates (HET-GMP's store_rate), sorted."""
+    """Host's mirrors, sorted: its first candidates, store_rate of the rows it does not own (HET-GMP's
+    store_rate), as many as the placement holds.  A placement file's rows it does not own are those it
+    lists with another owner (`embps partition` keeps that many candidates for its own --store-rate); a
+    placement without rows (usage_placement) lists every remote row the host uses as a candidate."""
     if not 0 <= host < placement.hosts:
         raise GatewayError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"the placement has {placement.hosts} hosts, not one for trainer {host}")
     candidates = placement.mirrors[host]
-    return np.sort(candidates[:math.ceil(store_rate * len(candidates))])
+    not_owned = int(np.count_nonzero(placement.row_owner != host)) if len(placement.row_keys) else len(candidates)
+    count = math.ceil(store_rate * not_owned)
+    if count > len(candidates):
+        log.warning("fewer mirror candidates than the store rate asks for (a placement made with a smaller "
+                    "--store-rate?): mirroring all of them",
+                    extra={"host": host, "store_rate": store_rate, "wanted": count, "candidates": len(candidates)})
+    return np.sort(candidates[:count])
 
 
 def usage_placement(job: JobConfig, shard_of, batches: int = USAGE_BATCHES) -> Placement:
