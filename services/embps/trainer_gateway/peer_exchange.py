@@ -16,6 +16,7 @@ depend on.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -70,9 +71,12 @@ class PeerExchange:
                                             grads=c.grads.tobytes(),
                                             counts=b"" if c.counts is None else c.counts.tobytes(), part=part)
                     for t, c in shares.items()}
-        self._send({t: lambda stub, m=m: stub.Contribute(m, timeout=self.timeout) for t, m in messages.items()},
+        self._send({t: functools.partial(self._contribute_to, m) for t, m in messages.items()},
                    f"gradients of batch {batch} (part {part})")
         return sum(len(m.keys) + len(m.grads) + len(m.counts) for m in messages.values())
+
+    def _contribute_to(self, message: pb.ContributeRequest, stub: pb_grpc.GatewayPeerStub) -> None:
+        stub.Contribute(message, timeout=self.timeout)
 
     def round_done(self, round_: int) -> None:
         self.receive_round(self.me, round_)
