@@ -8,8 +8,9 @@ and the oracle cacher on a host of its own; every link shaped by tc tbf to the c
 benchmarks' scale 0.01, its train split cut to n_train samples so that the placement covers all of it.
 Model, optimizers and timing are bench/train_bench.py's (train_bench.job_config, s/step over the middle
 half of each run, train_command.summarize), with HET-GMP's embedding dim D = 128 (its paper's setting and
-its multi-GPU example's; train_bench's 32 with --dim 32).  The placement is partition_bench's (its settings: H hosts,
-per-host batch = global batch / H, 5 rounds, mirrors for 1% of the rows each host does not own).
+its multi-GPU example's; train_bench's 32 with --dim 32).  The placement is partition_bench's (its
+settings: H hosts, per-host batch = global batch / H, 5 rounds, mirrors for 1% of the rows each host does
+not own).
 
 Contenders, every one the same number of steps of the same global batch size:
   direct-hash     direct mode, jump-hash placement (global batches as today: the split in order)

@@ -4,8 +4,8 @@ cache (rows the next batch uses before the trainer's push is acknowledged, the r
 C batches the rows whose lease ended go back to the shards, each written by its pusher (the gateway
 beside its owner, when the job has hosts).  Rows no other batch in the window uses are streamed: read
 for their batch only (by the gateways whose trainers use them), and their summed gradients, each made by
-its pusher alone, applied by the shards (just after the push, with the deferred updates).  Round b says a gateway's evictions before batch b, and its streamed updates
-before b, are on the shards.
+its pusher alone, applied by the shards (just after the push, with the deferred updates).  Round b says
+a gateway's evictions before batch b, and its streamed updates before b, are on the shards.
 """
 
 from __future__ import annotations
