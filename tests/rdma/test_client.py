@@ -49,8 +49,11 @@ def test_end_to_end_over_a_device(memcached, store):
 
 # ---- the whole path over a simulated NIC ------------------------------------------------------------
 # No device here, so the verbs objects are replaced by a small software NIC with verbs semantics:
-# MRs with bounds-checked keys, RC QPs paired by QP number, RDMA WRITE executed by memmove,
-# WRITE_WITH_IMM consuming a posted receive, signaled completions, flush on error.  Everything above
+# MRs with bounds-checked keys, RC QPs paired by QP number, RDMA WRITE executed by memmove in posting
+# order, WRITE_WITH_IMM consuming a posted receive (and, like RC with rnr_retry 7, waiting with the
+# WRs behind it until there is one), signaled completions, access errors as error completions that
+# move the QP to ERROR, flush on error.  What a NIC would report as an access error or an RNR wait is
+# also recorded (`violations`, `rnr_waits`): the tests check there were none.  Everything above
 # the verbs calls runs for real: the memcached exchange, the shard's accept and poll threads, request
 # encoding, gather, scratch, WR construction, completion handling and release, the client's pipelining.
 
@@ -59,8 +62,13 @@ class _SoftNic:
         self.mrs: dict[int, _FakeMR] = {}
         self.qps: dict[int, _FakeQP] = {}
         self.next_key, self.next_qp = 0x100, 0x40
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()      # the NIC's state: QPs' queues, registrations
         self.lose_replies = False
+        self.violations: list[str] = []   # what the NIC refused: memory keys, bounds, access rights
+        self.rnr_waits = 0                # WRITE_WITH_IMMs that found no receive posted
+
+    def reset(self) -> None:
+        self.lose_replies, self.violations, self.rnr_waits = False, [], 0
 
     def key(self) -> int:
         with self.lock:
@@ -134,13 +142,20 @@ class _FakeQP:
         self.cq, self.max_recv_wr = cq, max_recv_wr
         self.qp_num = _NIC.qp_num()
         self.recvs = deque()
+        self.sends = deque()        # posted send WRs not executed yet: behind a receiver not ready
+        self.waiting_on = None      # the WRITE_WITH_IMM at the head of `sends` counted in rnr_waits
         self.peer_num = None
         self.state = "init"
-        _NIC.qps[self.qp_num] = self
+        with _NIC.lock:
+            _NIC.qps[self.qp_num] = self
 
     def post_recv(self, wr, bad_wr):
-        assert self.state != "err" and len(self.recvs) < self.max_recv_wr, "receive queue overflow"
-        self.recvs.append(wr.wr_id)
+        with _NIC.lock:
+            assert self.state != "err" and len(self.recvs) < self.max_recv_wr, "receive queue overflow"
+            self.recvs.append(wr.wr_id)
+            for sender in list(_NIC.qps.values()):   # the peer's RNR retry now finds a receive
+                if sender.peer_num == self.qp_num and sender.sends:
+                    sender._execute()
 
     def to_rts(self, attr):
         self.peer_num, self.state = attr.dest_qp_num, "rts"
@@ -148,36 +163,80 @@ class _FakeQP:
     def modify(self, attr, mask):
         import pyverbs.enums as e
         if attr.qp_state == e.IBV_QPS_ERR:
-            self.state = "err"
-            while self.recvs:
-                self.cq.queue.append(_wc(wr_id=self.recvs.popleft(), status=e.IBV_WC_WR_FLUSH_ERR,
-                                         opcode=e.IBV_WC_RECV, qp_num=self.qp_num))
+            with _NIC.lock:
+                self._to_error()
+
+    def _to_error(self):
+        import pyverbs.enums as e
+        self.state = "err"
+        while self.sends:
+            self.cq.queue.append(_wc(wr_id=self.sends.popleft().wr_id, status=e.IBV_WC_WR_FLUSH_ERR,
+                                     opcode=e.IBV_WC_RDMA_WRITE, qp_num=self.qp_num))
+        while self.recvs:
+            self.cq.queue.append(_wc(wr_id=self.recvs.popleft(), status=e.IBV_WC_WR_FLUSH_ERR,
+                                     opcode=e.IBV_WC_RECV, qp_num=self.qp_num))
 
     def post_send(self, wr, bad_wr):
+        if self.state == "init":
+            raise RuntimeError("QP not ready to send")
+        with _NIC.lock:
+            while wr is not None:
+                self.sends.append(wr)
+                wr = wr.next_wr
+            if self.state == "err":
+                self._to_error()   # accepted, and flushed
+            self._execute()
+
+    def _execute(self):
+        """Runs the send queue in order, until it is empty or its head waits for a receive at the peer."""
         import pyverbs.enums as e
-        if self.state != "rts":
-            raise RuntimeError("QP not in RTS")
-        peer = _NIC.qps[self.peer_num]
-        while wr is not None:
-            remote = _NIC.mrs[wr.rkey]
-            assert remote.access & e.IBV_ACCESS_REMOTE_WRITE, "remote MR without remote write access"
-            at = wr.remote_addr
-            for sge in wr.sg:
-                local = _NIC.mrs[sge.lkey]
-                assert local.buf <= sge.addr and sge.addr + sge.length <= local.buf + local.length, "lkey bounds"
-                assert remote.buf <= at and at + sge.length <= remote.buf + remote.length, "rkey bounds"
-                ctypes.memmove(at, sge.addr, sge.length)
-                at += sge.length
-            if wr.opcode == e.IBV_WR_RDMA_WRITE_WITH_IMM and not _NIC.lose_replies:
-                assert peer.recvs, "receiver not ready (RNR)"
+        peer = _NIC.qps.get(self.peer_num)
+        while self.sends and self.state == "rts":
+            wr = self.sends[0]
+            with_imm = wr.opcode == e.IBV_WR_RDMA_WRITE_WITH_IMM and not _NIC.lose_replies
+            if with_imm and peer is not None and peer.state == "rts" and not peer.recvs:
+                if self.waiting_on is not wr:
+                    self.waiting_on = wr
+                    _NIC.rnr_waits += 1
+                return
+            self.sends.popleft()
+            status = self._write(wr, peer)
+            if status != e.IBV_WC_SUCCESS:   # reported as a completion, and the QP stops
+                self.cq.queue.append(_wc(wr_id=wr.wr_id, status=status, opcode=e.IBV_WC_RDMA_WRITE,
+                                         qp_num=self.qp_num))
+                self._to_error()
+                return
+            if with_imm:
                 peer.cq.queue.append(_wc(wr_id=peer.recvs.popleft(), opcode=e.IBV_WC_RECV_RDMA_WITH_IMM,
                                          imm_data=wr.imm_data, qp_num=peer.qp_num))
             if wr.send_flags & e.IBV_SEND_SIGNALED:
                 self.cq.queue.append(_wc(wr_id=wr.wr_id, opcode=e.IBV_WC_RDMA_WRITE, qp_num=self.qp_num))
-            wr = wr.next_wr
+
+    def _write(self, wr, peer) -> int:
+        """The WR's data into the peer's memory; the completion status."""
+        import pyverbs.enums as e
+        if peer is None or peer.state != "rts":
+            return e.IBV_WC_RETRY_EXC_ERR     # nobody answers: the transport gives up
+        remote = _NIC.mrs.get(wr.rkey)
+        total = sum(sge.length for sge in wr.sg)
+        if remote is None or not remote.access & e.IBV_ACCESS_REMOTE_WRITE or not (
+                remote.buf <= wr.remote_addr and wr.remote_addr + total <= remote.buf + remote.length):
+            _NIC.violations.append(f"QP {self.qp_num}: remote access error (rkey {wr.rkey:#x})")
+            return e.IBV_WC_REM_ACCESS_ERR
+        for sge in wr.sg:
+            local = _NIC.mrs.get(sge.lkey)
+            if local is None or not (local.buf <= sge.addr and sge.addr + sge.length <= local.buf + local.length):
+                _NIC.violations.append(f"QP {self.qp_num}: local protection error (lkey {sge.lkey:#x})")
+                return e.IBV_WC_LOC_PROT_ERR
+        at = wr.remote_addr
+        for sge in wr.sg:
+            ctypes.memmove(at, sge.addr, sge.length)
+            at += sge.length
+        return e.IBV_WC_SUCCESS
 
     def close(self):
-        _NIC.qps.pop(self.qp_num, None)
+        with _NIC.lock:
+            _NIC.qps.pop(self.qp_num, None)
 
 
 class _FakeDevice:
@@ -211,9 +270,9 @@ def soft_nic(monkeypatch):
     for module in (server, client):
         monkeypatch.setattr(module, "VerbsDevice", _FakeDevice)
         monkeypatch.setattr(module, "create_rc_qp", fake_qp)
-    _NIC.lose_replies = False
+    _NIC.reset()
     yield _NIC
-    _NIC.lose_replies = False
+    _NIC.reset()
 
 
 def _wait_for(condition, timeout=5.0):
@@ -273,7 +332,7 @@ def test_lookups_over_a_simulated_nic(memcached, store, soft_nic):
         with pytest.raises(RdmaShardError, match="NOT_FOUND"):
             conn.lookup("z", keys[:3], 8)
 
-        soft_nic.lose_replies = True                # the shard's writes land, its immediate never does
+        soft_nic.lose_replies = True                # writes land, immediates do not: no request arrives
         with pytest.raises(RdmaTimeout, match="timed out"):
             conn.lookup("t", keys[:10], 16, timeout=0.3)
         with pytest.raises(RdmaConnectionError, match="broken: no reply within the deadline"):
@@ -286,8 +345,10 @@ def test_lookups_over_a_simulated_nic(memcached, store, soft_nic):
             np.testing.assert_array_equal(other.lookup("t", keys, 16)[0], t.lookup(keys))
             assert other.client_id == conn.client_id + 1
         assert path.stats().connections_total == 2
+        assert soft_nic.violations == [] and soft_nic.rnr_waits == 0
     finally:
         path.stop()
     check = RdmaExchange(memcached, "soft", "shard-0")
     assert check.get(check.shard_key) is None       # withdrawn on stop
     assert not path._pool_mrs and not path._inflight
+
