@@ -352,3 +352,45 @@ def test_lookups_over_a_simulated_nic(memcached, store, soft_nic):
     assert check.get(check.shard_key) is None       # withdrawn on stop
     assert not path._pool_mrs and not path._inflight
 
+
+def test_a_request_sent_the_moment_the_shard_publishes_its_queue_pair_is_served(memcached, store, soft_nic):
+    """A client connects and sends as soon as the shard's endpoint is in memcached.  Here the shard's
+    accept thread stalls right after publishing it until the poll thread has taken the client's first
+    request off the CQ and come back for more (what a loaded machine may do): the connection must be
+    known to the poll thread by then, or the request is dropped as stale and the client waits in vain."""
+    import pyverbs.enums as e
+    t = store.create_table("t", TableSpec(dim=16, capacity=1024, optimizer=OptimizerSpec("sgd")))
+    t.assign(np.arange(100, dtype=np.uint64), np.random.default_rng(3).standard_normal((100, 16)))
+    config = RdmaPathConfig(memcached=memcached, cluster="publish-race", slots=2, max_keys=64, scratch_slot_bytes=4096)
+    path = RdmaShardPath(store, "shard-0", config, "soft0")
+    request_taken, shard_came_back = threading.Event(), threading.Event()
+    take = path.cq.poll
+
+    def poll(num_entries=1):
+        if request_taken.is_set():
+            shard_came_back.set()   # every completion of the previous poll is handled
+        polled, wcs = take(num_entries)
+        if any(wc.opcode == e.IBV_WC_RECV_RDMA_WITH_IMM for wc in wcs[:polled]):
+            request_taken.set()
+        return polled, wcs
+
+    publish = path.exchange.publish_qp
+
+    def publish_then_stall(client_id, info):
+        publish(client_id, info)
+        shard_came_back.wait(30)
+
+    try:
+        path.cq.poll = poll
+        path.exchange.publish_qp = publish_then_stall
+        with RdmaShardConnection(path.data_path_address(), RdmaClientConfig(slots=2, slot_bytes=4096),
+                                 choice=DataPathChoice("rdma", "soft0", "")) as conn:
+            keys = np.arange(50, 150, dtype=np.uint64)
+            rows, found = conn.lookup("t", keys, 16, timeout=20)
+            assert shard_came_back.is_set()         # the request was answered while the accept thread stalled
+            np.testing.assert_array_equal(rows, t.lookup(keys))
+            assert found.tolist() == [True] * 50 + [False] * 50
+        assert soft_nic.violations == [] and soft_nic.rnr_waits == 0
+    finally:
+        path.stop()
+
