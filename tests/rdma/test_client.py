@@ -394,3 +394,38 @@ def test_a_request_sent_the_moment_the_shard_publishes_its_queue_pair_is_served(
     finally:
         path.stop()
 
+
+def test_an_error_in_the_shards_poll_thread_is_logged_and_fails_only_that_connection(memcached, store, soft_nic,
+                                                                                     monkeypatch, caplog):
+    """A bug while handling one client's completion is logged with its traceback and breaks that
+    connection; the poll thread goes on, and the next client is served."""
+    from embps.rdma import server
+    t = store.create_table("t", TableSpec(dim=16, capacity=1024, optimizer=OptimizerSpec("sgd")))
+    t.assign(np.arange(100, dtype=np.uint64), np.random.default_rng(4).standard_normal((100, 16)))
+    config = RdmaPathConfig(memcached=memcached, cluster="poll-error", slots=2, max_keys=64, scratch_slot_bytes=4096,
+                            client_check_interval_seconds=0.1)
+    decode_imm, calls = server.imm_from_wire, []
+
+    def fails_first(value):
+        calls.append(value)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the shard")
+        return decode_imm(value)
+
+    monkeypatch.setattr(server, "imm_from_wire", fails_first)
+    path = RdmaShardPath(store, "shard-0", config, "soft0")
+    choice, client_config = DataPathChoice("rdma", "soft0", ""), RdmaClientConfig(slots=2, slot_bytes=4096)
+    keys = np.arange(50, dtype=np.uint64)
+    try:
+        with RdmaShardConnection(path.data_path_address(), client_config, choice=choice) as first:
+            with pytest.raises(RdmaTimeout):
+                first.lookup("t", keys, 16, timeout=1.0)
+        assert any(r.message == "handling an RDMA completion failed" and r.exc_info and
+                   "a bug in the shard" in str(r.exc_info[1]) for r in caplog.records)
+        _wait_for(lambda: path.stats().connections_open == 0)
+        assert path.stats().connections_failed == 1
+        with RdmaShardConnection(path.data_path_address(), client_config, choice=choice) as second:
+            np.testing.assert_array_equal(second.lookup("t", keys, 16)[0], t.lookup(keys))
+        assert soft_nic.violations == [] and soft_nic.rnr_waits == 0
+    finally:
+        path.stop()

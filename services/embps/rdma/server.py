@@ -265,6 +265,10 @@ class RdmaShardPath:
             except ExchangeError as error:
                 log.warning("memcached unreachable; retrying", extra={"error": str(error)})
                 self._stop.wait(1.0)
+            except Exception:
+                # A dead accept thread would leave every later client waiting for its endpoint.
+                log.exception("RDMA accept loop failed; retrying")
+                self._stop.wait(1.0)
 
     def _check_clients(self) -> None:
         """RC has no disconnect notice: a client that closed deleted its record, so its QP goes.
@@ -313,7 +317,7 @@ class RdmaShardPath:
                 # its endpoint was published, so before the client could send.
                 self._adopt()
                 for wc in wcs[:polled]:
-                    self._on_completion(wc)
+                    self._handle(wc)
                 if polled:
                     idle = 0
                     continue
@@ -323,7 +327,10 @@ class RdmaShardPath:
                 now = time.monotonic()
                 if now - last_housekeeping > 0.1:
                     last_housekeeping = now
-                    self._housekeeping(now)
+                    try:
+                        self._housekeeping(now)
+                    except Exception:
+                        log.exception("RDMA housekeeping failed; the shard keeps serving")
         except Exception:
             log.exception("RDMA poll loop failed; the RDMA path stops")
         finally:
@@ -335,6 +342,18 @@ class RdmaShardPath:
                 conn = self._new.popleft()
                 self._conns[conn.qp_num] = conn
                 self.stats_.connections_open = len(self._conns)
+
+    def _handle(self, wc) -> None:
+        """One completion.  An unexpected error is logged and fails only the connection it came on
+        (its client breaks instead of waiting for a reply that will never come); the others go on."""
+        try:
+            self._on_completion(wc)
+        except Exception as error:
+            conn = self._conns.get(int(wc.qp_num))
+            log.exception("handling an RDMA completion failed",
+                          extra={"qp_num": int(wc.qp_num), "client_id": conn.client_id if conn else None})
+            if conn is not None:
+                self._fail(conn, f"handling a completion failed: {type(error).__name__}: {error}")
 
     def _on_completion(self, wc) -> None:
         import pyverbs.enums as e
@@ -573,7 +592,7 @@ class RdmaShardPath:
             polled, wcs = self.cq.poll(32)
             self._adopt()
             for wc in wcs[:polled]:
-                self._on_completion(wc)
+                self._handle(wc)
         self._adopt()
         for conn in list(self._conns.values()):
             self._close(conn)
