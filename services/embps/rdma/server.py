@@ -185,7 +185,9 @@ class RdmaShardPath:
             raise
         self.address = RdmaAddress(*split_memcached(config.memcached), config.cluster, shard_id)
         self._conns: dict[int, _Connection] = {}          # by QP number
-        self._new: deque[_Connection] = deque()           # set up by rdma-accept, adopted by rdma-poll
+        # Set up by rdma-accept and queued here *before* their endpoint is published; rdma-poll adopts
+        # them after each CQ poll, so a completion always finds its connection.
+        self._new: deque[_Connection] = deque()
         self._inflight: dict[int, _InFlight] = {}
         self._next_token = 1
         # table name -> (the Table object, pool base, length, MR).  The object is compared too: a table
@@ -193,7 +195,7 @@ class RdmaShardPath:
         self._pool_mrs: dict[str, tuple[Table, int, int, Any]] = {}
         self._pool_failures: dict[str, tuple[float, str]] = {}
         self._dropped: deque[str] = deque()
-        self._gone: deque[_Connection] = deque()         # clients that left, closed by rdma-poll
+        self._gone: deque[tuple[_Connection, str]] = deque()   # (connection, why): failed and closed by rdma-poll
         self._draining: set[str] = set()
         self._table_inflight: dict[str, int] = {}
         self._stop = threading.Event()
@@ -263,6 +265,10 @@ class RdmaShardPath:
             except ExchangeError as error:
                 log.warning("memcached unreachable; retrying", extra={"error": str(error)})
                 self._stop.wait(1.0)
+            except Exception:
+                # A dead accept thread would leave every later client waiting for its endpoint.
+                log.exception("RDMA accept loop failed; retrying")
+                self._stop.wait(1.0)
 
     def _check_clients(self) -> None:
         """RC has no disconnect notice: a client that closed deleted its record, so its QP goes.
@@ -271,7 +277,7 @@ class RdmaShardPath:
             conns = [c for c in self._conns.values() if not c.failed]
         for conn in conns:
             if self.exchange.get(self.exchange.client_key(conn.client_id)) is None:
-                self._gone.append(conn)
+                self._gone.append((conn, "the client left (its record is gone)"))
 
     def _admit(self, client_id: int) -> None:
         try:
@@ -283,12 +289,21 @@ class RdmaShardPath:
                 return
             info = self.exchange.wait_client(client_id, self.config.handshake_timeout_seconds, self.generation)
             conn = _Connection(self, client_id, info)
-            self.exchange.publish_qp(client_id, conn.endpoint())
         except Exception as error:
             log.warning("RDMA client not connected", extra={"client_id": client_id, "error": str(error)})
             return
+        # Queued for rdma-poll before the client can know the endpoint: it connects and sends the
+        # moment the record is in memcached, and this thread may not run again until its request
+        # has completed on the shard's CQ.
         with self._lock:
             self._new.append(conn)
+        try:
+            self.exchange.publish_qp(client_id, conn.endpoint())
+        except Exception as error:
+            log.warning("RDMA client not connected", extra={"client_id": client_id, "error": str(error)})
+            self._gone.append((conn, f"publishing its endpoint failed: {error}"))
+            return
+        with self._lock:
             self.stats_.connections_total += 1
         log.info("RDMA client connected", extra={"client_id": client_id, "qp_num": conn.qp_num})
 
@@ -297,10 +312,12 @@ class RdmaShardPath:
         idle, last_housekeeping = 0, time.monotonic()
         try:
             while not self._stop.is_set():
-                self._adopt()
                 polled, wcs = self.cq.poll(32)
+                # After the poll: a connection whose completion was just polled was queued before
+                # its endpoint was published, so before the client could send.
+                self._adopt()
                 for wc in wcs[:polled]:
-                    self._on_completion(wc)
+                    self._handle(wc)
                 if polled:
                     idle = 0
                     continue
@@ -310,7 +327,10 @@ class RdmaShardPath:
                 now = time.monotonic()
                 if now - last_housekeeping > 0.1:
                     last_housekeeping = now
-                    self._housekeeping(now)
+                    try:
+                        self._housekeeping(now)
+                    except Exception:
+                        log.exception("RDMA housekeeping failed; the shard keeps serving")
         except Exception:
             log.exception("RDMA poll loop failed; the RDMA path stops")
         finally:
@@ -323,12 +343,25 @@ class RdmaShardPath:
                 self._conns[conn.qp_num] = conn
                 self.stats_.connections_open = len(self._conns)
 
+    def _handle(self, wc) -> None:
+        """One completion.  An unexpected error is logged and fails only the connection it came on
+        (its client breaks instead of waiting for a reply that will never come); the others go on."""
+        try:
+            self._on_completion(wc)
+        except Exception as error:
+            conn = self._conns.get(int(wc.qp_num))
+            log.exception("handling an RDMA completion failed",
+                          extra={"qp_num": int(wc.qp_num), "client_id": conn.client_id if conn else None})
+            if conn is not None:
+                self._fail(conn, f"handling a completion failed: {type(error).__name__}: {error}")
+
     def _on_completion(self, wc) -> None:
         import pyverbs.enums as e
         if wc.wr_id & _RECV_TAG:
             conn = self._conns.get(int(wc.qp_num))
             if conn is None or int(wc.wr_id) != conn.recv_wr_id:
-                return   # a stale completion of a destroyed QP whose number was reused
+                log.debug("stale receive completion dropped", extra={"qp_num": int(wc.qp_num)})
+                return   # of a destroyed QP (whose number may have been reused)
             if wc.status != e.IBV_WC_SUCCESS:
                 self._fail(conn, f"receive completion status {wc.status}")
                 return
@@ -485,7 +518,7 @@ class RdmaShardPath:
 
     def _housekeeping(self, now: float) -> None:
         while self._gone:
-            self._fail(self._gone.popleft(), "the client left (its record is gone)")
+            self._fail(*self._gone.popleft())
         limit = self.config.completion_timeout_seconds
         for record in list(self._inflight.values()):
             if now - record.posted > limit and not record.conn.failed:
@@ -557,8 +590,9 @@ class RdmaShardPath:
         deadline = time.monotonic() + 1.0
         while self._inflight and time.monotonic() < deadline:
             polled, wcs = self.cq.poll(32)
+            self._adopt()
             for wc in wcs[:polled]:
-                self._on_completion(wc)
+                self._handle(wc)
         self._adopt()
         for conn in list(self._conns.values()):
             self._close(conn)
