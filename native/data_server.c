@@ -192,11 +192,11 @@ static int fill_missing(connection *c, embps_table *t, const embps_table_spec *s
 }
 
 /* The payload of a lookup whose rows c->sge and missing hold, copied into c->copied: its rows, then
- * its found bytes.  Returns the payload, or NULL without the memory for it. */
-static const char *copy_payload(connection *c, size_t n, size_t row_bytes, const float *missing)
+ * its found bytes.  Returns -1 without the memory for it. */
+static int copy_payload(connection *c, size_t n, size_t row_bytes, const float *missing)
 {
     if (grow(&c->copied, &c->copied_cap, n * (row_bytes + 1)))
-        return NULL;
+        return -1;
     char *row = c->copied;
     uint8_t *found = (uint8_t *)row + n * row_bytes;
     for (size_t i = 0; i < n; i++, row += row_bytes) {
@@ -208,19 +208,19 @@ static const char *copy_payload(connection *c, size_t n, size_t row_bytes, const
             missing += row_bytes / sizeof(float);
         }
     }
-    return c->copied;
+    return 0;
 }
 
 /* Answers with the copied payload (copy_payload) in one iovec; the guard ends before the send. */
 static int send_copied(connection *c, embps_table *t, uint64_t guard, size_t n, size_t row_bytes,
                        const float *missing)
 {
-    const char *payload = copy_payload(c, n, row_bytes, missing);
+    int copied = copy_payload(c, n, row_bytes, missing);
     embps_table_gather_end(t, guard);   /* the rows are copied */
-    if (!payload)
+    if (copied)
         return send_error(c, fail(EMBPS_E_NOMEM, "out of memory for a reply of %zu keys", n));
     embps_wire_reply reply = {.status = EMBPS_OK, .payload_bytes = n * (row_bytes + 1)};
-    struct iovec iov[2] = {{&reply, sizeof(reply)}, {(void *)payload, reply.payload_bytes}};
+    struct iovec iov[2] = {{&reply, sizeof(reply)}, {c->copied, reply.payload_bytes}};   /* none: 0 bytes */
     return send_reply(c, iov, 2, sizeof(reply) + reply.payload_bytes) ? -1 : EMBPS_OK;
 }
 
