@@ -25,8 +25,10 @@ _from_buffer = ffi.from_buffer
 _NO_BODY = [(ffi.NULL, 0)] * 2
 # Looked up once: an attribute of lib or np costs a dictionary walk per call on the hot path.
 _exchange, _receive = lib.embps_data_client_exchange, lib.embps_data_client_receive
-_LOOKUP, _REPLIED, _STALE = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_EXCHANGE_REPLIED, lib.EMBPS_EXCHANGE_STALE
+_LOOKUP, _UPDATE, _WITH_COUNTS = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_WITH_COUNTS
+_REPLIED, _STALE = lib.EMBPS_EXCHANGE_REPLIED, lib.EMBPS_EXCHANGE_STALE
 _empty, _float32, _uint8 = np.empty, np.float32, np.uint8
+_NO_PAYLOAD = np.empty(0, np.uint8)   # an update's reply has none (one with some gets its own array)
 _MAX_TIMEOUT_MS = 2**32 - 1
 _NAMES_KEPT = 1024   # encoded table names kept per path (a caller cycling through more only re-encodes)
 
@@ -102,10 +104,9 @@ class TcpDataPath:
                counts: np.ndarray | None = None) -> None:
         """counts (uint32, one per key) says how many contributions each gradient carries."""
         if counts is None:
-            self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout, 0)
+            self._exchange(_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout, _NO_PAYLOAD)
         else:
-            self._call(lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_WITH_COUNTS, table, keys, grads.shape[1],
-                       (grads, counts), timeout, 0)
+            self._exchange(_UPDATE, _WITH_COUNTS, table, keys, grads.shape[1], (grads, counts), timeout, _NO_PAYLOAD)
 
     def refresh(self, table: str, keys: np.ndarray, versions: np.ndarray, bound: int, dim: int,
                 state_floats: int = 0, with_state: bool = False, timeout: float | None = None) -> StaleRows:
