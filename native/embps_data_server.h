@@ -3,7 +3,8 @@
  *
  * The server runs one thread per connection, without the Python interpreter; lookup replies are
  * gathered straight from the rows in the pool with sendmsg (the software twin of RDMA NIC
- * gathering).  Control (creating, dropping, describing tables) stays with the gRPC service.
+ * gathering), except that short rows are copied into one buffer first, which costs the kernel less.
+ * Control (creating, dropping, describing tables) stays with the gRPC service.
  */
 #ifndef EMBPS_DATA_SERVER_H
 #define EMBPS_DATA_SERVER_H

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embps.client")
 _RETRY_FIRST_SLEEP, _RETRY_MAX_SLEEP = 0.05, 1.0
+_monotonic = time.monotonic
 
 
 class _Shard:
@@ -154,6 +155,7 @@ class PSClient:
         self._shards = [_Shard(address, config) for address in config.shards]
         self._pool = ThreadPoolExecutor(max_workers or 4 * len(self._shards), thread_name_prefix="psclient")
         self._dims: dict[str, tuple[int, int]] = {}
+        self._sole: TcpDataPath | None = None   # _sole_tcp() once it found one (it stays the path)
 
     # ---- tables (applied on every shard) ----------------------------------------------------
 
@@ -193,8 +195,8 @@ class PSClient:
     def lookup(self, table: str, keys, with_state: bool = False):
         """Rows of keys, (n, dim) float32; with_state: (rows, optimizer state, found mask)."""
         keys = as_keys(keys)
-        if not with_state and (tcp := self._sole_tcp()) is not None:
-            return self._call(self._shards[0], lambda _, t: tcp.lookup_rows(table, keys, t), True)
+        if not with_state and (tcp := self._sole or self._sole_tcp()) is not None:
+            return self._call(self._shards[0], _sole_lookup, True, tcp, table, keys)
         dim, state_floats = self._dim(table) if with_state else (0, 0)
 
         def shard_lookup(shard: _Shard, part: np.ndarray, timeout: float):
@@ -227,9 +229,9 @@ class PSClient:
         if grads.ndim != 2 or len(grads) != len(keys):
             raise ValueError(f"grads must have shape ({len(keys)}, dim), got {grads.shape}")
         per_key = (grads,) if counts is None else (grads, np.ascontiguousarray(counts, wire.COUNT_DTYPE))
-        if (tcp := self._sole_tcp()) is not None:
+        if (tcp := self._sole or self._sole_tcp()) is not None:
             _check_lengths(keys, per_key)
-            self._call(self._shards[0], lambda _, t: tcp.update(table, keys, grads, t, *per_key[1:]), False)
+            self._call(self._shards[0], _sole_update, False, tcp, table, keys, grads, *per_key[1:])
             return
 
         def shard_update(shard: _Shard, part: np.ndarray, timeout: float, rows: np.ndarray, part_counts=None):
@@ -360,7 +362,9 @@ class PSClient:
         if len(self._shards) != 1:
             return None
         shard = self._shards[0]
-        return shard.tcp if shard.rdma is None and self._path(shard) == "tcp" else None
+        if shard.rdma is None and self._path(shard) == "tcp":
+            self._sole = shard.tcp   # a shard's paths are chosen once, and RDMA is never added later
+        return self._sole
 
     def _tcp(self, shard: _Shard) -> TcpDataPath | None:
         """The shard's TCP data path if row traffic takes it."""
@@ -374,10 +378,10 @@ class PSClient:
 
     def _call(self, shard: _Shard, fn: Callable, idempotent: bool, *args):
         """fn(shard, timeout, *args) within the deadline; UNAVAILABLE is retried if idempotent."""
-        deadline = time.monotonic() + self.config.deadline_seconds
+        remaining = self.config.deadline_seconds
+        deadline = _monotonic() + remaining
         sleep = _RETRY_FIRST_SLEEP
         while True:
-            remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
                     raise ShardError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed while retrying",
@@ -391,6 +395,7 @@ class PSClient:
                 raise failure
             time.sleep(sleep)
             sleep = min(2 * sleep, _RETRY_MAX_SLEEP)
+            remaining = deadline - _monotonic()
 
     def _on_every_shard(self, fn: Callable, idempotent: bool = True) -> list:
         if len(self._shards) == 1:
@@ -416,6 +421,15 @@ class PSClient:
         futures = [(pos, self._pool.submit(self._call, shard, call, idempotent)) for pos, shard, call in jobs[:-1]]
         last = [(pos, self._call(shard, call, idempotent)) for pos, shard, call in jobs[-1:]]
         return [(pos, future.result()) for pos, future in futures] + last
+
+
+def _sole_lookup(_: _Shard, timeout: float, tcp: TcpDataPath, table: str, keys: np.ndarray) -> np.ndarray:
+    return tcp.lookup_rows(table, keys, timeout)
+
+
+def _sole_update(_: _Shard, timeout: float, tcp: TcpDataPath, table: str, keys: np.ndarray, grads: np.ndarray,
+                 counts: np.ndarray | None = None) -> None:
+    tcp.update(table, keys, grads, timeout, counts)
 
 
 def _check_lengths(keys: np.ndarray, per_key: tuple) -> None:

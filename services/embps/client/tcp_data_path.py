@@ -23,6 +23,13 @@ _MESSAGE_BYTES = 1024   # the shard's messages are shorter (native/status.c keep
 _KEYS, _BYTES = ffi.typeof("uint64_t[]"), ffi.typeof("uint8_t[]")
 _from_buffer = ffi.from_buffer
 _NO_BODY = [(ffi.NULL, 0)] * 2
+# Looked up once: an attribute of lib or np costs a dictionary walk per call on the hot path.
+_exchange, _receive = lib.embps_data_client_exchange, lib.embps_data_client_receive
+_LOOKUP, _UPDATE, _WITH_COUNTS = lib.EMBPS_WIRE_OP_LOOKUP, lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_WITH_COUNTS
+_REPLIED, _STALE = lib.EMBPS_EXCHANGE_REPLIED, lib.EMBPS_EXCHANGE_STALE
+_empty, _float32, _uint8 = np.empty, np.float32, np.uint8
+_NO_PAYLOAD = np.empty(0, np.uint8)   # an update's reply has none (one with some gets its own array)
+_MAX_TIMEOUT_MS = 2**32 - 1
 _NAMES_KEPT = 1024   # encoded table names kept per path (a caller cycling through more only re-encodes)
 
 
@@ -33,7 +40,7 @@ def _status_name(status: int) -> str:
 class _Connection:
     """A socket and the native structs its exchanges fill."""
 
-    __slots__ = ("sock", "fd", "request", "reply", "message", "got", "pooled")
+    __slots__ = ("sock", "fd", "request", "reply", "message", "got", "pooled", "framed", "bodied")
 
     def __init__(self, sock: socket.socket):
         self.sock, self.fd = sock, sock.fileno()
@@ -42,6 +49,10 @@ class _Connection:
         self.message = ffi.new("char[]", _MESSAGE_BYTES)
         self.got = ffi.new("size_t *")
         self.pooled = 0
+        # What request holds besides its keys, so that a call like the last sets only its keys: the
+        # (op, flags, name's C view and length, dim) it was framed for, and whether its body parts are set.
+        self.framed: tuple | None = None
+        self.bodied = True
 
 
 class TcpDataPath:
@@ -53,13 +64,18 @@ class TcpDataPath:
         self._names: dict[str, tuple] = {}   # table -> (its name's C view, its length), encoded once
 
     def lookup_rows(self, table: str, keys: np.ndarray, timeout: float) -> np.ndarray:
-        """lookup's rows alone, by the shortest way (PSClient's hot path)."""
+        """lookup's rows alone, by the shortest way (PSClient's hot path): once the row width is known,
+        the payload is received into an (n + spare, width) float32 array whose spare rows take the found
+        bytes, so that the rows are its first n, with no view or copy to make."""
         n = len(keys)
         width = self._widths.get((table, 0), 0)
-        payload = self._call(lib.EMBPS_WIRE_OP_LOOKUP, 0, table, keys, 0, (), timeout, n * (4 * width + 1))
-        if width and len(payload) == n * (4 * width + 1):
-            return payload[:n * 4 * width].view(np.float32).reshape(n, width)
-        return self._rows_of(table, 0, payload, n)[0]
+        if not width:
+            return self._rows_of(table, 0, self._call(_LOOKUP, 0, table, keys, 0, (), timeout, n), n)[0]
+        rows = _empty((n + -(-n // (4 * width)), width), _float32)
+        payload, size = self._exchange(_LOOKUP, 0, table, keys, 0, (), timeout, rows)
+        if size == n * (4 * width + 1) and payload is rows:
+            return rows[:n]
+        return self._rows_of(table, 0, payload.reshape(-1).view(_uint8)[:size], n)[0]   # the width changed
 
     def lookup(self, table: str, keys: np.ndarray, dim: int = 0, state_floats: int = 0, with_state: bool = False,
                timeout: float | None = None):
@@ -88,10 +104,9 @@ class TcpDataPath:
                counts: np.ndarray | None = None) -> None:
         """counts (uint32, one per key) says how many contributions each gradient carries."""
         if counts is None:
-            self._call(lib.EMBPS_WIRE_OP_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout, 0)
+            self._exchange(_UPDATE, 0, table, keys, grads.shape[1], (grads,), timeout, _NO_PAYLOAD)
         else:
-            self._call(lib.EMBPS_WIRE_OP_UPDATE, lib.EMBPS_WIRE_WITH_COUNTS, table, keys, grads.shape[1],
-                       (grads, counts), timeout, 0)
+            self._exchange(_UPDATE, _WITH_COUNTS, table, keys, grads.shape[1], (grads, counts), timeout, _NO_PAYLOAD)
 
     def refresh(self, table: str, keys: np.ndarray, versions: np.ndarray, bound: int, dim: int,
                 state_floats: int = 0, with_state: bool = False, timeout: float | None = None) -> StaleRows:
@@ -135,40 +150,54 @@ class TcpDataPath:
 
     def _call(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple[np.ndarray, ...],
               timeout: float | None, payload_guess: int) -> np.ndarray:
-        """body: the arrays that follow the keys (at most two, each C-contiguous)."""
+        """The reply's payload, received into a guess of payload_guess bytes (see _exchange)."""
+        payload, size = self._exchange(op, flags, table, keys, dim, body, timeout, _empty(payload_guess, _uint8))
+        return payload[:size] if size < len(payload) else payload
+
+    def _exchange(self, op: int, flags: int, table: str, keys: np.ndarray, dim: int, body: tuple[np.ndarray, ...],
+                  timeout: float | None, out: np.ndarray) -> tuple[np.ndarray, int]:
+        """(payload, its size in bytes): the payload is received into out (C-contiguous, any dtype) when it
+        fits, else into a new uint8 array of its size.  body: the arrays that follow the keys (at most two,
+        each C-contiguous)."""
         name_ptr, name_len = self._name(table)
-        timeout_ms = max(1, min(round((timeout or self._timeout) * 1000), 2**32 - 1))
+        timeout = timeout or self._timeout
+        timeout_ms = round(timeout * 1000)
+        timeout_ms = 1 if timeout_ms < 1 else timeout_ms if timeout_ms < _MAX_TIMEOUT_MS else _MAX_TIMEOUT_MS
         keys_ptr = _from_buffer(_KEYS, keys)
-        body_ptrs = [(_from_buffer(part), part.nbytes) for part in body] + _NO_BODY[len(body):]
-        payload = np.empty(payload_guess, np.uint8)
-        payload_ptr = _from_buffer(_BYTES, payload, True)
+        body_ptrs = [(_from_buffer(part), part.nbytes) for part in body] + _NO_BODY[len(body):] if body else None
+        capacity = out.nbytes
+        out_ptr = _from_buffer(_BYTES, out, True)
+        framing = (op, flags, name_ptr, name_len, dim)
         while True:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = self._connect(timeout or self._timeout)
+                conn = self._connect(timeout)
             rq = conn.request
-            rq.op, rq.flags, rq.name, rq.name_len, rq.keys, rq.n_keys, rq.dim = \
-                op, flags, name_ptr, name_len, keys_ptr, len(keys), dim
-            (rq.body[0], rq.body_bytes[0]), (rq.body[1], rq.body_bytes[1]) = body_ptrs
-            end = lib.embps_data_client_exchange(conn.fd, rq, conn.pooled, timeout_ms, conn.reply, conn.message,
-                                                 _MESSAGE_BYTES, payload_ptr, payload_guess, conn.got)
-            if end != lib.EMBPS_EXCHANGE_STALE:
+            if conn.framed != framing:
+                rq.op, rq.flags, rq.name, rq.name_len, rq.dim = op, flags, name_ptr, name_len, dim
+                conn.framed = framing
+            rq.keys, rq.n_keys = keys_ptr, len(keys)
+            if body_ptrs is not None:
+                (rq.body[0], rq.body_bytes[0]), (rq.body[1], rq.body_bytes[1]) = body_ptrs
+                conn.bodied = True
+            elif conn.bodied:
+                rq.body_bytes[0] = rq.body_bytes[1] = 0
+                conn.bodied = False
+            end = _exchange(conn.fd, rq, conn.pooled, timeout_ms, conn.reply, conn.message, _MESSAGE_BYTES,
+                            out_ptr, capacity, conn.got)
+            if end != _STALE:
                 break
             conn.sock.close()
         reply = conn.reply
-        if end == lib.EMBPS_EXCHANGE_REPLIED:
+        if end == _REPLIED:
             size = reply.payload_bytes
-            if size <= payload_guess:   # received with the reply
-                if size < payload_guess:
-                    payload = payload[:size]
-            else:   # a width not yet known: the rest of the payload is still to come
-                got, early = conn.got[0], payload
-                payload = np.empty(size, np.uint8)
-                payload[:got] = early[:got]
-                end = lib.embps_data_client_receive(conn.fd, _from_buffer(_BYTES, payload[got:], True), size - got,
-                                                    timeout_ms)
-        if end != lib.EMBPS_EXCHANGE_REPLIED:
+            if size > capacity:   # a width not yet known: the rest of the payload is still to come
+                got, early = conn.got[0], out.reshape(-1).view(_uint8)
+                out = _empty(size, _uint8)
+                out[:got] = early[:got]
+                end = _receive(conn.fd, _from_buffer(_BYTES, out[got:], True), size - got, timeout_ms)
+        if end != _REPLIED:
             conn.sock.close()
             code = grpc.StatusCode.DEADLINE_EXCEEDED if end == lib.EMBPS_EXCHANGE_TIMED_OUT \
                 else grpc.StatusCode.UNAVAILABLE
@@ -178,7 +207,7 @@ class TcpDataPath:
             return self._failed(conn, status)
         conn.pooled = 1
         self._idle.put(conn)
-        return payload
+        return out, size
 
     def _failed(self, conn: _Connection, status: int):
         """Raises the ShardError of a reply's status; a connection the shard closes is not pooled again."""
