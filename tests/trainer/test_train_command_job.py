@@ -1,6 +1,7 @@
 """`embps train`'s job file: a relative `--placement` names the file the user meant after the job file
 moves to --data-dir, and `--segments` gives the synthetic data the structure `embps partition` was run
-on, so the placement's dataset matches the job's."""
+on, so the placement's dataset matches the job's; a placement whose trainers and shards differ is refused
+before any process starts."""
 
 import pytest
 
@@ -38,3 +39,12 @@ def test_segments_make_the_dataset_that_partition_reads_from_a_job_file(tmp_path
 def test_segments_are_refused_on_other_data():
     with pytest.raises(ValueError, match="--segments shapes the synthetic data"):
         job_from_args(parse("--dataset", "movielens-100k", "--segments", "4"))
+
+
+def test_a_placement_with_unequal_trainers_and_shards_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ValueError, match="2 trainers need 2 shards, not 3"):
+        job_from_args(parse("--placement", str(tmp_path / "p.placement"), "--shards", "3"))
+    args = parse("--placement", str(tmp_path / "p.placement"), "--shards", "3", "--data-dir", str(tmp_path / "job"))
+    with pytest.raises(SystemExit, match="embps train: with a placement"):
+        args.run(args)
+    assert not (tmp_path / "job").exists()

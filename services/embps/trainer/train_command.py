@@ -90,8 +90,12 @@ def job_from_args(args) -> JobConfig:
     # The job file lives in --data-dir and its processes resolve a relative placement against it, so the
     # path the user typed (relative to here) goes into the file absolute.
     placement = str(Path(args.placement).resolve()) if args.placement else ""
+    trainers, shards = counts_from_args(args)
+    if placement and trainers != shards:   # refused here, before any process starts
+        raise ValueError(f"with a placement, host h runs shard h and trainer h: {trainers} trainers need "
+                         f"{trainers} shards, not {shards} (or give --hosts)")
     job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
-                    trainers=counts_from_args(args)[0], global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
+                    trainers=trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
                     emb_eps=args.emb_eps, emb_beta1=args.emb_betas[0], emb_beta2=args.emb_betas[1], dense_lr=args.dense_lr, lookahead=args.lookahead,
                     staleness=args.staleness, store_rate=args.store_rate, placement=placement)
