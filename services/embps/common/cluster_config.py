@@ -29,6 +29,7 @@ from pathlib import Path
 from .security import NO_SECURITY, Security
 
 DATA_PATHS = ("auto", "grpc", "tcp", "rdma")
+CLUSTER_SETTINGS = ("deadline_seconds", "data_path", "max_message_bytes", "placement")   # what [cluster] may set
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
@@ -74,6 +75,9 @@ class ClusterConfig:
             raise ValueError(f"{path}: give every [[shards]] entry a host, or none")
         extra = {k: v for k, v in doc.items() if k not in ("cluster", "shards", "security")}
         settings = dict(doc.get("cluster", {}))
+        unknown = set(settings) - set(CLUSTER_SETTINGS)
+        if unknown:   # a misspelt setting would otherwise be a TypeError naming a constructor
+            raise ValueError(f"{path}: unknown [cluster] settings: {sorted(unknown)}")
         if isinstance(settings.get("placement"), str) and settings["placement"]:
             settings["placement"] = str(Path(path).resolve().parent / settings["placement"])
         return cls(shards=shards, extra=extra, security=Security.from_table(doc.get("security", {})),

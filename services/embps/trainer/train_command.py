@@ -32,6 +32,9 @@ def add_arguments(parser) -> None:
                         help='"synthetic" (the default), "movielens-100k", "movielens-100k-seq" (caser\'s default '
                              'and only choice) or "criteo:<TSV file or preprocessed dir>"')
     parser.add_argument("--scale", type=float, default=0.01, help="synthetic: fraction of Criteo's table sizes")
+    parser.add_argument("--segments", type=int, default=0,
+                        help="synthetic: K latent segments whose samples share rows, the co-occurrence a "
+                             "placement finds (default 0: none)")
     parser.add_argument("--mode", default="sync", choices=MODES)
     parser.add_argument("--lookahead", type=int, default=64)
     parser.add_argument("--staleness", type=int, default=0,
@@ -80,11 +83,22 @@ def job_from_args(args) -> JobConfig:
     default_dataset, default_dim = MODEL_DEFAULTS.get(args.model, DEFAULTS)
     dataset = args.dataset or default_dataset
     options = {"scale": args.scale} if dataset == "synthetic" else {}
+    if args.segments:
+        if dataset != "synthetic":
+            raise ValueError(f"--segments shapes the synthetic data, not {dataset}")
+        options["segments"] = args.segments
+    # The job file lives in --data-dir and its processes resolve a relative placement against it, so the
+    # path the user typed (relative to here) goes into the file absolute.
+    placement = str(Path(args.placement).resolve()) if args.placement else ""
+    trainers, shards = counts_from_args(args)
+    if placement and trainers != shards:   # refused here, before any process starts
+        raise ValueError(f"with a placement, host h runs shard h and trainer h: {trainers} trainers need "
+                         f"{trainers} shards, not {shards} (or give --hosts)")
     job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
-                    trainers=counts_from_args(args)[0], global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
+                    trainers=trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
                     emb_eps=args.emb_eps, emb_beta1=args.emb_betas[0], emb_beta2=args.emb_betas[1], dense_lr=args.dense_lr, lookahead=args.lookahead,
-                    staleness=args.staleness, store_rate=args.store_rate, placement=args.placement)
+                    staleness=args.staleness, store_rate=args.store_rate, placement=placement)
     return with_table_sizes(job, args.emb_info_file) if args.emb_info_file else job
 
 
