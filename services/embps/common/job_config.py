@@ -38,6 +38,7 @@ from .security import NO_SECURITY, Security
 MODES = ("sync", "direct", "bounded")
 EMB_OPTIMIZERS = ("sgd", "adagrad", "adam")   # the table optimizers a job trains with (bounded: sgd, adagrad)
 DENSE_OPTIMIZERS = ("sgd", "adam", "adagrad")  # torch.optim's, for the dense parameters (embps.trainer.training)
+MODELS = ("dlrm", "wide_deep", "dcn_v2", "deepfm", "fgcnn", "caser")   # what embps.models builds
 FEATURE_SHIFT = 40   # shard key = (feature << 40) | id
 
 
@@ -84,7 +85,9 @@ class JobConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.emb_optimizer not in EMB_OPTIMIZERS:
             raise ValueError(f"emb_optimizer must be one of {EMB_OPTIMIZERS}, got {self.emb_optimizer!r}")
-        if self.dense_optimizer not in DENSE_OPTIMIZERS:   # else only a trainer, once started, would find out
+        if self.model not in MODELS:   # else only a trainer, once started, would find out
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.dense_optimizer not in DENSE_OPTIMIZERS:   # likewise
             raise ValueError(f"dense_optimizer must be one of {DENSE_OPTIMIZERS}, got {self.dense_optimizer!r}")
         if not (0 <= self.emb_beta1 < 1 and 0 <= self.emb_beta2 < 1):
             raise ValueError(f"emb_beta1 and emb_beta2 must be in [0, 1), got {self.emb_beta1} and {self.emb_beta2}")

@@ -28,6 +28,7 @@ are a pure function of parameters and inputs (bit for bit on the same machine an
 import torch
 from torch import nn
 
+from embps.common.job_config import MODELS
 from embps.models.caser import Caser
 from embps.models.dcn_v2 import DCNv2
 from embps.models.deepfm import DeepFM
@@ -37,8 +38,6 @@ from embps.models.layers import mlp
 from embps.models.local_training import LocalTrainer
 from embps.models.metrics import auc, evaluate, logloss, ranking_metrics
 from embps.models.wide_deep import WideDeep
-
-MODELS = ("dlrm", "wide_deep", "dcn_v2", "deepfm", "fgcnn", "caser")
 
 _CLASSES: dict[str, type[nn.Module]] = {
     "dlrm": DLRM,
