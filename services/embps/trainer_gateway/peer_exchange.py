@@ -104,8 +104,10 @@ class PeerExchange:
     def receive(self, batch: int, trainer: int, keys: np.ndarray, grads: np.ndarray,
                 counts: np.ndarray | None = None, part: int = 0) -> None:
         with self._cond:
-            self._contributions.setdefault((batch, part), {})[trainer] = Contribution(keys, grads, counts)
-            self._cond.notify_all()
+            contributions = self._contributions.setdefault((batch, part), {})
+            contributions[trainer] = Contribution(keys, grads, counts)
+            if len(contributions) == self.n:   # gather waits for all of them: no sooner wake-up helps
+                self._cond.notify_all()
 
     def receive_round(self, trainer: int, round_: int) -> None:
         with self._cond:
