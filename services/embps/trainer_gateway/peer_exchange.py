@@ -34,6 +34,7 @@ from embps.v1 import training_pb2_grpc as pb_grpc
 from .errors import GatewayError
 
 FINAL_ROUND = 1 << 62
+EVERY_GATEWAY = -1   # in contribute's `to`: this key's gradient goes to every gateway
 
 
 class Contribution(NamedTuple):
@@ -61,11 +62,11 @@ class PeerExchange:
     def contribute(self, batch: int, keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None = None,
                    part: int = 0, to: np.ndarray | None = None) -> int:
         """Sends this trainer's gradients of batch (or of a part of it) to every peer, or, with `to` (each
-        key's gateway), each key's gradient to that gateway alone; counts (bounded mode): the contributions
-        each gradient carries, None for one each.  Returns the bytes sent to peers."""
+        key's gateway, or EVERY_GATEWAY), each key's gradient to that gateway alone (or to all); counts
+        (bounded mode): the contributions each gradient carries, None for one each.  Returns the bytes sent
+        to peers."""
         shares = {t: Contribution(keys, grads, counts) for t in range(self.n)} if to is None else {
-            t: Contribution(keys[to == t], grads[to == t], None if counts is None else counts[to == t])
-            for t in range(self.n)}
+            t: _share(keys, grads, counts, (to == t) | (to == EVERY_GATEWAY)) for t in range(self.n)}
         self.receive(batch, self.me, *shares.pop(self.me), part)
         messages = {t: pb.ContributeRequest(batch=batch, trainer=self.me, keys=c.keys.tobytes(),
                                             grads=c.grads.tobytes(),
@@ -103,8 +104,10 @@ class PeerExchange:
     def receive(self, batch: int, trainer: int, keys: np.ndarray, grads: np.ndarray,
                 counts: np.ndarray | None = None, part: int = 0) -> None:
         with self._cond:
-            self._contributions.setdefault((batch, part), {})[trainer] = Contribution(keys, grads, counts)
-            self._cond.notify_all()
+            contributions = self._contributions.setdefault((batch, part), {})
+            contributions[trainer] = Contribution(keys, grads, counts)
+            if len(contributions) == self.n:   # gather waits for all of them: no sooner wake-up helps
+                self._cond.notify_all()
 
     def receive_round(self, trainer: int, round_: int) -> None:
         with self._cond:
@@ -160,6 +163,25 @@ def _done(call, *args) -> Future:
     except grpc.RpcError as error:
         future.set_exception(error)
     return future
+
+
+def _share(keys: np.ndarray, grads: np.ndarray, counts: np.ndarray | None, which: np.ndarray) -> Contribution:
+    return Contribution(keys[which], grads[which], None if counts is None else counts[which])
+
+
+def split_contributions(parts: list[Contribution], keys: np.ndarray,
+                        which: np.ndarray) -> tuple[list[Contribution], list[Contribution]]:
+    """Each contribution (of some of keys, sorted) divided into its gradients of the keys where `which` is
+    False and those where it is True: a part of a batch that went in one message, summed in two ways."""
+    unmarked, marked = [], []
+    for part_keys, grads, counts in parts:
+        pos = np.searchsorted(keys, part_keys)
+        if len(part_keys) and (pos.max() >= len(keys) or not np.array_equal(keys[pos], part_keys)):
+            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "gradients for keys outside the batch")
+        marks = which[pos]
+        unmarked.append(_share(part_keys, grads, counts, ~marks))
+        marked.append(_share(part_keys, grads, counts, marks))
+    return unmarked, marked
 
 
 def sum_contributions(keys: np.ndarray, parts: list[Contribution], dim: int) -> np.ndarray:

@@ -19,7 +19,9 @@ from .errors import GatewayError
 class Progress:
     def __init__(self, me: int, timeout_seconds: float):
         self.me, self.timeout_seconds = me, timeout_seconds
-        self.cond = threading.Condition()
+        self._lock = threading.RLock()
+        self.cond = threading.Condition(self._lock)   # held to read or change any of this
+        self._waiting: list[tuple[Callable[[], bool], threading.Condition]] = []   # wait()'s, on cond's lock
         self.plans: dict[int, pb.BatchPlan] = {}
         self.local: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # batch -> this trainer's keys, inverse
         self.plans_end: int | None = None          # number of batches, once the stream has ended
@@ -29,23 +31,33 @@ class Progress:
 
     @contextlib.contextmanager
     def changing(self) -> Iterator[None]:
-        """Holds the condition while the caller changes what others wait for, then wakes them."""
+        """Holds the condition while the caller changes what others wait for, then wakes those it made ready
+        (or all, on a failure): a thread woken to wait again costs CPU that the step needs."""
         with self.cond:
             yield
-            self.cond.notify_all()
+            for ready, waiter in self._waiting:
+                if self.failure or ready():
+                    waiter.notify()
 
     def wait(self, ready: Callable[[], bool], what: str) -> None:
         """Blocks until ready() holds; raises the gateway's failure, or DEADLINE_EXCEEDED after the job's timeout."""
         deadline = time.monotonic() + self.timeout_seconds
         with self.cond:
-            while not ready():
-                if self.failure:
-                    raise self.failure
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                       f"gateway {self.me} waited {self.timeout_seconds:.0f} s for {what}")
-                self.cond.wait(min(remaining, 1.0))
+            if ready() and not self.failure:
+                return
+            waiter = (ready, threading.Condition(self._lock))
+            self._waiting.append(waiter)
+            try:
+                while not ready():
+                    if self.failure:
+                        raise self.failure
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise GatewayError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                           f"gateway {self.me} waited {self.timeout_seconds:.0f} s for {what}")
+                    waiter[1].wait(min(remaining, 1.0))
+            finally:
+                self._waiting.remove(waiter)
             if self.failure:
                 raise self.failure
 

@@ -19,6 +19,7 @@ from embps.api import wire
 from embps.v1 import training_pb2 as pb
 
 from .batch_keys import members
+from .peer_exchange import EVERY_GATEWAY, split_contributions, sum_contributions, sum_counted
 from .row_cache import RowCache
 from .strategy import GatewayContext, Strategy
 
@@ -91,10 +92,14 @@ class SyncStrategy(Strategy):
             streamed = members(later_keys, stream)
             mine_streamed = streamed[np.searchsorted(later_keys, keys)]   # keys are some of later_keys
             # Every cache holds the cached rows, so every gateway needs their sums; only the shards need the
-            # streamed rows', so each of those goes to the one gateway that pushes it.
-            summed = c.summed_gradients(batch, later_keys[~streamed], keys[~mine_streamed], grads[~mine_streamed],
-                                        part=1)
-            pushed, pushed_sums, _ = c.reduced_gradients(batch, keys[mine_streamed], grads[mine_streamed], part=2)
+            # streamed rows', so each of those goes to the one gateway that pushes it.  Both go in one
+            # message to each peer: a call costs more CPU than the bytes it carries.
+            to = np.full(len(keys), EVERY_GATEWAY, np.int64)
+            to[mine_streamed] = c.pusher_of(keys[mine_streamed])
+            c.contribute(batch, keys, grads, part=1, to=to)
+            cached_parts, streamed_parts = split_contributions(c.peers.gather(batch, 1), later_keys, streamed)
+            summed = sum_contributions(later_keys[~streamed], cached_parts, c.dim)
+            pushed, pushed_sums, _ = sum_counted(streamed_parts, c.dim)
             c.push_to_shards(pushed, pushed_sums)
             if len(summed):
                 self.cache.apply(later_keys[~streamed], summed)
