@@ -195,6 +195,8 @@ static int fill_missing(connection *c, embps_table *t, const embps_table_spec *s
  * its found bytes.  Returns -1 without the memory for it. */
 static int copy_payload(connection *c, size_t n, size_t row_bytes, const float *missing)
 {
+    if (n == 0)
+        return 0;   /* no buffer yet, maybe: nothing to point into */
     if (grow(&c->copied, &c->copied_cap, n * (row_bytes + 1)))
         return -1;
     char *row = c->copied;
@@ -220,8 +222,8 @@ static int send_copied(connection *c, embps_table *t, uint64_t guard, size_t n, 
     if (copied)
         return send_error(c, fail(EMBPS_E_NOMEM, "out of memory for a reply of %zu keys", n));
     embps_wire_reply reply = {.status = EMBPS_OK, .payload_bytes = n * (row_bytes + 1)};
-    struct iovec iov[2] = {{&reply, sizeof(reply)}, {c->copied, reply.payload_bytes}};   /* none: 0 bytes */
-    return send_reply(c, iov, 2, sizeof(reply) + reply.payload_bytes) ? -1 : EMBPS_OK;
+    struct iovec iov[2] = {{&reply, sizeof(reply)}, {c->copied, reply.payload_bytes}};
+    return send_reply(c, iov, n ? 2 : 1, sizeof(reply) + reply.payload_bytes) ? -1 : EMBPS_OK;
 }
 
 /* Answers with the rows copied (send_copied) when they are small, else with one iovec per run of
