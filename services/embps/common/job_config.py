@@ -42,6 +42,13 @@ MODELS = ("dlrm", "wide_deep", "dcn_v2", "deepfm", "fgcnn", "caser")   # what em
 FEATURE_SHIFT = 40   # shard key = (feature << 40) | id
 
 
+def check_one_shard_per_trainer(trainers: int, shards: int, hint: str = "") -> None:
+    """A placement's host h runs shard h and trainer h, so a job with one needs as many of each."""
+    if trainers != shards:
+        raise ValueError(f"with a placement, host h runs shard h and trainer h: {trainers} trainers need "
+                         f"{trainers} shards, not {shards}{hint}")
+
+
 @dataclass(frozen=True)
 class Addresses:
     oracle: str = ""
@@ -97,9 +104,8 @@ class JobConfig:
             raise ValueError("lookahead and steps must be positive")
         if not isinstance(self.placement, str):
             raise ValueError(f"placement must be a file's path, got {self.placement!r}")
-        if self.placement and self.addresses.shards and len(self.addresses.shards) != self.trainers:
-            raise ValueError(f"with a placement, host h runs shard h and trainer h: {self.trainers} trainers "
-                             f"need {self.trainers} shards, not {len(self.addresses.shards)}")
+        if self.placement and self.addresses.shards:
+            check_one_shard_per_trainer(self.trainers, len(self.addresses.shards))
         if not 0 <= self.staleness < 2**32:
             raise ValueError(f"staleness must be in [0, 2^32), got {self.staleness}")
         if not 0.0 <= self.store_rate <= 1.0:

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from embps.common.job_config import EMB_OPTIMIZERS, MODES, JobConfig
+from embps.common.job_config import EMB_OPTIMIZERS, MODES, JobConfig, check_one_shard_per_trainer
 from embps.compat.bagpipe_flags import with_table_sizes
 
 COMMAND = "train"
@@ -91,9 +91,8 @@ def job_from_args(args) -> JobConfig:
     # path the user typed (relative to here) goes into the file absolute.
     placement = str(Path(args.placement).resolve()) if args.placement else ""
     trainers, shards = counts_from_args(args)
-    if placement and trainers != shards:   # refused here, before any process starts
-        raise ValueError(f"with a placement, host h runs shard h and trainer h: {trainers} trainers need "
-                         f"{trainers} shards, not {shards} (or give --hosts)")
+    if placement:   # refused here, before any process starts (the job has no shard addresses yet)
+        check_one_shard_per_trainer(trainers, shards, " (or give --hosts)")
     job = JobConfig(dataset=dataset, dataset_options=options, model=args.model, mode=args.mode,
                     trainers=trainers, global_batch=args.batch, steps=args.steps, dim=args.dim or default_dim,
                     eval_batches=args.eval_batches, emb_optimizer=args.emb_optimizer, emb_lr=args.emb_lr,
