@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .security import NO_SECURITY, Security
 
 DATA_PATHS = ("auto", "grpc", "tcp", "rdma")
-CLUSTER_SETTINGS = ("deadline_seconds", "data_path", "max_message_bytes", "placement")   # what [cluster] may set
+# Fields that come from the file's other tables ([[shards]], [security]) or from none, not from [cluster].
+_NOT_CLUSTER_SETTINGS = {"shards", "hosts", "security", "extra"}
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
@@ -75,7 +76,7 @@ class ClusterConfig:
             raise ValueError(f"{path}: give every [[shards]] entry a host, or none")
         extra = {k: v for k, v in doc.items() if k not in ("cluster", "shards", "security")}
         settings = dict(doc.get("cluster", {}))
-        unknown = set(settings) - set(CLUSTER_SETTINGS)
+        unknown = set(settings) - ({f.name for f in fields(cls)} - _NOT_CLUSTER_SETTINGS)
         if unknown:   # a misspelt setting would otherwise be a TypeError naming a constructor
             raise ValueError(f"{path}: unknown [cluster] settings: {sorted(unknown)}")
         if isinstance(settings.get("placement"), str) and settings["placement"]:
