@@ -175,10 +175,7 @@ def split_contributions(parts: list[Contribution], keys: np.ndarray,
     False and those where it is True: a part of a batch that went in one message, summed in two ways."""
     unmarked, marked = [], []
     for part_keys, grads, counts in parts:
-        pos = np.searchsorted(keys, part_keys)
-        if len(part_keys) and (pos.max() >= len(keys) or not np.array_equal(keys[pos], part_keys)):
-            raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "gradients for keys outside the batch")
-        marks = which[pos]
+        marks = which[_positions(keys, part_keys)]
         unmarked.append(_share(part_keys, grads, counts, ~marks))
         marked.append(_share(part_keys, grads, counts, marks))
     return unmarked, marked
@@ -189,12 +186,16 @@ def sum_contributions(keys: np.ndarray, parts: list[Contribution], dim: int) -> 
     on every gateway."""
     summed = np.zeros((len(keys), dim), np.float32)
     for part_keys, grads, _ in parts:
-        if len(part_keys):
-            pos = np.searchsorted(keys, part_keys)
-            if pos.max() >= len(keys) or not np.array_equal(keys[pos], part_keys):
-                raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "gradients for keys outside the batch")
-            summed[pos] += grads   # keys are distinct within a contribution
+        summed[_positions(keys, part_keys)] += grads   # keys are distinct within a contribution
     return summed
+
+
+def _positions(keys: np.ndarray, part_keys: np.ndarray) -> np.ndarray:
+    """Where each of a contribution's keys is in keys (sorted); a key not there is a peer's error."""
+    pos = np.searchsorted(keys, part_keys)
+    if len(part_keys) and (pos.max() >= len(keys) or not np.array_equal(keys[pos], part_keys)):
+        raise GatewayError(grpc.StatusCode.INVALID_ARGUMENT, "gradients for keys outside the batch")
+    return pos
 
 
 def sum_counted(parts: list[Contribution], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
