@@ -31,7 +31,9 @@ Figures (goals in GOALS):
                                          (shaping never speeds a step up; the machine is shared) (context
                                          train_netbound_rate_mbit)
   train_wire_bytes_direct_vs_sync        kernel-counted bytes between hosts over the unshaped jobs, direct / sync
-                                         (context train_wire_service_bytes_direct_vs_sync: the services' part)
+                                         (context train_wire_service_bytes_direct_vs_sync: the services' part;
+                                         train_wire_bytes_direct_vs_sync_ceiling: direct's bytes / sync's
+                                         torch.distributed bytes alone, the figure if sync's services sent none)
   shard_lookup_vs_redis_1gbit            PSClient.lookup keys/s / Redis MGET keys/s, this process (the client)
                                          reaching one server host whose link is shaped to 1 Gbit/s
   shard_update_vs_redis_1gbit            PSClient.update (Adagrad) keys/s / Redis MSET keys/s, the same
@@ -269,6 +271,10 @@ def train_part(cfg: Config, hosts, report: Report) -> None:
                   unshaped["direct"]["job_bytes"]["between_hosts"] / unshaped["sync"]["job_bytes"]["between_hosts"], "x")
     report.note("train_wire_service_bytes_direct_vs_sync", unshaped["direct"]["job_bytes_by_class"][SERVICES]
                 / unshaped["sync"]["job_bytes_by_class"][SERVICES], "x")
+    # The most any cache could reach: sync sending nothing but what no cache changes (torch.distributed's
+    # bytes, DDP's allreduce of the dense gradients above all, which the kernel counts the same in both modes).
+    report.note("train_wire_bytes_direct_vs_sync_ceiling", unshaped["direct"]["job_bytes"]["between_hosts"]
+                / sum(sent for what, sent in unshaped["sync"]["job_bytes_by_class"].items() if what != SERVICES), "x")
     report.note("train_shard_link_bytes_direct_vs_sync",
                 unshaped["direct"]["job_bytes"]["shard_links"] / unshaped["sync"]["job_bytes"]["shard_links"], "x")
     report.note("train_gateway_ps_bytes_direct_vs_sync",

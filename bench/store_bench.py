@@ -16,6 +16,9 @@ The harder baselines, in the same run:
                                  madvised MADV_HUGEPAGE, the store on the huge tmpfs) and, as *_4k_pages, on
                                  4 KB pages (MADV_NOHUGEPAGE; the store on /dev/shm).  The share of each
                                  contender's memory that got huge pages is read from /proc/self/smaps.
+                                 Context *_ceiling: the figure if the store's lookup cost no more than the
+                                 gather, its binding's fixed cost per call (store_lookup_call_us, an empty
+                                 batch) kept in place of the gather's (dense_gather_call_us).
   store_update_vs_fbgemm         the store's persistent update / fbgemm's CPU table-batched embedding backward
                                  with its fused EXACT_ROWWISE_ADAGRAD (pooling NONE: one row per key) on the
                                  same rows and gradients in DRAM; only the backward is timed (its forward runs
@@ -225,6 +228,17 @@ def time_passes(contenders: dict[str, Callable[[], float | None]], reps: int) ->
 
 # ---- lookups --------------------------------------------------------------------------------------
 
+def call_seconds(call: Callable[[], object], calls: int = 20000, rounds: int = 5) -> float:
+    """Seconds per call of call(), the best of `rounds` rounds of `calls`."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
 def bench_lookup(report: Report, table, keys: np.ndarray, dense: np.ndarray, batch_rows: np.ndarray,
                  cfg: Config, gather, context_suffix: str = "") -> None:
     """Figures, or with context_suffix (a second memory setup) the dense-gather figure and the rest as
@@ -280,6 +294,17 @@ def bench_lookup(report: Report, table, keys: np.ndarray, dense: np.ndarray, bat
     report.note(f"dense_huge_page_share{context_suffix}", huge_page_share(*array_region(dense)), "")
     report.note(f"store_huge_page_share{context_suffix}", huge_page_share(*table.pool_region()), "")
     report.figure(f"store_lookup_vs_dense_gather{context_suffix}", per_s["store_lookup"] / per_s[dense_best], "x")
+    # What a call costs before any key: the binding's (array checks, two ffi.from_buffer, the C call) and the
+    # C gather's (pointers made beforehand).  The ceiling is the figure a store whose lookup cost no more than
+    # the fastest gather, behind this binding, would get: a gap that work on the index alone cannot close.
+    empty_keys, empty_out = np.empty(0, np.uint64), np.empty((0, cfg.dim), np.float32)
+    store_call = call_seconds(lambda: table.lookup(empty_keys, out=empty_out))
+    gather_call = call_seconds(lambda: glib.dense_gather(table_ptr, row_ptrs[0], 0, cfg.dim, 8, out_ptr))
+    report.note(f"store_lookup_call_us{context_suffix}", store_call * 1e6, "us")
+    report.note(f"dense_gather_call_us{context_suffix}", gather_call * 1e6, "us")
+    dense_batch = cfg.batch / per_s[dense_best]
+    report.note(f"store_lookup_vs_dense_gather_ceiling{context_suffix}",
+                dense_batch / (dense_batch + max(0.0, store_call - gather_call)), "x")
     record = report.note if context_suffix else report.figure
     record(f"store_lookup_vs_numpy_take{context_suffix}", per_s["store_lookup"] / per_s["numpy_take"], "x")
     record(f"store_lookup_vs_dict{context_suffix}", per_s["store_lookup"] / per_s["dict_lookup"], "x")
