@@ -408,13 +408,18 @@ def plot(report: Report, goals: dict, cfg: Config, path: Path) -> None:
     for i, n in enumerate(names):
         if n in goals:
             ax_fig.hlines(goals[n]["target"], i - 0.4, i + 0.4, colors="black", linestyles="dashed")
+    if (ceiling := report.context.get("train_wire_bytes_direct_vs_sync_ceiling")) is not None:
+        i = names.index("train_wire_bytes_direct_vs_sync")
+        ax_fig.hlines(ceiling["value"], i - 0.4, i + 0.4, colors="tab:purple", linestyles="dotted")
+        ax_fig.annotate(f"ceiling {ceiling['value']:.2f}\n(sync's services silent)", (i + 0.42, ceiling["value"]),
+                        fontsize=7, color="tab:purple", va="center")
     ax_fig.axhline(1.0, color="gray", linewidth=0.8)
     labels = {"train_sync_vs_direct_speedup_netbound": "direct ÷ sync\ns/step, netbound",
               "train_wire_bytes_direct_vs_sync": "direct ÷ sync\nwire bytes",
               "shard_lookup_vs_redis_1gbit": "shard ÷ Redis\nlookup, 1 Gbit/s",
               "shard_update_vs_redis_1gbit": "shard ÷ Redis\nupdate, 1 Gbit/s"}
     ax_fig.set_xticks(range(len(names)), [labels[n] for n in names], fontsize=8)
-    ax_fig.set_title("figures (green: goal met, red: missed, gray: no goal)")
+    ax_fig.set_title("figures (green: goal met, red: missed, gray: no goal; dashed: goal)")
     save_figure(fig, path)
 
 
