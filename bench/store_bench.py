@@ -228,15 +228,15 @@ def time_passes(contenders: dict[str, Callable[[], float | None]], reps: int) ->
 
 # ---- lookups --------------------------------------------------------------------------------------
 
-def call_seconds(call: Callable[[], object], calls: int = 20000, rounds: int = 5) -> float:
-    """Seconds per call of call(), the best of `rounds` rounds of `calls`."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(calls):
+EMPTY_CALLS = 20000   # per pass of a call's fixed cost (an empty batch)
+
+
+def repeated(call: Callable[[], object]) -> Callable[[], None]:
+    """A pass for time_passes: EMPTY_CALLS calls of call()."""
+    def run_pass() -> None:
+        for _ in range(EMPTY_CALLS):
             call()
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+    return run_pass
 
 
 def bench_lookup(report: Report, table, keys: np.ndarray, dense: np.ndarray, batch_rows: np.ndarray,
@@ -298,8 +298,11 @@ def bench_lookup(report: Report, table, keys: np.ndarray, dense: np.ndarray, bat
     # C gather's (pointers made beforehand).  The ceiling is the figure a store whose lookup cost no more than
     # the fastest gather, behind this binding, would get: a gap that work on the index alone cannot close.
     empty_keys, empty_out = np.empty(0, np.uint64), np.empty((0, cfg.dim), np.float32)
-    store_call = call_seconds(lambda: table.lookup(empty_keys, out=empty_out))
-    gather_call = call_seconds(lambda: glib.dense_gather(table_ptr, row_ptrs[0], 0, cfg.dim, 8, out_ptr))
+    call_times = time_passes({
+        "store_lookup_call": repeated(lambda: table.lookup(empty_keys, out=empty_out)),
+        "dense_gather_call": repeated(lambda: glib.dense_gather(table_ptr, row_ptrs[0], 0, cfg.dim, 8, out_ptr)),
+    }, cfg.reps)
+    store_call, gather_call = (min(call_times[n]) / EMPTY_CALLS for n in ("store_lookup_call", "dense_gather_call"))
     report.note(f"store_lookup_call_us{context_suffix}", store_call * 1e6, "us")
     report.note(f"dense_gather_call_us{context_suffix}", gather_call * 1e6, "us")
     dense_batch = cfg.batch / per_s[dense_best]
